@@ -1,0 +1,77 @@
+"""Shared fixtures: real MLflow stores and real `mlflow server` processes, never mocks."""
+
+from __future__ import annotations
+
+import os
+
+# Fail fast instead of MLflow's default minutes of back-off; set before mlflow is imported.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+from collections.abc import Callable, Iterator  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+from tests.support.mlflow_server import (  # noqa: E402
+    ServerHandle,
+    create_pg_database,
+    drop_pg_database,
+    sqlite_uri as _sqlite_uri,
+    start_server,
+)
+from tests.support.proxy import Proxy  # noqa: E402
+
+
+@pytest.fixture
+def sqlite_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh local sqlite tracking store, also set as MLFLOW_TRACKING_URI for the test."""
+    uri = _sqlite_uri(tmp_path / "mlflow.db")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(tmp_path)  # local artifact roots (./mlruns) land in tmp, not the repo
+    return uri
+
+
+@pytest.fixture(scope="session")
+def sqlite_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerHandle]:
+    workdir = tmp_path_factory.mktemp("mlflow-sqlite")
+    server = start_server(_sqlite_uri(workdir / "mlflow.db"), workdir, backend="sqlite")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerHandle]:
+    workdir = tmp_path_factory.mktemp("mlflow-postgres")
+    db_uri = create_pg_database()
+    try:
+        server = start_server(db_uri, workdir, backend="postgresql")
+        yield server
+        server.stop()
+    finally:
+        drop_pg_database(db_uri)
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
+def mlflow_server(request: pytest.FixtureRequest) -> ServerHandle:
+    """A real tracking server; tests using it run once per backend."""
+    name = "sqlite_server" if request.param == "sqlite" else "postgres_server"
+    return request.getfixturevalue(name)
+
+
+@pytest.fixture
+def counting_proxy() -> Iterator[Callable[[str], Proxy]]:
+    """Factory: a real HTTP proxy in front of a server that records every request."""
+    proxies: list[Proxy] = []
+
+    def make(server_url: str) -> Proxy:
+        proxy = Proxy(server_url)
+        proxies.append(proxy)
+        return proxy
+
+    yield make
+    for proxy in proxies:
+        proxy.close()

@@ -1,0 +1,89 @@
+"""A real forwarding HTTP proxy that records every request it passes to an MLflow server.
+
+Clients point their tracking URI at `Proxy.url`; calls from subprocesses count too, which a
+client-side spy could not see.
+"""
+
+from __future__ import annotations
+
+import http.client
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
+
+_ARTIFACT_PREFIXES = ("/api/2.0/mlflow-artifacts/", "/ajax-api/2.0/mlflow-artifacts/")
+_HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "host"}
+
+
+class Proxy:
+    def __init__(self, target_url: str) -> None:
+        target = urlsplit(target_url)
+        self.target_host = target.hostname or "127.0.0.1"
+        self.target_port = target.port or 80
+        self.requests: list[tuple[str, str]] = []
+        self._lock = threading.Lock()
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib name
+                pass
+
+            def _forward(self) -> None:
+                with proxy._lock:
+                    proxy.requests.append((self.command, self.path))
+                body = self._read_body()
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_HEADERS}
+                headers["Host"] = f"{proxy.target_host}:{proxy.target_port}"
+                if body is not None:
+                    headers["Content-Length"] = str(len(body))
+                conn = http.client.HTTPConnection(proxy.target_host, proxy.target_port, timeout=120)
+                try:
+                    conn.request(self.command, self.path, body=body, headers=headers)
+                    resp = conn.getresponse()
+                    data = resp.read()
+                finally:
+                    conn.close()
+                self.send_response(resp.status, resp.reason)
+                for key, value in resp.getheaders():
+                    if key.lower() not in _HOP_HEADERS and key.lower() != "content-length":
+                        self.send_header(key, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _read_body(self) -> bytes | None:
+                if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+                    chunks = []
+                    while True:
+                        size = int(self.rfile.readline().strip().split(b";")[0], 16)
+                        if size == 0:
+                            self.rfile.readline()
+                            break
+                        chunks.append(self.rfile.read(size))
+                        self.rfile.readline()
+                    return b"".join(chunks)
+                length = int(self.headers.get("Content-Length") or 0)
+                return self.rfile.read(length) if length else None
+
+            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = _forward
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def reset(self) -> None:
+        with self._lock:
+            self.requests.clear()
+
+    def tracking_calls(self) -> list[tuple[str, str]]:
+        """Requests to the tracking API, artifact uploads and downloads apart."""
+        with self._lock:
+            return [(m, p) for m, p in self.requests if not p.startswith(_ARTIFACT_PREFIXES)]
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()

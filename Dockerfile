@@ -33,7 +33,7 @@ RUN groupadd --system --gid 10001 podium \
     && mkdir -p /var/lib/mlflow/artifacts \
     && chown podium:podium /var/lib/mlflow/artifacts
 COPY --from=build /opt/venv /opt/venv
-COPY config/watcher.yaml /etc/podium/watcher.yaml
+COPY config/ /etc/podium/
 USER 10001:10001
 WORKDIR /home/podium
 EXPOSE 8265

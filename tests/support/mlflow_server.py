@@ -101,7 +101,9 @@ def start_server(backend_uri: str, workdir: Path, backend: str = "sqlite") -> Se
     port = free_port()
     log_path = workdir / "server.log"
     proc = _spawn(backend_uri, artifact_root, port, log_path)
-    handle = ServerHandle(f"http://127.0.0.1:{port}", backend, backend_uri, artifact_root, port, proc, log_path)
+    handle = ServerHandle(
+        f"http://127.0.0.1:{port}", backend, backend_uri, artifact_root, port, proc, log_path
+    )
     try:
         wait_healthy(handle.url, proc=proc)
     except Exception:

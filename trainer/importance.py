@@ -1,0 +1,409 @@
+"""Permutation and SHAP importance of a trained booster on held-out rows.
+
+The permutation numbers equal ``sklearn.inspection.permutation_importance(estimator, X, y,
+scoring="r2", n_repeats=n_repeats, random_state=seed)`` for an ``XGBRegressor`` wrapping the
+same booster, but cost a fraction of its time:
+
+- sklearn draws one seed from ``RandomState(seed)`` and gives every column a fresh
+  ``RandomState`` of that seed, so all columns see the same sequence of (cumulative) shuffles;
+  we draw that sequence once.
+- A feature the model never splits on cannot change a prediction: its importance is exactly 0
+  and we skip predicting it.
+- All permuted copies of several columns go to ``Booster.inplace_predict`` in one call (no
+  DMatrix, no estimator validation), and R² is computed for all of them at once.
+
+SHAP importance is the mean |SHAP value| per feature from XGBoost's own TreeSHAP
+(``pred_contribs=True``) on the same rows.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import structlog
+import xgboost as xgb
+
+from trainer import keys, plots
+
+log = structlog.get_logger(__name__)
+
+MIN_ROWS = 10
+TOP_METRICS = 20
+FEATURE_NAMES_PARAM_COUNT = 50
+MAX_PARAM_VALUE_LENGTH = 6000  # mlflow.utils.validation.MAX_PARAM_VAL_LENGTH
+# Upper bound on the cells of one batched predict call (float32): ~64 MB.
+BATCH_CELLS = 16_000_000
+
+Holdout = Literal["latest", "pooled"]
+
+PERMUTATION_JSON = "permutation_importance.json"
+IMPORTANCE_CSV = "feature_importance.csv"
+IMPORTANCE_PNG = "feature_importance.png"
+SHAP_CSV = "shap_importance.csv"
+SHAP_PNG = "shap_importance.png"
+IMPORTANCE_CSV_COLUMNS = ("rank", "feature", "importance_mean", "importance_std", "shap_importance")
+SKIPPED_TAG = "importance_skipped"
+
+
+# ---------------------------------------------------------------------------------------------
+# Permutation importance
+# ---------------------------------------------------------------------------------------------
+
+
+def permutation_indices(n_rows: int, n_repeats: int, seed: int) -> np.ndarray:
+    """Row order of the permuted column in each repeat, shape ``(n_repeats, n_rows)``.
+
+    Mirrors sklearn's ``_calculate_permutation_scores``: the shuffle index is shuffled in place
+    each repeat and applied to the already permuted column, so repeat ``r`` sees the
+    composition of the first ``r`` shuffles.
+    """
+    column_seed = np.random.RandomState(seed).randint(np.iinfo(np.int32).max + 1)
+    rng = np.random.RandomState(column_seed)
+    shuffling = np.arange(n_rows)
+    order = np.arange(n_rows)
+    result = np.empty((n_repeats, n_rows), dtype=np.intp)
+    for repeat in range(n_repeats):
+        rng.shuffle(shuffling)
+        order = order[shuffling]
+        result[repeat] = order
+    return result
+
+
+def r2_scores(y_true: np.ndarray, predictions: np.ndarray) -> np.ndarray:
+    """R² of each row of ``predictions`` (shape ``(m, n)``), as ``sklearn.metrics.r2_score``.
+
+    Including its ``force_finite`` conventions: a perfect fit scores 1 and a constant target
+    scores 0 instead of NaN/-inf.
+    """
+    y = np.asarray(y_true, dtype=np.float64)
+    preds = np.asarray(predictions, dtype=np.float64)
+    numerator = ((y - preds) ** 2).sum(axis=1)
+    denominator = ((y - y.mean()) ** 2).sum()
+    scores = np.ones(len(preds), dtype=np.float64)
+    valid = numerator != 0
+    if denominator != 0:
+        scores[valid] = 1 - numerator[valid] / denominator
+    else:
+        scores[valid] = 0.0
+    return scores
+
+
+def used_features(booster: xgb.Booster, n_features: int) -> np.ndarray:
+    """Column indices the booster splits on at least once, in ascending order."""
+    split_counts = booster.get_score(importance_type="weight")
+    names = booster.feature_names
+    position = {name: i for i, name in enumerate(names)} if names else None
+    used = set()
+    for name in split_counts:
+        index = position[name] if position is not None else int(name.removeprefix("f"))
+        if index < n_features:
+            used.add(index)
+    return np.array(sorted(used), dtype=np.intp)
+
+
+def permutation_importances(
+    booster: xgb.Booster,
+    X: np.ndarray,
+    y: np.ndarray,
+    *,
+    n_repeats: int,
+    seed: int,
+    batch_cells: int = BATCH_CELLS,
+) -> tuple[float, np.ndarray]:
+    """Baseline R² and the raw importances, shape ``(n_features, n_repeats)``."""
+    data = np.ascontiguousarray(X, dtype=np.float32)  # what XGBoost reads anyway
+    n_rows, n_features = data.shape
+    baseline = float(r2_scores(y, booster.inplace_predict(data)[np.newaxis, :])[0])
+    importances = np.zeros((n_features, n_repeats), dtype=np.float64)
+    columns = used_features(booster, n_features)
+    if len(columns) == 0:
+        return baseline, importances
+    perms = permutation_indices(n_rows, n_repeats, seed)
+    per_column = n_repeats * n_rows * n_features
+    chunk = max(1, batch_cells // per_column)
+    for start in range(0, len(columns), chunk):
+        block = columns[start : start + chunk]
+        batch = np.empty((len(block), n_repeats, n_rows, n_features), dtype=np.float32)
+        batch[...] = data
+        for i, column in enumerate(block):
+            batch[i, :, :, column] = data[perms, column]
+        preds = booster.inplace_predict(batch.reshape(-1, n_features))
+        scores = r2_scores(y, np.asarray(preds).reshape(len(block) * n_repeats, n_rows))
+        importances[block] = baseline - scores.reshape(len(block), n_repeats)
+    return baseline, importances
+
+
+def shap_importances(booster: xgb.Booster, X: np.ndarray) -> np.ndarray:
+    """Mean |SHAP value| per feature (the bias column dropped), shape ``(n_features,)``."""
+    contribs = shap_values(booster, X)
+    return np.abs(contribs).mean(axis=0)
+
+
+def shap_values(booster: xgb.Booster, X: np.ndarray) -> np.ndarray:
+    """Per-row SHAP values without the bias column, shape ``(n_rows, n_features)``."""
+    matrix = xgb.DMatrix(np.asarray(X, dtype=np.float32))
+    contribs = booster.predict(matrix, pred_contribs=True)
+    return np.asarray(contribs, dtype=np.float64)[:, :-1]
+
+
+# ---------------------------------------------------------------------------------------------
+# The report: what a trial logs
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FeatureImportance:
+    rank: int
+    feature: str  # the original name, as in the data
+    metric_key: str  # its MLflow metric key (logged only for the top 20)
+    importance_mean: float
+    importance_std: float
+    shap_importance: float
+    importances: tuple[float, ...]  # every repeat's decrease in R²
+
+
+@dataclass(frozen=True, eq=False)
+class ImportanceReport:
+    """Importance of every feature of one model, and how it is shown in MLflow."""
+
+    feature_names: tuple[str, ...]
+    importances: np.ndarray  # raw decrease in R², (n_features, n_repeats * n_evaluated_models)
+    shap: np.ndarray  # mean |SHAP| per feature
+    baseline_scores: tuple[float, ...]  # R² of each evaluated model on its rows, unpermuted
+    n_rows: int
+    n_repeats: int
+    seed: int
+    holdout: Holdout = "latest"
+    metric_names: dict[str, str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "metric_names", keys.metric_names(self.feature_names))
+
+    @property
+    def importances_mean(self) -> np.ndarray:
+        return np.asarray(self.importances.mean(axis=1))
+
+    @property
+    def importances_std(self) -> np.ndarray:
+        return np.asarray(self.importances.std(axis=1))
+
+    def order(self) -> np.ndarray:
+        """Feature indices, most important first; ties by SHAP, then by column order."""
+        index = np.arange(len(self.feature_names))
+        return np.lexsort((index, -self.shap, -self.importances_mean))
+
+    def shap_order(self) -> np.ndarray:
+        index = np.arange(len(self.feature_names))
+        return np.lexsort((index, -self.importances_mean, -self.shap))
+
+    def params(self) -> dict[str, str]:
+        return feature_params(self.feature_names)
+
+    def metrics(self) -> dict[str, float]:
+        means = self.importances_mean
+        result = {
+            keys.metric_key(self.metric_names[self.feature_names[i]]): float(means[i])
+            for i in self.order()[:TOP_METRICS]
+        }
+        result.update(
+            {
+                "importance_max": float(means.max()),
+                "importance_mean": float(means.mean()),
+                "importance_median": float(np.median(means)),
+                "importance_min": float(means.min()),
+            }
+        )
+        return result
+
+    def rows(self) -> list[FeatureImportance]:
+        """One record per feature, ranked; the original feature names."""
+        means, stds = self.importances_mean, self.importances_std
+        return [
+            FeatureImportance(
+                rank=rank,
+                feature=self.feature_names[i],
+                metric_key=keys.metric_key(self.metric_names[self.feature_names[i]]),
+                importance_mean=float(means[i]),
+                importance_std=float(stds[i]),
+                shap_importance=float(self.shap[i]),
+                importances=tuple(float(v) for v in self.importances[i]),
+            )
+            for rank, i in enumerate(self.order(), start=1)
+        ]
+
+    def write_artifacts(self, directory: Path) -> list[Path]:
+        """Write the five artifact files into ``directory``; returns their paths."""
+        directory.mkdir(parents=True, exist_ok=True)
+        rows = self.rows()
+        paths = [
+            self._write_json(directory / PERMUTATION_JSON, rows),
+            self._write_importance_csv(directory / IMPORTANCE_CSV, rows),
+            self._write_shap_csv(directory / SHAP_CSV),
+        ]
+        total = len(self.feature_names)
+        top = rows[:TOP_METRICS]
+        paths.append(
+            plots.importance_bars(
+                directory / IMPORTANCE_PNG,
+                labels=[r.feature for r in top],
+                values=[r.importance_mean for r in top],
+                errors=[r.importance_std for r in top],
+                title=f"Permutation importance, top {len(top)} of {total} features",
+                xlabel=f"mean decrease in R² ({self.n_repeats} repeats, {self._rows_label()})",
+            )
+        )
+        shap_top = self.shap_order()[:TOP_METRICS]
+        paths.append(
+            plots.importance_bars(
+                directory / SHAP_PNG,
+                labels=[self.feature_names[i] for i in shap_top],
+                values=[float(self.shap[i]) for i in shap_top],
+                errors=None,
+                title=f"SHAP importance, top {len(shap_top)} of {total} features",
+                xlabel=f"mean |SHAP value| ({self._rows_label()})",
+            )
+        )
+        return paths
+
+    def _rows_label(self) -> str:
+        where = "latest test window" if self.holdout == "latest" else "each fold's test window"
+        return f"{self.n_rows} held-out rows, {where}"
+
+    def _write_json(self, path: Path, rows: list[FeatureImportance]) -> Path:
+        document = {
+            "scoring": "r2",
+            "n_repeats": self.n_repeats,
+            "random_state": self.seed,
+            "holdout": self.holdout,
+            "n_rows": self.n_rows,
+            "baseline_scores": list(self.baseline_scores),
+            "total_features": len(self.feature_names),
+            "features": [asdict(row) for row in rows],
+        }
+        path.write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        return path
+
+    @staticmethod
+    def _write_importance_csv(path: Path, rows: list[FeatureImportance]) -> Path:
+        with path.open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=IMPORTANCE_CSV_COLUMNS, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(asdict(row) for row in rows)
+        return path
+
+    def _write_shap_csv(self, path: Path) -> Path:
+        with path.open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["rank", "feature", "shap_importance"])
+            for rank, i in enumerate(self.shap_order(), start=1):
+                writer.writerow([rank, self.feature_names[i], float(self.shap[i])])
+        return path
+
+
+def feature_params(feature_names: Sequence[str]) -> dict[str, str]:
+    """``feature_names`` (the first 50, comma-separated, in column order) and ``total_features``."""
+    listed = ""
+    for name in feature_names[:FEATURE_NAMES_PARAM_COUNT]:
+        candidate = f"{listed},{name}" if listed else name
+        if len(candidate) > MAX_PARAM_VALUE_LENGTH:
+            break
+        listed = candidate
+    return {"feature_names": listed, "total_features": str(len(feature_names))}
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry points for the trial pipeline
+# ---------------------------------------------------------------------------------------------
+
+
+def skip_reason(n_rows: int, min_rows: int = MIN_ROWS) -> str | None:
+    """Why importance cannot be computed on ``n_rows`` held-out rows, or None if it can."""
+    if n_rows < min_rows:
+        return f"only {n_rows} held-out rows, at least {min_rows} needed"
+    return None
+
+
+def compute_importance(
+    booster: xgb.Booster,
+    X_hold: np.ndarray,
+    y_hold: np.ndarray,
+    feature_names: list[str],
+    *,
+    n_repeats: int,
+    seed: int,
+    min_rows: int = MIN_ROWS,
+) -> ImportanceReport | None:
+    """Importance of ``booster`` on held-out rows, or None (and a warning) if too few rows.
+
+    The reason for a None is ``skip_reason(len(X_hold), min_rows)``.
+    """
+    return compute_pooled_importance(
+        [(booster, X_hold, y_hold)],
+        feature_names,
+        n_repeats=n_repeats,
+        seed=seed,
+        min_rows=min_rows,
+        holdout="latest",
+    )
+
+
+def compute_pooled_importance(
+    models: Sequence[tuple[xgb.Booster, np.ndarray, np.ndarray]],
+    feature_names: list[str],
+    *,
+    n_repeats: int,
+    seed: int,
+    min_rows: int = MIN_ROWS,
+    holdout: Holdout = "pooled",
+) -> ImportanceReport | None:
+    """Importance pooled over several models, each on its own held-out rows.
+
+    Each model is permuted exactly as sklearn would with ``random_state=seed``; the raw
+    importances of all models are pooled (mean and std over models × repeats) and the SHAP
+    values averaged over all their rows. Models with fewer than ``min_rows`` rows are left
+    out; None if no model is left.
+    """
+    usable = [(b, X, y) for b, X, y in models if skip_reason(len(X), min_rows) is None]
+    if not usable:
+        n_rows = max((len(X) for _, X, _ in models), default=0)
+        log.warning("importance_skipped", reason=skip_reason(n_rows, min_rows), n_rows=n_rows)
+        return None
+    for _, X, _ in usable:
+        if X.shape[1] != len(feature_names):
+            raise ValueError(f"{X.shape[1]} columns but {len(feature_names)} feature names")
+    baselines: list[float] = []
+    raw: list[np.ndarray] = []
+    shap_sums = np.zeros(len(feature_names), dtype=np.float64)
+    n_rows = 0
+    for booster, X, y in usable:
+        baseline, importances = permutation_importances(booster, X, y, n_repeats=n_repeats, seed=seed)
+        baselines.append(baseline)
+        raw.append(importances)
+        shap_sums += np.abs(shap_values(booster, X)).sum(axis=0)
+        n_rows += len(X)
+    report = ImportanceReport(
+        feature_names=tuple(feature_names),
+        importances=np.concatenate(raw, axis=1),
+        shap=shap_sums / n_rows,
+        baseline_scores=tuple(baselines),
+        n_rows=n_rows,
+        n_repeats=n_repeats,
+        seed=seed,
+        holdout=holdout,
+    )
+    means = report.importances_mean
+    log.info(
+        "importance_computed",
+        holdout=holdout,
+        n_rows=n_rows,
+        n_features=len(feature_names),
+        top_feature=feature_names[int(report.order()[0])],
+        importance_max=float(means.max()),
+    )
+    return report

@@ -9,7 +9,6 @@ import json
 import socket
 from typing import Any
 
-import httpx
 from mlflow.webhooks.delivery import _generate_hmac_signature
 from pytest_httpserver import HTTPServer
 from structlog.testing import capture_logs
@@ -202,8 +201,10 @@ def test_signature_matches_mlflows_own_webhook_signature() -> None:
 # --- delivery ------------------------------------------------------------------------------
 
 
-def target(httpserver: HTTPServer, *, secret: str | None = SECRET, path: str = "/hook") -> WebhookTarget:
-    return WebhookTarget(name="team", format="json", url=httpserver.url_for(path), secret=secret)
+def target(httpserver: HTTPServer, *, secret: str | None = SECRET, max_attempts: int = 3) -> WebhookTarget:
+    return WebhookTarget(
+        name="team", format="json", url=httpserver.url_for("/hook"), secret=secret, max_attempts=max_attempts
+    )
 
 
 def test_delivery_is_signed_and_verifiable(httpserver: HTTPServer) -> None:
@@ -254,11 +255,13 @@ def test_retries_are_bounded_and_logged_per_attempt(httpserver: HTTPServer) -> N
     httpserver.expect_request("/hook").respond_with_data("down", status=502)
     sleeps = Sleeps()
     with capture_logs() as logs:
-        result = Sender(backoff=(0.5, 1.0), sleep=sleeps).deliver(target(httpserver), "{}", "d")
-    assert (result.outcome, result.attempts, result.status) == ("failed", 3, 502)
-    assert len(httpserver.log) == 3
-    assert sleeps.calls == [0.5, 1.0]
-    assert [e["attempt"] for e in logs if e["event"] == "webhook_retry"] == ["1/3", "2/3"]
+        result = Sender(backoff=(0.5, 1.0), sleep=sleeps).deliver(
+            target(httpserver, max_attempts=4), "{}", "d"
+        )
+    assert (result.outcome, result.attempts, result.status) == ("failed", 4, 502)
+    assert len(httpserver.log) == 4
+    assert sleeps.calls == [0.5, 1.0, 1.0]  # the last back-off step repeats
+    assert [e["attempt"] for e in logs if e["event"] == "webhook_retry"] == ["1/4", "2/4", "3/4"]
 
 
 def test_429_honours_retry_after(httpserver: HTTPServer) -> None:
@@ -286,11 +289,11 @@ def test_connection_refused_is_retried_then_failed_without_leaking_the_url() -> 
     with capture_logs() as logs:
         result = Sender(sleep=sleeps).deliver(hook, "{}", "d")
     assert result.outcome == "failed"
-    assert result.attempts == 4
+    assert result.attempts == 3
     assert result.status is None
     assert result.error
     assert result.error.startswith("ConnectError")
-    assert sleeps.calls == [1.0, 2.0, 4.0]
+    assert sleeps.calls == [1.0, 2.0]
     dumped = repr(logs) + repr(result) + repr(hook)
     assert "xoxb-very-secret-token" not in dumped
     assert SECRET not in dumped
@@ -301,8 +304,9 @@ def test_timeout_counts_as_a_retryable_failure() -> None:
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))
         silent.listen(8)  # connections complete in the backlog; nothing ever reads or answers
-        hook = WebhookTarget(name="team", format="json", url=f"http://127.0.0.1:{silent.getsockname()[1]}/")
-        result = Sender(httpx.Client(timeout=0.2), backoff=(0.0,), sleep=Sleeps()).deliver(hook, "{}", "d")
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}/"
+        hook = WebhookTarget(name="team", format="json", url=url, timeout_seconds=0.2, max_attempts=2)
+        result = Sender(sleep=Sleeps()).deliver(hook, "{}", "d")
     assert result.outcome == "failed"
     assert result.attempts == 2
     assert result.error

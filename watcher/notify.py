@@ -41,6 +41,7 @@ import structlog
 from watcher import metrics
 from watcher.errors import ConfigError
 from watcher.model import Leaderboard, LeaderboardChanged, WatchedExperiment
+from watcher.settings import RuleConfig, WebhookConfig
 
 log = structlog.get_logger(__name__)
 
@@ -53,11 +54,11 @@ PENDING_TAG_PREFIX = "podium.webhook_pending."
 
 Format = Literal["json", "slack"]
 
-# Delay before the 2nd, 3rd, ... attempt; kopf-style, so the attempt count is len + 1.
-DEFAULT_BACKOFF: tuple[float, ...] = (1.0, 2.0, 4.0)
+# Delay before the 2nd, 3rd, ... attempt (the last one repeats); a webhook's `max_attempts`
+# bounds the attempts.
+DEFAULT_BACKOFF: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 16.0)
 # Longest wait a receiver can ask for with Retry-After before we give up for this pass.
 MAX_RETRY_AFTER_SECONDS = 30.0
-DEFAULT_TIMEOUT = httpx.Timeout(10.0, connect=5.0)
 # Pending summaries kept per experiment and webhook; the oldest are dropped beyond it, so a
 # receiver that is gone for weeks cannot grow an experiment's tags without bound.
 MAX_PENDING_PER_WEBHOOK = 20
@@ -231,6 +232,8 @@ class WebhookTarget:
     format: Format
     url: str = field(repr=False)
     secret: str | None = field(default=None, repr=False)
+    timeout_seconds: float = 10.0
+    max_attempts: int = 3
 
 
 @dataclass(frozen=True)
@@ -271,12 +274,11 @@ class Sender:
         client: httpx.Client | None = None,
         *,
         backoff: Sequence[float] = DEFAULT_BACKOFF,
-        timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.time,
     ) -> None:
         # trust_env=False: a proxy from the environment must not see (or reroute) the summaries.
-        self._client = client or httpx.Client(timeout=timeout, trust_env=False, follow_redirects=False)
+        self._client = client or httpx.Client(trust_env=False, follow_redirects=False)
         self._backoff = tuple(backoff)
         self._sleep = sleep
         self._clock = clock
@@ -298,7 +300,7 @@ class Sender:
 
     def deliver(self, target: WebhookTarget, body: str, delivery_id: str) -> DeliveryResult:
         """Send `body` to `target`, retrying 408/429/5xx and transport errors with back-off."""
-        attempts = len(self._backoff) + 1
+        attempts = max(1, target.max_attempts)
         status: int | None = None
         error: str | None = None
         for attempt in range(1, attempts + 1):
@@ -309,6 +311,7 @@ class Sender:
                     target.url,
                     content=body.encode("utf-8"),
                     headers=self.headers(target, delivery_id, body),
+                    timeout=httpx.Timeout(target.timeout_seconds, connect=min(5.0, target.timeout_seconds)),
                 )
             except (httpx.InvalidURL, httpx.UnsupportedProtocol) as e:
                 error = _scrub(e, target)
@@ -324,7 +327,7 @@ class Sender:
                 retry_after = _retry_after(response)
             if attempt == attempts:
                 break
-            delay = self._backoff[attempt - 1]
+            delay = self._backoff[min(attempt, len(self._backoff)) - 1] if self._backoff else 0.0
             if retry_after is not None:
                 if retry_after > MAX_RETRY_AFTER_SECONDS:
                     break  # the receiver asked for a long pause: leave it to a later pass
@@ -360,16 +363,6 @@ class ExperimentTagStore(Protocol):
     def set_experiment_tag(self, experiment_id: str, key: str, value: str) -> None: ...
 
     def delete_experiment_tag(self, experiment_id: str, key: str) -> None: ...
-
-
-class NotifyRule(Protocol):
-    """What the notifier reads of a rule: its name and the webhooks it notifies."""
-
-    @property
-    def name(self) -> str: ...
-
-    @property
-    def notify(self) -> Sequence[str]: ...
 
 
 @dataclass(frozen=True)
@@ -467,7 +460,7 @@ class Notifier:
 
     # Handler protocol ---------------------------------------------------------------------
 
-    def on_leaderboard_changed(self, event: LeaderboardChanged, rule: NotifyRule) -> None:
+    def on_leaderboard_changed(self, event: LeaderboardChanged, rule: RuleConfig) -> None:
         if not rule.notify:
             return
         payload = build_payload(event, ui_base_url=self._ui_base_url, now=self._clock())
@@ -620,7 +613,7 @@ class Notifier:
 
 
 def resolve_targets(
-    webhooks: Iterable[WebhookSettings], environ: Mapping[str, str] = os.environ
+    webhooks: Iterable[WebhookConfig], environ: Mapping[str, str] = os.environ
 ) -> dict[str, WebhookTarget]:
     """Webhook targets with URL and secret read from the environment (or the file).
 
@@ -628,15 +621,10 @@ def resolve_targets(
     """
     targets: dict[str, WebhookTarget] = {}
     for hook in webhooks:
-        url = hook.url
-        if hook.url_env:
-            url = environ.get(hook.url_env) or None
-            if url is None:
-                raise ConfigError(
-                    f"webhook {hook.name!r}: environment variable {hook.url_env} (url_env) is not set"
-                )
+        url = hook.url or (environ.get(hook.url_env) if hook.url_env else None)
         if not url:
-            raise ConfigError(f"webhook {hook.name!r}: set url_env (preferred) or url")
+            where = f"environment variable {hook.url_env} (url_env) is not set" if hook.url_env else "no url"
+            raise ConfigError(f"webhook {hook.name!r}: {where}")
         secret = None
         if hook.secret_env:
             secret = environ.get(hook.secret_env) or None
@@ -644,24 +632,12 @@ def resolve_targets(
                 raise ConfigError(
                     f"webhook {hook.name!r}: environment variable {hook.secret_env} (secret_env) is not set"
                 )
-        targets[hook.name] = WebhookTarget(name=hook.name, format=hook.format, url=url, secret=secret)
+        targets[hook.name] = WebhookTarget(
+            name=hook.name,
+            format=hook.format,
+            url=url,
+            secret=secret,
+            timeout_seconds=hook.timeout_seconds,
+            max_attempts=hook.max_attempts,
+        )
     return targets
-
-
-class WebhookSettings(Protocol):
-    """A webhook's entry in the config (see watcher.settings)."""
-
-    @property
-    def name(self) -> str: ...
-
-    @property
-    def url(self) -> str | None: ...
-
-    @property
-    def url_env(self) -> str | None: ...
-
-    @property
-    def format(self) -> Format: ...
-
-    @property
-    def secret_env(self) -> str | None: ...

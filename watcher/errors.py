@@ -1,0 +1,26 @@
+"""The watcher's own exceptions; the rest of the code never sees MLflow's types."""
+
+from __future__ import annotations
+
+
+class WatcherError(Exception):
+    """Base class of every error the watcher raises on purpose."""
+
+
+class ConfigError(WatcherError):
+    """The config file or the environment is wrong; the CLI exits 2 with this message.
+
+    The message names the file, the rule (index and name) or key, and what to fix.
+    """
+
+
+class TrackingError(WatcherError):
+    """A call to the MLflow tracking server failed (raised ``from`` MLflow's exception)."""
+
+
+class ExperimentNotFound(WatcherError):
+    """No active experiment has the given name."""
+
+
+class NoRankedRuns(WatcherError):
+    """The experiment has no FINISHED run with a finite value of the metric."""

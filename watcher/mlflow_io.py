@@ -1,0 +1,241 @@
+"""The only module of the watcher that talks to MLflow.
+
+Every call goes through :class:`MlflowTracking`, which counts it (pass summary, Prometheus
+``TRACKING_CALLS``) and turns MLflow's exceptions into :class:`TrackingError`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, TypeVar
+
+# MLflow's client retries a failing request 7 times with minutes of back-off by default; a
+# daemon pass must fail fast and try again on the next tick instead. Set before mlflow reads it.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+
+from mlflow.entities import Experiment, Metric, Param, Run, RunData, RunInfo, RunTag, ViewType
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+from mlflow.utils.search_utils import SearchUtils
+
+from watcher import metrics
+from watcher.errors import ConfigError, TrackingError
+from watcher.model import ExperimentRecord, RunRecord
+
+# The server rejects larger pages (SEARCH_MAX_RESULTS_THRESHOLD).
+MAX_PAGE = 50_000
+# Keep ``IN (...)`` lists and experiment batches to a size every backend parses quickly.
+EXPERIMENT_BATCH = 100
+
+T = TypeVar("T")
+
+
+def check_run_filter(filter_string: str) -> None:
+    """Parse a run filter with MLflow's own search grammar; ValueError says what is wrong."""
+    try:
+        SearchUtils.parse_search_filter(filter_string)
+    except MlflowException as e:
+        raise ValueError(f"not a valid MLflow run filter: {e.message}") from e
+    except Exception as e:  # sqlparse raises assorted errors on odd input
+        raise ValueError(f"not a valid MLflow run filter: {e}") from e
+
+
+def glob_to_like(pattern: str) -> str | None:
+    """A LIKE pattern that matches a superset of the glob, or None if none is safe.
+
+    The caller re-checks names with :func:`fnmatch.fnmatchcase`, which also makes the result
+    case-sensitive on every backend (sqlite's LIKE ignores case, PostgreSQL's does not).
+    """
+    if "'" in pattern or "\\" in pattern:
+        return None
+    like = re.sub(r"\[[^\]]*\]", "_", pattern)
+    return like.replace("*", "%").replace("?", "_")
+
+
+def _is_missing(e: MlflowException) -> bool:
+    code = getattr(e, "error_code", "")
+    text = str(e.message).lower()
+    return code == "RESOURCE_DOES_NOT_EXIST" or (
+        code == "INVALID_PARAMETER_VALUE" and ("active" in text or "deleted" in text)
+    )
+
+
+class MlflowTracking:
+    """Adapter over :class:`MlflowClient`; counts calls in ``calls_by_method``."""
+
+    def __init__(self, tracking_uri: str | None = None) -> None:
+        self._client = MlflowClient(tracking_uri=tracking_uri)
+        self.calls_by_method: Counter[str] = Counter()
+
+    @property
+    def tracking_uri(self) -> str:
+        return str(self._client.tracking_uri)
+
+    @property
+    def calls(self) -> int:
+        return sum(self.calls_by_method.values())
+
+    def _call(self, name: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        self.calls_by_method[name] += 1
+        metrics.TRACKING_CALLS.labels(call=name).inc()
+        try:
+            return fn(*args, **kwargs)
+        except MlflowException as e:
+            raise TrackingError(f"{name} failed: {e.message}") from e
+        except Exception as e:  # connection errors, timeouts, malformed answers
+            raise TrackingError(f"{name} failed: {type(e).__name__}: {e}") from e
+
+    # -- experiments -------------------------------------------------------------------------
+
+    def search_experiments(self, filter_string: str | None = None) -> list[ExperimentRecord]:
+        """Active experiments (with their tags) matching an MLflow experiment filter."""
+        found: list[ExperimentRecord] = []
+        token: str | None = None
+        while True:
+            page = self._call(
+                "search_experiments",
+                self._client.search_experiments,
+                view_type=ViewType.ACTIVE_ONLY,
+                max_results=MAX_PAGE,
+                filter_string=filter_string,
+                page_token=token,
+            )
+            found.extend(_experiment(e) for e in page)
+            token = page.token
+            if not token:
+                return found
+
+    def get_experiment_by_name(self, name: str) -> ExperimentRecord | None:
+        exp = self._call("get_experiment_by_name", self._client.get_experiment_by_name, name)
+        if exp is None or exp.lifecycle_stage != "active":
+            return None
+        return _experiment(exp)
+
+    def set_experiment_tag(self, experiment_id: str, key: str, value: str) -> None:
+        self._call("set_experiment_tag", self._client.set_experiment_tag, experiment_id, key, value)
+
+    # -- runs --------------------------------------------------------------------------------
+
+    def search_runs(
+        self,
+        experiment_ids: Sequence[str],
+        filter_string: str = "",
+        *,
+        order_by: Sequence[str] | None = None,
+        limit: int | None = None,
+    ) -> list[RunRecord]:
+        """Active runs matching the filter, following page tokens up to ``limit`` runs."""
+        return list(self.iter_runs(experiment_ids, filter_string, order_by=order_by, limit=limit))
+
+    def iter_runs(
+        self,
+        experiment_ids: Sequence[str],
+        filter_string: str = "",
+        *,
+        order_by: Sequence[str] | None = None,
+        limit: int | None = None,
+        page_size: int = MAX_PAGE,
+    ) -> Iterator[RunRecord]:
+        """Like :meth:`search_runs`, page by page, so a caller can stop early."""
+        if not experiment_ids:
+            return
+        seen = 0
+        token: str | None = None
+        while True:
+            size = page_size if limit is None else max(1, min(page_size, limit - seen))
+            page = self._call(
+                "search_runs",
+                self._client.search_runs,
+                experiment_ids=list(experiment_ids),
+                filter_string=filter_string,
+                run_view_type=ViewType.ACTIVE_ONLY,
+                max_results=size,
+                order_by=list(order_by) if order_by else None,
+                page_token=token,
+            )
+            for run in page:
+                yield _run(run)
+                seen += 1
+            token = page.token
+            if not token or (limit is not None and seen >= limit):
+                return
+
+    def set_run_tags(self, run_id: str, tags: Mapping[str, str]) -> bool:
+        """Set several tags of one run in one ``log_batch``; False if the run is gone."""
+        try:
+            self._call(
+                "log_batch",
+                self._client.log_batch,
+                run_id,
+                tags=[RunTag(k, v) for k, v in tags.items()],
+            )
+        except TrackingError as e:
+            if isinstance(e.__cause__, MlflowException) and _is_missing(e.__cause__):
+                return False
+            raise
+        return True
+
+    def delete_run_tag(self, run_id: str, key: str) -> bool:
+        """Delete one run tag; False (not an error) if the tag or the run is already gone."""
+        try:
+            self._call("delete_tag", self._client.delete_tag, run_id, key)
+        except TrackingError as e:
+            if isinstance(e.__cause__, MlflowException) and _is_missing(e.__cause__):
+                return False
+            raise
+        return True
+
+
+def filter_runs(runs: Sequence[RunRecord], filter_string: str | None) -> list[RunRecord]:
+    """Evaluate an MLflow run filter locally (same grammar and semantics as the server's)."""
+    if not filter_string:
+        return list(runs)
+    by_id = {r.run_id: r for r in runs}
+    try:
+        kept = SearchUtils.filter([_to_mlflow_run(r) for r in runs], filter_string)
+    except MlflowException as e:
+        raise ConfigError(f"filter {filter_string!r}: {e.message}") from e
+    return [by_id[r.info.run_id] for r in kept]
+
+
+def _experiment(exp: Experiment) -> ExperimentRecord:
+    return ExperimentRecord(experiment_id=str(exp.experiment_id), name=exp.name, tags=dict(exp.tags or {}))
+
+
+def _run(run: Run) -> RunRecord:
+    info = run.info
+    return RunRecord(
+        run_id=info.run_id,
+        run_name=info.run_name or "",
+        experiment_id=str(info.experiment_id),
+        status=str(info.status),
+        start_time=info.start_time,
+        end_time=info.end_time,
+        metrics=dict(run.data.metrics),
+        params=dict(run.data.params),
+        tags=dict(run.data.tags),
+    )
+
+
+def _to_mlflow_run(r: RunRecord) -> Run:
+    info = RunInfo(
+        run_id=r.run_id,
+        experiment_id=r.experiment_id,
+        user_id="",
+        status=r.status,
+        start_time=r.start_time,
+        end_time=r.end_time,
+        lifecycle_stage="active",
+        run_name=r.run_name,
+    )
+    data = RunData(
+        metrics=[Metric(k, v, 0, 0) for k, v in r.metrics.items()],
+        params=[Param(k, v) for k, v in r.params.items()],
+        tags=[RunTag(k, v) for k, v in r.tags.items()],
+    )
+    return Run(info, data)

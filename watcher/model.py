@@ -1,0 +1,135 @@
+"""Plain values shared by the pure core, the adapters and the shells (no I/O here)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from watcher.settings import RuleConfig
+
+# Run tags of the MLflow contract (DESIGN.md, "The MLflow contract").
+MODEL_RANK = "model_rank"
+PRODUCTION_CANDIDATE = "production_candidate"
+TRUE = "true"
+
+
+def top_tag(top_n: int) -> str:
+    """The run tag that marks the top N runs, e.g. ``top_10``."""
+    return f"top_{top_n}"
+
+
+def is_top_tag(key: str) -> bool:
+    """True for ``top_{N}`` keys the watcher owns (``top_10``), not for e.g. ``top_feature``."""
+    return key.startswith("top_") and key[4:].isdigit()
+
+
+def is_podium_run_tag(key: str) -> bool:
+    """True for every run tag key the watcher writes."""
+    return key in (MODEL_RANK, PRODUCTION_CANDIDATE) or is_top_tag(key)
+
+
+@dataclass(frozen=True)
+class RankedRun:
+    """One entry of a leaderboard; ``rank`` starts at 1."""
+
+    rank: int
+    run_id: str
+    run_name: str
+    value: float
+
+
+@dataclass(frozen=True)
+class Leaderboard:
+    """The top ``top_n`` runs of one experiment under one rule (``rule`` is the rule's name)."""
+
+    experiment_id: str
+    experiment_name: str
+    rule: str
+    metric: str
+    ascending: bool
+    top_n: int
+    production_candidates: int
+    entries: tuple[RankedRun, ...]
+    ranked_runs: int
+    unranked_runs: int
+
+    @property
+    def leader(self) -> RankedRun | None:
+        return self.entries[0] if self.entries else None
+
+
+@dataclass(frozen=True)
+class LeaderboardChanged:
+    """Emitted after the tags of a changed leaderboard were written.
+
+    ``entered``/``left`` are run ids that joined/left the top ``top_n``.
+    """
+
+    board: Leaderboard
+    new_leader: bool
+    entered: tuple[str, ...]
+    left: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class TagChange:
+    """Set (``new`` is a string) or delete (``new`` is None) one run tag; ``old`` as last seen."""
+
+    run_id: str
+    key: str
+    old: str | None
+    new: str | None
+
+    @property
+    def is_delete(self) -> bool:
+        return self.new is None
+
+
+@dataclass(frozen=True)
+class ExperimentRecord:
+    """An active MLflow experiment as listed: id, name and experiment tags."""
+
+    experiment_id: str
+    name: str
+    tags: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """An active MLflow run as searched (times in ms since the epoch, None while unset)."""
+
+    run_id: str
+    run_name: str
+    experiment_id: str
+    status: str
+    start_time: int | None
+    end_time: int | None
+    metrics: Mapping[str, float] = field(default_factory=dict)
+    params: Mapping[str, str] = field(default_factory=dict)
+    tags: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class WatchedExperiment:
+    """An experiment a rule matched in this pass, with its experiment tags as listed."""
+
+    experiment_id: str
+    name: str
+    tags: Mapping[str, str] = field(default_factory=dict)
+    rule: RuleConfig | None = None
+
+
+class Handler(Protocol):
+    """Reacts to events of a pass (registry alias, webhooks).
+
+    ``on_leaderboard_changed`` is called after the tags were written; an exception is caught
+    and logged per handler and never rolls anything back. ``on_pass_end`` gets every watched
+    experiment of the pass (e.g. to retry pending webhook summaries) and is called even
+    when no leaderboard changed.
+    """
+
+    def on_leaderboard_changed(self, event: LeaderboardChanged, rule: RuleConfig) -> None: ...
+
+    def on_pass_end(self, experiments: Sequence[WatchedExperiment]) -> None: ...

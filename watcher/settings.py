@@ -1,0 +1,287 @@
+"""Watcher configuration: a YAML file plus ``WATCHER_*`` environment overrides.
+
+Every mistake a user can make here ends as one :class:`ConfigError` whose message names the
+file, the rule (index and name) or key, and what is wrong; the CLI turns it into exit 2.
+
+Overlapping rules: an experiment whose name matches the patterns of several rules is ranked
+by the first of them in file order only (later matches are ignored and logged at debug level),
+so rule order expresses priority and there is never a fight over one experiment's tags.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from watcher.errors import ConfigError
+
+DEFAULT_CONFIG_PATH = Path("config/watcher.yaml")
+
+Trigger = Literal["experiment_finished", "run_finished"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class HttpConfig(_Strict):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(default=8265, ge=1, le=65535)
+    token_env: str | None = None
+
+
+class WebhookConfig(_Strict):
+    name: str = Field(min_length=1)
+    url: str | None = None
+    url_env: str | None = None
+    format: Literal["json", "slack"] = "json"
+    secret_env: str | None = None
+    timeout_seconds: float = Field(default=10.0, gt=0)
+    max_attempts: int = Field(default=3, ge=1)
+
+    def resolved_url(self) -> str | None:
+        """The URL to post to: ``url``, else the value of env ``url_env`` (None if unset)."""
+        if self.url:
+            return self.url
+        if self.url_env:
+            return os.environ.get(self.url_env) or None
+        return None
+
+
+class RegistryConfig(_Strict):
+    model_name: str = Field(min_length=1)
+    alias: str = Field(default="champion", min_length=1)
+
+
+class RuleConfig(_Strict):
+    name: str = Field(min_length=1)
+    experiments: list[str] = Field(min_length=1)
+    metric: str = Field(min_length=1)
+    ascending: bool = False
+    top_n: int = Field(default=10, ge=1)
+    production_candidates: int = Field(default=3, ge=0)
+    filter: str | None = None
+    trigger: Trigger = "experiment_finished"
+    registry: RegistryConfig | None = None
+    notify: list[str] = Field(default_factory=list)
+
+    @field_validator("production_candidates")
+    @classmethod
+    def _within_top_n(cls, value: int, info: Any) -> int:
+        top_n = info.data.get("top_n")
+        if isinstance(top_n, int) and value > top_n:
+            raise ValueError(f"must be between 0 and top_n ({top_n}), got {value}")
+        return value
+
+    @field_validator("filter")
+    @classmethod
+    def _filter_not_blank(cls, value: str | None) -> str | None:
+        return value.strip() if value and value.strip() else None
+
+    def matches(self, experiment_name: str) -> bool:
+        from fnmatch import fnmatchcase
+
+        return any(fnmatchcase(experiment_name, pattern) for pattern in self.experiments)
+
+
+class WatcherSettings(BaseSettings):
+    """The effective configuration (file values overridden by ``WATCHER_<KEY>``, ``__`` nests)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="WATCHER_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    tracking_uri: str | None = None
+    poll_interval_seconds: float = Field(default=60.0, gt=0)
+    ui_base_url: str | None = None
+    http: HttpConfig = Field(default_factory=HttpConfig)
+    webhooks: list[WebhookConfig] = Field(default_factory=list)
+    rules: list[RuleConfig] = Field(default_factory=list)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The file's values arrive as init kwargs; the environment overrides them.
+        return (env_settings, init_settings)
+
+    def rule_for(self, experiment_name: str) -> RuleConfig | None:
+        """The first rule (file order) whose patterns match the name; see the module doc."""
+        for rule in self.rules:
+            if rule.matches(experiment_name):
+                return rule
+        return None
+
+    def webhook(self, name: str) -> WebhookConfig | None:
+        return next((w for w in self.webhooks if w.name == name), None)
+
+
+def load_settings(
+    path: str | Path | None = None, check_filter: Callable[[str], None] | None = None
+) -> WatcherSettings:
+    """Read, validate and cross-check the config; raise :class:`ConfigError` on any mistake.
+
+    ``check_filter`` parses a rule's MLflow filter and raises ValueError when it does not
+    parse (``watcher.mlflow_io.check_run_filter``; passed in so this module stays MLflow-free).
+    """
+    config_path = Path(path) if path is not None else DEFAULT_CONFIG_PATH
+    raw = _read_yaml(config_path)
+    try:
+        settings = WatcherSettings(**raw)
+    except ValidationError as e:
+        raise ConfigError(_describe(e, config_path, raw)) from e
+    _check_references(settings, config_path)
+    if check_filter is not None:
+        for i, rule in enumerate(settings.rules):
+            if rule.filter is None:
+                continue
+            try:
+                check_filter(rule.filter)
+            except ValueError as e:
+                raise ConfigError(
+                    f"{config_path}: rule #{i + 1} {rule.name!r} (rules[{i}]): field 'filter': {e}"
+                ) from e
+    return settings
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found (pass --config FILE)")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e)
+        raise ConfigError(f"{path}: invalid YAML{where}: {problem}") from e
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read config file: {e.strerror}") from e
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys, not {type(data).__name__}")
+    return data
+
+
+_FIELDS_BY_SECTION: dict[str, type[BaseModel]] = {
+    "rules": RuleConfig,
+    "webhooks": WebhookConfig,
+    "http": HttpConfig,
+    "registry": RegistryConfig,
+}
+
+
+def _describe(error: ValidationError, path: Path, raw: dict[str, Any]) -> str:
+    errors = error.errors()
+    first = errors[0]
+    loc = tuple(first["loc"])
+    where = _where(loc, raw)
+    if first["type"] == "extra_forbidden":
+        key = str(loc[-1])
+        what = f"unknown key {key!r}"
+        section = next((str(p) for p in reversed(loc[:-1]) if isinstance(p, str)), None)
+        model: type[BaseModel] = _FIELDS_BY_SECTION.get(section or "", WatcherSettings)
+        close = difflib.get_close_matches(key, list(model.model_fields), n=1)
+        if close:
+            what += f" (did you mean {close[0]!r}?)"
+    elif first["type"] == "missing":
+        what = f"field {loc[-1]!r} is required"
+    else:
+        field = next((str(p) for p in reversed(loc) if isinstance(p, str)), "value")
+        msg = first["msg"].removeprefix("Value error, ")
+        what = f"field {field!r}: {msg} (got {first.get('input')!r})"
+    more = f" (and {len(errors) - 1} more error(s))" if len(errors) > 1 else ""
+    return f"{path}: {where}{what}{more}"
+
+
+def _where(loc: tuple[Any, ...], raw: dict[str, Any]) -> str:
+    if len(loc) >= 2 and loc[0] in ("rules", "webhooks") and isinstance(loc[1], int):
+        section, index = loc[0], loc[1]
+        items = raw.get(section)
+        name = None
+        if isinstance(items, list) and index < len(items) and isinstance(items[index], dict):
+            name = items[index].get("name")
+        label = "rule" if section == "rules" else "webhook"
+        named = f" {name!r}" if name else ""
+        return f"{label} #{index + 1}{named} ({section}[{index}]): "
+    if loc and isinstance(loc[0], str) and len(loc) > 1:
+        return f"{loc[0]}: "
+    return ""
+
+
+def _check_references(settings: WatcherSettings, path: Path) -> None:
+    seen_webhooks: set[str] = set()
+    for i, hook in enumerate(settings.webhooks):
+        where = f"{path}: webhook #{i + 1} {hook.name!r} (webhooks[{i}]): "
+        if hook.name in seen_webhooks:
+            raise ConfigError(f"{where}field 'name': duplicate webhook name {hook.name!r}")
+        seen_webhooks.add(hook.name)
+        if bool(hook.url) == bool(hook.url_env):
+            raise ConfigError(f"{where}field 'url': give exactly one of 'url' or 'url_env'")
+    seen_rules: set[str] = set()
+    for i, rule in enumerate(settings.rules):
+        where = f"{path}: rule #{i + 1} {rule.name!r} (rules[{i}]): "
+        if rule.name in seen_rules:
+            raise ConfigError(f"{where}field 'name': duplicate rule name {rule.name!r}")
+        seen_rules.add(rule.name)
+        for name in rule.notify:
+            if name not in seen_webhooks:
+                defined = ", ".join(sorted(seen_webhooks)) or "none"
+                raise ConfigError(
+                    f"{where}field 'notify': webhook {name!r} is not defined (defined webhooks: {defined})"
+                )
+
+
+def redact_url(url: str) -> str:
+    """Keep scheme and host of a URL, drop credentials, path and query (they carry secrets)."""
+    parts = urlsplit(url)
+    if not parts.scheme:
+        return "***"
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    tail = "/***" if (parts.path not in ("", "/") or parts.query) else parts.path
+    return urlunsplit((parts.scheme, host, tail, "", ""))
+
+
+def redact_uri(uri: str) -> str:
+    """Hide a password in a tracking URI (``postgresql://user:***@host/db``)."""
+    parts = urlsplit(uri)
+    if parts.password is None:
+        return uri
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def effective_config(settings: WatcherSettings) -> dict[str, Any]:
+    """The config as data, secrets redacted, env-sourced values shown as set/unset."""
+    data = settings.model_dump(mode="json")
+    if data.get("tracking_uri"):
+        data["tracking_uri"] = redact_uri(data["tracking_uri"])
+    for hook in data["webhooks"]:
+        if hook.get("url"):
+            hook["url"] = redact_url(hook["url"])
+        for key in ("url_env", "secret_env"):
+            if hook.get(key):
+                hook[key] = f"{hook[key]} ({'set' if os.environ.get(hook[key]) else 'unset'})"
+    token_env = data["http"].get("token_env")
+    if token_env:
+        data["http"]["token_env"] = f"{token_env} ({'set' if os.environ.get(token_env) else 'unset'})"
+    return data

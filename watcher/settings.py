@@ -37,6 +37,8 @@ class HttpConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(default=8265, ge=1, le=65535)
     token_env: str | None = None
+    # A non-loopback host without a token is refused unless this says so explicitly (api.py).
+    allow_insecure_bind: bool = False
 
 
 class WebhookConfig(_Strict):

@@ -1,0 +1,229 @@
+"""The trainer's configuration (YAML, validated by pydantic) and the trial sampler.
+
+The defaults here are the ones ``config/trainer.yaml`` documents; a test keeps the two equal.
+An unknown key anywhere is an error that names the key and the file.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import numpy as np
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from trainer.errors import InputError
+
+DEFAULT_CONFIG = Path("config/trainer.yaml")
+
+# Search-space names (XGBoost's scikit-learn spelling, logged as params) -> native xgb.train
+# parameter names. ``n_estimators`` becomes ``num_boost_round``.
+HYPERPARAMETERS: dict[str, str] = {
+    "n_estimators": "num_boost_round",
+    "max_depth": "max_depth",
+    "max_leaves": "max_leaves",
+    "learning_rate": "eta",
+    "subsample": "subsample",
+    "colsample_bytree": "colsample_bytree",
+    "colsample_bylevel": "colsample_bylevel",
+    "colsample_bynode": "colsample_bynode",
+    "min_child_weight": "min_child_weight",
+    "reg_lambda": "lambda",
+    "reg_alpha": "alpha",
+    "gamma": "gamma",
+    "max_delta_step": "max_delta_step",
+    "grow_policy": "grow_policy",
+}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class IntRange(_Strict):
+    """An integer drawn uniformly from [low, high] (log-uniformly with ``log: true``)."""
+
+    type: Literal["int"] = "int"
+    low: int
+    high: int
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _ordered(self) -> IntRange:
+        _check_range(self.low, self.high, self.log)
+        return self
+
+
+class FloatRange(_Strict):
+    """A float drawn uniformly from [low, high] (log-uniformly with ``log: true``)."""
+
+    type: Literal["float"] = "float"
+    low: float
+    high: float
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _ordered(self) -> FloatRange:
+        _check_range(self.low, self.high, self.log)
+        return self
+
+
+class Choice(_Strict):
+    """One of ``values``, each equally likely."""
+
+    type: Literal["choice"] = "choice"
+    values: list[int | float | str] = Field(min_length=1)
+
+
+def _check_range(low: float, high: float, log: bool) -> None:
+    if low > high:
+        raise ValueError(f"low ({low}) must not be above high ({high})")
+    if log and low <= 0:
+        raise ValueError("a log range needs low > 0")
+
+
+Distribution = Annotated[IntRange | FloatRange | Choice, Field(discriminator="type")]
+
+
+def _default_space() -> dict[str, Distribution]:
+    return {
+        "n_estimators": IntRange(low=40, high=160),
+        "max_depth": IntRange(low=2, high=6),
+        "learning_rate": FloatRange(low=0.02, high=0.2, log=True),
+        "subsample": FloatRange(low=0.6, high=1.0),
+        "colsample_bytree": FloatRange(low=0.4, high=1.0),
+        "min_child_weight": FloatRange(low=1.0, high=50.0, log=True),
+        "reg_lambda": FloatRange(low=0.1, high=10.0, log=True),
+        "reg_alpha": FloatRange(low=0.001, high=1.0, log=True),
+    }
+
+
+class DataConfig(_Strict):
+    path: Path | None = None
+    target: str | None = None
+    time_column: str = "timestamp"
+
+
+class WalkForwardConfig(_Strict):
+    train_months: int = Field(default=3, ge=1)
+    test_months: int = Field(default=1, ge=1)
+    window: Literal["rolling", "expanding"] = "rolling"
+
+
+class XGBoostConfig(_Strict):
+    """Fixed XGBoost settings shared by every trial (not searched)."""
+
+    objective: str = "reg:squarederror"
+    tree_method: Literal["hist", "approx"] = "hist"
+    max_bin: int = Field(default=64, ge=2)
+    nthread: int = Field(default=1, ge=1)
+
+
+class ImportanceConfig(_Strict):
+    enabled: bool = True
+    n_repeats: int = Field(default=3, ge=1)
+
+
+class TrainerConfig(_Strict):
+    symbol: str = Field(default="SAMPLE", min_length=1)
+    trials: int = Field(default=16, ge=1)
+    seed: int = 42
+    jobs: int = Field(default=2, ge=1)
+    experiment: str | None = None
+    top: int = Field(default=5, ge=1)
+    data: DataConfig = DataConfig()
+    walk_forward: WalkForwardConfig = WalkForwardConfig()
+    xgboost: XGBoostConfig = XGBoostConfig()
+    importance: ImportanceConfig = ImportanceConfig()
+    search_space: dict[str, Distribution] = Field(default_factory=_default_space)
+
+    @model_validator(mode="after")
+    def _known_hyperparameters(self) -> TrainerConfig:
+        unknown = sorted(set(self.search_space) - set(HYPERPARAMETERS))
+        if unknown:
+            raise ValueError(
+                f"unknown hyperparameter(s) {', '.join(unknown)}; "
+                f"known: {', '.join(sorted(HYPERPARAMETERS))}"
+            )
+        if "n_estimators" not in self.search_space:
+            raise ValueError("search_space needs n_estimators")
+        return self
+
+    def experiment_name(self, n_features: int) -> str:
+        if self.experiment:
+            return self.experiment
+        wf = self.walk_forward
+        return (
+            f"wf_xgboost_{self.symbol}_f{n_features}_tr{wf.train_months}m_te{wf.test_months}m"
+        )
+
+
+def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> TrainerConfig:
+    """Read ``path`` (``None``: the built-in defaults) and apply dotted-key ``overrides``."""
+    raw: dict[str, Any] = {}
+    where = "built-in defaults"
+    if path is not None:
+        where = str(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as e:
+            raise InputError(f"cannot read config file {path}: {e.strerror or e}") from e
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            at = f" at line {mark.line + 1}" if mark is not None else ""
+            raise InputError(f"config file {path} is not valid YAML{at}") from e
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise InputError(f"config file {path} must hold a mapping of keys, not {type(loaded).__name__}")
+        raw = loaded
+    for dotted, value in (overrides or {}).items():
+        node = raw
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            child = node.get(key)
+            if not isinstance(child, dict):
+                child = {}
+                node[key] = child
+            node = child
+        node[leaf] = value
+    try:
+        return TrainerConfig.model_validate(raw)
+    except ValidationError as e:
+        raise InputError(f"config file {where}: {_first_error(e)}") from e
+
+
+def _first_error(e: ValidationError) -> str:
+    err = e.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"])
+    if err["type"] == "extra_forbidden":
+        return f"unknown key {loc!r}"
+    msg = err["msg"].removeprefix("Value error, ")
+    return f"{loc}: {msg}" if loc else msg
+
+
+def sample_trial(space: dict[str, Distribution], seed: int, index: int) -> dict[str, Any]:
+    """Hyperparameters of trial ``index``; depends only on (seed, index), not on the count."""
+    rng = np.random.default_rng([seed, index])
+    out: dict[str, Any] = {}
+    for name in sorted(space):
+        dist = space[name]
+        if isinstance(dist, Choice):
+            out[name] = dist.values[int(rng.integers(len(dist.values)))]
+        elif isinstance(dist, IntRange):
+            if dist.log:
+                value = math.exp(rng.uniform(math.log(dist.low), math.log(dist.high + 1)))
+                out[name] = min(int(value), dist.high)
+            else:
+                out[name] = int(rng.integers(dist.low, dist.high + 1))
+        else:
+            if dist.log:
+                value = math.exp(rng.uniform(math.log(dist.low), math.log(dist.high)))
+            else:
+                value = rng.uniform(dist.low, dist.high)
+            out[name] = float(f"{value:.4g}")
+    return out

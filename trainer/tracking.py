@@ -1,0 +1,159 @@
+"""The trainer's only door to MLflow.
+
+A trial costs these tracking calls: ``create_run`` (parent process), the model
+(``mlflow.xgboost.log_model``: get_run, create_logged_model, log_outputs, get_run,
+finalize), one ``log_batch`` with every param, metric and tag, and ``set_terminated``.
+Artifact files go straight to the run's artifact store, apart from the count.
+Every MLflow exception leaves this module as ``TrackingError``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import mlflow.xgboost
+import numpy as np
+import pandas as pd
+import xgboost as xgb
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.models import infer_signature
+from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+from mlflow.tracking import MlflowClient
+from mlflow.tracking.context.registry import resolve_tags
+
+from trainer.errors import TrackingError
+
+# MLflow's limit on a param value; feature_names can come close with long column names.
+MAX_PARAM_CHARS = 6000
+# Requirements of the logged model, given so MLflow does not infer them in a subprocess.
+MODEL_REQUIREMENTS = [f"xgboost=={xgb.__version__}", "pandas", "numpy"]
+
+
+@contextmanager
+def _wrapped(action: str) -> Iterator[None]:
+    try:
+        yield
+    except TrackingError:
+        raise
+    except (MlflowException, OSError, ConnectionError) as e:
+        raise TrackingError(f"{action} failed: {_one_line(e)}") from e
+    except Exception as e:  # the REST client raises requests' and urllib3's errors too
+        if type(e).__module__.split(".")[0] in ("requests", "urllib3", "sqlalchemy"):
+            raise TrackingError(f"{action} failed: {_one_line(e)}") from e
+        raise
+
+
+def _one_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
+
+
+def quiet_mlflow() -> None:
+    """Silence MLflow's per-call INFO chatter (progress is reported by the trainer)."""
+    for name in ("mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+class Tracking:
+    """MLflow tracking for one sweep, usable from the parent and from worker processes."""
+
+    def __init__(self, uri: str | None = None) -> None:
+        self.uri = uri or mlflow.get_tracking_uri()
+        self.client = MlflowClient(self.uri)
+
+    def ensure_experiment(self, name: str) -> str:
+        """Id of experiment ``name``, created if missing (restored if deleted)."""
+        with _wrapped(f"finding experiment {name!r} at {self.uri}"):
+            exp = self.client.get_experiment_by_name(name)
+            if exp is None:
+                try:
+                    return self.client.create_experiment(name)
+                except MlflowException:
+                    # another process created it between our two calls
+                    exp = self.client.get_experiment_by_name(name)
+                    if exp is None:
+                        raise
+            if exp.lifecycle_stage == "deleted":
+                self.client.restore_experiment(exp.experiment_id)
+            return str(exp.experiment_id)
+
+    @staticmethod
+    def context_tags() -> dict[str, str]:
+        """MLflow's own source/user tags (``mlflow.user``, ``mlflow.source.name``, ...)."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return {k: str(v) for k, v in resolve_tags({}).items()}
+
+    def create_run(self, experiment_id: str, run_name: str, tags: Mapping[str, str]) -> tuple[str, str]:
+        """Start a RUNNING run; returns (run id, artifact URI)."""
+        with _wrapped(f"creating run {run_name!r}"):
+            run = self.client.create_run(experiment_id, run_name=run_name, tags=dict(tags))
+            return run.info.run_id, run.info.artifact_uri
+
+    def log_model(self, run_id: str, model: xgb.Booster, example: pd.DataFrame) -> None:
+        """``mlflow.xgboost.log_model(model, name="model")`` with signature and input example."""
+        with _wrapped(f"logging the model of run {run_id}"):
+            prediction = model.inplace_predict(example.to_numpy(dtype="float32"))
+            signature = infer_signature(example, np.asarray(prediction))
+            mlflow.set_tracking_uri(self.uri)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                mlflow.xgboost.log_model(
+                    model,
+                    name="model",
+                    signature=signature,
+                    input_example=example,
+                    pip_requirements=MODEL_REQUIREMENTS,
+                    run_id=run_id,
+                )
+
+    def log_batch(
+        self,
+        run_id: str,
+        params: Mapping[str, str],
+        metrics: Sequence[tuple[str, float, int]],
+        tags: Mapping[str, str],
+    ) -> None:
+        """Every param, metric ``(key, value, step)`` and tag of a run in one call."""
+        now = int(time.time() * 1000)
+        with _wrapped(f"logging params and metrics of run {run_id}"):
+            self.client.log_batch(
+                run_id,
+                metrics=[Metric(k, float(v), now, step) for k, v, step in metrics],
+                params=[Param(k, str(v)[:MAX_PARAM_CHARS]) for k, v in params.items()],
+                tags=[RunTag(k, str(v)) for k, v in tags.items()],
+            )
+
+    def log_artifacts(self, artifact_uri: str, local_dir: Path) -> None:
+        """Upload a directory's files to a run's artifact root (no tracking call)."""
+        with _wrapped(f"uploading artifacts to {artifact_uri}"):
+            repo = get_artifact_repository(artifact_uri, tracking_uri=self.uri)
+            repo.log_artifacts(str(local_dir))
+
+    def terminate(self, run_id: str, status: str) -> None:
+        """Mark a run FINISHED / FAILED / KILLED."""
+        with _wrapped(f"marking run {run_id} {status}"):
+            self.client.set_terminated(run_id, status=status)
+
+    def experiment_link(self, experiment_id: str) -> str:
+        """How to open the experiment's runs in the MLflow UI."""
+        page = f"#/experiments/{experiment_id}/runs"
+        if self.uri.startswith(("http://", "https://")):
+            return f"open {self.uri.rstrip('/')}/{page}"
+        return f"run `mlflow ui --backend-store-uri {self.uri}` and open http://127.0.0.1:5000/{page}"
+
+
+def example_frame(example: np.ndarray, feature_names: list[str]) -> pd.DataFrame:
+    return pd.DataFrame(np.asarray(example, dtype="float32"), columns=feature_names)
+
+
+def params_of(values: Mapping[str, Any]) -> dict[str, str]:
+    return {k: str(v) for k, v in values.items()}

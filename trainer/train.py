@@ -1,0 +1,159 @@
+"""One walk-forward trial: train per fold, score, and train the deployable model.
+
+``Prepared`` holds what does not change between trials (the data, the folds and each fold's
+``QuantileDMatrix``), so a process builds it once and every trial it runs reuses it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import xgboost as xgb
+
+from trainer.config import HYPERPARAMETERS, TrainerConfig
+from trainer.data import Dataset
+from trainer.splits import Fold, latest_window, walk_forward_splits
+
+if TYPE_CHECKING:
+    from trainer.importance import ImportanceReport
+
+SCORES = ("r2", "rmse", "mae")
+PARTS = ("train", "test")
+# Rows of the input example logged with the model.
+EXAMPLE_ROWS = 5
+
+
+def scores(y: np.ndarray, pred: np.ndarray) -> dict[str, float]:
+    """R², RMSE and MAE of ``pred`` against ``y`` (R² is NaN for a constant ``y``)."""
+    err = y - pred
+    sse = float(np.dot(err, err))
+    sst = float(np.sum((y - y.mean()) ** 2))
+    return {
+        "r2": 1.0 - sse / sst if sst > 0 else float("nan"),
+        "rmse": float(np.sqrt(sse / len(y))),
+        "mae": float(np.mean(np.abs(err))),
+    }
+
+
+@dataclass(frozen=True)
+class FoldScores:
+    index: int
+    n_train: int
+    n_test: int
+    train: dict[str, float]
+    test: dict[str, float]
+
+
+@dataclass
+class TrialResult:
+    """What one trial produced; ``model`` is the deployable booster (latest window)."""
+
+    index: int
+    hyperparameters: dict[str, Any]
+    folds: list[FoldScores]
+    model: xgb.Booster
+    example: np.ndarray
+    seconds: float
+    importance: ImportanceReport | None = None
+    importance_skipped: str | None = None
+    extra_params: dict[str, str] = field(default_factory=dict)
+
+    def averages(self) -> dict[str, float]:
+        """``avg_{part}_{score}`` over folds and ``num_folds``."""
+        out: dict[str, float] = {}
+        for part in PARTS:
+            for score in SCORES:
+                values = [getattr(f, part)[score] for f in self.folds]
+                out[f"avg_{part}_{score}"] = float(np.mean(values))
+        out["num_folds"] = float(len(self.folds))
+        return out
+
+    def fold_series(self) -> list[tuple[str, float, int]]:
+        """``({part}_{score}, value, fold index)`` for every fold, for a per-fold curve."""
+        return [
+            (f"{part}_{score}", getattr(f, part)[score], f.index)
+            for f in self.folds
+            for part in PARTS
+            for score in SCORES
+        ]
+
+
+class Prepared:
+    """Data, folds and cached DMatrices of one process; reused by every trial it runs."""
+
+    def __init__(self, dataset: Dataset, config: TrainerConfig) -> None:
+        wf = config.walk_forward
+        self.dataset = dataset
+        self.config = config
+        self.folds: list[Fold] = walk_forward_splits(
+            dataset.times, wf.train_months, wf.test_months, wf.window
+        )
+        self.final: slice = latest_window(dataset.times, wf.train_months, wf.window)
+        self.fixed: dict[str, Any] = {
+            "objective": config.xgboost.objective,
+            "tree_method": config.xgboost.tree_method,
+            "max_bin": config.xgboost.max_bin,
+            "nthread": config.xgboost.nthread,
+            "verbosity": 0,
+        }
+        self._matrices: dict[tuple[int, int], xgb.QuantileDMatrix] = {}
+
+    def matrix(self, rows: slice) -> xgb.QuantileDMatrix:
+        """The training matrix of ``rows``, built on first use."""
+        key = (rows.start, rows.stop)
+        if key not in self._matrices:
+            ds = self.dataset
+            self._matrices[key] = xgb.QuantileDMatrix(
+                ds.X[rows],
+                label=ds.y[rows],
+                feature_names=ds.feature_names,
+                max_bin=self.config.xgboost.max_bin,
+                nthread=self.config.xgboost.nthread,
+            )
+        return self._matrices[key]
+
+    def booster_params(self, hyperparameters: dict[str, Any], seed: int) -> tuple[dict[str, Any], int]:
+        """Native ``xgb.train`` parameters and the number of boosting rounds."""
+        params = dict(self.fixed, seed=seed)
+        rounds = 100
+        for name, value in hyperparameters.items():
+            native = HYPERPARAMETERS[name]
+            if native == "num_boost_round":
+                rounds = int(value)
+            else:
+                params[native] = value
+        return params, rounds
+
+
+def run_trial(prepared: Prepared, index: int, hyperparameters: dict[str, Any], seed: int) -> TrialResult:
+    """Train and score every fold, then train the deployable model on the latest window."""
+    started = time.perf_counter()
+    ds = prepared.dataset
+    params, rounds = prepared.booster_params(hyperparameters, seed)
+    fold_scores: list[FoldScores] = []
+    for fold in prepared.folds:
+        booster = xgb.train(params, prepared.matrix(fold.train), num_boost_round=rounds)
+        pred_train = booster.inplace_predict(ds.X[fold.train])
+        pred_test = booster.inplace_predict(ds.X[fold.test])
+        fold_scores.append(
+            FoldScores(
+                index=fold.index,
+                n_train=fold.n_train,
+                n_test=fold.n_test,
+                train=scores(ds.y[fold.train], np.asarray(pred_train, dtype="float64")),
+                test=scores(ds.y[fold.test], np.asarray(pred_test, dtype="float64")),
+            )
+        )
+    model = xgb.train(params, prepared.matrix(prepared.final), num_boost_round=rounds)
+    example = ds.X[prepared.final][-EXAMPLE_ROWS:]
+    return TrialResult(
+        index=index,
+        hyperparameters=dict(hyperparameters),
+        folds=fold_scores,
+        model=model,
+        example=example,
+        seconds=time.perf_counter() - started,
+    )

@@ -1,0 +1,147 @@
+"""``python -m trainer train | retrain | sample-data``: parse, configure logging, map errors to
+exit codes (0 ok, 1 training or tracking failed, 2 bad usage, config or input data)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from trainer.errors import InputError, TrackingError, TrainingError
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _integer(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m trainer",
+        description="Walk-forward XGBoost sweeps logged to MLflow.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,retrain,sample-data}")
+
+    train = sub.add_parser("train", help="run a sweep of walk-forward XGBoost trials")
+    train.add_argument("--config", type=Path, help="YAML config (default: built-in defaults, as in config/trainer.yaml)")
+    train.add_argument("--data", type=Path, help="CSV or Parquet file (default: the built-in sample)")
+    train.add_argument("--target", help="predict this column from every other numeric column")
+    train.add_argument("--time-column", help="name of the time column (default: timestamp)")
+    train.add_argument("--symbol", help="symbol in the experiment name and params")
+    train.add_argument("--trials", type=_positive, help="number of trials")
+    train.add_argument("--train-months", type=_positive, help="months in each training window")
+    train.add_argument("--test-months", type=_positive, help="months in each test window (the step)")
+    train.add_argument("--window", choices=("rolling", "expanding"), help="training window kind")
+    train.add_argument("--experiment", help="MLflow experiment (default: wf_xgboost_{SYMBOL}_f{n}_tr{m}m_te{m}m)")
+    train.add_argument("--seed", type=_integer, help="seed of the trial sampler")
+    train.add_argument("--jobs", type=_positive, help="trials run in parallel processes")
+    train.add_argument("--top", type=_positive, help="rows in the final table of best trials")
+    train.add_argument("--no-progress", action="store_true", help="plain log lines, no progress bar")
+
+    retrain = sub.add_parser("retrain", help="retrain a logged trial without its weak features")
+    retrain.add_argument("--run-id", required=True, help="the run to retrain")
+    retrain.add_argument("--drop-below", type=float, help="drop features whose importance is below X")
+    retrain.add_argument("--exclude", help="comma-separated features to drop")
+
+    sample = sub.add_parser("sample-data", help="write the built-in sample data set as CSV")
+    sample.add_argument("--out", type=Path, required=True, help="CSV file to write")
+    sample.add_argument("--seed", type=_integer, help="generate with another seed")
+    return parser
+
+
+TRAIN_OVERRIDES = {
+    "data": "data.path",
+    "target": "data.target",
+    "time_column": "data.time_column",
+    "symbol": "symbol",
+    "trials": "trials",
+    "train_months": "walk_forward.train_months",
+    "test_months": "walk_forward.test_months",
+    "window": "walk_forward.window",
+    "experiment": "experiment",
+    "seed": "seed",
+    "jobs": "jobs",
+    "top": "top",
+}
+
+
+def configure_logging(level: int = logging.INFO) -> None:
+    structlog.configure(
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="%H:%M:%S"),
+            structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty()),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # argparse already printed usage and the error
+        return int(e.code or 0)
+    configure_logging()
+    try:
+        if args.command == "train":
+            return _train(args)
+        if args.command == "sample-data":
+            return _sample(args)
+        from trainer import retrain
+
+        return retrain.main(args)
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except (TrackingError, TrainingError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _train(args: argparse.Namespace) -> int:
+    from trainer.config import load_config
+    from trainer.sweep import print_summary, run_sweep
+
+    overrides: dict[str, Any] = {
+        dotted: getattr(args, name) for name, dotted in TRAIN_OVERRIDES.items() if getattr(args, name) is not None
+    }
+    if "data.path" in overrides:
+        overrides["data.path"] = str(overrides["data.path"])
+    config = load_config(args.config, overrides)
+    summary = run_sweep(config, progress=False if args.no_progress else None)
+    print_summary(summary, config.top, sys.stdout)
+    return EXIT_OK if not summary.failed else EXIT_FAILED
+
+
+def _sample(args: argparse.Namespace) -> int:
+    from trainer import data
+
+    seed = data.SAMPLE_SEED if args.seed is None else args.seed
+    rows = data.write_sample(args.out, seed)
+    structlog.get_logger(__name__).info("sample_written", path=str(args.out), rows=rows, seed=seed)
+    print(args.out)
+    return EXIT_OK

@@ -1,0 +1,73 @@
+"""The one seam through which trials run: local processes now, a distributed backend later.
+
+An executor is set up with a worker initializer (called once per worker with the context that
+does not change between trials) and then takes tasks. ``InlineExecutor`` runs them in this
+process (``--jobs 1``), ``ProcessExecutor`` in a pool of fresh (spawned) processes.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from collections.abc import Callable
+from concurrent.futures import Future, ProcessPoolExecutor
+from typing import Any, Protocol, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class Executor(Protocol):
+    """Runs ``fn(task)`` somewhere; at most ``slots`` tasks make progress at a time."""
+
+    slots: int
+
+    def submit(self, fn: Callable[[T], R], task: T) -> Future[R]: ...
+
+    def shutdown(self, *, cancel: bool = False) -> None: ...
+
+
+class InlineExecutor:
+    """Runs each task in this process, at submit time."""
+
+    slots = 1
+
+    def __init__(self, initializer: Callable[..., None], initargs: tuple[Any, ...]) -> None:
+        initializer(*initargs)
+
+    def submit(self, fn: Callable[[T], R], task: T) -> Future[R]:
+        future: Future[R] = Future()
+        try:
+            future.set_result(fn(task))
+        except Exception as e:  # delivered through the future, as from a process
+            future.set_exception(e)
+        return future
+
+    def shutdown(self, *, cancel: bool = False) -> None:
+        return None
+
+
+class ProcessExecutor:
+    """A pool of ``jobs`` spawned processes, each initialized once."""
+
+    def __init__(self, jobs: int, initializer: Callable[..., None], initargs: tuple[Any, ...]) -> None:
+        self.slots = jobs
+        # spawn, not fork: the parent has threads and MLflow/XGBoost state a fork would copy
+        self._pool = ProcessPoolExecutor(
+            max_workers=jobs,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=initializer,
+            initargs=initargs,
+        )
+
+    def submit(self, fn: Callable[[T], R], task: T) -> Future[R]:
+        return self._pool.submit(fn, task)
+
+    def shutdown(self, *, cancel: bool = False) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=cancel)
+
+
+def local_executor(jobs: int, initializer: Callable[..., None], initargs: tuple[Any, ...]) -> Executor:
+    """``jobs`` == 1: inline; otherwise a process pool."""
+    if jobs <= 1:
+        return InlineExecutor(initializer, initargs)
+    return ProcessExecutor(jobs, initializer, initargs)

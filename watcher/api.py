@@ -286,7 +286,13 @@ def serve_in_thread(
     token = resolve_token(http, environ)
     check_bind(http, token)
     sock = bind_socket(http.host, http.port)
-    app = create_app(watcher, token=token, clock=clock)
+    api = run_in_thread(create_app(watcher, token=token, clock=clock), sock)
+    log.info("api_started", url=api.url, token_required=token is not None)
+    return api
+
+
+def run_in_thread(app: FastAPI, sock: socket.socket) -> ApiServer:
+    """Serve `app` with uvicorn on a bound socket in a daemon thread; return once it listens."""
     config = uvicorn.Config(
         app,
         log_config=None,  # keep the daemon's logging (structlog) as it is
@@ -304,7 +310,6 @@ def serve_in_thread(
         if not thread.is_alive() or time.monotonic() > deadline:
             api.stop()
             sock.close()
-            raise ConfigError(f"http: the API on {http.host}:{http.port} did not start")
+            raise ConfigError(f"http: the API on {api.host}:{api.port} did not start")
         time.sleep(0.02)
-    log.info("api_started", url=api.url, token_required=token is not None)
     return api

@@ -99,13 +99,16 @@ def test_a_model_without_splits_has_zero_importance_everywhere() -> None:
     assert not ours.any()
 
 
-def test_feature_names_on_the_booster_map_to_their_columns() -> None:
+def test_a_booster_with_feature_names_is_read_by_column_position() -> None:
     X, y = _data(200)
     names = [f"c{i}" for i in range(N_FEATURES)]
     booster = xgb.train({"max_depth": 2, "nthread": 1}, xgb.DMatrix(X, label=y, feature_names=names), 10)
     used = importance.used_features(booster, N_FEATURES)
     assert set(PLANTED) <= set(used.tolist())
     assert 12 not in used
+    report = importance.compute_importance(booster, X, y, names, n_repeats=1, seed=0)
+    assert report is not None
+    assert report.shap[12] == 0.0
 
 
 @pytest.mark.parametrize(

@@ -124,6 +124,11 @@ class XGBoostConfig(_Strict):
 class ImportanceConfig(_Strict):
     enabled: bool = True
     n_repeats: int = Field(default=3, ge=1)
+    seed: int = 0  # random_state of the permutations, as sklearn's
+    # latest: the last fold's model on the latest test window; pooled: every fold's model on
+    # its own test window
+    holdout: Literal["latest", "pooled"] = "latest"
+    min_rows: int = Field(default=10, ge=2)  # fewer held-out rows: importance is skipped
 
 
 class TrainerConfig(_Strict):

@@ -148,7 +148,8 @@ def shap_importances(booster: xgb.Booster, X: np.ndarray) -> np.ndarray:
 def shap_values(booster: xgb.Booster, X: np.ndarray) -> np.ndarray:
     """Per-row SHAP values without the bias column, shape ``(n_rows, n_features)``."""
     matrix = xgb.DMatrix(np.asarray(X, dtype=np.float32))
-    contribs = booster.predict(matrix, pred_contribs=True)
+    # Columns are matched by position, as inplace_predict does; the booster may carry names.
+    contribs = booster.predict(matrix, pred_contribs=True, validate_features=False)
     return np.asarray(contribs, dtype=np.float64)[:, :-1]
 
 
@@ -407,3 +408,29 @@ def compute_pooled_importance(
         importance_max=float(means.max()),
     )
     return report
+
+
+def for_trial(
+    held_out: Sequence[tuple[xgb.Booster, np.ndarray, np.ndarray]],
+    feature_names: list[str],
+    *,
+    holdout: Holdout,
+    n_repeats: int,
+    seed: int,
+    min_rows: int = MIN_ROWS,
+) -> tuple[ImportanceReport | None, str | None]:
+    """A trial's importance from its folds' ``(model, test X, test y)``, in fold order.
+
+    ``latest``: the last fold's model on the latest test window -- the newest rows a model
+    of the trial's hyperparameters never trained on (the deployable model trains on them).
+    ``pooled``: every fold's model on its own test window. Returns the report, or None and
+    the reason it was skipped.
+    """
+    models = list(held_out) if holdout == "pooled" else list(held_out)[-1:]
+    report = compute_pooled_importance(
+        models, feature_names, n_repeats=n_repeats, seed=seed, min_rows=min_rows, holdout=holdout
+    )
+    if report is not None:
+        return report, None
+    n_rows = max((len(X) for _, X, _ in models), default=0)
+    return None, skip_reason(n_rows, min_rows)

@@ -8,17 +8,15 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import xgboost as xgb
 
 from trainer.config import HYPERPARAMETERS, TrainerConfig
 from trainer.data import Dataset
+from trainer.importance import ImportanceReport, for_trial
 from trainer.splits import Fold, latest_window, walk_forward_splits
-
-if TYPE_CHECKING:
-    from trainer.importance import ImportanceReport
 
 SCORES = ("r2", "rmse", "mae")
 PARTS = ("train", "test")
@@ -134,8 +132,10 @@ def run_trial(prepared: Prepared, index: int, hyperparameters: dict[str, Any], s
     ds = prepared.dataset
     params, rounds = prepared.booster_params(hyperparameters, seed)
     fold_scores: list[FoldScores] = []
+    held_out: list[tuple[xgb.Booster, np.ndarray, np.ndarray]] = []  # for importance
     for fold in prepared.folds:
         booster = xgb.train(params, prepared.matrix(fold.train), num_boost_round=rounds)
+        held_out.append((booster, ds.X[fold.test], ds.y[fold.test]))
         pred_train = booster.inplace_predict(ds.X[fold.train])
         pred_test = booster.inplace_predict(ds.X[fold.test])
         fold_scores.append(
@@ -149,6 +149,18 @@ def run_trial(prepared: Prepared, index: int, hyperparameters: dict[str, Any], s
         )
     model = xgb.train(params, prepared.matrix(prepared.final), num_boost_round=rounds)
     example = ds.X[prepared.final][-EXAMPLE_ROWS:]
+    report: ImportanceReport | None = None
+    skipped: str | None = None
+    settings = prepared.config.importance
+    if settings.enabled:
+        report, skipped = for_trial(
+            held_out,
+            ds.feature_names,
+            holdout=settings.holdout,
+            n_repeats=settings.n_repeats,
+            seed=settings.seed,
+            min_rows=settings.min_rows,
+        )
     return TrialResult(
         index=index,
         hyperparameters=dict(hyperparameters),
@@ -156,4 +168,6 @@ def run_trial(prepared: Prepared, index: int, hyperparameters: dict[str, Any], s
         model=model,
         example=example,
         seconds=time.perf_counter() - started,
+        importance=report,
+        importance_skipped=skipped,
     )

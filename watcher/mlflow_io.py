@@ -229,7 +229,7 @@ def _to_mlflow_run(r: RunRecord) -> Run:
         experiment_id=r.experiment_id,
         user_id="",
         status=r.status,
-        start_time=r.start_time,
+        start_time=r.start_time or 0,
         end_time=r.end_time,
         lifecycle_stage="active",
         run_name=r.run_name,

@@ -1,0 +1,106 @@
+"""Make runs for watcher tests with plain MlflowClient calls (not the trainer)."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from uuid import uuid4
+
+from mlflow.entities import Metric, RunStatus, RunTag
+from mlflow.tracking import MlflowClient
+
+_clock = [int(time.time() * 1000)]
+
+
+def next_ms() -> int:
+    """Strictly increasing millisecond times, so end_time order is the creation order."""
+    _clock[0] = max(_clock[0] + 1, int(time.time() * 1000))
+    return _clock[0]
+
+
+@dataclass(frozen=True)
+class MadeRun:
+    run_id: str
+    name: str
+    value: float | None
+    status: str
+
+
+def new_experiment(client: MlflowClient, prefix: str = "wf_xgboost_t") -> tuple[str, str]:
+    name = f"{prefix}_{uuid4().hex[:8]}"
+    return client.create_experiment(name), name
+
+
+def make_run(
+    client: MlflowClient,
+    experiment_id: str,
+    name: str,
+    metrics: Mapping[str, float] | None = None,
+    *,
+    status: str = "FINISHED",
+    tags: Mapping[str, str] | None = None,
+) -> str:
+    """One run: create, one log_batch, terminate (unless RUNNING)."""
+    run = client.create_run(experiment_id, run_name=name, start_time=next_ms())
+    run_id = run.info.run_id
+    now = next_ms()
+    client.log_batch(
+        run_id,
+        metrics=[Metric(k, v, now, 0) for k, v in (metrics or {}).items()],
+        tags=[RunTag(k, v) for k, v in (tags or {}).items()],
+    )
+    if status != "RUNNING":
+        client.set_terminated(run_id, status=status, end_time=next_ms())
+    return run_id
+
+
+def make_runs(
+    client: MlflowClient,
+    experiment_id: str,
+    values: Iterable[float | None],
+    *,
+    metric: str = "avg_test_r2",
+    extra: Mapping[str, float] | None = None,
+    prefix: str = "trial",
+) -> list[MadeRun]:
+    made = []
+    for i, value in enumerate(values):
+        metrics = dict(extra or {"num_folds": 3.0})
+        if value is not None:
+            metrics[metric] = value
+        name = f"{prefix}_{i}"
+        made.append(MadeRun(make_run(client, experiment_id, name, metrics), name, value, "FINISHED"))
+    return made
+
+
+def podium_tags(client: MlflowClient, experiment_id: str) -> dict[str, dict[str, str]]:
+    """Every active run's watcher-owned tags (model_rank, top_*, production_candidate)."""
+    out: dict[str, dict[str, str]] = {}
+    for run in client.search_runs([experiment_id], max_results=50000):
+        tags = {
+            k: v
+            for k, v in run.data.tags.items()
+            if k in ("model_rank", "production_candidate") or (k.startswith("top_") and k[4:].isdigit())
+        }
+        if tags:
+            out[run.info.run_id] = tags
+    return out
+
+
+def expected_order(made: Iterable[MadeRun], ascending: bool = False) -> list[str]:
+    """Run ids of finite-valued runs in rank order (creation order breaks ties)."""
+    finite = [
+        (m.value, i, m.run_id) for i, m in enumerate(made) if m.value is not None and math.isfinite(m.value)
+    ]
+    finite.sort(key=lambda t: (t[0] if ascending else -t[0], t[1]))  # type: ignore[operator]
+    return [t[2] for t in finite]
+
+
+def search_ids(client: MlflowClient, experiment_id: str, filter_string: str) -> set[str]:
+    return {r.info.run_id for r in client.search_runs([experiment_id], filter_string, max_results=50000)}
+
+
+def status_of(client: MlflowClient, run_id: str) -> str:
+    return str(RunStatus.to_string(RunStatus.from_string(client.get_run(run_id).info.status)))

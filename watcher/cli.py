@@ -1,0 +1,132 @@
+"""``python -m watcher [--config FILE] [--once] [--dry-run] [--log-format json|console]``
+and ``python -m watcher check-config [--config FILE]``.
+
+Exit codes: 0 success; 1 a ``--once`` pass failed; 2 bad usage or bad config (one message
+naming the file, the rule and the field; never a traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import Any, TextIO
+
+import structlog
+import yaml
+
+from watcher.errors import ConfigError
+from watcher.logs import configure
+from watcher.settings import DEFAULT_CONFIG_PATH, WatcherSettings, effective_config, load_settings
+
+log = structlog.get_logger("watcher")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m watcher",
+        description="Keep MLflow experiments' leaderboards current: rank, tag, promote, notify.",
+    )
+    parser.add_argument(
+        "command",
+        nargs="?",
+        choices=["check-config"],
+        help="check-config: validate the config and print it, secrets redacted",
+    )
+    parser.add_argument(
+        "--config", default=str(DEFAULT_CONFIG_PATH), help=f"YAML config file (default {DEFAULT_CONFIG_PATH})"
+    )
+    parser.add_argument(
+        "--once", action="store_true", help="run one reconcile pass and exit (0 ok, 1 failed)"
+    )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="plan one pass and print the tag changes; write nothing (implies --once)",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=["json", "console"],
+        default=None,
+        help="default: console on a terminal, else json",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure(args.log_format)
+    try:
+        from watcher.mlflow_io import check_run_filter
+
+        settings = load_settings(args.config, check_filter=check_run_filter)
+        if args.command == "check-config":
+            print_config(settings, sys.stdout)
+            return 0
+        return run(settings, once=args.once or args.dry_run, dry_run=args.dry_run)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def print_config(settings: WatcherSettings, out: TextIO) -> None:
+    out.write(yaml.safe_dump(effective_config(settings), sort_keys=False))
+
+
+def run(settings: WatcherSettings, *, once: bool, dry_run: bool) -> int:
+    from watcher.mlflow_io import MlflowTracking
+    from watcher.service import Watcher
+
+    tracking = MlflowTracking(settings.tracking_uri)
+    watcher = Watcher(settings, tracking, build_handlers(settings, tracking))
+    if once:
+        result = watcher.run_pass(dry_run=dry_run)
+        if dry_run:
+            print_plan(result, sys.stdout)
+        return 0 if result.ok else 1
+    from watcher.scheduler import run_daemon
+
+    return run_daemon(watcher, start_api=_api_starter(settings))
+
+
+def build_handlers(settings: WatcherSettings, tracking: Any) -> list[Any]:
+    """The registry promoter and, with webhooks configured, the notifier (W2's handlers)."""
+    from watcher.mlflow_io import MlflowRegistry
+    from watcher.notify import Notifier, resolve_targets
+    from watcher.registry import RegistryPromoter
+
+    store = MlflowRegistry(tracking)
+    handlers: list[Any] = [RegistryPromoter(store)]
+    if settings.webhooks:
+        handlers.append(Notifier(resolve_targets(settings.webhooks), store, ui_base_url=settings.ui_base_url))
+    return handlers
+
+
+def _api_starter(settings: WatcherSettings) -> Any:
+    if not settings.http.enabled:
+        return None
+
+    def start(watcher: Any) -> Any:
+        from watcher.api import serve_in_thread
+
+        return serve_in_thread(watcher, settings.http)
+
+    return start
+
+
+def print_plan(result: Any, out: TextIO) -> None:
+    """The dry run's plan, one line per tag change: experiment, run, tag, old -> new."""
+    total = 0
+    for outcome in result.outcomes:
+        for change in outcome.changes:
+            old = change.old if change.old is not None else "(none)"
+            new = change.new if change.new is not None else "(deleted)"
+            out.write(
+                f"{outcome.experiment_name} [{outcome.experiment_id}]  run {change.run_id}  "
+                f"{change.key}: {old} -> {new}\n"
+            )
+            total += 1
+    status = "" if result.ok else f" (pass failed: {result.error})"
+    out.write(
+        f"dry run: {total} tag change(s) planned in {result.experiments_checked} experiment(s), nothing written{status}\n"
+    )

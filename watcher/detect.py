@@ -1,0 +1,183 @@
+"""Pure detection: the watcher's per-experiment state and what a pass must do with it.
+
+State lives in MLflow as one experiment tag, ``podium.state`` (JSON), so that a restarted
+or replaced watcher carries on where the last one stopped and two replicas converge:
+
+- ``seen``: the watermark, the largest ``end_time`` (ms) of the FINISHED runs matching the
+  rule that a pass has accounted for; the next pass searches ``attributes.end_time > seen``.
+- ``pending``: runs finished after the last ranking but the experiment still had a RUNNING
+  run (``trigger: experiment_finished``), so the ranking waits.
+- ``fingerprint``: metric, direction and filter of the rule that ranked; a change forces a
+  full ranking.
+- ``board``: the best runs as ``[run_id, value, end_time]``, ``top_n`` of them tagged plus a
+  reserve of runners-up, a prefix of the true order cut at its last entry (``complete``:
+  it holds every ranked run). Its holders are the tag holders; its last entry is the cutoff
+  for threshold searches that refill the board without scanning the experiment.
+- ``ranked_runs`` / ``unranked_runs``: counts as of the last full ranking plus the runs that
+  finished since (runs deleted later are not subtracted until the next full ranking).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from watcher.ranking import Candidate
+
+STATE_TAG = "podium.state"
+STATE_VERSION = 1
+# An experiment tag holds up to 20,000 characters; a board entry takes at most ~80.
+MAX_BOARD = 200
+
+
+def fingerprint(metric: str, ascending: bool, filter_string: str | None) -> str:
+    """Identifies what a ranking means; a rule with another fingerprint ranks from scratch."""
+    text = json.dumps([metric, bool(ascending), filter_string or ""])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def board_size(top_n: int) -> int:
+    """How many runs the kept board holds: the top N and as many runners-up (at least 10)."""
+    return min(MAX_BOARD, top_n + max(top_n, 10))
+
+
+@dataclass(frozen=True)
+class ExperimentState:
+    rule: str
+    fingerprint: str
+    top_n: int
+    production_candidates: int
+    seen: int = 0
+    pending: bool = False
+    board: tuple[Candidate, ...] = ()
+    complete: bool = True
+    ranked_runs: int = 0
+    unranked_runs: int = 0
+
+    def to_tag(self) -> str:
+        return json.dumps(
+            {
+                "v": STATE_VERSION,
+                "rule": self.rule,
+                "fingerprint": self.fingerprint,
+                "top_n": self.top_n,
+                "production_candidates": self.production_candidates,
+                "seen": self.seen,
+                "pending": self.pending,
+                "complete": self.complete,
+                "ranked_runs": self.ranked_runs,
+                "unranked_runs": self.unranked_runs,
+                "board": [[c.run_id, c.value, c.end_time, c.run_name] for c in self.board],
+            },
+            separators=(",", ":"),
+        )
+
+    @classmethod
+    def from_tag(cls, text: str | None) -> ExperimentState | None:
+        """The stored state, or None when absent or unreadable (then the pass ranks in full)."""
+        if not text:
+            return None
+        try:
+            data: dict[str, Any] = json.loads(text)
+            if data.get("v") != STATE_VERSION:
+                return None
+            board = tuple(
+                Candidate(str(e[0]), str(e[3]) if len(e) > 3 else "", float(e[1]), _opt_int(e[2]))
+                for e in data["board"]
+            )
+            if any(not math.isfinite(c.value) for c in board):
+                return None
+            return cls(
+                rule=str(data["rule"]),
+                fingerprint=str(data["fingerprint"]),
+                top_n=int(data["top_n"]),
+                production_candidates=int(data["production_candidates"]),
+                seen=int(data["seen"]),
+                pending=bool(data["pending"]),
+                board=board,
+                complete=bool(data["complete"]),
+                ranked_runs=int(data["ranked_runs"]),
+                unranked_runs=int(data["unranked_runs"]),
+            )
+        except (ValueError, TypeError, KeyError, IndexError):
+            return None
+
+    def holders(self) -> tuple[Candidate, ...]:
+        """The runs this state says carry the watcher's tags (the top ``top_n``)."""
+        return self.board[: self.top_n]
+
+    def tags_of_holders(self) -> dict[str, dict[str, str]]:
+        """The run tags the last ranking wrote, by run id."""
+        from watcher.ranking import desired_tags, leaderboard_entries
+
+        entries = leaderboard_entries(self.board, self.top_n)
+        return desired_tags(entries, self.top_n, self.production_candidates)
+
+    def with_new_runs(self, ranked: int, unranked: int, seen: int) -> ExperimentState:
+        return replace(
+            self,
+            ranked_runs=self.ranked_runs + ranked,
+            unranked_runs=self.unranked_runs + unranked,
+            seen=max(self.seen, seen),
+        )
+
+
+def _opt_int(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What a pass does with one experiment.
+
+    ``action``: "full" (rank from scratch), "rerank" (incremental), "pending" (new runs, but a
+    run is still RUNNING), "advance" (nothing new for it, only its watermark moves), "idle".
+    """
+
+    action: str
+    seen: int
+    new_ranked: int = 0
+    new_unranked: int = 0
+
+
+def decide(
+    state: ExperimentState | None,
+    expected_fingerprint: str,
+    new_end_times: Sequence[int],
+    new_ranked: int,
+    new_unranked: int,
+    *,
+    running: bool,
+    wait_for_running: bool,
+    top_n: int,
+    production_candidates: int,
+    advance_to: int | None = None,
+) -> Decision:
+    """Decide one experiment's action from its state and what the detection search found.
+
+    ``new_end_times`` are end times of runs newer than the experiment's watermark (FINISHED,
+    matching the rule). ``advance_to``: when the batch search returned runs this experiment's
+    watermark already covers (another experiment's older news), the largest end time it saw;
+    an experiment with nothing new moves its watermark there, so later searches stay empty.
+    A changed ``top_n`` or ``production_candidates`` re-ranks at once (old ``top_{M}`` go).
+    """
+    seen = max([state.seen if state else 0, *new_end_times])
+    needs_full = state is None or state.fingerprint != expected_fingerprint
+    has_news = bool(new_end_times) or (state is not None and state.pending)
+    reshaped = state is not None and (
+        state.top_n != top_n or state.production_candidates != production_candidates
+    )
+    if wait_for_running and running and (needs_full or has_news):
+        return Decision("pending", seen, new_ranked, new_unranked)
+    if needs_full:
+        return Decision("full", seen)
+    if has_news or reshaped:
+        return Decision("rerank", seen, new_ranked, new_unranked)
+    assert state is not None
+    if advance_to is not None and advance_to > state.seen:
+        return Decision("advance", advance_to)
+    return Decision("idle", state.seen)

@@ -97,7 +97,7 @@ def engineer(bars: pd.DataFrame, times: pd.Series) -> pd.DataFrame:
     f["volume_change_1"] = log_v.diff()
 
     hour = pd.Series(t.hour + t.minute / 60.0, dtype="float64")
-    dow = pd.Series(t.dayofweek, dtype="float64")
+    dow = pd.Series(t.day_of_week, dtype="float64")
     month = pd.Series(t.month, dtype="float64")
     f["hour"] = hour
     f["hour_sin"] = np.sin(2 * np.pi * hour / 24)

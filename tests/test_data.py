@@ -1,0 +1,166 @@
+"""Data loading: the built-in sample, OHLCV and target modes, and every bad-input message."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from trainer import data, features
+from trainer.errors import InputError
+
+
+@pytest.fixture(scope="module")
+def sample() -> data.Dataset:
+    return data.load(None)
+
+
+def test_sample_is_deterministic_two_years_of_hourly_bars() -> None:
+    """The same seed gives the same bars; they span at least two years, hourly, sorted."""
+    a, b = data.sample_bars(), data.sample_bars()
+    pd.testing.assert_frame_equal(a, b)
+    assert not data.sample_bars(seed=1).equals(a)
+    span = a["timestamp"].iloc[-1] - a["timestamp"].iloc[0]
+    assert span >= pd.Timedelta(days=729)
+    assert (a["timestamp"].diff().dropna() == pd.Timedelta(hours=1)).all()
+    assert (a["high"] >= a[["open", "close"]].max(axis=1)).all()
+    assert (a["low"] <= a[["open", "close"]].min(axis=1)).all()
+
+
+def test_ohlcv_mode_engineers_about_150_named_features(sample: data.Dataset) -> None:
+    """OHLCV data gives ~150 uniquely named features including the planted ones, no warm-up NaNs."""
+    names = sample.feature_names
+    assert 140 <= len(names) <= 160
+    assert len(set(names)) == len(names)
+    assert set(data.PLANTED_FEATURES) <= set(names)
+    for family in ("ret_lag_", "volatility_", "close_sma_ratio_", "rsi_", "macd_", "volume_z_", "hour_sin"):
+        assert any(n.startswith(family) for n in names), family
+    assert sample.X.shape == (len(sample.y), len(names))
+    assert sample.X.dtype == np.float32
+    assert not np.isnan(sample.X).any()
+    assert np.isfinite(sample.y).all()
+    assert sample.mode == "ohlcv"
+    assert sample.target == features.TARGET
+
+
+def test_planted_signal_is_in_the_target(sample: data.Dataset) -> None:
+    """The planted features correlate with the next-bar return; a noise feature does not."""
+    col = sample.feature_names.index
+    ret1 = sample.X[:, col("ret_lag_1")].astype("float64")
+    hour = sample.X[:, col("hour_sin")].astype("float64")
+    assert abs(np.corrcoef(ret1, sample.y)[0, 1]) > 0.05
+    assert abs(np.corrcoef(hour, sample.y)[0, 1]) > 0.1
+    noise = sample.X[:, col("month_cos")].astype("float64")
+    assert abs(np.corrcoef(noise, sample.y)[0, 1]) < 0.05
+
+
+def test_sample_csv_loads_to_the_same_data(tmp_path: Path, sample: data.Dataset) -> None:
+    """`sample-data` output read back as a CSV file gives the built-in data set's features."""
+    out = tmp_path / "sample.csv"
+    rows = data.write_sample(out)
+    assert rows == data.SAMPLE_BARS
+    loaded = data.load(out)
+    assert loaded.feature_names == sample.feature_names
+    np.testing.assert_array_equal(loaded.times, sample.times)
+    np.testing.assert_allclose(loaded.y, sample.y, atol=1e-5)
+    assert loaded.source == str(out)
+
+
+def _bars(n: int = 24 * 70) -> pd.DataFrame:
+    return data.sample_bars(n_bars=n)
+
+
+def test_unsorted_rows_are_sorted(tmp_path: Path) -> None:
+    """Rows given out of order are sorted by time before anything else."""
+    bars = _bars()
+    path = tmp_path / "shuffled.parquet"
+    bars.sample(frac=1.0, random_state=0).to_parquet(path)
+    loaded = data.load(path)
+    assert loaded.notes["rows_sorted"] == 1
+    assert (np.diff(loaded.times) > np.timedelta64(0)).all()
+    np.testing.assert_allclose(loaded.y, data._prepare(bars, "x", "x", None, "timestamp").y)
+
+
+def test_target_mode_uses_every_other_numeric_column(tmp_path: Path) -> None:
+    """With --target, other numeric columns are the features as given; text columns are ignored."""
+    frame = pd.DataFrame(
+        {
+            "when": pd.date_range("2024-01-01", periods=50, freq="D").astype(str),
+            "a": np.arange(50.0),
+            "flag": [True, False] * 25,
+            "label": ["x"] * 50,
+            "y": np.arange(50.0) * 2,
+            "b": np.arange(50),
+        }
+    )
+    path = tmp_path / "own.csv"
+    frame.to_csv(path, index=False)
+    loaded = data.load(path, target="y", time_column="when")
+    assert loaded.feature_names == ["a", "flag", "b"]
+    assert loaded.mode == "target"
+    assert loaded.notes["columns_ignored"] == 1
+    np.testing.assert_array_equal(loaded.y, frame["y"].to_numpy())
+
+
+def _write(tmp_path: Path, frame: pd.DataFrame, name: str = "d.csv") -> Path:
+    path = tmp_path / name
+    frame.to_csv(path, index=False)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("case", "kwargs", "expected"),
+    [
+        ("missing_file", {}, "does not exist"),
+        ("not_a_table", {}, "cannot read data file"),
+        ("wrong_suffix", {}, "neither CSV"),
+        ("no_time_column", {}, "no time column 'timestamp'"),
+        ("bad_time", {}, "time column 'timestamp'"),
+        ("duplicate_time", {}, "duplicate timestamp"),
+        ("missing_target", {"target": "nope"}, "no target column 'nope'"),
+        ("text_target", {"target": "y"}, "target column 'y'"),
+        ("no_ohlcv", {}, "lacks OHLCV column(s) volume"),
+        ("text_close", {}, "OHLCV column 'close'"),
+        ("empty", {}, "has no rows"),
+    ],
+)
+def test_bad_input_names_file_and_column(tmp_path: Path, case: str, kwargs: dict[str, str], expected: str) -> None:
+    """Each kind of bad data raises InputError with a message naming the file and what is wrong."""
+    bars = _bars(200)
+    path: Path
+    if case == "missing_file":
+        path = tmp_path / "absent.csv"
+    elif case == "not_a_table":
+        path = tmp_path / "broken.parquet"
+        path.write_bytes(b"this is not parquet")
+    elif case == "wrong_suffix":
+        path = tmp_path / "d.xlsx"
+        path.write_text("x")
+    elif case == "no_time_column":
+        path = _write(tmp_path, bars.rename(columns={"timestamp": "t"}))
+    elif case == "bad_time":
+        frame = bars.astype({"timestamp": str})
+        frame.loc[5, "timestamp"] = "yesterday-ish"
+        path = _write(tmp_path, frame)
+    elif case == "duplicate_time":
+        path = _write(tmp_path, pd.concat([bars, bars.iloc[[3]]]))
+    elif case == "missing_target":
+        path = _write(tmp_path, bars)
+    elif case == "text_target":
+        path = _write(tmp_path, bars.assign(y=["up", "down"] * 100))
+    elif case == "no_ohlcv":
+        path = _write(tmp_path, bars.drop(columns="volume"))
+    elif case == "text_close":
+        frame = bars.astype({"close": str})
+        frame.loc[7, "close"] = "n/a?"
+        path = _write(tmp_path, frame)
+    else:
+        path = _write(tmp_path, bars.iloc[:0])
+    with pytest.raises(InputError) as info:
+        data.load(path, **kwargs)  # type: ignore[arg-type]
+    message = str(info.value)
+    assert expected in message
+    assert str(path) in message
+    assert "\n" not in message

@@ -8,6 +8,7 @@ naming the file, the rule and the field; never a traceback).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any, TextIO
@@ -21,6 +22,8 @@ from watcher.settings import DEFAULT_CONFIG_PATH, WatcherSettings, effective_con
 
 log = structlog.get_logger("watcher")
 
+CONFIG_ENV = "PODIUM_WATCHER_CONFIG"
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -33,8 +36,13 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["check-config"],
         help="check-config: validate the config and print it, secrets redacted",
     )
+    # The container sets PODIUM_WATCHER_CONFIG=/etc/podium/watcher.yaml, so `docker run IMAGE --once`
+    # still finds the config.
+    default_config = os.environ.get(CONFIG_ENV) or str(DEFAULT_CONFIG_PATH)
     parser.add_argument(
-        "--config", default=str(DEFAULT_CONFIG_PATH), help=f"YAML config file (default {DEFAULT_CONFIG_PATH})"
+        "--config",
+        default=default_config,
+        help=f"YAML config file (default: env {CONFIG_ENV}, else {DEFAULT_CONFIG_PATH})",
     )
     parser.add_argument(
         "--once", action="store_true", help="run one reconcile pass and exit (0 ok, 1 failed)"

@@ -26,7 +26,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     MLFLOW_HTTP_REQUEST_MAX_RETRIES=2 \
-    MLFLOW_HTTP_REQUEST_TIMEOUT=30
+    MLFLOW_HTTP_REQUEST_TIMEOUT=30 \
+    PODIUM_WATCHER_CONFIG=/etc/podium/watcher.yaml
 RUN groupadd --system --gid 10001 podium \
     && useradd --system --uid 10001 --gid podium --create-home --home-dir /home/podium \
        --shell /usr/sbin/nologin podium \
@@ -43,6 +44,7 @@ HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('WATCHER_HTTP__PORT', '8265'), timeout=4)"]
 # Exec form: Python is PID 1 and receives SIGTERM itself (graceful shutdown, exit 0).
 ENTRYPOINT ["python", "-m", "watcher"]
-# The documented config path; mount your own file there, pass another `--config`, or override
-# any key with env WATCHER_<KEY> (nested keys joined by __, e.g. WATCHER_HTTP__PORT).
-CMD ["--config", "/etc/podium/watcher.yaml", "--log-format", "json"]
+# The config is read from $PODIUM_WATCHER_CONFIG (/etc/podium/watcher.yaml): mount your own file
+# there or pass --config; override any key with env WATCHER_<KEY> (nested keys joined by __,
+# e.g. WATCHER_HTTP__PORT). Extra arguments (`--once`, `check-config`) keep that config.
+CMD ["--log-format", "json"]

@@ -224,6 +224,7 @@ def static_params(config: TrainerConfig, dataset: Dataset) -> dict[str, str]:
         "data_source": dataset.source,
         "data_mode": dataset.mode,
         "target": dataset.target,
+        "time_column": config.data.time_column,
         "data_rows": str(len(dataset.y)),
         "sweep_seed": str(config.seed),
         "objective": xc.objective,

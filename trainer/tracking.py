@@ -14,6 +14,7 @@ import time
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -143,12 +144,54 @@ class Tracking:
         with _wrapped(f"marking run {run_id} {status}"):
             self.client.set_terminated(run_id, status=status)
 
+    # --- reading a logged run back (retrain) -------------------------------------------------
+
+    def find_run(self, run_id: str) -> LoggedRun | None:
+        """A run's params and tags, or None if no run has that id."""
+        with _wrapped(f"reading run {run_id}"):
+            try:
+                run = self.client.get_run(run_id)
+            except MlflowException as e:
+                if e.error_code in _NOT_FOUND:
+                    return None
+                raise
+            return LoggedRun(
+                run_id=run.info.run_id,
+                run_name=run.info.run_name or "",
+                experiment_id=str(run.info.experiment_id),
+                status=run.info.status,
+                params=dict(run.data.params),
+                tags=dict(run.data.tags),
+            )
+
+    def download_artifact(self, run_id: str, name: str, dst_dir: Path) -> Path | None:
+        """Download a top-level artifact file of a run; None if the run has no such file."""
+        with _wrapped(f"downloading {name} of run {run_id}"):
+            if name not in {Path(f.path).name for f in self.client.list_artifacts(run_id) if not f.is_dir}:
+                return None
+            return Path(self.client.download_artifacts(run_id, name, str(dst_dir)))
+
     def experiment_link(self, experiment_id: str) -> str:
         """How to open the experiment's runs in the MLflow UI."""
         page = f"#/experiments/{experiment_id}/runs"
         if self.uri.startswith(("http://", "https://")):
             return f"open {self.uri.rstrip('/')}/{page}"
         return f"run `mlflow ui --backend-store-uri {self.uri}` and open http://127.0.0.1:5000/{page}"
+
+
+# MLflow's error codes for a run id that names no run (the sqlite store and the REST server
+# differ; a malformed id is "invalid" on some stores).
+_NOT_FOUND = frozenset({"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"})
+
+
+@dataclass(frozen=True)
+class LoggedRun:
+    run_id: str
+    run_name: str
+    experiment_id: str
+    status: str
+    params: dict[str, str]
+    tags: dict[str, str]
 
 
 def example_frame(example: np.ndarray, feature_names: list[str]) -> pd.DataFrame:

@@ -162,6 +162,7 @@ class Tracking:
                 status=run.info.status,
                 params=dict(run.data.params),
                 tags=dict(run.data.tags),
+                metrics=dict(run.data.metrics),
             )
 
     def download_artifact(self, run_id: str, name: str, dst_dir: Path) -> Path | None:
@@ -192,6 +193,7 @@ class LoggedRun:
     status: str
     params: dict[str, str]
     tags: dict[str, str]
+    metrics: dict[str, float]
 
 
 def example_frame(example: np.ndarray, feature_names: list[str]) -> pd.DataFrame:

@@ -10,6 +10,7 @@ Every MLflow exception leaves this module as ``TrackingError``.
 from __future__ import annotations
 
 import logging
+import os
 import time
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -61,6 +62,7 @@ def quiet_mlflow() -> None:
     """Silence MLflow's per-call INFO chatter (progress is reported by the trainer)."""
     for name in ("mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # downloads in retrain
 
 
 class Tracking:

@@ -84,6 +84,11 @@ TRAIN_OVERRIDES = {
 }
 
 
+def _stderr_logger(*args: Any) -> structlog.PrintLogger:
+    # looked up per logger, so a replaced sys.stderr (tests, redirection) is honoured
+    return structlog.PrintLogger(sys.stderr)
+
+
 def configure_logging(level: int = logging.INFO) -> None:
     structlog.configure(
         processors=[
@@ -92,7 +97,7 @@ def configure_logging(level: int = logging.INFO) -> None:
             structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty()),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        logger_factory=_stderr_logger,
         cache_logger_on_first_use=False,
     )
 

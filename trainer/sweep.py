@@ -172,9 +172,9 @@ def execute(task: TrialTask) -> TrialOutcome:
 def _configure_worker_logging() -> None:
     import logging
 
-    if not structlog.is_configured():
-        return
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    from trainer.cli import configure_logging
+
+    configure_logging(logging.WARNING)
 
 
 def _describe(e: BaseException) -> str:
@@ -250,8 +250,9 @@ def run_sweep(
     experiment_id = tracking.ensure_experiment(name)
     sweep_id = uuid.uuid4().hex[:12]
     run_tags = {**tracking.context_tags(), "sweep_id": sweep_id, "data_mode": dataset.mode}
-    context = WorkerContext(dataset, config, tracking.uri, static_params(config, dataset))
     jobs = min(config.jobs, config.trials)
+    # inline trials share this process's logging; worker processes report only problems
+    context = WorkerContext(dataset, config, tracking.uri, static_params(config, dataset), quiet=jobs > 1)
     log.info(
         "sweep_started",
         experiment=name,
@@ -383,9 +384,8 @@ def print_summary(summary: SweepSummary, top: int, out: TextIO) -> None:
         ]
         widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
         print(f"Best {len(best)} by avg_test_r2:", file=out)
-        print("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)), file=out)
-        for row in rows:
-            print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)), file=out)
+        for row in [headers, *rows]:
+            print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip(), file=out)
     for o in summary.failed[:5]:
         print(f"trial_{o.index} ({o.run_id}) failed: {o.error}", file=out)
     print(f"To browse the runs, {summary.link}", file=out)

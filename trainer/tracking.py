@@ -69,7 +69,8 @@ class Tracking:
     """MLflow tracking for one sweep, usable from the parent and from worker processes."""
 
     def __init__(self, uri: str | None = None) -> None:
-        self.uri = uri or mlflow.get_tracking_uri()
+        # the environment first: an earlier sweep in this process may have set MLflow's global
+        self.uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or mlflow.get_tracking_uri()
         self.client = MlflowClient(self.uri)
 
     def ensure_experiment(self, name: str) -> str:

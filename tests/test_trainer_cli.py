@@ -1,0 +1,160 @@
+"""`python -m trainer`: exit codes and one clear message for every user mistake."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import structlog
+
+from trainer import data
+from trainer.cli import main
+
+
+@pytest.fixture(autouse=True)
+def _reset_logging() -> Iterator[None]:
+    yield
+    structlog.reset_defaults()
+
+
+def _store_untouched(sqlite_uri: str) -> bool:
+    return not Path(sqlite_uri.removeprefix("sqlite:///")).exists()
+
+
+def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    code = main(argv)
+    err = capsys.readouterr().err
+    return code, err
+
+
+def _error_line(err: str) -> str:
+    """The single error message (log lines about loading data may precede it)."""
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.startswith("error:") or ": error:" in line]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+@pytest.fixture
+def bars_csv(tmp_path: Path) -> Path:
+    path = tmp_path / "bars.csv"
+    data.sample_bars(n_bars=24 * 40).to_csv(path, index=False)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["train", "--trials", "0"], "argument --trials: must be at least 1"),
+        (["train", "--jobs", "x"], "argument --jobs: 'x' is not a whole number"),
+        (["train", "--window", "sideways"], "argument --window"),
+        (["sample-data"], "--out"),
+    ],
+)
+def test_bad_option_exits_2_naming_it(
+    argv: list[str], expected: str, capsys: pytest.CaptureFixture[str], sqlite_uri: str
+) -> None:
+    """A bad command-line value exits 2 with argparse's message naming the option."""
+    code, err = _run(argv, capsys)
+    assert code == 2
+    assert expected in _error_line(err)
+    assert _store_untouched(sqlite_uri)
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "expected"),
+    [
+        ("trails: 3\n", "unknown key 'trails'"),
+        ("walk_forward: {train_month: 3}\n", "unknown key 'walk_forward.train_month'"),
+        ("search_space:\n  max_dept: {type: int, low: 1, high: 3}\n", "unknown hyperparameter(s) max_dept"),
+        ("search_space:\n  n_estimators: {type: int, low: 9, high: 3}\n", "low (9) must not be above high (3)"),
+        ("trials: [1\n", "not valid YAML at line"),
+        ("trials: 0\n", "trials: Input should be greater than or equal to 1"),
+    ],
+)
+def test_bad_config_exits_2_naming_file_and_key(
+    tmp_path: Path, yaml_text: str, expected: str, capsys: pytest.CaptureFixture[str], sqlite_uri: str
+) -> None:
+    """A config file with an unknown key or a bad value exits 2 naming the file and the key."""
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml_text)
+    code, err = _run(["train", "--config", str(path)], capsys)
+    assert code == 2
+    line = _error_line(err)
+    assert expected in line
+    assert str(path) in line
+    assert _store_untouched(sqlite_uri)
+
+
+def test_missing_config_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--config pointing nowhere exits 2 naming the file."""
+    code, err = _run(["train", "--config", str(tmp_path / "none.yaml")], capsys)
+    assert code == 2
+    assert "cannot read config file" in _error_line(err)
+
+
+@pytest.mark.parametrize(
+    ("case", "expected"),
+    [
+        ("missing_file", "does not exist"),
+        ("missing_time_column", "no time column 'ts'"),
+        ("missing_target", "no target column 'label'"),
+        ("text_target", "target column 'label' in"),
+        ("duplicates", "duplicate timestamp"),
+        ("too_little", "need 4 calendar months, the usable rows cover 2 (2023-01 .. 2023-02)"),
+    ],
+)
+def test_bad_data_exits_2_with_one_message_and_no_run(
+    case: str, expected: str, bars_csv: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], sqlite_uri: str
+) -> None:
+    """Bad data exits 2 with one message naming file and column, before any MLflow run exists."""
+    argv = ["train", "--data", str(bars_csv), "--trials", "1", "--jobs", "1"]
+    frame = pd.read_csv(bars_csv)
+    if case == "missing_file":
+        argv[2] = str(tmp_path / "nope.parquet")
+    elif case == "missing_time_column":
+        argv += ["--time-column", "ts"]
+    elif case == "missing_target":
+        argv += ["--target", "label"]
+    elif case == "text_target":
+        frame.assign(label="up").to_csv(bars_csv, index=False)
+        argv += ["--target", "label"]
+    elif case == "duplicates":
+        pd.concat([frame, frame.iloc[[10]]]).to_csv(bars_csv, index=False)
+    code, err = _run(argv, capsys)
+    assert code == 2
+    line = _error_line(err)
+    assert expected in line
+    assert (str(tmp_path / "nope.parquet") if case == "missing_file" else str(bars_csv)) in line
+    assert _store_untouched(sqlite_uri)
+
+
+def test_sample_data_writes_the_builtin_sample(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`sample-data --out` writes the built-in sample as CSV with OHLCV columns."""
+    out = tmp_path / "sub" / "sample.csv"
+    assert main(["sample-data", "--out", str(out)]) == 0
+    frame = pd.read_csv(out)
+    assert list(frame.columns) == ["timestamp", "open", "high", "low", "close", "volume"]
+    assert len(frame) == data.SAMPLE_BARS
+
+
+def test_module_entry_point_exits_2_without_traceback(tmp_path: Path) -> None:
+    """`python -m trainer train` on a missing file: exit 2, one line on stderr, no traceback."""
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "trainer", "train", "--data", str(tmp_path / "missing.csv")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip() == f"error: data file {tmp_path / 'missing.csv'} does not exist"
+    assert not (tmp_path / "mlflow.db").exists()

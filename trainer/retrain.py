@@ -1,11 +1,315 @@
-"""Retrain a logged trial without its weak features (issue 3; a stub until then)."""
+"""Retrain a logged trial without its weak features.
+
+``python -m trainer retrain --run-id R [--drop-below X] [--exclude F1,F2,...]`` reads run R's
+hyperparameters and data settings (its params), its ``feature_importance.csv`` and the
+importance settings in ``permutation_importance.json``; drops the features whose permutation
+importance (``importance_mean``) is below X and the named ones; and trains one new trial in the
+same experiment with the same hyperparameters and seed. The new run carries tag
+``retrained_from`` = R, a smaller ``total_features``, param ``dropped_features`` and the
+artifact ``dropped_features.csv`` (every dropped feature, why, and its importance).
+
+Deciding what to drop (``plan_drop``) is pure; everything a user can get wrong is an
+``InputError`` (exit 2) before a run is created.
+"""
 
 from __future__ import annotations
 
 import argparse
+import csv
+import dataclasses
+import difflib
+import json
+import math
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
-from trainer.errors import InputError
+import numpy as np
+import structlog
+
+from trainer import data
+from trainer.config import HYPERPARAMETERS, TrainerConfig, load_config
+from trainer.errors import InputError, TrainingError
+from trainer.executor import InlineExecutor
+from trainer.importance import IMPORTANCE_CSV, PERMUTATION_JSON, SKIPPED_TAG
+from trainer.sweep import TrialTask, WorkerContext, execute, init_worker, load_checked, static_params
+from trainer.tracking import LoggedRun, Tracking, quiet_mlflow
+
+log = structlog.get_logger(__name__)
+
+DROPPED_CSV = "dropped_features.csv"
+RETRAINED_FROM_TAG = "retrained_from"
+# Params a trial run must carry to be retrained (besides its hyperparameters).
+REQUIRED_PARAMS = ("symbol", "train_months", "test_months", "data_source", "data_mode", "trial_seed")
+
+
+@dataclass(frozen=True)
+class DropPlan:
+    kept: tuple[str, ...]  # in the model's column order
+    dropped: tuple[tuple[str, str], ...]  # (feature, reason), in the model's column order
+
+
+@dataclass(frozen=True)
+class RetrainResult:
+    source: LoggedRun
+    run_id: str
+    status: str
+    plan: DropPlan
+    metrics: dict[str, float]
+    error: str | None
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure parts
+# ---------------------------------------------------------------------------------------------
+
+
+def parse_exclude(text: str | None) -> list[str]:
+    """``"a, b,,c"`` -> ``["a", "b", "c"]``."""
+    if not text:
+        return []
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def read_importance_csv(path: Path, run_id: str) -> dict[str, float]:
+    """Feature -> importance_mean from a run's ``feature_importance.csv`` (original names)."""
+    where = f"{IMPORTANCE_CSV} of run {run_id}"
+    with path.open(encoding="utf-8", newline="") as handle:
+        reader = csv.DictReader(handle)
+        missing = {"feature", "importance_mean"} - set(reader.fieldnames or ())
+        if missing:
+            raise InputError(f"{where} has no column(s) {', '.join(sorted(missing))}")
+        scores: dict[str, float] = {}
+        for line, row in enumerate(reader, start=2):
+            try:
+                scores[row["feature"]] = float(row["importance_mean"])
+            except (TypeError, ValueError):
+                raise InputError(
+                    f"{where}, line {line}: importance_mean {row['importance_mean']!r} is not a number"
+                ) from None
+    if not scores:
+        raise InputError(f"{where} lists no features")
+    return scores
+
+
+def plan_drop(
+    features: Sequence[str],
+    importance: dict[str, float],
+    *,
+    drop_below: float | None,
+    exclude: Sequence[str],
+    run_id: str,
+) -> DropPlan:
+    """Which of ``features`` (the model's columns, in order) to keep and which to drop, and why."""
+    if drop_below is None and not exclude:
+        raise InputError("retrain needs --drop-below X and/or --exclude F1,F2: nothing to drop")
+    if drop_below is not None and not math.isfinite(drop_below):
+        raise InputError(f"--drop-below must be a finite number, not {drop_below}")
+    known = set(features)
+    for name in exclude:
+        if name not in known:
+            close = difflib.get_close_matches(name, features, n=3)
+            hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+            raise InputError(f"--exclude: run {run_id} has no feature {name!r}{hint}")
+    excluded = set(exclude)
+    kept: list[str] = []
+    dropped: list[tuple[str, str]] = []
+    for name in features:
+        value = importance[name]
+        if name in excluded:
+            dropped.append((name, "excluded"))
+        elif drop_below is not None and value < drop_below:
+            dropped.append((name, f"importance {value:.6g} < {drop_below:g}"))
+        else:
+            kept.append(name)
+    if not dropped:
+        lowest = min(features, key=lambda f: importance[f])
+        raise InputError(
+            f"nothing to drop: no feature of run {run_id} has importance below {drop_below:g} "
+            f"(the lowest is {lowest!r} at {importance[lowest]:.6g})"
+        )
+    if not kept:
+        raise InputError(
+            f"dropping {len(dropped)} features would leave run {run_id} with none; "
+            "lower --drop-below or exclude fewer features"
+        )
+    return DropPlan(tuple(kept), tuple(dropped))
+
+
+def _value(text: str) -> int | float | str:
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            continue
+    return text
+
+
+def hyperparameters_of(run: LoggedRun) -> dict[str, Any]:
+    """The run's searched hyperparameters, typed back from their param strings."""
+    found = {name: _value(value) for name, value in run.params.items() if name in HYPERPARAMETERS}
+    if "n_estimators" not in found:
+        raise InputError(f"run {run.run_id} is not a trainer trial: it has no param n_estimators")
+    return found
+
+
+def config_of(run: LoggedRun, importance_settings: dict[str, Any]) -> TrainerConfig:
+    """A one-trial config that reproduces the run's data and walk-forward settings."""
+    params = run.params
+    missing = [p for p in REQUIRED_PARAMS if p not in params]
+    if missing:
+        raise InputError(f"run {run.run_id} is not a trainer trial: it has no param(s) {', '.join(missing)}")
+    source = params["data_source"]
+    if source.startswith("builtin:") and source != data.SAMPLE_SOURCE:
+        raise InputError(f"run {run.run_id} used {source}, which this trainer cannot regenerate")
+    overrides: dict[str, Any] = {
+        "symbol": params["symbol"],
+        "trials": 1,
+        "jobs": 1,
+        "walk_forward.train_months": params["train_months"],
+        "walk_forward.test_months": params["test_months"],
+        "data.path": None if source.startswith("builtin:") else source,
+        "data.target": params.get("target") if params["data_mode"] == "target" else None,
+        "data.time_column": params.get("time_column", "timestamp"),
+    }
+    optional = {
+        "window": "walk_forward.window",
+        "sweep_seed": "seed",
+        "objective": "xgboost.objective",
+        "tree_method": "xgboost.tree_method",
+        "max_bin": "xgboost.max_bin",
+    }
+    overrides.update({dotted: params[name] for name, dotted in optional.items() if name in params})
+    for key, dotted in (("n_repeats", "n_repeats"), ("random_state", "seed"), ("holdout", "holdout")):
+        if key in importance_settings:
+            overrides[f"importance.{dotted}"] = importance_settings[key]
+    try:
+        return load_config(None, overrides)
+    except InputError as e:
+        raise InputError(f"run {run.run_id}'s params do not make a valid config: {e}") from e
+
+
+def _write_dropped(path: Path, plan: DropPlan, importance: dict[str, float]) -> Path:
+    with path.open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["feature", "reason", "importance_mean"])
+        for name, reason in plan.dropped:
+            writer.writerow([name, reason, importance[name]])
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Retraining
+# ---------------------------------------------------------------------------------------------
+
+
+def _importance_of(tracking: Tracking, run: LoggedRun, tmp: Path) -> tuple[dict[str, float], dict[str, Any]]:
+    csv_path = tracking.download_artifact(run.run_id, IMPORTANCE_CSV, tmp)
+    if csv_path is None:
+        skipped = run.tags.get(SKIPPED_TAG)
+        if skipped:
+            raise InputError(
+                f"run {run.run_id} has no feature importance to retrain by: it was skipped ({skipped})"
+            )
+        raise InputError(
+            f"run {run.run_id} has no {IMPORTANCE_CSV} artifact, so no feature importance to retrain by "
+            "(not a trainer trial, or importance was disabled)"
+        )
+    scores = read_importance_csv(csv_path, run.run_id)
+    settings: dict[str, Any] = {}
+    json_path = tracking.download_artifact(run.run_id, PERMUTATION_JSON, tmp)
+    if json_path is not None:
+        try:
+            document = json.loads(json_path.read_text(encoding="utf-8"))
+        except ValueError as e:
+            raise InputError(f"{PERMUTATION_JSON} of run {run.run_id} is not valid JSON: {e}") from e
+        settings = {k: document[k] for k in ("n_repeats", "random_state", "holdout") if k in document}
+    return scores, settings
+
+
+def retrain(
+    run_id: str,
+    *,
+    drop_below: float | None,
+    exclude: Sequence[str],
+    tracking_uri: str | None = None,
+) -> RetrainResult:
+    """Train one new trial of run ``run_id``'s experiment without the dropped features."""
+    if drop_below is None and not exclude:
+        raise InputError("retrain needs --drop-below X and/or --exclude F1,F2: nothing to drop")
+    quiet_mlflow()
+    tracking = Tracking(tracking_uri)
+    source = tracking.find_run(run_id)
+    if source is None:
+        raise InputError(f"run {run_id} not found at {tracking.uri}")
+    hyperparameters = hyperparameters_of(source)
+    with tempfile.TemporaryDirectory(prefix="podium-retrain-") as tmp_name:
+        tmp = Path(tmp_name)
+        scores, settings = _importance_of(tracking, source, tmp)
+        config = config_of(source, settings)
+        dataset = load_checked(config)
+        unknown = [name for name in scores if name not in set(dataset.feature_names)]
+        if unknown:
+            raise InputError(
+                f"the data of run {run_id} ({dataset.source}) no longer has its feature(s) "
+                f"{', '.join(repr(n) for n in unknown[:5])}"
+            )
+        features = [name for name in dataset.feature_names if name in scores]
+        plan = plan_drop(features, scores, drop_below=drop_below, exclude=exclude, run_id=run_id)
+        columns = [dataset.feature_names.index(name) for name in plan.kept]
+        subset = dataclasses.replace(
+            dataset, X=np.ascontiguousarray(dataset.X[:, columns]), feature_names=list(plan.kept)
+        )
+        params = static_params(config, subset)
+        params["dropped_features"] = ",".join(name for name, _ in plan.dropped)
+        if drop_below is not None:
+            params["drop_below"] = repr(drop_below)
+        tags = {
+            **tracking.context_tags(),
+            RETRAINED_FROM_TAG: run_id,
+            "data_mode": subset.mode,
+        }
+        run_name = f"{source.run_name or run_id[:8]}_retrained"
+        new_run_id, artifact_uri = tracking.create_run(source.experiment_id, run_name, tags)
+        log.info(
+            "retrain_started",
+            source_run_id=run_id,
+            run_id=new_run_id,
+            features=len(plan.kept),
+            dropped=len(plan.dropped),
+        )
+        upload = tmp / "upload"
+        upload.mkdir()
+        _write_dropped(upload / DROPPED_CSV, plan, scores)
+        tracking.log_artifacts(artifact_uri, upload)
+        executor = InlineExecutor(
+            init_worker, (WorkerContext(subset, config, tracking.uri, params, quiet=False),)
+        )
+        index = int(source.tags.get("trial_index", "0") or 0)
+        seed = int(source.params["trial_seed"])
+        outcome = executor.submit(
+            execute, TrialTask(index, new_run_id, artifact_uri, hyperparameters, seed)
+        ).result()
+    return RetrainResult(source, new_run_id, outcome.status, plan, outcome.metrics, outcome.error)
 
 
 def main(args: argparse.Namespace) -> int:
-    raise InputError("retrain is not available yet")
+    exclude = parse_exclude(args.exclude)
+    result = retrain(args.run_id, drop_below=args.drop_below, exclude=exclude)
+    if result.status != "FINISHED":
+        raise TrainingError(f"retraining run {args.run_id} failed in run {result.run_id}: {result.error}")
+    before = result.source.metrics.get("avg_test_r2", math.nan)
+    after = result.metrics.get("avg_test_r2", math.nan)
+    total = len(result.plan.kept) + len(result.plan.dropped)
+    names = ", ".join(name for name, _ in result.plan.dropped[:10])
+    more = f" and {len(result.plan.dropped) - 10} more" if len(result.plan.dropped) > 10 else ""
+    print(
+        f"Retrained run {args.run_id} as run {result.run_id} (experiment {result.source.experiment_id}): "
+        f"{total} -> {len(result.plan.kept)} features, dropped {names}{more}\n"
+        f"avg_test_r2 {before:.5f} -> {after:.5f}",
+        file=sys.stdout,
+    )
+    return 0

@@ -1,8 +1,9 @@
 """The trainer's only door to MLflow.
 
-A trial costs these tracking calls: ``create_run`` (parent process), the model
+A trial costs 9 tracking calls: ``create_run`` (parent process); the model, logged first
 (``mlflow.xgboost.log_model``: get_run, create_logged_model, log_outputs, get_run,
-finalize), one ``log_batch`` with every param, metric and tag, and ``set_terminated``.
+get_logged_model, finalize); one ``log_batch`` with every param, metric and tag; and
+``set_terminated``.
 Artifact files go straight to the run's artifact store, apart from the count.
 Every MLflow exception leaves this module as ``TrackingError``.
 """
@@ -59,7 +60,11 @@ def _one_line(e: BaseException) -> str:
 
 
 def quiet_mlflow() -> None:
-    """Silence MLflow's per-call INFO chatter (progress is reported by the trainer)."""
+    """Silence MLflow's per-call chatter (progress and links are reported by the trainer).
+
+    MLflow prints each finished run's URL to stdout, fetching the run for it: one more call.
+    """
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     for name in ("mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # downloads in retrain

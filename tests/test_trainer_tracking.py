@@ -1,0 +1,195 @@
+"""Trainer runs made through a real `mlflow server`: the contract's names and the call budget."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from uuid import uuid4
+
+import mlflow
+import pytest
+
+from tests.support.mlflow_server import ServerHandle
+from tests.support.proxy import Proxy
+
+pytestmark = pytest.mark.server
+
+TRIALS = 2
+CALL_BUDGET_PER_TRIAL = 12
+SMALL_YAML = """
+trials: 2
+jobs: 2
+walk_forward: {train_months: 6, test_months: 6}
+importance: {n_repeats: 1}
+search_space:
+  n_estimators: {type: int, low: 30, high: 50}
+  max_depth: {type: int, low: 3, high: 4}
+  learning_rate: {type: float, low: 0.08, high: 0.15}
+  subsample: {type: float, low: 0.7, high: 1.0}
+"""
+HYPERPARAMETERS = ("n_estimators", "max_depth", "learning_rate", "subsample")
+DATA_PARAMS = ("symbol", "train_months", "test_months", "data_source", "feature_names", "total_features")
+AVERAGES = (
+    "avg_test_r2",
+    "avg_test_rmse",
+    "avg_test_mae",
+    "avg_train_r2",
+    "avg_train_rmse",
+    "avg_train_mae",
+    "num_folds",
+)
+PER_FOLD = ("test_r2", "test_rmse", "test_mae", "train_r2", "train_rmse", "train_mae")
+IMPORTANCE_STATS = ("importance_max", "importance_mean", "importance_median", "importance_min")
+ARTIFACTS = (
+    "permutation_importance.json",
+    "feature_importance.csv",
+    "feature_importance.png",
+    "shap_importance.csv",
+    "shap_importance.png",
+)
+
+
+@pytest.fixture(scope="module")
+def sweep(
+    sqlite_server: ServerHandle, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[str, list[tuple[str, str]], subprocess.CompletedProcess[str]]:
+    """One small sweep, two trials in two processes, run by the CLI through a counting proxy."""
+    proxy = Proxy(sqlite_server.url)
+    workdir = tmp_path_factory.mktemp("trainer-sweep")
+    config = workdir / "small.yaml"
+    config.write_text(SMALL_YAML)
+    experiment = f"exp_{uuid4().hex[:8]}"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": proxy.url}
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "trainer", "train", "--config", str(config), "--experiment", experiment],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=workdir,
+            timeout=300,
+            check=False,
+        )
+        calls = proxy.tracking_calls()
+    finally:
+        proxy.close()
+    return experiment, calls, proc
+
+
+def _runs(server: ServerHandle, experiment: str) -> list[mlflow.entities.Run]:
+    client = mlflow.MlflowClient(server.url)
+    exp = client.get_experiment_by_name(experiment)
+    assert exp is not None
+    return client.search_runs([exp.experiment_id])
+
+
+def test_sweep_through_server_succeeds_and_prints_best_trials(
+    sweep: tuple[str, list[tuple[str, str]], subprocess.CompletedProcess[str]], sqlite_server: ServerHandle
+) -> None:
+    """The CLI exits 0, prints the best trials by avg_test_r2 and how to open the experiment."""
+    experiment, _, proc = sweep
+    assert proc.returncode == 0, proc.stderr
+    assert "Best 2 by avg_test_r2:" in proc.stdout
+    assert "#/experiments/" in proc.stdout
+    assert "View run" not in proc.stdout  # MLflow's own per-run links are suppressed
+    assert {r.info.run_name for r in _runs(sqlite_server, experiment)} == {"trial_0", "trial_1"}
+
+
+def test_trial_stays_within_tracking_call_budget(
+    sweep: tuple[str, list[tuple[str, str]], subprocess.CompletedProcess[str]],
+) -> None:
+    """Each trial costs at most 12 tracking calls, model logging included, uploads apart."""
+    _, calls, proc = sweep
+    assert proc.returncode == 0, proc.stderr
+    setup = [c for c in calls if "/experiments/" in c[1]]
+    per_trial = (len(calls) - len(setup)) / TRIALS
+    assert len(setup) <= 2
+    assert per_trial <= CALL_BUDGET_PER_TRIAL, calls
+    assert sum(1 for _, path in calls if path.endswith("/runs/log-batch")) == TRIALS
+
+
+def test_every_contract_name_is_on_the_runs(
+    sweep: tuple[str, list[tuple[str, str]], subprocess.CompletedProcess[str]], sqlite_server: ServerHandle
+) -> None:
+    """Params, averages, per-fold curves (step = fold), importance, artifacts and the model."""
+    experiment, _, proc = sweep
+    assert proc.returncode == 0, proc.stderr
+    client = mlflow.MlflowClient(sqlite_server.url)
+    for run in _runs(sqlite_server, experiment):
+        assert run.info.status == "FINISHED"
+        params, metrics = run.data.params, run.data.metrics
+        for name in HYPERPARAMETERS + DATA_PARAMS:
+            assert name in params, name
+        assert params["total_features"] == "150"
+        assert len(params["feature_names"].split(",")) == 50
+        assert params["symbol"] == "SAMPLE"
+        assert (params["train_months"], params["test_months"]) == ("6", "6")
+        for name in AVERAGES + IMPORTANCE_STATS:
+            assert name in metrics, name
+        assert metrics["num_folds"] == 3
+        assert len([k for k in metrics if k.startswith("importance_")]) == 20 + len(IMPORTANCE_STATS)
+        for name in PER_FOLD:
+            history = client.get_metric_history(run.info.run_id, name)
+            assert sorted(m.step for m in history) == [0, 1, 2], name
+        artifacts = {f.path for f in client.list_artifacts(run.info.run_id)}
+        assert set(ARTIFACTS) <= artifacts
+        outputs = run.outputs.model_outputs if run.outputs else []
+        assert len(outputs) == 1
+        model = client.get_logged_model(outputs[0].model_id)
+        assert model.name == "model"
+        assert model.source_run_id == run.info.run_id
+
+
+def test_logged_model_loads_and_predicts_with_its_signature(
+    sweep: tuple[str, list[tuple[str, str]], subprocess.CompletedProcess[str]], sqlite_server: ServerHandle
+) -> None:
+    """The deployable model loads through pyfunc and predicts its own input example."""
+    experiment, _, _ = sweep
+    run = _runs(sqlite_server, experiment)[0]
+    mlflow.set_tracking_uri(sqlite_server.url)
+    try:
+        model_id = run.outputs.model_outputs[0].model_id
+        info = mlflow.models.get_model_info(f"models:/{model_id}")
+        assert info.signature is not None
+        assert len(info.signature.inputs.input_names()) == 150
+        loaded = mlflow.pyfunc.load_model(f"models:/{model_id}")
+        example = loaded.input_example
+        assert example is not None
+        assert len(loaded.predict(example)) == len(example)
+    finally:
+        mlflow.set_tracking_uri(None)
+
+
+def test_ui_search_for_positive_r2_finds_the_runs(
+    sweep: tuple[str, list[tuple[str, str]], subprocess.CompletedProcess[str]], sqlite_server: ServerHandle
+) -> None:
+    """The MLflow UI's search `metrics.avg_test_r2 > 0` finds exactly the runs that earned it."""
+    experiment, _, _ = sweep
+    runs = _runs(sqlite_server, experiment)
+    client = mlflow.MlflowClient(sqlite_server.url)
+    found = client.search_runs([runs[0].info.experiment_id], "metrics.avg_test_r2 > 0")
+    expected = {r.info.run_id for r in runs if r.data.metrics["avg_test_r2"] > 0}
+    assert expected  # the planted signal is there to be found
+    assert {r.info.run_id for r in found} == expected
+
+
+def test_unreachable_server_exits_1_with_one_message(tmp_path: Path) -> None:
+    """With no tracking server answering, the CLI exits 1 naming the server, no traceback."""
+    env = {**os.environ, "MLFLOW_TRACKING_URI": "http://127.0.0.1:9", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
+    config = tmp_path / "small.yaml"
+    config.write_text(SMALL_YAML)
+    proc = subprocess.run(
+        [sys.executable, "-m", "trainer", "train", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: finding experiment")
+    assert "http://127.0.0.1:9" in last

@@ -11,6 +11,10 @@ import structlog
 LogFormat = Literal["json", "console"]
 
 
+def _current_stderr_logger(*args: object) -> structlog.PrintLogger:
+    return structlog.PrintLogger(sys.stderr)
+
+
 def configure(log_format: LogFormat | None = None, stream: TextIO | None = None) -> LogFormat:
     """Configure structlog (and stdlib logging of libraries) for the watcher's process."""
     out = stream if stream is not None else sys.stderr
@@ -29,7 +33,11 @@ def configure(log_format: LogFormat | None = None, stream: TextIO | None = None)
     structlog.configure(
         processors=[*shared, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
-        logger_factory=structlog.PrintLoggerFactory(out),
+        # Without an explicit stream, look sys.stderr up at each call: it may be replaced
+        # (pytest's capture, a daemon's redirection) after configuration.
+        logger_factory=(
+            structlog.PrintLoggerFactory(stream) if stream is not None else _current_stderr_logger
+        ),
         cache_logger_on_first_use=False,
     )
     # Libraries (apscheduler, mlflow, uvicorn) log through stdlib logging: same stream,

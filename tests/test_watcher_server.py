@@ -1,0 +1,319 @@
+"""The watcher against a real `mlflow server`, on sqlite and PostgreSQL backends alike.
+
+Runs are made with plain MlflowClient calls; calls are counted by a real forwarding proxy.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+from uuid import uuid4
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+from structlog.testing import capture_logs
+
+from tests.support.mlflow_server import ServerHandle
+from tests.support.proxy import Proxy
+from tests.support.watcher_runs import (
+    expected_order,
+    make_run,
+    make_runs,
+    new_experiment,
+    podium_tags,
+    search_ids,
+)
+from watcher import cli
+from watcher.errors import ExperimentNotFound, NoRankedRuns
+from watcher.mlflow_io import MlflowTracking
+from watcher.service import Watcher
+from watcher.settings import WatcherSettings
+
+WRITE_PATHS = ("set-tag", "delete-tag", "log-batch", "set-experiment-tag", "delete-experiment-tag")
+
+
+def rule(pattern: str, **overrides: object) -> dict[str, object]:
+    base: dict[str, object] = {
+        "name": "r",
+        "experiments": [pattern],
+        "metric": "avg_test_r2",
+        "top_n": 10,
+        "production_candidates": 3,
+        "trigger": "run_finished",
+    }
+    base.update(overrides)
+    return base
+
+
+def watcher_for(url: str, *rules: dict[str, object]) -> Watcher:
+    settings = WatcherSettings(tracking_uri=url, rules=list(rules), http={"enabled": False})
+    return Watcher(settings, MlflowTracking(url))
+
+
+def writes(proxy: Proxy) -> list[tuple[str, str]]:
+    return [(m, p) for m, p in proxy.tracking_calls() if p.rsplit("/", 1)[-1] in WRITE_PATHS]
+
+
+def assert_board(client: MlflowClient, exp_id: str, ranked: list[str], top_n: int = 10, k: int = 3) -> None:
+    """The tags are exactly the contract for this order: no stale or extra watcher tag anywhere."""
+    expected = {}
+    for i, run_id in enumerate(ranked[:top_n]):
+        tags = {"model_rank": str(i + 1), f"top_{top_n}": "true"}
+        if i < k:
+            tags["production_candidate"] = "true"
+        expected[run_id] = tags
+    assert podium_tags(client, exp_id) == expected
+
+
+@pytest.fixture
+def client(mlflow_server: ServerHandle) -> MlflowClient:
+    return MlflowClient(mlflow_server.url)
+
+
+def test_once_tags_exactly_what_the_guides_searches_expect(
+    mlflow_server: ServerHandle,
+    client: MlflowClient,
+    counting_proxy: Callable[[str], Proxy],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`--once`: top_10 -> 10 runs, model_rank 1 -> 1, production_candidate -> 3; NaN, missing,
+    infinite, RUNNING, FAILED and filtered-out runs never tagged; a second `--once` writes nothing
+    and costs two calls (list the experiments, one search after the watermark)."""
+    exp_id, name = new_experiment(client)
+    made = make_runs(client, exp_id, [0.1 + 0.03 * i for i in range(12)])
+    bad = [
+        make_run(client, exp_id, "nan", {"avg_test_r2": math.nan, "num_folds": 3}),
+        make_run(client, exp_id, "missing", {"num_folds": 3}),
+        make_run(client, exp_id, "inf", {"avg_test_r2": math.inf, "num_folds": 3}),
+        make_run(client, exp_id, "running", {"avg_test_r2": 5.0, "num_folds": 3}, status="RUNNING"),
+        make_run(client, exp_id, "failed", {"avg_test_r2": 5.0, "num_folds": 3}, status="FAILED"),
+        make_run(client, exp_id, "filtered", {"avg_test_r2": 5.0, "num_folds": 1}),
+    ]
+    config = tmp_path / "watcher.yaml"
+    config.write_text(
+        yaml.safe_dump({"http": {"enabled": False}, "rules": [rule(name, filter="metrics.num_folds >= 3")]})
+    )
+    proxy = counting_proxy(mlflow_server.url)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", proxy.url)
+
+    assert cli.main(["--once", "--config", str(config), "--log-format", "json"]) == 0
+
+    ranked = expected_order(made)
+    assert search_ids(client, exp_id, "tags.top_10 = 'true'") == set(ranked[:10])
+    assert search_ids(client, exp_id, "tags.model_rank = '1'") == {ranked[0]}
+    assert search_ids(client, exp_id, "tags.production_candidate = 'true'") == set(ranked[:3])
+    assert_board(client, exp_id, ranked)
+    assert not set(bad) & set(podium_tags(client, exp_id))
+
+    proxy.reset()
+    assert cli.main(["--once", "--config", str(config), "--log-format", "json"]) == 0
+    assert writes(proxy) == []
+    assert [p.rsplit("/", 1)[-1] for _, p in proxy.tracking_calls()] == ["search", "search"]
+
+
+def test_a_new_best_run_takes_rank_1_with_few_reads_and_no_stale_tags(
+    mlflow_server: ServerHandle, client: MlflowClient, counting_proxy: Callable[[str], Proxy]
+) -> None:
+    """Re-rank after one new run: O(1) reads (list, watermark search, threshold search), writes
+    only for runs whose tags change, and the board equals a full ranking."""
+    exp_id, name = new_experiment(client)
+    made = make_runs(client, exp_id, [0.5 + 0.01 * i for i in range(18)])
+    proxy = counting_proxy(mlflow_server.url)
+    watcher = watcher_for(proxy.url, rule(name, top_n=5))  # keeps 15: a threshold search
+    assert watcher.run_pass().ok
+
+    best = make_runs(client, exp_id, [0.99], prefix="best")
+    proxy.reset()
+    result = watcher.run_pass()
+
+    assert result.ok
+    ranked = expected_order(made + best)
+    assert ranked[0] == best[0].run_id
+    assert_board(client, exp_id, ranked, top_n=5)
+    reads = [c for c in proxy.tracking_calls() if c not in writes(proxy)]
+    assert len(reads) == 3
+    # 5 runs change rank (one log_batch each), the old #5 loses model_rank and top_5, the
+    # old #3 loses production_candidate; plus one write of the experiment's state.
+    assert len(writes(proxy)) == 5 + 2 + 1 + 1
+    assert result.outcomes[0].action == "rerank"
+
+
+def test_experiment_finished_waits_for_the_running_run(
+    mlflow_server: ServerHandle, client: MlflowClient
+) -> None:
+    """`experiment_finished`: no ranking while a run is RUNNING; once it ends, the new runs count."""
+    exp_id, name = new_experiment(client)
+    made = make_runs(client, exp_id, [0.1, 0.2, 0.3])
+    running = make_run(client, exp_id, "sweep_still_going", {"num_folds": 3}, status="RUNNING")
+    watcher = watcher_for(mlflow_server.url, rule(name, trigger="experiment_finished"))
+
+    with capture_logs() as logs:
+        assert watcher.run_pass().ok
+    assert podium_tags(client, exp_id) == {}
+    assert "experiment_pending" in [e["event"] for e in logs]
+
+    client.set_terminated(running, "FINISHED")
+    assert watcher.run_pass().ok
+    assert_board(client, exp_id, expected_order(made))
+
+    later = make_runs(client, exp_id, [0.9], prefix="later")
+    running = make_run(client, exp_id, "second_sweep", {"num_folds": 3}, status="RUNNING")
+    result = watcher.run_pass()
+    assert result.outcomes[0].action == "pending"
+    assert_board(client, exp_id, expected_order(made))
+
+    client.set_terminated(running, "KILLED")
+    result = watcher.run_pass()
+    assert result.outcomes[0].action == "rerank"
+    assert_board(client, exp_id, expected_order(made + later))
+
+
+def test_changing_top_n_removes_the_old_top_tags_without_new_runs(
+    mlflow_server: ServerHandle, client: MlflowClient
+) -> None:
+    exp_id, name = new_experiment(client)
+    made = make_runs(client, exp_id, [0.01 * i for i in range(7)])
+    assert watcher_for(mlflow_server.url, rule(name)).run_pass().ok
+    assert watcher_for(mlflow_server.url, rule(name, top_n=5, production_candidates=2)).run_pass().ok
+    assert_board(client, exp_id, expected_order(made), top_n=5, k=2)
+    assert search_ids(client, exp_id, "tags.top_5 = 'true'") == set(expected_order(made)[:5])
+    assert search_ids(client, exp_id, "tags.top_10 = 'true'") == set()
+
+
+def test_a_deleted_or_worsened_holder_is_replaced_from_the_kept_board(
+    mlflow_server: ServerHandle, client: MlflowClient
+) -> None:
+    """Holders deleted or whose value dropped are replaced on the next re-rank, exactly."""
+    exp_id, name = new_experiment(client)
+    made = make_runs(client, exp_id, [0.01 * i for i in range(20)])
+    watcher = watcher_for(mlflow_server.url, rule(name, top_n=4))
+    assert watcher.run_pass().ok
+    ranked = expected_order(made)
+    client.delete_run(ranked[0])
+    client.log_metric(ranked[1], "avg_test_r2", -5.0)
+    newcomer = make_runs(client, exp_id, [0.055], prefix="new")
+    result = watcher.run_pass()
+    assert result.ok and result.outcomes[0].action == "rerank"
+    alive = [m for m in made if m.run_id != ranked[0]]
+    values = {m.run_id: m.value for m in [*alive, *newcomer]}
+    values[ranked[1]] = -5.0
+    truth = sorted(values, key=lambda r: -values[r])  # values are distinct
+    assert_board(client, exp_id, truth, top_n=4)
+
+
+def test_when_the_kept_board_runs_out_the_watcher_ranks_in_full(
+    mlflow_server: ServerHandle, client: MlflowClient
+) -> None:
+    exp_id, name = new_experiment(client)
+    made = make_runs(client, exp_id, [0.01 * i for i in range(16)])
+    watcher = watcher_for(mlflow_server.url, rule(name, top_n=3, production_candidates=1))
+    assert watcher.run_pass().ok  # keeps the top 3 and 10 runners-up
+    ranked = expected_order(made)
+    for run_id in ranked[:12]:
+        client.delete_run(run_id)
+    make_runs(client, exp_id, [-1.0], prefix="new")
+    result = watcher.run_pass()
+    assert result.ok and result.outcomes[0].action == "full"
+    assert_board(client, exp_id, ranked[12:], top_n=3, k=1)
+
+
+def test_patterns_match_names_case_sensitively_on_every_backend(
+    mlflow_server: ServerHandle, client: MlflowClient
+) -> None:
+    """sqlite's LIKE ignores case and PostgreSQL's does not; the watcher matches exactly."""
+    tag = uuid4().hex[:8]
+    lower = client.create_experiment(f"case_{tag}_a")
+    upper = client.create_experiment(f"CASE_{tag}_a")
+    other = client.create_experiment(f"case_{tag}x")
+    for exp_id in (lower, upper, other):
+        make_runs(client, exp_id, [0.5])
+    watcher = watcher_for(mlflow_server.url, rule(f"case_{tag}_*"))
+    result = watcher.run_pass()
+    assert [o.experiment_id for o in result.outcomes] == [lower]
+    assert podium_tags(client, upper) == {} and podium_tags(client, other) == {}
+
+
+def test_the_first_matching_rule_owns_an_experiment(
+    mlflow_server: ServerHandle, client: MlflowClient
+) -> None:
+    exp_id, name = new_experiment(client)
+    made = make_runs(client, exp_id, [0.3, 0.2, 0.1])
+    watcher = watcher_for(
+        mlflow_server.url,
+        rule(name, name="first", ascending=True, top_n=2, production_candidates=1),
+        rule(name, name="second"),
+    )
+    result = watcher.run_pass()
+    assert [o.rule for o in result.outcomes] == ["first"]
+    assert_board(client, exp_id, expected_order(made, ascending=True), top_n=2, k=1)
+
+
+def test_dry_run_prints_the_plan_and_writes_nothing(
+    mlflow_server: ServerHandle,
+    client: MlflowClient,
+    counting_proxy: Callable[[str], Proxy],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    exp_id, name = new_experiment(client)
+    made = make_runs(client, exp_id, [0.4, 0.6])
+    config = tmp_path / "watcher.yaml"
+    config.write_text(yaml.safe_dump({"rules": [rule(name)]}))
+    proxy = counting_proxy(mlflow_server.url)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", proxy.url)
+    assert cli.main(["--dry-run", "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert writes(proxy) == []
+    assert podium_tags(client, exp_id) == {}
+    leader = expected_order(made)[0]
+    assert f"{name} [{exp_id}]  run {leader}  model_rank: (none) -> 1" in out
+    assert "dry run: 6 tag change(s) planned" in out
+
+
+def test_rank_now_ranks_any_experiment_by_name_with_the_same_code(
+    mlflow_server: ServerHandle, client: MlflowClient
+) -> None:
+    exp_id, name = new_experiment(client, prefix="adhoc")
+    made = make_runs(client, exp_id, [0.3, 0.1, 0.2], metric="avg_test_rmse")
+    watcher = watcher_for(mlflow_server.url)
+    board = watcher.rank_now(name, "avg_test_rmse", top_n=2, ascending=True)
+    ranked = expected_order(made, ascending=True)
+    assert [e.run_id for e in board.entries] == ranked[:2]
+    assert (board.ranked_runs, board.unranked_runs) == (3, 0)
+    assert_board(client, exp_id, ranked, top_n=2, k=2)
+
+    with pytest.raises(ExperimentNotFound):
+        watcher.rank_now(f"no_such_{uuid4().hex}", "avg_test_r2", 10, False)
+    empty_id, empty = new_experiment(client, prefix="adhoc")
+    make_run(client, empty_id, "nan", {"avg_test_r2": math.nan})
+    with pytest.raises(NoRankedRuns):
+        watcher.rank_now(empty, "avg_test_r2", 10, False)
+
+
+def test_a_run_deleted_before_its_write_does_not_break_the_adapter(
+    mlflow_server: ServerHandle, client: MlflowClient
+) -> None:
+    """Writing to a deleted run or deleting a missing tag reports False instead of failing."""
+    exp_id, _ = new_experiment(client)
+    run_id = make_run(client, exp_id, "gone", {"avg_test_r2": 1.0})
+    tracking = MlflowTracking(mlflow_server.url)
+    assert tracking.delete_run_tag(run_id, "model_rank") is False
+    client.delete_run(run_id)
+    assert tracking.set_run_tags(run_id, {"model_rank": "1"}) is False
+    assert tracking.delete_run_tag(run_id, "model_rank") is False
+
+
+def test_an_unreachable_server_fails_the_pass_fast_and_is_logged() -> None:
+    from tests.support.mlflow_server import free_port
+
+    url = f"http://127.0.0.1:{free_port()}"
+    watcher = watcher_for(url, rule("wf_*"))
+    with capture_logs() as logs:
+        result = watcher.run_pass()
+    assert not result.ok and result.error
+    assert [e["event"] for e in logs if e["log_level"] == "error"] == ["pass_failed"]
+    assert watcher.health.last_ok is False and not watcher.health.is_healthy(result.started_at)

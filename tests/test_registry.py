@@ -1,0 +1,263 @@
+"""Registry promotion against a real `mlflow server`: the alias follows the leader."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from uuid import uuid4
+
+import mlflow
+import numpy as np
+import pytest
+import xgboost as xgb
+from mlflow import MlflowClient
+from mlflow.models import infer_signature
+from structlog.testing import capture_logs
+
+from tests.support.mlflow_server import ServerHandle, sqlite_uri, start_server
+from watcher.mlflow_io import MlflowRegistry, MlflowTracking
+from watcher.model import Leaderboard, LeaderboardChanged, RankedRun, WatchedExperiment
+from watcher.registry import PENDING_TAG, PendingPromotion, RegistryPromoter
+from watcher.settings import RegistryConfig, RuleConfig
+
+pytestmark = pytest.mark.server
+
+X = np.random.default_rng(0).random((64, 3))
+
+
+@pytest.fixture(autouse=True)
+def _restore_fluent_tracking_uri() -> Iterator[None]:
+    """Tests point the fluent API (which logs the trainer-like runs) at their server."""
+    previous = mlflow.get_tracking_uri()
+    yield
+    mlflow.set_tracking_uri(previous)
+
+
+def use(server: ServerHandle) -> str:
+    mlflow.set_tracking_uri(server.url)
+    return server.url
+
+
+def make_rule(model_name: str, alias: str = "champion") -> RuleConfig:
+    return RuleConfig(
+        name="wf-xgboost",
+        experiments=["exp_*"],
+        metric="avg_test_r2",
+        registry=RegistryConfig(model_name=model_name, alias=alias),
+    )
+
+
+def log_run(
+    experiment_id: str, value: float, *, scale: float | None = None, how: str = "logged_model"
+) -> str:
+    """A finished run like the trainer's: a metric and (unless how="none") an XGBoost model.
+
+    The model predicts `scale * x0`, so a prediction tells which run's model was loaded.
+    how="artifacts" logs the model as plain run artifacts, the way pre-3.0 clients did.
+    """
+    with mlflow.start_run(experiment_id=experiment_id) as run:
+        mlflow.log_metric("avg_test_r2", value)
+        if how != "none":
+            model = xgb.XGBRegressor(n_estimators=8, max_depth=2, random_state=0)
+            model.fit(X, X[:, 0] * (scale if scale is not None else value))
+            signature = infer_signature(X, model.predict(X))
+            if how == "logged_model":
+                mlflow.xgboost.log_model(model, name="model", signature=signature)
+            else:
+                with tempfile.TemporaryDirectory() as tmp:
+                    mlflow.xgboost.save_model(model, Path(tmp, "model"), signature=signature)
+                    mlflow.log_artifacts(str(Path(tmp, "model")), "model")
+    return run.info.run_id
+
+
+def changed(
+    experiment_id: str, name: str, ranked: list[tuple[str, float]], *, new_leader: bool
+) -> LeaderboardChanged:
+    entries = tuple(
+        RankedRun(rank=i + 1, run_id=run_id, run_name=run_id[:8], value=value)
+        for i, (run_id, value) in enumerate(ranked)
+    )
+    board = Leaderboard(
+        experiment_id=experiment_id,
+        experiment_name=name,
+        rule="wf-xgboost",
+        metric="avg_test_r2",
+        ascending=False,
+        top_n=10,
+        production_candidates=3,
+        entries=entries,
+        ranked_runs=len(entries),
+        unranked_runs=0,
+    )
+    return LeaderboardChanged(board=board, new_leader=new_leader, entered=(), left=())
+
+
+def new_experiment() -> tuple[str, str]:
+    name = f"exp_{uuid4().hex[:8]}"
+    return mlflow.create_experiment(name), name
+
+
+def predict(uri: str) -> float:
+    return float(mlflow.pyfunc.load_model(uri).predict(X[:1])[0])
+
+
+def test_alias_follows_a_better_run_and_loads_and_predicts(mlflow_server: ServerHandle) -> None:
+    tracking_uri = use(mlflow_server)
+    exp_id, exp_name = new_experiment()
+    model_name = f"wf-{uuid4().hex[:8]}"
+    tracking = MlflowTracking(tracking_uri)
+    promoter = RegistryPromoter(MlflowRegistry(tracking))
+    client = MlflowClient(tracking_uri)
+    rule = make_rule(model_name)
+
+    first = log_run(exp_id, 0.5)
+    promoter.on_leaderboard_changed(changed(exp_id, exp_name, [(first, 0.5)], new_leader=True), rule)
+    v1 = client.get_model_version_by_alias(model_name, "champion")
+    assert (v1.version, v1.run_id) == ("1", first)
+    assert v1.tags == {"model_rank": "1", "source_run_id": first}
+
+    better = log_run(exp_id, 0.9)
+    with capture_logs() as logs:
+        promoter.on_leaderboard_changed(
+            changed(exp_id, exp_name, [(better, 0.9), (first, 0.5)], new_leader=True), rule
+        )
+    assert [e["event"] for e in logs if e["log_level"] in ("warning", "error")] == []
+    v2 = client.get_model_version_by_alias(model_name, "champion")
+    assert (v2.version, v2.run_id) == ("2", better)
+    assert v2.tags == {"model_rank": "1", "source_run_id": better}
+    logged = {r: client.get_run(r).outputs.model_outputs[0].model_id for r in (first, better)}
+    assert v2.source == f"models:/{logged[better]}"  # registered from the run's MLflow 3 LoggedModel
+    # The earlier leader's version stays, re-tagged with its current rank; only the alias moved.
+    assert client.get_model_version(model_name, "1").tags["model_rank"] == "2"
+    champion = predict(f"models:/{model_name}@champion")
+    assert champion == pytest.approx(predict(f"models:/{logged[better]}"))
+    assert champion != pytest.approx(predict(f"models:/{logged[first]}"))
+
+    # A re-rank that keeps the leader costs one registry read and changes nothing.
+    tracking.calls_by_method.clear()
+    promoter.on_leaderboard_changed(
+        changed(exp_id, exp_name, [(better, 0.9), (first, 0.5)], new_leader=False), rule
+    )
+    assert dict(tracking.calls_by_method) == {"get_model_version_by_alias": 1}
+    assert len(client.search_model_versions(f"name = '{model_name}'")) == 2
+
+
+def test_returning_leader_reuses_its_version(sqlite_server: ServerHandle) -> None:
+    tracking_uri = use(sqlite_server)
+    exp_id, exp_name = new_experiment()
+    model_name = f"wf-{uuid4().hex[:8]}"
+    promoter = RegistryPromoter(MlflowRegistry(MlflowTracking(tracking_uri)))
+    client = MlflowClient(tracking_uri)
+    rule = make_rule(model_name)
+    a, b = log_run(exp_id, 0.5), log_run(exp_id, 0.6)
+    promoter.on_leaderboard_changed(changed(exp_id, exp_name, [(a, 0.5)], new_leader=True), rule)
+    promoter.on_leaderboard_changed(changed(exp_id, exp_name, [(b, 0.6), (a, 0.5)], new_leader=True), rule)
+    # b's run is deleted from the board (e.g. its metric was corrected): a leads again.
+    promoter.on_leaderboard_changed(changed(exp_id, exp_name, [(a, 0.5)], new_leader=True), rule)
+    assert client.get_model_version_by_alias(model_name, "champion").version == "1"
+    assert "model_rank" not in client.get_model_version(model_name, "2").tags
+    assert len(client.search_model_versions(f"name = '{model_name}'")) == 2
+
+
+def test_leader_without_a_model_is_skipped_with_a_warning(sqlite_server: ServerHandle) -> None:
+    tracking_uri = use(sqlite_server)
+    exp_id, exp_name = new_experiment()
+    model_name = f"wf-{uuid4().hex[:8]}"
+    promoter = RegistryPromoter(MlflowRegistry(MlflowTracking(tracking_uri)))
+    run_id = log_run(exp_id, 0.7, how="none")
+    with capture_logs() as logs:
+        promoter.on_leaderboard_changed(
+            changed(exp_id, exp_name, [(run_id, 0.7)], new_leader=True), make_rule(model_name)
+        )
+    assert [e["event"] for e in logs if e["log_level"] == "warning"] == ["registry_leader_without_model"]
+    assert MlflowClient(tracking_uri).search_model_versions(f"name = '{model_name}'") == []
+
+
+def test_model_logged_as_plain_run_artifacts_is_registered_from_the_run(sqlite_server: ServerHandle) -> None:
+    """Runs logged by pre-3.0 clients have no LoggedModel, only `model/MLmodel` artifacts."""
+    tracking_uri = use(sqlite_server)
+    exp_id, exp_name = new_experiment()
+    model_name = f"wf-{uuid4().hex[:8]}"
+    promoter = RegistryPromoter(MlflowRegistry(MlflowTracking(tracking_uri)))
+    run_id = log_run(exp_id, 0.7, scale=3.0, how="artifacts")
+    assert MlflowClient(tracking_uri).get_run(run_id).outputs.model_outputs == []
+    promoter.on_leaderboard_changed(
+        changed(exp_id, exp_name, [(run_id, 0.7)], new_leader=True), make_rule(model_name)
+    )
+    version = MlflowClient(tracking_uri).get_model_version_by_alias(model_name, "champion")
+    assert version.run_id == run_id
+    assert predict(f"models:/{model_name}@champion") == pytest.approx(predict(f"runs:/{run_id}/model"))
+
+
+@pytest.fixture
+def own_server(tmp_path: Path) -> Iterator[ServerHandle]:
+    """A server of this test's own, so it can be stopped and restarted."""
+    server = start_server(sqlite_uri(tmp_path / "mlflow.db"), tmp_path)
+    mlflow.set_tracking_uri(server.url)
+    yield server
+    server.stop()
+
+
+def watched(tracking: MlflowTracking, name: str) -> list[WatchedExperiment]:
+    record = tracking.get_experiment_by_name(name)
+    assert record is not None
+    return [WatchedExperiment(record.experiment_id, record.name, record.tags)]
+
+
+@pytest.mark.slow
+def test_promotion_that_failed_is_retried_on_the_next_pass(own_server: ServerHandle) -> None:
+    exp_id, exp_name = new_experiment()
+    client = MlflowClient(own_server.url)
+    tracking = MlflowTracking(own_server.url)
+    promoter = RegistryPromoter(MlflowRegistry(tracking))
+    run_id = log_run(exp_id, 0.8)
+    client.set_tag(run_id, "model_rank", "1")  # what the watcher's tagger wrote before handlers run
+
+    own_server.stop()
+    with capture_logs() as logs:
+        promoter.on_leaderboard_changed(
+            changed(exp_id, exp_name, [(run_id, 0.8)], new_leader=True), make_rule("wf")
+        )
+    events = [e["event"] for e in logs]
+    assert "registry_promotion_failed" in events  # logged, never raised
+    assert "registry_pending_store_failed" in events  # the server is down: kept in memory
+    promoter.on_pass_end([WatchedExperiment(exp_id, exp_name)])  # the failed pass ends
+
+    own_server.restart()
+    promoter.on_pass_end(watched(tracking, exp_name))
+    assert client.get_model_version_by_alias("wf", "champion").run_id == run_id
+    assert PENDING_TAG not in client.get_experiment(exp_id).tags
+
+
+def test_pending_promotion_in_an_experiment_tag_is_done_after_a_restart(sqlite_server: ServerHandle) -> None:
+    """A new watcher process finds the pending promotion in MLflow and completes it once."""
+    tracking_uri = use(sqlite_server)
+    exp_id, exp_name = new_experiment()
+    model_name = f"wf-{uuid4().hex[:8]}"
+    client = MlflowClient(tracking_uri)
+    tracking = MlflowTracking(tracking_uri)
+    store = MlflowRegistry(tracking)
+    leader, obsolete_exp = log_run(exp_id, 0.8), new_experiment()
+    client.set_tag(leader, "model_rank", "1")
+    store.set_experiment_tag(
+        exp_id, PENDING_TAG, PendingPromotion(exp_id, leader, model_name, "champion").tag_value()
+    )
+    # A pending promotion whose run lost the lead meanwhile is dropped, not done.
+    old = log_run(obsolete_exp[0], 0.1)
+    client.set_tag(old, "model_rank", "2")
+    store.set_experiment_tag(
+        obsolete_exp[0],
+        PENDING_TAG,
+        PendingPromotion(obsolete_exp[0], old, model_name, "champion").tag_value(),
+    )
+
+    RegistryPromoter(store).on_pass_end(watched(tracking, exp_name) + watched(tracking, obsolete_exp[1]))
+    assert client.get_model_version_by_alias(model_name, "champion").run_id == leader
+    assert len(client.search_model_versions(f"name = '{model_name}'")) == 1
+    assert PENDING_TAG not in client.get_experiment(exp_id).tags
+    assert PENDING_TAG not in client.get_experiment(obsolete_exp[0]).tags
+
+    tracking.calls_by_method.clear()
+    RegistryPromoter(store).on_pass_end(watched(tracking, exp_name))
+    assert dict(tracking.calls_by_method) == {"get_experiment_by_name": 1}  # nothing left to do

@@ -2,7 +2,8 @@
 
 Same booster (sklearn gets an ``XGBRegressor`` wrapping its trees), same held-out rows, same
 ``n_repeats`` and ``random_state``, one thread each. Reports the median wall time of several
-runs, the ratio, and whether the numbers are equal (bit for bit, and the largest difference).
+runs (the two sides alternate, so a busy machine slows both alike), the ratio, and whether the
+numbers are equal (bit for bit, else the largest difference).
 
     .venv/bin/python bench/bench_importance.py [--runs 5] [--repeats 5] [--markdown]
 
@@ -62,14 +63,24 @@ class Result:
         return self.sklearn_seconds / self.ours_seconds
 
 
-def _median_seconds(fn: Callable[[], object], runs: int) -> tuple[float, object]:
-    times = []
-    result: object = None
+def _timed(fn: Callable[[], np.ndarray]) -> tuple[float, np.ndarray]:
+    started = time.perf_counter()
+    result = fn()
+    return time.perf_counter() - started, result
+
+
+def _interleaved(
+    a: Callable[[], np.ndarray], b: Callable[[], np.ndarray], runs: int
+) -> tuple[float, np.ndarray, float, np.ndarray]:
+    """Median seconds and last result of each; runs alternate so load on a shared machine hits both."""
+    a_times, b_times = [], []
+    a_result = b_result = np.empty(0)
     for _ in range(runs):
-        started = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times), result
+        seconds, a_result = _timed(a)
+        a_times.append(seconds)
+        seconds, b_result = _timed(b)
+        b_times.append(seconds)
+    return statistics.median(a_times), a_result, statistics.median(b_times), b_result
 
 
 def run_case(case: Case, dataset: data.Dataset, runs: int, repeats: int) -> Result:
@@ -103,9 +114,7 @@ def run_case(case: Case, dataset: data.Dataset, runs: int, repeats: int) -> Resu
     def ours() -> np.ndarray:
         return importance.permutation_importances(booster, X_test, y_test, n_repeats=repeats, seed=SEED)[1]
 
-    sk_seconds, sk_result = _median_seconds(theirs, runs)
-    our_seconds, our_result = _median_seconds(ours, runs)
-    expected, got = np.asarray(sk_result), np.asarray(our_result)
+    sk_seconds, expected, our_seconds, got = _interleaved(theirs, ours, runs)
     return Result(
         case=case,
         n_rows=len(X_test),

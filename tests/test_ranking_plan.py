@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 from collections import Counter
@@ -213,7 +214,7 @@ def test_order_is_deterministic_with_ties_by_end_time_then_run_id(
     rnd.shuffle(shuffled)
     ranked = order(shuffled, ascending)
     assert ranked == order(cands, ascending)
-    for a, b in zip(ranked, ranked[1:], strict=False):
+    for a, b in itertools.pairwise(ranked):
         better = a.value < b.value if ascending else a.value > b.value
         if not better:
             assert a.value == b.value

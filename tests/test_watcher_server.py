@@ -196,7 +196,8 @@ def test_a_deleted_or_worsened_holder_is_replaced_from_the_kept_board(
     client.log_metric(ranked[1], "avg_test_r2", -5.0)
     newcomer = make_runs(client, exp_id, [0.055], prefix="new")
     result = watcher.run_pass()
-    assert result.ok and result.outcomes[0].action == "rerank"
+    assert result.ok
+    assert result.outcomes[0].action == "rerank"
     alive = [m for m in made if m.run_id != ranked[0]]
     values = {m.run_id: m.value for m in [*alive, *newcomer]}
     values[ranked[1]] = -5.0
@@ -216,7 +217,8 @@ def test_when_the_kept_board_runs_out_the_watcher_ranks_in_full(
         client.delete_run(run_id)
     make_runs(client, exp_id, [-1.0], prefix="new")
     result = watcher.run_pass()
-    assert result.ok and result.outcomes[0].action == "full"
+    assert result.ok
+    assert result.outcomes[0].action == "full"
     assert_board(client, exp_id, ranked[12:], top_n=3, k=1)
 
 
@@ -233,7 +235,8 @@ def test_patterns_match_names_case_sensitively_on_every_backend(
     watcher = watcher_for(mlflow_server.url, rule(f"case_{tag}_*"))
     result = watcher.run_pass()
     assert [o.experiment_id for o in result.outcomes] == [lower]
-    assert podium_tags(client, upper) == {} and podium_tags(client, other) == {}
+    assert podium_tags(client, upper) == {}
+    assert podium_tags(client, other) == {}
 
 
 def test_the_first_matching_rule_owns_an_experiment(
@@ -314,6 +317,8 @@ def test_an_unreachable_server_fails_the_pass_fast_and_is_logged() -> None:
     watcher = watcher_for(url, rule("wf_*"))
     with capture_logs() as logs:
         result = watcher.run_pass()
-    assert not result.ok and result.error
+    assert not result.ok
+    assert result.error
     assert [e["event"] for e in logs if e["log_level"] == "error"] == ["pass_failed"]
-    assert watcher.health.last_ok is False and not watcher.health.is_healthy(result.started_at)
+    assert watcher.health.last_ok is False
+    assert not watcher.health.is_healthy(result.started_at)

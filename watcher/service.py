@@ -16,6 +16,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
+from decimal import Decimal
 
 import structlog
 
@@ -115,6 +116,12 @@ def and_filters(*parts: str | None) -> str:
 
 def metric_ref(metric: str) -> str:
     return f"metrics.`{metric}`"
+
+
+def number_literal(value: float) -> str:
+    """A filter literal that parses back to exactly ``value``; MLflow's grammar rejects
+    exponents such as ``1e+20``, so write the shortest round-trip digits out in full."""
+    return f"{Decimal(repr(value)):f}"
 
 
 class Watcher:
@@ -432,7 +439,7 @@ class Watcher:
             return None
         else:
             op = "<=" if rule.ascending else ">="
-            threshold = f"{metric_ref(rule.metric)} {op} {state.board[-1].value!r}"
+            threshold = f"{metric_ref(rule.metric)} {op} {number_literal(state.board[-1].value)}"
         runs = self.tracking.search_runs(
             [exp.experiment_id], and_filters(FINISHED_FILTER, threshold, rule.filter)
         )

@@ -1,0 +1,170 @@
+"""Config validation through the CLI: exit 2 and one message naming file, rule and field."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from watcher import cli
+from watcher.settings import load_settings
+
+GOOD_RULE: dict[str, Any] = {
+    "name": "wf-xgboost",
+    "experiments": ["wf_xgboost_*"],
+    "metric": "avg_test_r2",
+    "top_n": 10,
+    "production_candidates": 3,
+}
+
+
+def write(tmp_path: Path, data: Any) -> Path:
+    path = tmp_path / "watcher.yaml"
+    path.write_text(data if isinstance(data, str) else yaml.safe_dump(data))
+    return path
+
+
+def with_rule(**changes: Any) -> dict[str, Any]:
+    rule = {**GOOD_RULE, **changes}
+    return {"rules": [{**GOOD_RULE, "name": "first"}, {k: v for k, v in rule.items() if v is not None}]}
+
+
+CASES = [
+    pytest.param(
+        with_rule(metrik="x"),
+        ["rule #2 'wf-xgboost' (rules[1])", "unknown key 'metrik'", "did you mean 'metric'"],
+        id="unknown-key",
+    ),
+    pytest.param(
+        with_rule(top_n=0),
+        ["rule #2 'wf-xgboost' (rules[1])", "field 'top_n'", "greater than or equal to 1"],
+        id="top-n",
+    ),
+    pytest.param(
+        with_rule(production_candidates=11),
+        ["rules[1]", "field 'production_candidates'", "between 0 and top_n (10)"],
+        id="candidates-above-top-n",
+    ),
+    pytest.param(
+        with_rule(production_candidates=-1),
+        ["rules[1]", "field 'production_candidates'"],
+        id="candidates-negative",
+    ),
+    pytest.param(
+        with_rule(metric=None),
+        ["rule #2 'wf-xgboost' (rules[1])", "field 'metric' is required"],
+        id="missing-metric",
+    ),
+    pytest.param(
+        with_rule(trigger="sometimes"),
+        ["rules[1]", "field 'trigger'", "experiment_finished"],
+        id="unknown-trigger",
+    ),
+    pytest.param(
+        with_rule(notify=["team"]),
+        ["rule #2 'wf-xgboost' (rules[1])", "field 'notify'", "webhook 'team' is not defined"],
+        id="undefined-webhook",
+    ),
+    pytest.param(
+        with_rule(filter="metrics.num_folds >= 3 OR params.x = 1"),
+        ["rule #2 'wf-xgboost' (rules[1])", "field 'filter'", "not a valid MLflow run filter"],
+        id="bad-filter",
+    ),
+    pytest.param(
+        {"poll_interval_seconds": 0, "rules": [GOOD_RULE]},
+        ["field 'poll_interval_seconds'", "greater than 0"],
+        id="poll-interval",
+    ),
+    pytest.param({"rules": [GOOD_RULE], "polling": 3}, ["unknown key 'polling'"], id="unknown-top-level-key"),
+    pytest.param({"rules": [GOOD_RULE, GOOD_RULE]}, ["rules[1]", "duplicate rule name"], id="duplicate-rule"),
+    pytest.param("rules:\n  - name: x\n   metric: [1\n", ["invalid YAML at line"], id="yaml-syntax"),
+]
+
+
+@pytest.mark.parametrize("command", [["check-config"], ["--once"]], ids=["check-config", "once"])
+@pytest.mark.parametrize(("config", "expected"), CASES)
+def test_bad_config_exits_2_with_one_message_naming_file_rule_and_field(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: list[str], config: Any, expected: list[str]
+) -> None:
+    path = write(tmp_path, config)
+    assert cli.main([*command, "--config", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {path}: ")
+    assert len(err.splitlines()) == 1
+    for part in expected:
+        assert part in err
+
+
+def test_a_missing_config_file_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "nope.yaml"
+    assert cli.main(["--once", "--config", str(missing)]) == 2
+    assert f"{missing}: config file not found" in capsys.readouterr().err
+
+
+def test_environment_overrides_the_file_and_is_validated_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(tmp_path, {"rules": [GOOD_RULE]})
+    monkeypatch.setenv("WATCHER_HTTP__PORT", "9000")
+    monkeypatch.setenv("WATCHER_POLL_INTERVAL_SECONDS", "5")
+    settings = load_settings(path)
+    assert (settings.http.port, settings.poll_interval_seconds) == (9000, 5.0)
+    monkeypatch.setenv("WATCHER_POLL_INTERVAL_SECONDS", "-1")
+    assert cli.main(["check-config", "--config", str(path)]) == 2
+    assert "field 'poll_interval_seconds'" in capsys.readouterr().err
+
+
+def test_check_config_prints_the_effective_config_with_secrets_redacted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(
+        tmp_path,
+        {
+            "tracking_uri": "postgresql://podium:hunter2@db:5432/mlflow",
+            "webhooks": [
+                {
+                    "name": "slack",
+                    "url": "https://hooks.slack.com/services/T000/B000/XXXXSECRET",
+                    "format": "slack",
+                },
+                {"name": "team", "url_env": "PODIUM_TEST_HOOK", "secret_env": "PODIUM_TEST_SECRET"},
+            ],
+            "rules": [{**GOOD_RULE, "notify": ["slack", "team"]}],
+        },
+    )
+    monkeypatch.setenv("PODIUM_TEST_HOOK", "https://example.com/hook?token=abc")
+    monkeypatch.delenv("PODIUM_TEST_SECRET", raising=False)
+    assert cli.main(["check-config", "--config", str(path)]) == 0
+    out = capsys.readouterr().out
+    for secret in ("hunter2", "XXXXSECRET", "T000", "token=abc"):
+        assert secret not in out
+    shown = yaml.safe_load(out)
+    assert shown["tracking_uri"] == "postgresql://podium:***@db:5432/mlflow"
+    assert shown["webhooks"][0]["url"] == "https://hooks.slack.com/***"
+    assert shown["webhooks"][1]["url_env"] == "PODIUM_TEST_HOOK (set)"
+    assert shown["webhooks"][1]["secret_env"] == "PODIUM_TEST_SECRET (unset)"
+    assert shown["rules"][0]["metric"] == "avg_test_r2"
+
+
+def test_the_shipped_example_config_is_valid(capsys: pytest.CaptureFixture[str]) -> None:
+    example = Path(__file__).parents[1] / "config" / "watcher.yaml"
+    assert cli.main(["check-config", "--config", str(example)]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["rules"][0]["experiments"] == ["wf_xgboost_*"]
+
+
+def test_as_a_process_bad_config_is_exit_2_without_traceback(tmp_path: Path) -> None:
+    path = write(tmp_path, with_rule(top_n=0))
+    proc = subprocess.run(
+        [sys.executable, "-m", "watcher", "--once", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert f"{path}: rule #2 'wf-xgboost' (rules[1]): field 'top_n'" in proc.stderr

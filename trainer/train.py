@@ -100,14 +100,17 @@ class Prepared:
         self._matrices: dict[tuple[int, int], xgb.QuantileDMatrix] = {}
 
     def matrix(self, rows: slice) -> xgb.QuantileDMatrix:
-        """The training matrix of ``rows``, built on first use."""
+        """The training matrix of ``rows``, built on first use.
+
+        It carries no feature names: XGBoost would check them on every boosting round (a
+        third of the training time with 150 features); the deployable model gets them after.
+        """
         key = (rows.start, rows.stop)
         if key not in self._matrices:
             ds = self.dataset
             self._matrices[key] = xgb.QuantileDMatrix(
                 ds.X[rows],
                 label=ds.y[rows],
-                feature_names=ds.feature_names,
                 max_bin=self.config.xgboost.max_bin,
                 nthread=self.config.xgboost.nthread,
             )
@@ -148,6 +151,7 @@ def run_trial(prepared: Prepared, index: int, hyperparameters: dict[str, Any], s
             )
         )
     model = xgb.train(params, prepared.matrix(prepared.final), num_boost_round=rounds)
+    model.feature_names = list(ds.feature_names)
     example = ds.X[prepared.final][-EXAMPLE_ROWS:]
     report: ImportanceReport | None = None
     skipped: str | None = None

@@ -125,17 +125,20 @@ def permutation_importances(
     if len(columns) == 0:
         return baseline, importances
     perms = permutation_indices(n_rows, n_repeats, seed)
-    per_column = n_repeats * n_rows * n_features
-    chunk = max(1, batch_cells // per_column)
-    for start in range(0, len(columns), chunk):
-        block = columns[start : start + chunk]
-        batch = np.empty((len(block), n_repeats, n_rows, n_features), dtype=np.float32)
+    # One unit = one permuted copy of the rows (a column in one repeat); batches hold whole units.
+    unit_columns = np.repeat(columns, n_repeats)
+    unit_repeats = np.tile(np.arange(n_repeats), len(columns))
+    per_batch = max(1, batch_cells // (n_rows * n_features))
+    for start in range(0, len(unit_columns), per_batch):
+        cols = unit_columns[start : start + per_batch]
+        reps = unit_repeats[start : start + per_batch]
+        batch = np.empty((len(cols), n_rows, n_features), dtype=np.float32)
         batch[...] = data
-        for i, column in enumerate(block):
-            batch[i, :, :, column] = data[perms, column]
+        for k, (column, repeat) in enumerate(zip(cols, reps, strict=True)):
+            batch[k, :, column] = data[perms[repeat], column]
         preds = booster.inplace_predict(batch.reshape(-1, n_features))
-        scores = r2_scores(y, np.asarray(preds).reshape(len(block) * n_repeats, n_rows))
-        importances[block] = baseline - scores.reshape(len(block), n_repeats)
+        scores = r2_scores(y, np.asarray(preds).reshape(len(cols), n_rows))
+        importances[cols, reps] = baseline - scores
     return baseline, importances
 
 

@@ -39,8 +39,10 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 from mlflow.entities import Metric
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.mlflow_server import ServerHandle, free_port, wait_healthy
+from trainer.cli import build_parser as build_trainer_parser
 from watcher.api import check_bind, resolve_token
 from watcher.settings import load_settings
 
@@ -290,6 +292,14 @@ def daemon_env(image: Image, sqlite_server: ServerHandle) -> tuple[dict[str, str
     return env, secret
 
 
+def _passes_ok(metrics_text: str) -> float:
+    for family in text_string_to_metric_families(metrics_text):
+        for sample in family.samples:
+            if sample.name == "podium_watcher_passes_total" and sample.labels == {"outcome": "ok"}:
+                return sample.value
+    return 0.0
+
+
 def _healthcheck(image: Image, env: dict[str, str]) -> int:
     return subprocess.run(
         image.argv(image.healthcheck, env), env=env, cwd=image.root, capture_output=True, timeout=60
@@ -298,8 +308,9 @@ def _healthcheck(image: Image, env: dict[str, str]) -> int:
 
 def test_image_command_serves_healthz_ranks_and_exits_0_on_sigterm(image, daemon_env, sqlite_server):
     """The image's ENTRYPOINT+CMD, run from the wheel's venv outside the work tree, passes its own
-    HEALTHCHECK once the first pass succeeded, ranks on POST with the token, logs JSON lines that
-    never contain the token, and on SIGTERM stops API and scheduler with exit code 0."""
+    HEALTHCHECK once the first pass succeeded, ranks on POST with the token (404 unknown
+    experiment, 422 bad top_n), counts passes on /metrics, logs JSON lines that never contain
+    the token, and on SIGTERM stops API and scheduler with exit code 0."""
     env, secret = daemon_env
     watched = _make_runs(sqlite_server.url, f"{WATCHED}{uuid4().hex[:8]}", [0.4, 0.3])
     name = f"exp_container_adhoc_{uuid4().hex[:8]}"  # no rule matches: POST ranks it anyway
@@ -338,6 +349,19 @@ def test_image_command_serves_healthz_ranks_and_exits_0_on_sigterm(image, daemon
         assert ranked.status_code == 200, ranked.text
         assert [m["run_id"] for m in ranked.json()["models"]] == [run_ids[1], run_ids[2]]
         assert MlflowClient(sqlite_server.url).get_run(run_ids[1]).data.tags["model_rank"] == "1"
+
+        auth = {"Authorization": f"Bearer {secret}"}
+        unknown = {"experiment_name": f"missing_{uuid4().hex[:8]}"}
+        assert httpx.post(f"{url}/models/rank", params=unknown, headers=auth, timeout=60).status_code == 404
+        bad = {**params, "top_n": 0}
+        assert httpx.post(f"{url}/models/rank", params=bad, headers=auth, timeout=60).status_code == 422
+
+        # /metrics moves as the scheduler keeps passing (every 2 s here).
+        first = _passes_ok(httpx.get(f"{url}/metrics", timeout=30).text)
+        deadline = time.monotonic() + STARTUP_S
+        while _passes_ok(httpx.get(f"{url}/metrics", timeout=30).text) <= first:
+            assert time.monotonic() < deadline, "no pass counted on /metrics"
+            time.sleep(0.5)
 
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
@@ -418,6 +442,18 @@ def test_compose_services_and_tracking_hosts_line_up():
         host = uri.split("://", 1)[1].split("/", 1)[0]
         assert host in allowed, (name, host, allowed)
     assert services["trainer"]["restart"] == "no"  # one-shot
+
+
+def test_compose_trainer_runs_a_valid_trainer_command():
+    """The one-shot trainer service's command parses with the trainer's own CLI, and the config
+    file it names is one the image ships (config/ is copied to /etc/podium/)."""
+    trainer = _compose()["services"]["trainer"]
+    assert trainer["entrypoint"] == ["python", "-m", "trainer"]
+    command = [_interpolate(str(c), {}) for c in trainer["command"]]
+    args = build_trainer_parser().parse_args(command)
+    assert args.command == "train"
+    assert args.config.parent == Path(IMAGE_CONFIG_DIR)
+    assert (REPO / "config" / args.config.name).is_file()
 
 
 def test_compose_watcher_overrides_are_valid_settings_and_pass_the_bind_check(monkeypatch):

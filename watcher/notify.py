@@ -455,6 +455,9 @@ class Notifier:
         self._new_in_memory: list[PendingSummary] = []
         # Delivered summaries whose pending tag could not be deleted: never sent again.
         self._sent: set[str] = set()
+        # Summaries kept in this pass: retried from a later pass only, even when the listing
+        # handed to on_pass_end already shows their tag.
+        self._kept_this_pass: set[str] = set()
         self._summary = PassSummary()
         self.last_pass = PassSummary()
 
@@ -493,6 +496,7 @@ class Notifier:
         finally:
             self.last_pass, self._summary = self._summary, PassSummary()
             self._down.clear()
+            self._kept_this_pass.clear()
         if any(self.last_pass.as_dict().values()):
             log.info("webhook_pass_summary", **self.last_pass.as_dict())
 
@@ -536,6 +540,7 @@ class Notifier:
     def _keep(self, summary: PendingSummary) -> None:
         """Store an undelivered summary as an experiment tag, or in memory if that fails too."""
         self._summary.kept_pending += 1
+        self._kept_this_pass.add(summary.delivery_id)
         try:
             self._store.set_experiment_tag(summary.experiment_id, summary.tag_key(), summary.tag_value())
         except Exception as e:  # the tracking server may be what is down; keep it in memory
@@ -600,6 +605,8 @@ class Notifier:
             if target is None:
                 continue
             for summary in summaries[max(excess, 0) :]:
+                if summary.delivery_id in self._kept_this_pass:
+                    continue
                 if summary.delivery_id in self._sent:  # delivered; only the tag deletion failed
                     self._forget(summary)
                     continue

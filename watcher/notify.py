@@ -500,6 +500,10 @@ class Notifier:
         if any(self.last_pass.as_dict().values()):
             log.info("webhook_pass_summary", **self.last_pass.as_dict())
 
+    def pass_report(self) -> dict[str, int]:
+        """The last pass's webhook counts, for the pass summary (PassResult, `pass_finished`)."""
+        return {f"webhooks_{key}": value for key, value in self.last_pass.as_dict().items() if value}
+
     # Internals ----------------------------------------------------------------------------
 
     def _send(self, target: WebhookTarget, summary: PendingSummary) -> str:

@@ -19,6 +19,7 @@ end of the next pass while its run still holds `model_rank=1`.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Literal, Protocol
@@ -168,6 +169,8 @@ class RegistryPromoter:
         # Experiments promoted (or failed and re-queued) in this pass: a pending tag seen in
         # the pass's experiment listing is older than that and must not undo it.
         self._handled: dict[str, bool] = {}
+        self._report: Counter[str] = Counter()
+        self._last_report: dict[str, int] = {}
 
     def on_leaderboard_changed(self, event: LeaderboardChanged, rule: RuleConfig) -> None:
         leader = event.board.leader
@@ -206,6 +209,11 @@ class RegistryPromoter:
                     self._retry(request, from_tag=False)
         finally:
             self._handled.clear()
+            self._last_report, self._report = dict(self._report), Counter()
+
+    def pass_report(self) -> dict[str, int]:
+        """The last pass's promotions and failures, for the pass summary."""
+        return {f"registry_{key}": value for key, value in self._last_report.items()}
 
     def _retry(self, request: PendingPromotion, *, from_tag: bool) -> None:
         try:
@@ -247,10 +255,13 @@ class RegistryPromoter:
             )
         except Exception as e:
             log.error("registry_promotion_failed", error=str(e), **ctx)
+            self._report["failed"] += 1
             if not already_tagged:
                 self._keep(request)
             return False
         self._in_memory.pop(request.experiment_id, None)
+        if outcome != "current":
+            self._report[outcome] += 1
         if outcome == "no_model":
             log.warning("registry_leader_without_model", **ctx)
         elif outcome == "promoted":

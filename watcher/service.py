@@ -14,8 +14,8 @@ import threading
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 
 import structlog
@@ -91,6 +91,8 @@ class PassResult:
     tracking_calls: int
     outcomes: tuple[ExperimentOutcome, ...] = ()
     error: str | None = None
+    # What the handlers did (e.g. webhooks_failed), from their optional ``pass_report()``.
+    handler_report: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -157,6 +159,7 @@ class Watcher:
         outcomes: list[ExperimentOutcome] = []
         watched: list[WatchedExperiment] = []
         error: str | None = None
+        report: dict[str, int] = {}
         with structlog.contextvars.bound_contextvars(pass_id=pass_id):
             log.info("pass_started", dry_run=dry_run)
             try:
@@ -184,6 +187,9 @@ class Watcher:
                             error=str(e),
                             exc_info=True,
                         )
+                    pass_report = getattr(handler, "pass_report", None)
+                    if callable(pass_report):
+                        report.update(pass_report())
             duration = time.perf_counter() - wall
             result = PassResult(
                 pass_id=pass_id,
@@ -197,6 +203,7 @@ class Watcher:
                 tracking_calls=self.tracking.calls - calls_before,
                 outcomes=tuple(outcomes),
                 error=error,
+                handler_report=report,
             )
             self._record(result)
             log.info(
@@ -208,6 +215,7 @@ class Watcher:
                 tag_writes=result.tag_writes,
                 tracking_calls=result.tracking_calls,
                 duration_seconds=round(duration, 3),
+                **report,
             )
         return result
 

@@ -126,7 +126,9 @@ def _write(tmp_path: Path, frame: pd.DataFrame, name: str = "d.csv") -> Path:
         ("empty", {}, "has no rows"),
     ],
 )
-def test_bad_input_names_file_and_column(tmp_path: Path, case: str, kwargs: dict[str, str], expected: str) -> None:
+def test_bad_input_names_file_and_column(
+    tmp_path: Path, case: str, kwargs: dict[str, str], expected: str
+) -> None:
     """Each kind of bad data raises InputError with a message naming the file and what is wrong."""
     bars = _bars(200)
     path: Path

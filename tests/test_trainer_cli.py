@@ -72,7 +72,10 @@ def test_bad_option_exits_2_naming_it(
         ("trails: 3\n", "unknown key 'trails'"),
         ("walk_forward: {train_month: 3}\n", "unknown key 'walk_forward.train_month'"),
         ("search_space:\n  max_dept: {type: int, low: 1, high: 3}\n", "unknown hyperparameter(s) max_dept"),
-        ("search_space:\n  n_estimators: {type: int, low: 9, high: 3}\n", "low (9) must not be above high (3)"),
+        (
+            "search_space:\n  n_estimators: {type: int, low: 9, high: 3}\n",
+            "low (9) must not be above high (3)",
+        ),
         ("trials: [1\n", "not valid YAML at line"),
         ("trials: 0\n", "trials: Input should be greater than or equal to 1"),
     ],
@@ -110,7 +113,12 @@ def test_missing_config_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixtu
     ],
 )
 def test_bad_data_exits_2_with_one_message_and_no_run(
-    case: str, expected: str, bars_csv: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], sqlite_uri: str
+    case: str,
+    expected: str,
+    bars_csv: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    sqlite_uri: str,
 ) -> None:
     """Bad data exits 2 with one message naming file and column, before any MLflow run exists."""
     argv = ["train", "--data", str(bars_csv), "--trials", "1", "--jobs", "1"]

@@ -42,7 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="{train,retrain,sample-data}")
 
     train = sub.add_parser("train", help="run a sweep of walk-forward XGBoost trials")
-    train.add_argument("--config", type=Path, help="YAML config (default: built-in defaults, as in config/trainer.yaml)")
+    train.add_argument(
+        "--config", type=Path, help="YAML config (default: built-in defaults, as in config/trainer.yaml)"
+    )
     train.add_argument("--data", type=Path, help="CSV or Parquet file (default: the built-in sample)")
     train.add_argument("--target", help="predict this column from every other numeric column")
     train.add_argument("--time-column", help="name of the time column (default: timestamp)")
@@ -51,7 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--train-months", type=_positive, help="months in each training window")
     train.add_argument("--test-months", type=_positive, help="months in each test window (the step)")
     train.add_argument("--window", choices=("rolling", "expanding"), help="training window kind")
-    train.add_argument("--experiment", help="MLflow experiment (default: wf_xgboost_{SYMBOL}_f{n}_tr{m}m_te{m}m)")
+    train.add_argument(
+        "--experiment", help="MLflow experiment (default: wf_xgboost_{SYMBOL}_f{n}_tr{m}m_te{m}m)"
+    )
     train.add_argument("--seed", type=_integer, help="seed of the trial sampler")
     train.add_argument("--jobs", type=_positive, help="trials run in parallel processes")
     train.add_argument("--top", type=_positive, help="rows in the final table of best trials")
@@ -132,7 +136,9 @@ def _train(args: argparse.Namespace) -> int:
     from trainer.sweep import print_summary, run_sweep
 
     overrides: dict[str, Any] = {
-        dotted: getattr(args, name) for name, dotted in TRAIN_OVERRIDES.items() if getattr(args, name) is not None
+        dotted: getattr(args, name)
+        for name, dotted in TRAIN_OVERRIDES.items()
+        if getattr(args, name) is not None
     }
     if "data.path" in overrides:
         overrides["data.path"] = str(overrides["data.path"])

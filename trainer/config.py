@@ -149,8 +149,7 @@ class TrainerConfig(_Strict):
         unknown = sorted(set(self.search_space) - set(HYPERPARAMETERS))
         if unknown:
             raise ValueError(
-                f"unknown hyperparameter(s) {', '.join(unknown)}; "
-                f"known: {', '.join(sorted(HYPERPARAMETERS))}"
+                f"unknown hyperparameter(s) {', '.join(unknown)}; known: {', '.join(sorted(HYPERPARAMETERS))}"
             )
         if "n_estimators" not in self.search_space:
             raise ValueError("search_space needs n_estimators")
@@ -160,9 +159,7 @@ class TrainerConfig(_Strict):
         if self.experiment:
             return self.experiment
         wf = self.walk_forward
-        return (
-            f"wf_xgboost_{self.symbol}_f{n_features}_tr{wf.train_months}m_te{wf.test_months}m"
-        )
+        return f"wf_xgboost_{self.symbol}_f{n_features}_tr{wf.train_months}m_te{wf.test_months}m"
 
 
 def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> TrainerConfig:

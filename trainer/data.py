@@ -147,9 +147,7 @@ def load(
     return _prepare(frame, str(path), str(path), target, time_column)
 
 
-def _prepare(
-    frame: pd.DataFrame, where: str, source: str, target: str | None, time_column: str
-) -> Dataset:
+def _prepare(frame: pd.DataFrame, where: str, source: str, target: str | None, time_column: str) -> Dataset:
     if len(frame) == 0:
         raise InputError(f"data file {where} has no rows")
     if time_column not in frame.columns:
@@ -179,7 +177,9 @@ def _parse_times(frame: pd.DataFrame, where: str, col: str) -> tuple[np.ndarray,
     try:
         parsed = pd.to_datetime(raw, utc=True, format="mixed")
     except (ValueError, TypeError, OverflowError) as e:
-        raise InputError(f"time column {col!r} in {where} has a value that is not a time: {_one_line(e)}") from e
+        raise InputError(
+            f"time column {col!r} in {where} has a value that is not a time: {_one_line(e)}"
+        ) from e
     missing = int(parsed.isna().sum())
     if missing:
         first = int(np.flatnonzero(parsed.isna().to_numpy())[0])
@@ -212,9 +212,7 @@ def _numeric(frame: pd.DataFrame, col: str, where: str, role: str) -> np.ndarray
     return series.to_numpy(dtype="float64", na_value=np.nan)
 
 
-def _ohlcv(
-    frame: pd.DataFrame, times: np.ndarray, where: str, source: str, notes: dict[str, int]
-) -> Dataset:
+def _ohlcv(frame: pd.DataFrame, times: np.ndarray, where: str, source: str, notes: dict[str, int]) -> Dataset:
     by_lower = {str(c).lower(): c for c in frame.columns}
     missing = [k for k in features.OHLCV if k not in by_lower]
     if missing:

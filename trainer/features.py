@@ -80,9 +80,7 @@ def engineer(bars: pd.DataFrame, times: pd.Series) -> pd.DataFrame:
         f[f"macd_{fast}_{slow}"] = macd
         f[f"macd_signal_{fast}_{slow}_{sig}"] = signal
         f[f"macd_hist_{fast}_{slow}_{sig}"] = macd - signal
-    true_range = pd.concat([h - low, (h - c.shift(1)).abs(), (low - c.shift(1)).abs()], axis=1).max(
-        axis=1
-    )
+    true_range = pd.concat([h - low, (h - c.shift(1)).abs(), (low - c.shift(1)).abs()], axis=1).max(axis=1)
     for n in ATR_WINDOWS:
         f[f"atr_{n}"] = _safe_div(true_range.rolling(n).mean(), c)
     body_top = pd.concat([o, c], axis=1).max(axis=1)

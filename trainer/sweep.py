@@ -308,7 +308,7 @@ def _collect(
     in_flight: dict[Future[TrialOutcome], TrialTask],
     outcomes: list[TrialOutcome],
     tracking: Tracking,
-    bar: tqdm,  # type: ignore[type-arg]
+    bar: tqdm[Any],
     show_bar: bool,
     *,
     block: bool,
@@ -325,7 +325,9 @@ def _collect(
             raise TrainingError(f"a trial process died while running trial_{task.index}") from e
         except Exception as e:
             _mark_failed(tracking, task.run_id, "FAILED")
-            outcome = TrialOutcome(task.index, task.run_id, "FAILED", task.hyperparameters, error=_describe(e))
+            outcome = TrialOutcome(
+                task.index, task.run_id, "FAILED", task.hyperparameters, error=_describe(e)
+            )
         outcomes.append(outcome)
         r2 = outcome.metrics.get("avg_test_r2", math.nan)
         if show_bar:
@@ -342,7 +344,9 @@ def _collect(
                 done=len(outcomes),
             )
         if outcome.status != "FINISHED":
-            log.error("trial_failed", trial=f"trial_{outcome.index}", run_id=outcome.run_id, error=outcome.error)
+            log.error(
+                "trial_failed", trial=f"trial_{outcome.index}", run_id=outcome.run_id, error=outcome.error
+            )
 
 
 def _mark_failed(tracking: Tracking, run_id: str, status: str) -> None:

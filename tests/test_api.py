@@ -251,8 +251,9 @@ def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 def test_healthz_turns_503_while_the_server_is_down_and_200_when_it_is_back(tmp_path: Path, serve: Serve):
     """A throwaway server: a pass succeeds (200); the server stops and three intervals pass
-    with failing passes (503, last pass not ok); it restarts on the same port and database and
-    the next pass brings /healthz back to 200. /metrics counts the ok and failed passes."""
+    with failing passes (503, last pass not ok; POST /models/rank answers 503 too); it restarts
+    on the same port and database and the next pass brings /healthz back to 200. /metrics
+    counts the ok and failed passes, tracking calls and tag writes."""
     server = start_server(sqlite_uri(tmp_path / "mlflow.db"), tmp_path, backend="sqlite")
     try:
         client = MlflowClient(server.url)
@@ -275,6 +276,9 @@ def test_healthz_turns_503_while_the_server_is_down_and_200_when_it_is_back(tmp_
             assert not watcher.run_pass().ok
         down = http.get("/healthz")
         assert down.status_code == 503
+        refused = http.post("/models/rank", params={"experiment_name": "anything"})
+        assert refused.status_code == 503  # the tracking server is down: retry later
+        assert str(server.port) not in refused.json()["detail"]  # details stay in the log
         assert down.json()["status"] == "unhealthy"
         assert down.json()["last_pass_ok"] is False
         assert down.json()["last_success_at"] == up.json()["last_success_at"]

@@ -180,8 +180,12 @@ def create_app(
         except NoRankedRuns as e:
             raise HTTPException(status.HTTP_404_NOT_FOUND, detail=str(e)) from e
         except TrackingError as e:
+            # The details (URLs, server messages) go to the log, not to the HTTP client.
             log.error("api_rank_failed", experiment_name=experiment_name, error=str(e))
-            raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail=str(e)) from e
+            raise HTTPException(
+                status.HTTP_503_SERVICE_UNAVAILABLE,
+                detail="the MLflow tracking server failed; see the watcher's log (api_rank_failed)",
+            ) from e
         if not board.entries:
             raise HTTPException(
                 status.HTTP_404_NOT_FOUND,

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from random import Random
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from mlflow.utils.validation import _validate_metric_name
 
 from trainer import keys
@@ -93,3 +97,19 @@ def test_a_feature_named_like_a_summary_metric_moves_aside() -> None:
     assert suffixes["max"] != "max"
     assert suffixes["mean"] != "mean"
     assert suffixes["min_5"] == "min_5"
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.text(max_size=30), min_size=1, max_size=12, unique=True), st.randoms(use_true_random=False)
+)
+def test_any_distinct_names_get_legal_unique_order_independent_keys(names: list[str], rnd: Random) -> None:
+    suffixes = keys.metric_names(names)
+    assert len(set(suffixes.values())) == len(names)
+    assert not set(suffixes.values()) & keys.RESERVED_SUFFIXES
+    for suffix in suffixes.values():
+        _validate_metric_name(keys.metric_key(suffix))
+        assert keys.is_portable_metric_key(keys.metric_key(suffix))
+    shuffled = list(names)
+    rnd.shuffle(shuffled)
+    assert keys.metric_names(shuffled) == suffixes

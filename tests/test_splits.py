@@ -162,5 +162,5 @@ def test_walk_forward_properties(times: np.ndarray, train: int, test: int, windo
         assert (start - end) % np.timedelta64(test, "M") == np.timedelta64(
             0, "M"
         )  # only empty windows skipped
-    tested = np.concatenate([np.arange(f.test.start, f.test.stop) for f in folds])
-    assert len(tested) == len(np.unique(tested))
+    tested = [row for f in folds for row in range(f.test.start, f.test.stop)]
+    assert len(tested) == len(set(tested))

@@ -1,0 +1,211 @@
+"""The daemon as a real process: graceful SIGTERM, and surviving a tracking server outage."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from uuid import uuid4
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from tests.support.mlflow_server import ServerHandle
+from tests.support.watcher_runs import expected_order, make_runs, podium_tags
+
+WAIT_S = 120.0
+
+
+class Daemon:
+    """`python -m watcher` in a subprocess; its JSON log lines are read as they come."""
+
+    def __init__(self, config: Path, tracking_uri: str) -> None:
+        env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "watcher", "--config", str(config), "--log-format", "json"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        self.events: list[dict[str, Any]] = []
+        self._lines: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            try:
+                event = json.loads(line)
+            except ValueError:
+                event = {"event": "non_json", "line": line}
+            self._lines.put(event)
+        self._lines.put(None)
+
+    def wait_for(self, event: str, **fields: Any) -> dict[str, Any]:
+        deadline = time.monotonic() + WAIT_S
+        while time.monotonic() < deadline:
+            try:
+                item = self._lines.get(timeout=1)
+            except queue.Empty:
+                continue
+            if item is None:
+                raise AssertionError(f"daemon exited before {event}: {self.events[-5:]}")
+            self.events.append(item)
+            if item.get("event") == event and all(item.get(k) == v for k, v in fields.items()):
+                return item
+        raise AssertionError(f"no {event} {fields} within {WAIT_S} s: {self.events[-5:]}")
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout=WAIT_S)
+        while (item := self._lines.get(timeout=5)) is not None:
+            self.events.append(item)
+        return code
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def write_config(tmp_path: Path, pattern: str, poll: float) -> Path:
+    path = tmp_path / "watcher.yaml"
+    rule = {"name": "r", "experiments": [pattern], "metric": "avg_test_r2", "trigger": "run_finished"}
+    path.write_text(yaml.safe_dump({"poll_interval_seconds": poll, "http": {"enabled": False}, "rules": [rule]}))
+    return path
+
+
+def test_sigterm_mid_pass_finishes_the_pass_then_exits_0(sqlite_server: ServerHandle, tmp_path: Path) -> None:
+    """SIGTERM while a pass runs: the pass completes (tags consistent), then exit code 0."""
+    client = MlflowClient(sqlite_server.url)
+    prefix = f"daemon_{uuid4().hex[:6]}"
+    for i in range(15):  # empty experiments first (by name): each costs the pass a few calls
+        client.create_experiment(f"{prefix}_a{i:02d}")
+    boards = {}
+    for i in range(2):
+        exp_id = client.create_experiment(f"{prefix}_z{i}")
+        boards[exp_id] = expected_order(make_runs(client, exp_id, [0.05 * j for j in range(12)]))
+    daemon = Daemon(write_config(tmp_path, f"{prefix}_*", poll=3600), sqlite_server.url)
+    try:
+        daemon.wait_for("pass_started")
+        code = daemon.stop()
+    finally:
+        daemon.kill()
+    assert code == 0
+    names = [e["event"] for e in daemon.events]
+    assert names.index("shutdown_requested") < names.index("pass_finished")
+    finished = next(e for e in daemon.events if e["event"] == "pass_finished")
+    assert finished["ok"] is True
+    assert finished["experiments_checked"] == 17
+    assert names[-1] == "watcher_stopped"
+    for exp_id, ranked in boards.items():
+        tags = podium_tags(client, exp_id)
+        assert {r: t["model_rank"] for r, t in tags.items()} == {r: str(i + 1) for i, r in enumerate(ranked[:10])}
+
+
+class Relay:
+    """A TCP relay to the tracking server that can be switched off and on (an outage)."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.up = True
+        self._open: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            if not self.up:
+                conn.close()
+                continue
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            with self._lock:
+                self._open.update((conn, upstream))
+            for a, b in ((conn, upstream), (upstream, conn)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def set_up(self, up: bool) -> None:
+        """Down: refuse new connections and cut the open ones (pooled keep-alive included)."""
+        self.up = up
+        if not up:
+            with self._lock:
+                for s in self._open:
+                    try:
+                        s.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
+                self._open.clear()
+
+    def close(self) -> None:
+        self.set_up(False)
+        self.sock.close()
+
+
+@pytest.fixture
+def relay(sqlite_server: ServerHandle) -> Iterator[Relay]:
+    r = Relay(sqlite_server.port)
+    yield r
+    r.close()
+
+
+def test_the_daemon_survives_an_outage_and_recovers(
+    sqlite_server: ServerHandle, relay: Relay, tmp_path: Path
+) -> None:
+    """Server unreachable: passes fail fast and are logged, the process stays up, and once the
+    server answers again a pass succeeds and ranks what finished meanwhile."""
+    client = MlflowClient(sqlite_server.url)
+    name = f"outage_{uuid4().hex[:6]}"
+    exp_id = client.create_experiment(name)
+    made = make_runs(client, exp_id, [0.1, 0.2])
+    daemon = Daemon(write_config(tmp_path, name, poll=1), relay.url)
+    try:
+        daemon.wait_for("pass_finished", ok=True)
+        relay.set_up(False)
+        failed = daemon.wait_for("pass_failed")
+        assert "Traceback" not in json.dumps(failed)
+        daemon.wait_for("pass_finished", ok=False)
+        made += make_runs(client, exp_id, [0.9], prefix="during_outage")
+        relay.set_up(True)
+        daemon.wait_for("experiment_ranked", action="rerank")
+        daemon.wait_for("pass_finished", ok=True)
+        assert daemon.stop() == 0
+    finally:
+        daemon.kill()
+    ranked = expected_order(made)
+    assert {r: t["model_rank"] for r, t in podium_tags(client, exp_id).items()} == {
+        r: str(i + 1) for i, r in enumerate(ranked)
+    }

@@ -287,3 +287,20 @@ def test_urls_and_secrets_come_from_the_environment_and_are_never_logged(
     dumped = repr(logs) + repr(targets) + json.dumps(world.pending())
     assert "very-secret-path" not in dumped
     assert SECRET not in dumped
+
+
+def test_a_pass_that_failed_before_its_end_does_not_silence_the_webhook_next_pass(
+    sqlite_uri: str, receiver: HTTPServer
+) -> None:
+    world = World(sqlite_uri, [hook(receiver)])
+    world.notifier.on_pass_start()
+    world.notifier.on_leaderboard_changed(world.change(), world.rule)  # receiver down
+    # ... and the pass fails afterwards (tracking server gone): no on_pass_end.
+    receiver.expect_request("/team").respond_with_data("ok")
+    receiver.start()
+    world.notifier.on_pass_start()
+    world.notifier.on_leaderboard_changed(world.change(4), world.rule)
+    assert [len(json.loads(r.get_data())["models"]) for r in requests_to(receiver, "/team")] == [4]
+    world.end_pass()  # the summary kept by the failed pass goes out now, once
+    world.end_pass()
+    assert [len(json.loads(r.get_data())["models"]) for r in requests_to(receiver, "/team")] == [4, 3]

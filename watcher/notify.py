@@ -482,6 +482,12 @@ class Notifier:
             if self._send(target, summary) == "failed":
                 self._keep(summary)
 
+    def on_pass_start(self) -> None:
+        """Forget the per-pass state of a pass that failed before its on_pass_end."""
+        self._down.clear()
+        self._kept_this_pass.clear()
+        self._summary = PassSummary()
+
     def on_pass_end(self, experiments: Sequence[WatchedExperiment]) -> None:
         try:
             for experiment in experiments:

@@ -185,6 +185,11 @@ class RegistryPromoter:
         )
         self._handled[request.experiment_id] = self._attempt(request, rank_of=ranks.get)
 
+    def on_pass_start(self) -> None:
+        """Forget the per-pass state of a pass that failed before its on_pass_end."""
+        self._handled.clear()
+        self._report.clear()
+
     def on_pass_end(self, experiments: Sequence[WatchedExperiment]) -> None:
         try:
             for experiment in experiments:

@@ -162,6 +162,13 @@ class Watcher:
         report: dict[str, int] = {}
         with structlog.contextvars.bound_contextvars(pass_id=pass_id):
             log.info("pass_started", dry_run=dry_run)
+            if not dry_run:
+                for handler in self.handlers:
+                    # Optional hook: per-pass state is reset even when the last pass failed
+                    # (on_pass_end runs after successful passes only).
+                    on_pass_start = getattr(handler, "on_pass_start", None)
+                    if callable(on_pass_start):
+                        on_pass_start()
             try:
                 watched = self._watched_experiments()
                 outcomes = self._reconcile(watched, dry_run)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+from uuid import uuid4
 
 import mlflow
 import numpy as np
@@ -11,6 +12,7 @@ import pandas as pd
 import pytest
 from structlog.testing import capture_logs
 
+from tests.support.mlflow_server import ServerHandle
 from trainer import data
 from trainer.config import TrainerConfig, sample_trial
 from trainer.sweep import run_sweep
@@ -34,6 +36,10 @@ def small_config(**changes: Any) -> TrainerConfig:
     return TrainerConfig.model_validate(raw)
 
 
+def fresh_experiment() -> str:
+    return f"exp_{uuid4().hex[:8]}"
+
+
 def test_sample_sweep_finds_the_planted_signal(sqlite_uri: str) -> None:
     """On the built-in sample the best trial's avg_test_r2 is clearly above zero; runs are FINISHED."""
     with capture_logs() as logs:
@@ -54,7 +60,9 @@ def test_sample_sweep_finds_the_planted_signal(sqlite_uri: str) -> None:
 
 
 @pytest.mark.parametrize("shuffled", [False, True], ids=["target", "shuffled_target"])
-def test_shuffled_target_scores_at_or_below_zero(sqlite_uri: str, tmp_path: Path, shuffled: bool) -> None:
+def test_shuffled_target_scores_at_or_below_zero(
+    sqlite_server: ServerHandle, tmp_path: Path, shuffled: bool
+) -> None:
     """The same trainer in --target mode finds the signal, and scores <= ~0 once y is shuffled."""
     sample = data.load(None)
     frame = pd.DataFrame(sample.X, columns=sample.feature_names)
@@ -65,8 +73,10 @@ def test_shuffled_target_scores_at_or_below_zero(sqlite_uri: str, tmp_path: Path
     frame["y"] = y
     path = tmp_path / "features.parquet"
     frame.to_parquet(path)
-    config = small_config(data={"path": str(path), "target": "y"}, importance={"enabled": False})
-    summary = run_sweep(config, progress=False)
+    config = small_config(
+        data={"path": str(path), "target": "y"}, importance={"enabled": False}, experiment=fresh_experiment()
+    )
+    summary = run_sweep(config, tracking_uri=sqlite_server.url, progress=False)
     best = summary.best(1)[0].metrics["avg_test_r2"]
     if shuffled:
         assert best <= 0.005
@@ -74,13 +84,14 @@ def test_shuffled_target_scores_at_or_below_zero(sqlite_uri: str, tmp_path: Path
         assert best > 0.03
 
 
-def test_trial_failing_midway_is_marked_failed(sqlite_uri: str) -> None:
+def test_trial_failing_midway_is_marked_failed(sqlite_server: ServerHandle) -> None:
     """A trial that raises inside XGBoost ends as a FAILED run, never RUNNING."""
     space = {**SMALL["search_space"], "grow_policy": {"type": "choice", "values": ["no-such-policy"]}}
-    summary = run_sweep(small_config(trials=1, search_space=space), progress=False)
+    config = small_config(trials=1, search_space=space, experiment=fresh_experiment())
+    summary = run_sweep(config, tracking_uri=sqlite_server.url, progress=False)
     assert len(summary.failed) == 1
     assert "XGBoostError" in (summary.failed[0].error or "")
-    run = mlflow.MlflowClient(sqlite_uri).get_run(summary.failed[0].run_id)
+    run = mlflow.MlflowClient(sqlite_server.url).get_run(summary.failed[0].run_id)
     assert run.info.status == "FAILED"
 
 

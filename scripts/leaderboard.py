@@ -10,15 +10,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from watcher.detect import STATE_TAG, ExperimentState  # noqa: E402
-from watcher.errors import ConfigError, TrackingError  # noqa: E402
-from watcher.mlflow_io import MlflowTracking  # noqa: E402
-from watcher.model import MODEL_RANK, is_podium_run_tag  # noqa: E402
-from watcher.settings import load_settings  # noqa: E402
+from watcher.detect import STATE_TAG, ExperimentState
+from watcher.errors import ConfigError, TrackingError
+from watcher.mlflow_io import MlflowTracking
+from watcher.model import MODEL_RANK, is_podium_run_tag
+from watcher.settings import load_settings
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -82,7 +83,9 @@ class Daemon:
 def write_config(tmp_path: Path, pattern: str, poll: float) -> Path:
     path = tmp_path / "watcher.yaml"
     rule = {"name": "r", "experiments": [pattern], "metric": "avg_test_r2", "trigger": "run_finished"}
-    path.write_text(yaml.safe_dump({"poll_interval_seconds": poll, "http": {"enabled": False}, "rules": [rule]}))
+    path.write_text(
+        yaml.safe_dump({"poll_interval_seconds": poll, "http": {"enabled": False}, "rules": [rule]})
+    )
     return path
 
 
@@ -111,7 +114,9 @@ def test_sigterm_mid_pass_finishes_the_pass_then_exits_0(sqlite_server: ServerHa
     assert names[-1] == "watcher_stopped"
     for exp_id, ranked in boards.items():
         tags = podium_tags(client, exp_id)
-        assert {r: t["model_rank"] for r, t in tags.items()} == {r: str(i + 1) for i, r in enumerate(ranked[:10])}
+        assert {r: t["model_rank"] for r, t in tags.items()} == {
+            r: str(i + 1) for i, r in enumerate(ranked[:10])
+        }
 
 
 class Relay:
@@ -153,10 +158,8 @@ class Relay:
             pass
         finally:
             for s in (src, dst):
-                try:
+                with contextlib.suppress(OSError):
                     s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
 
     def set_up(self, up: bool) -> None:
         """Down: refuse new connections and cut the open ones (pooled keep-alive included)."""
@@ -164,10 +167,8 @@ class Relay:
         if not up:
             with self._lock:
                 for s in self._open:
-                    try:
+                    with contextlib.suppress(OSError):
                         s.shutdown(socket.SHUT_RDWR)
-                    except OSError:
-                        pass
                 self._open.clear()
 
     def close(self) -> None:

@@ -26,6 +26,7 @@ import base64
 import hashlib
 import hmac
 import json
+import logging
 import math
 import os
 import time
@@ -44,6 +45,9 @@ from watcher.model import Leaderboard, LeaderboardChanged, WatchedExperiment
 from watcher.settings import RuleConfig, WebhookConfig
 
 log = structlog.get_logger(__name__)
+# httpx logs every request with its full URL at INFO; a webhook URL (Slack's, say) is a
+# credential, so those lines stay off whatever level the process configures.
+logging.getLogger("httpx").setLevel(logging.WARNING)
 
 EVENT_NAME = "leaderboard.changed"
 DELIVERY_ID_HEADER = "X-Podium-Delivery-Id"

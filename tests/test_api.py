@@ -4,7 +4,7 @@ metrics, the bearer token and the bind check of the daemon's uvicorn thread."""
 from __future__ import annotations
 
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from uuid import uuid4
 
@@ -30,7 +30,7 @@ GUIDE_SUMMARY_KEYS = {"best_value", "worst_value", "best_run_id"}
 
 
 def make_runs(
-    client: MlflowClient, experiment: str, values: list[float | None], metric: str = "avg_test_r2"
+    client: MlflowClient, experiment: str, values: Sequence[float | None], metric: str = "avg_test_r2"
 ) -> list[str]:
     """FINISHED runs `trial_0..` with `metric` = value (None: the run lacks the metric)."""
     exp_id = client.create_experiment(experiment)

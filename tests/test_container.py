@@ -341,7 +341,7 @@ def test_image_command_serves_healthz_ranks_and_exits_0_on_sigterm(image, daemon
         # The first pass ranked the watched experiment by the env's rule.
         assert MlflowClient(sqlite_server.url).get_run(watched[0]).data.tags["model_rank"] == "1"
 
-        params = {"experiment_name": name, "metric": "avg_test_r2", "top_n": 2}
+        params: dict[str, str | int] = {"experiment_name": name, "metric": "avg_test_r2", "top_n": 2}
         assert httpx.post(f"{url}/models/rank", params=params, timeout=60).status_code == 401
         ranked = httpx.post(
             f"{url}/models/rank", params=params, headers={"Authorization": f"Bearer {secret}"}, timeout=60

@@ -75,6 +75,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C during --once: no traceback (the daemon handles SIGINT)
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 def print_config(settings: WatcherSettings, out: TextIO) -> None:

@@ -71,7 +71,9 @@ class ExperimentState:
                 "complete": self.complete,
                 "ranked_runs": self.ranked_runs,
                 "unranked_runs": self.unranked_runs,
-                "board": [[c.run_id, c.value, c.end_time, c.run_name] for c in self.board],
+                # Run names are left out (searches return them fresh): a board of MAX_BOARD
+                # entries then fits an experiment tag whatever the names.
+                "board": [[c.run_id, c.value, c.end_time] for c in self.board],
             },
             separators=(",", ":"),
         )

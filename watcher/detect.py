@@ -84,8 +84,8 @@ class ExperimentState:
         if not text:
             return None
         try:
-            data: dict[str, Any] = json.loads(text)
-            if data.get("v") != STATE_VERSION:
+            data = json.loads(text)
+            if not isinstance(data, dict) or data.get("v") != STATE_VERSION:
                 return None
             board = tuple(
                 Candidate(str(e[0]), str(e[3]) if len(e) > 3 else "", float(e[1]), _opt_int(e[2]))

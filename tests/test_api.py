@@ -172,6 +172,45 @@ def test_rank_unknown_experiment_or_no_run_with_the_metric_is_404(api):
     assert r.json()["detail"]
 
 
+def test_a_rule_watching_the_experiment_restores_its_ranking_at_the_next_pass(sqlite_server, serve):
+    """Ranking on request by another metric and direction retags the experiment; the next pass
+    of the rule that watches it puts the rule's ranking back, stale top_2 tags included."""
+    client = MlflowClient(sqlite_server.url)
+    name = new_name()
+    exp_id = client.create_experiment(name)
+    run_ids = []
+    for i, (r2, rmse) in enumerate([(0.9, 0.5), (0.5, 0.1), (0.7, 0.3), (0.1, 0.2)]):
+        run = client.create_run(exp_id, run_name=f"trial_{i}")
+        client.log_batch(
+            run.info.run_id,
+            metrics=[
+                Metric("avg_test_r2", r2, 0, 0),
+                Metric("avg_test_rmse", rmse, 0, 0),
+                Metric("num_folds", 3, 0, 0),
+            ],
+        )
+        client.set_terminated(run.info.run_id)
+        run_ids.append(run.info.run_id)
+    watcher = Watcher(settings_for(pattern=name), MlflowTracking(sqlite_server.url))  # avg_test_r2, top 3
+    http = serve(create_app(watcher))
+
+    r = http.post(
+        "/models/rank",
+        params={"experiment_name": name, "metric": "avg_test_rmse", "top_n": 2, "ascending": True},
+    )
+    assert r.status_code == 200, r.text
+    assert client.get_run(run_ids[1]).data.tags["model_rank"] == "1"
+
+    assert watcher.run_pass().ok
+    by_rule = [run_ids[0], run_ids[2], run_ids[1]]
+    for rank, run_id in enumerate(by_rule, start=1):
+        tags = client.get_run(run_id).data.tags
+        assert (tags["model_rank"], tags["top_3"]) == (str(rank), "true")
+    for run_id in run_ids:
+        assert "top_2" not in client.get_run(run_id).data.tags
+    assert "model_rank" not in client.get_run(run_ids[3]).data.tags
+
+
 @pytest.mark.parametrize(
     "params",
     [

@@ -380,6 +380,37 @@ def test_image_command_serves_healthz_ranks_and_exits_0_on_sigterm(image, daemon
     assert names[-1] == "watcher_stopped"
 
 
+def test_http_disabled_runs_passes_without_listening(image, daemon_env):
+    """WATCHER_HTTP__ENABLED=false: the daemon passes as usual, nothing listens on the port, and
+    SIGTERM still ends it with exit code 0."""
+    env, _ = daemon_env
+    env = {**env, "WATCHER_HTTP__ENABLED": "false"}
+    log_path = image.root / f"daemon-nohttp-{uuid4().hex[:6]}.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            image.argv(image.entrypoint + image.cmd, env),
+            env=env,
+            cwd=image.root / "home",
+            stdout=log,
+            stderr=log,
+        )
+    try:
+        deadline = time.monotonic() + STARTUP_S
+        while '"pass_finished"' not in log_path.read_text():
+            assert proc.poll() is None, log_path.read_text()[-3000:]
+            assert time.monotonic() < deadline, "no pass finished"
+            time.sleep(0.3)
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"http://127.0.0.1:{env['WATCHER_HTTP__PORT']}/healthz", timeout=5)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert '"api_started"' not in log_path.read_text()
+
+
 def test_image_refuses_a_network_bind_without_a_token(image, daemon_env):
     """WATCHER_HTTP__HOST=0.0.0.0 without a token: exit 2 with one message, before any pass."""
     env, _ = daemon_env

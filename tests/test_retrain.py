@@ -228,3 +228,19 @@ def test_plan_drop_keeps_column_order(
 def test_parse_exclude_trims_and_skips_empty_names() -> None:
     assert retrain.parse_exclude(" a, b ,,c ") == ["a", "b", "c"]
     assert retrain.parse_exclude(None) == []
+
+
+def test_a_run_whose_data_file_is_gone_exits_2_naming_it(
+    store: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    workdir = store / "moved"
+    workdir.mkdir()
+    source = train_source(workdir, "moved_data")
+    (workdir / "data.csv").rename(workdir / "elsewhere.csv")
+
+    code = cli.main(["retrain", "--run-id", source.info.run_id, "--exclude", "noise_1"])
+
+    assert code == 2
+    err = capsys.readouterr().err
+    assert f"cannot reload the data of run {source.info.run_id}" in err
+    assert "data.csv does not exist" in err

@@ -250,7 +250,10 @@ def retrain(
         tmp = Path(tmp_name)
         scores, settings = _importance_of(tracking, source, tmp)
         config = config_of(source, settings)
-        dataset = load_checked(config)
+        try:
+            dataset = load_checked(config)
+        except InputError as e:
+            raise InputError(f"cannot reload the data of run {run_id}: {e}") from e
         unknown = [name for name in scores if name not in set(dataset.feature_names)]
         if unknown:
             raise InputError(

@@ -215,6 +215,20 @@ def test_dockerfile_runs_as_non_root_with_exec_form_entrypoint():
     assert "HEALTHCHECK" in ops
 
 
+def test_dockerignore_lets_through_every_path_the_dockerfile_copies():
+    """.dockerignore is an allow-list (`*`, then `!path`): every COPY source from the build
+    context is on it, and the local venv and git data are not."""
+    rules = [line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()]
+    rules = [r for r in rules if r and not r.startswith("#")]
+    assert rules[0] == "*"
+    allowed = {r[1:].rstrip("/") for r in rules if r.startswith("!")}
+    for _, op, args in instructions(REPO / "Dockerfile"):
+        if op == "COPY" and "--from" not in args:
+            for source in shlex.split(args)[:-1]:
+                assert source.rstrip("/") in allowed, source
+    assert not {".venv", ".git", "mlflow.db", "mlruns", "tests"} & allowed
+
+
 def test_wheel_installs_the_packages_and_its_requirements_are_met(image: Image):
     """The venv imports `watcher` and `trainer` from the installed wheel, not the work tree, and
     every requirement the wheel declares (with the image's `postgres` extra) is installed."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -131,6 +132,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPTED
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM ends a sweep like Ctrl-C: no run is left RUNNING
+
+
 def _train(args: argparse.Namespace) -> int:
     from trainer.config import load_config
     from trainer.sweep import print_summary, run_sweep
@@ -143,6 +148,7 @@ def _train(args: argparse.Namespace) -> int:
     if "data.path" in overrides:
         overrides["data.path"] = str(overrides["data.path"])
     config = load_config(args.config, overrides)
+    signal.signal(signal.SIGTERM, _interrupt)
     summary = run_sweep(config, progress=False if args.no_progress else None)
     print_summary(summary, config.top, sys.stdout)
     return EXIT_OK if not summary.failed else EXIT_FAILED

@@ -9,6 +9,7 @@ importance files and marks the run FINISHED -- or FAILED if anything went wrong.
 from __future__ import annotations
 
 import math
+import shutil
 import sys
 import tempfile
 import time
@@ -263,7 +264,15 @@ def run_sweep(
         sweep_id=sweep_id,
     )
     show_bar = sys.stderr.isatty() if progress is None else progress
-    bar = tqdm(total=config.trials, unit="trial", disable=not show_bar, dynamic_ncols=True)
+    # an explicit size: tqdm reads 0 rows from some pseudo-terminals and then draws nothing
+    size = shutil.get_terminal_size((100, 24))
+    bar = tqdm(
+        total=config.trials,
+        unit="trial",
+        disable=not show_bar,
+        ncols=min(size.columns or 100, 120),
+        nrows=max(size.lines, 24),
+    )
     outcomes: list[TrialOutcome] = []
     in_flight: dict[Future[TrialOutcome], TrialTask] = {}
     executor = executor_factory(jobs, init_worker, (context,))

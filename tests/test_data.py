@@ -65,7 +65,7 @@ def test_sample_csv_loads_to_the_same_data(tmp_path: Path, sample: data.Dataset)
     assert loaded.feature_names == sample.feature_names
     np.testing.assert_array_equal(loaded.times, sample.times)
     np.testing.assert_allclose(loaded.y, sample.y, atol=1e-5)
-    assert loaded.source == str(out)
+    assert loaded.source == str(out.resolve())
 
 
 def _bars(n: int = 24 * 70) -> pd.DataFrame:

@@ -30,7 +30,18 @@ search_space:
   subsample: {type: float, low: 0.7, high: 1.0}
 """
 HYPERPARAMETERS = ("n_estimators", "max_depth", "learning_rate", "subsample")
-DATA_PARAMS = ("symbol", "train_months", "test_months", "data_source", "feature_names", "total_features")
+DATA_PARAMS = (
+    "symbol",
+    "train_months",
+    "test_months",
+    "data_source",
+    "feature_names",
+    "total_features",
+    "window",
+    "time_column",
+    "data_mode",
+    "trial_seed",
+)
 AVERAGES = (
     "avg_test_r2",
     "avg_test_rmse",

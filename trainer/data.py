@@ -144,7 +144,8 @@ def load(
         frame = sample_bars()
         return _prepare(frame, "builtin sample", SAMPLE_SOURCE, None, "timestamp")
     frame = read_table(path)
-    return _prepare(frame, str(path), str(path), target, time_column)
+    # the source param is absolute so that `retrain` finds the file from any directory
+    return _prepare(frame, str(path), str(path.resolve()), target, time_column)
 
 
 def _prepare(frame: pd.DataFrame, where: str, source: str, target: str | None, time_column: str) -> Dataset:

@@ -322,3 +322,37 @@ def test_an_unreachable_server_fails_the_pass_fast_and_is_logged() -> None:
     assert [e["event"] for e in logs if e["log_level"] == "error"] == ["pass_failed"]
     assert watcher.health.last_ok is False
     assert not watcher.health.is_healthy(result.started_at)
+
+
+def test_idle_passes_cost_two_calls_and_lagging_watermarks_catch_up(
+    mlflow_server: ServerHandle, client: MlflowClient, counting_proxy: Callable[[str], Proxy]
+) -> None:
+    """Many experiments, one rule: an idle pass is one listing and one watermark search; after
+    one experiment moved on, the others' watermarks follow once (a state write each, no run tag
+    write), and later idle passes are two calls with empty results again."""
+    prefix = f"idle_{uuid4().hex[:6]}"
+    ids = [client.create_experiment(f"{prefix}_{i}") for i in range(3)]
+    for exp_id in ids:
+        make_runs(client, exp_id, [0.1, 0.2])
+    proxy = counting_proxy(mlflow_server.url)
+    watcher = watcher_for(proxy.url, rule(f"{prefix}_*"))
+    assert watcher.run_pass().ok
+    # Each first ranking set the watermark to its own last run: the two older ones catch up.
+    assert [o.action for o in watcher.run_pass().outcomes] == ["advance", "advance", "idle"]
+
+    proxy.reset()
+    idle = watcher.run_pass()
+    assert (idle.tracking_calls, len(proxy.tracking_calls()), idle.tag_writes) == (2, 2, 0)
+
+    make_runs(client, ids[1], [0.9], prefix="new")
+    moved = watcher.run_pass()
+    assert [o.action for o in moved.outcomes] == ["idle", "rerank", "idle"]
+
+    proxy.reset()
+    catch_up = watcher.run_pass()
+    assert [o.action for o in catch_up.outcomes] == ["advance", "idle", "advance"]
+    assert [p.rsplit("/", 1)[-1] for _, p in writes(proxy)] == ["set-experiment-tag"] * 2
+
+    proxy.reset()
+    assert watcher.run_pass().tracking_calls == 2
+    assert writes(proxy) == []

@@ -356,3 +356,17 @@ def test_idle_passes_cost_two_calls_and_lagging_watermarks_catch_up(
     proxy.reset()
     assert watcher.run_pass().tracking_calls == 2
     assert writes(proxy) == []
+
+
+def test_once_exits_1_when_the_pass_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.support.mlflow_server import free_port
+
+    config = tmp_path / "watcher.yaml"
+    config.write_text(yaml.safe_dump({"rules": [rule("wf_*")]}))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
+    assert cli.main(["--once", "--config", str(config), "--log-format", "json"]) == 1
+    err = capsys.readouterr().err
+    assert '"event": "pass_failed"' in err
+    assert "Traceback" not in err

@@ -18,13 +18,13 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
 
-from mlflow.entities import Experiment, Metric, Param, Run, RunData, RunInfo, RunTag, ViewType
+from mlflow.entities import Experiment, Run, RunTag, ViewType
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.search_utils import SearchUtils
 
 from watcher import metrics
-from watcher.errors import ConfigError, TrackingError
+from watcher.errors import TrackingError
 from watcher.model import ExperimentRecord, RunRecord
 from watcher.registry import ModelSource, ModelVersionInfo  # W2's registry section below
 
@@ -192,18 +192,6 @@ class MlflowTracking:
         return True
 
 
-def filter_runs(runs: Sequence[RunRecord], filter_string: str | None) -> list[RunRecord]:
-    """Evaluate an MLflow run filter locally (same grammar and semantics as the server's)."""
-    if not filter_string:
-        return list(runs)
-    by_id = {r.run_id: r for r in runs}
-    try:
-        kept = SearchUtils.filter([_to_mlflow_run(r) for r in runs], filter_string)
-    except MlflowException as e:
-        raise ConfigError(f"filter {filter_string!r}: {e.message}") from e
-    return [by_id[r.info.run_id] for r in kept]
-
-
 def _experiment(exp: Experiment) -> ExperimentRecord:
     return ExperimentRecord(experiment_id=str(exp.experiment_id), name=exp.name, tags=dict(exp.tags or {}))
 
@@ -221,25 +209,6 @@ def _run(run: Run) -> RunRecord:
         params=dict(run.data.params),
         tags=dict(run.data.tags),
     )
-
-
-def _to_mlflow_run(r: RunRecord) -> Run:
-    info = RunInfo(
-        run_id=r.run_id,
-        experiment_id=r.experiment_id,
-        user_id="",
-        status=r.status,
-        start_time=r.start_time or 0,
-        end_time=r.end_time,
-        lifecycle_stage="active",
-        run_name=r.run_name,
-    )
-    data = RunData(
-        metrics=[Metric(k, v, 0, 0) for k, v in r.metrics.items()],
-        params=[Param(k, v) for k, v in r.params.items()],
-        tags=[RunTag(k, v) for k, v in r.tags.items()],
-    )
-    return Run(info, data)
 
 
 # ============================================================================================

@@ -168,3 +168,19 @@ def test_as_a_process_bad_config_is_exit_2_without_traceback(tmp_path: Path) -> 
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert f"{path}: rule #2 'wf-xgboost' (rules[1]): field 'top_n'" in proc.stderr
+
+
+def test_environment_overrides_a_key_of_one_rule(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`WATCHER_RULES__<i>__<KEY>` changes item i only; the rest of the file's list stays."""
+    path = write(tmp_path, {"rules": [GOOD_RULE, {**GOOD_RULE, "name": "second"}]})
+    monkeypatch.setenv("WATCHER_RULES__1__TOP_N", "5")
+    monkeypatch.setenv("WATCHER_RULES__1__REGISTRY__MODEL_NAME", "wf-model")
+    settings = load_settings(path)
+    assert [r.top_n for r in settings.rules] == [10, 5]
+    assert settings.rules[1].registry is not None
+    assert settings.rules[1].registry.model_name == "wf-model"
+    monkeypatch.setenv("WATCHER_RULES__7__TOP_N", "5")
+    assert cli.main(["check-config", "--config", str(path)]) == 2
+    assert "WATCHER_RULES__7__TOP_N: there is no rules[7]" in capsys.readouterr().err

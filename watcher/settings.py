@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import difflib
 import os
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
 from watcher.errors import ConfigError
 
@@ -122,7 +123,9 @@ class WatcherSettings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # The file's values arrive as init kwargs; the environment overrides them.
-        return (env_settings, init_settings)
+        # List items (WATCHER_RULES__0__TOP_N) are merged into the file's values by
+        # load_settings, so this source skips them (it would replace the whole list).
+        return (_EnvWithoutListItems(settings_cls), init_settings)
 
     def rule_for(self, experiment_name: str) -> RuleConfig | None:
         """The first rule (file order) whose patterns match the name; see the module doc."""
@@ -135,6 +138,44 @@ class WatcherSettings(BaseSettings):
         return next((w for w in self.webhooks if w.name == name), None)
 
 
+_LIST_ITEM = re.compile(r"^WATCHER_(RULES|WEBHOOKS)__(\d+)__(.+)$", re.IGNORECASE)
+
+
+class _EnvWithoutListItems(EnvSettingsSource):
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return {k: v for k, v in super()._load_env_vars().items() if not _LIST_ITEM.match(k)}
+
+
+def _merge_list_items(raw: dict[str, Any], environ: Mapping[str, str], path: Path) -> dict[str, Any]:
+    """Apply ``WATCHER_RULES__<i>__<KEY>[__<KEY>]`` overrides to item i of the file's list.
+
+    Values are YAML scalars or flow collections (``5``, ``true``, ``[a, b]``).
+    """
+    merged = dict(raw)
+    for name, value in sorted(environ.items()):
+        m = _LIST_ITEM.match(name)
+        if not m:
+            continue
+        section, index = m.group(1).lower(), int(m.group(2))
+        items = merged.get(section)
+        if not isinstance(items, list) or index >= len(items) or not isinstance(items[index], dict):
+            raise ConfigError(
+                f"{path}: environment variable {name}: there is no {section}[{index}] to override"
+            )
+        items = merged[section] = list(items)
+        target = items[index] = dict(items[index])
+        *parents, last = m.group(3).lower().split("__")
+        for key in parents:
+            child = target.get(key)
+            target[key] = dict(child) if isinstance(child, dict) else {}
+            target = target[key]
+        try:
+            target[last] = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: environment variable {name}: not a YAML value: {value!r}") from e
+    return merged
+
+
 def load_settings(
     path: str | Path | None = None, check_filter: Callable[[str], None] | None = None
 ) -> WatcherSettings:
@@ -144,7 +185,7 @@ def load_settings(
     parse (``watcher.mlflow_io.check_run_filter``; passed in so this module stays MLflow-free).
     """
     config_path = Path(path) if path is not None else DEFAULT_CONFIG_PATH
-    raw = _read_yaml(config_path)
+    raw = _merge_list_items(_read_yaml(config_path), os.environ, config_path)
     try:
         settings = WatcherSettings(**raw)
     except ValidationError as e:

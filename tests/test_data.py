@@ -124,6 +124,7 @@ def _write(tmp_path: Path, frame: pd.DataFrame, name: str = "d.csv") -> Path:
         ("no_ohlcv", {}, "lacks OHLCV column(s) volume"),
         ("text_close", {}, "OHLCV column 'close'"),
         ("empty", {}, "has no rows"),
+        ("too_short_for_features", {}, "OHLCV mode needs more than 170"),
     ],
 )
 def test_bad_input_names_file_and_column(
@@ -158,6 +159,8 @@ def test_bad_input_names_file_and_column(
         frame = bars.astype({"close": str})
         frame.loc[7, "close"] = "n/a?"
         path = _write(tmp_path, frame)
+    elif case == "too_short_for_features":
+        path = _write(tmp_path, bars.iloc[:100])
     else:
         path = _write(tmp_path, bars.iloc[:0])
     with pytest.raises(InputError) as info:

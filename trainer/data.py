@@ -226,6 +226,11 @@ def _ohlcv(frame: pd.DataFrame, times: np.ndarray, where: str, source: str, note
     y = features.next_return(bars["close"]).to_numpy()
     keep = np.isfinite(y)
     keep[: features.WARMUP_BARS] = False
+    if not keep.any():
+        raise InputError(
+            f"data file {where} has {len(frame)} rows; OHLCV mode needs more than "
+            f"{features.WARMUP_BARS + 1} (the longest feature window is {features.WARMUP_BARS - 1} bars)"
+        )
     notes = {**notes, "rows_dropped": int((~keep).sum())}
     return Dataset(
         X=np.ascontiguousarray(feats.to_numpy(dtype="float32")[keep]),

@@ -304,3 +304,18 @@ def test_a_pass_that_failed_before_its_end_does_not_silence_the_webhook_next_pas
     world.end_pass()  # the summary kept by the failed pass goes out now, once
     world.end_pass()
     assert [len(json.loads(r.get_data())["models"]) for r in requests_to(receiver, "/team")] == [4, 3]
+
+
+def test_any_webhook_name_makes_a_valid_pending_tag(sqlite_uri: str, receiver: HTTPServer) -> None:
+    name = "ops alerts/#1 (é)"
+    target = WebhookTarget(name=name, format="json", url=receiver.url_for("/ops"))
+    world = World(sqlite_uri, [target])
+    world.notifier.on_leaderboard_changed(world.change(), world.rule)
+    world.end_pass()
+    [key] = world.pending()
+    assert key.startswith(f"{PENDING_TAG_PREFIX}ops_alerts__1__é_.")
+    receiver.expect_request("/ops").respond_with_data("ok")
+    receiver.start()
+    world.end_pass()
+    assert len(requests_to(receiver, "/ops")) == 1
+    assert world.pending() == {}

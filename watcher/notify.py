@@ -29,6 +29,7 @@ import json
 import logging
 import math
 import os
+import re
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -381,7 +382,9 @@ class PendingSummary:
     tag: str | None = None  # the experiment tag that holds it; None while only in memory
 
     def tag_key(self) -> str:
-        return f"{PENDING_TAG_PREFIX}{self.webhook}.{self.delivery_id}"
+        # A safe subset of MLflow's tag key characters; the value keeps the real name.
+        webhook = re.sub(r"[^\w\-.]", "_", self.webhook)
+        return f"{PENDING_TAG_PREFIX}{webhook}.{self.delivery_id}"
 
     def tag_value(self) -> str:
         return json.dumps(

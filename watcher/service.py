@@ -168,7 +168,16 @@ class Watcher:
                     # (on_pass_end runs after successful passes only).
                     on_pass_start = getattr(handler, "on_pass_start", None)
                     if callable(on_pass_start):
-                        on_pass_start()
+                        try:
+                            on_pass_start()
+                        except Exception as e:
+                            log.error(
+                                "handler_failed",
+                                handler=type(handler).__name__,
+                                hook="on_pass_start",
+                                error=str(e),
+                                exc_info=True,
+                            )
             try:
                 watched = self._watched_experiments()
                 outcomes = self._reconcile(watched, dry_run)

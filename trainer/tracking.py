@@ -30,6 +30,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 from mlflow.tracking import MlflowClient
+from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 from mlflow.tracking.context.registry import resolve_tags
 
 from trainer.errors import TrackingError
@@ -74,8 +75,7 @@ class Tracking:
     """MLflow tracking for one sweep, usable from the parent and from worker processes."""
 
     def __init__(self, uri: str | None = None) -> None:
-        # the environment first: an earlier sweep in this process may have set MLflow's global
-        self.uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or mlflow.get_tracking_uri()
+        self.uri = uri or mlflow.get_tracking_uri()
         self.client = MlflowClient(self.uri)
 
     def ensure_experiment(self, name: str) -> str:
@@ -112,8 +112,9 @@ class Tracking:
         with _wrapped(f"logging the model of run {run_id}"):
             prediction = model.inplace_predict(example.to_numpy(dtype="float32"))
             signature = infer_signature(example, np.asarray(prediction))
-            mlflow.set_tracking_uri(self.uri)
-            with warnings.catch_warnings():
+            # log_model resolves MLflow's global URI; set it only for this call, so a sweep
+            # run in-process (--jobs 1, tests) leaves the caller's MLflow state as it was
+            with _use_tracking_uri(self.uri), warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 mlflow.xgboost.log_model(
                     model,

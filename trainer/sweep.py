@@ -109,10 +109,10 @@ class _Worker:
             result = run_trial(self.prepared, task.index, task.hyperparameters, task.seed)
             self._log(task, result)
         except Exception as e:
-            self._fail(task, e)
+            self._fail(task)
             return TrialOutcome(task.index, task.run_id, "FAILED", task.hyperparameters, error=_describe(e))
-        except BaseException as e:  # interrupted: leave no RUNNING run behind
-            self._fail(task, e)
+        except BaseException:  # interrupted: leave no RUNNING run behind
+            self._fail(task)
             raise
         return TrialOutcome(
             task.index,
@@ -143,8 +143,8 @@ class _Worker:
         self.tracking.log_batch(task.run_id, params, metrics, tags)
         self.tracking.terminate(task.run_id, "FINISHED")
 
-    def _fail(self, task: TrialTask, error: BaseException) -> None:
-        log.error("trial_failed", index=task.index, run_id=task.run_id, error=_describe(error))
+    def _fail(self, task: TrialTask) -> None:
+        # the parent logs trial_failed with the outcome; here the run is only marked
         try:
             self.tracking.terminate(task.run_id, "FAILED")
         except TrackingError as e:

@@ -1,0 +1,79 @@
+"""The trainer's own runs, promoted by real watcher passes: the alias follows the leader."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from uuid import uuid4
+
+import mlflow
+import pytest
+from mlflow import MlflowClient
+
+from tests.support.mlflow_server import ServerHandle
+from watcher.cli import build_handlers
+from watcher.mlflow_io import MlflowTracking
+from watcher.service import Watcher
+from watcher.settings import WatcherSettings
+
+pytestmark = [pytest.mark.server, pytest.mark.slow]
+
+
+def train(server: ServerHandle, experiment: str, *, trials: int, seed: int) -> None:
+    env = {**os.environ, "MLFLOW_TRACKING_URI": server.url}
+    cmd = [sys.executable, "-m", "trainer", "train", "--experiment", experiment, "--trials", str(trials)]
+    cmd += ["--seed", str(seed), "--jobs", "1", "--no-progress"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def assert_alias_serves_the_leader(client: MlflowClient, experiment_id: str, model_name: str) -> str:
+    [leader] = client.search_runs([experiment_id], "tags.model_rank = '1'")
+    best = max(client.search_runs([experiment_id]), key=lambda r: r.data.metrics["avg_test_r2"])
+    assert leader.info.run_id == best.info.run_id
+    version = client.get_model_version_by_alias(model_name, "champion")
+    assert version.run_id == leader.info.run_id
+    assert version.tags == {"model_rank": "1", "source_run_id": leader.info.run_id}
+
+    logged = mlflow.pyfunc.load_model(f"models:/{leader.outputs.model_outputs[0].model_id}")
+    served = mlflow.pyfunc.load_model(f"models:/{model_name}@champion")
+    example = logged.input_example
+    assert example is not None
+    assert list(served.predict(example)) == pytest.approx(list(logged.predict(example)))
+    return leader.info.run_id
+
+
+def test_alias_follows_the_trainers_best_run_and_serves_its_model(sqlite_server: ServerHandle) -> None:
+    name, model_name = f"exp_{uuid4().hex[:8]}", f"wf-{uuid4().hex[:8]}"
+    settings = WatcherSettings(
+        tracking_uri=sqlite_server.url,
+        http={"enabled": False},
+        rules=[
+            {
+                "name": "wf",
+                "experiments": [name],
+                "metric": "avg_test_r2",
+                "registry": {"model_name": model_name, "alias": "champion"},
+            }
+        ],
+    )
+    tracking = MlflowTracking(sqlite_server.url)
+    watcher = Watcher(settings, tracking, build_handlers(settings, tracking))
+    client = MlflowClient(sqlite_server.url)
+    previous_uri = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(sqlite_server.url)
+    try:
+        train(sqlite_server, name, trials=1, seed=1)
+        experiment_id = client.get_experiment_by_name(name).experiment_id
+        assert watcher.run_pass().handler_report == {"registry_promoted": 1}
+        first = assert_alias_serves_the_leader(client, experiment_id, model_name)
+
+        train(sqlite_server, name, trials=2, seed=2)
+        assert watcher.run_pass().ok
+        leader = assert_alias_serves_the_leader(client, experiment_id, model_name)
+        versions = client.search_model_versions(f"name = '{model_name}'")
+        # Earlier leaders keep their versions; a new leader got one of its own.
+        assert len(versions) == (1 if leader == first else 2)
+    finally:
+        mlflow.set_tracking_uri(previous_uri)

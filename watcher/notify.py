@@ -419,7 +419,6 @@ class PassSummary:
     failed: int = 0
     rejected: int = 0
     kept_pending: int = 0
-    failures: list[str] = field(default_factory=list)  # webhook names, one per failed summary
 
     def as_dict(self) -> dict[str, int]:
         return {
@@ -528,7 +527,6 @@ class Notifier:
         if target.name in self._down:
             log.warning("webhook_skipped", reason="failed earlier in this pass", **ctx)
             self._summary.failed += 1
-            self._summary.failures.append(target.name)
             return "failed"
         body = render(target.format, summary.payload, ui_base_url=self._ui_base_url)
         result = self._sender.deliver(target, body, summary.delivery_id)
@@ -541,12 +539,10 @@ class Notifier:
             log.info("webhook_delivered", attempts=result.attempts, status=result.status, **ctx)
         elif result.outcome == "rejected":
             self._summary.rejected += 1
-            self._summary.failures.append(target.name)
             log.error("webhook_rejected", status=result.status, error=result.error, **ctx)
         else:
             self._down.add(target.name)
             self._summary.failed += 1
-            self._summary.failures.append(target.name)
             log.warning(
                 "webhook_failed", attempts=result.attempts, status=result.status, error=result.error, **ctx
             )

@@ -14,7 +14,12 @@ Split in three so each part is testable on its own:
   (`podium.webhook_pending.<webhook>.<delivery_id>`, the payload as JSON) and sent again at the
   end of a later pass; the tag is deleted once it was delivered, so it is sent once. A receiver
   that refuses a summary outright (a 4xx other than 408/429) is not retried: the same request
-  would be refused again.
+  would be refused again. A webhook that failed once in a pass gets no more attempts in that pass
+  (its later summaries are kept at once), so a dead receiver costs one round of back-off per pass.
+  If a delivered summary's tag cannot be deleted (tracking server down at that moment) this
+  process never resends it, but a restarted one would, with the same delivery id: receivers
+  deduplicate on `X-Podium-Delivery-Id`. At most 20 summaries per experiment and webhook are
+  kept; older ones are dropped with a warning.
 
 Webhook URLs and secrets never reach a log line: targets log their name only, and error messages
 from the HTTP client are scrubbed of the URL.

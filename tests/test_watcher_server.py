@@ -28,6 +28,7 @@ from tests.support.watcher_runs import (
 from watcher import cli
 from watcher.errors import ExperimentNotFound, NoRankedRuns
 from watcher.mlflow_io import MlflowTracking
+from watcher.model import LeaderboardChanged
 from watcher.service import Watcher
 from watcher.settings import WatcherSettings
 
@@ -370,3 +371,38 @@ def test_once_exits_1_when_the_pass_fails(
     err = capsys.readouterr().err
     assert '"event": "pass_failed"' in err
     assert "Traceback" not in err
+
+
+def test_handlers_run_after_tags_are_written_and_their_failures_are_contained(
+    mlflow_server: ServerHandle, client: MlflowClient
+) -> None:
+    """A handler sees the event once the tags are in MLflow; its exception is logged, the pass
+    stays ok, nothing is rolled back, and on_pass_end still gets the watched experiments."""
+    exp_id, name = new_experiment(client)
+    made = make_runs(client, exp_id, [0.2, 0.4])
+    seen: dict[str, object] = {}
+
+    class Boom:
+        def on_leaderboard_changed(self, event: object, rule: object) -> None:
+            seen["tags"] = podium_tags(client, exp_id)
+            seen["event"] = event
+            raise RuntimeError("handler bug")
+
+        def on_pass_end(self, experiments: list) -> None:
+            seen["experiments"] = [e.name for e in experiments]
+
+    settings = WatcherSettings(rules=[rule(name)], http={"enabled": False})
+    watcher = Watcher(settings, MlflowTracking(mlflow_server.url), [Boom()])
+    with capture_logs() as logs:
+        result = watcher.run_pass()
+    assert result.ok
+    ranked = expected_order(made)
+    assert seen["tags"] == podium_tags(client, exp_id)
+    assert_board(client, exp_id, ranked)
+    event = seen["event"]
+    assert isinstance(event, LeaderboardChanged)
+    assert (event.new_leader, event.entered, event.left) == (True, tuple(ranked), ())
+    assert event.board.entries[0].run_id == ranked[0]
+    assert seen["experiments"] == [name]
+    failures = [e for e in logs if e["event"] == "handler_failed"]
+    assert [(f["handler"], f["hook"]) for f in failures] == [("Boom", "on_leaderboard_changed")]

@@ -57,14 +57,15 @@ class ServerHandle:
         """Stop the server process (its store stays, so `restart()` brings the same data back)."""
         if self.proc is None or self.proc.poll() is not None:
             return
-        self.proc.send_signal(signal.SIGTERM)
+        # The CLI parent execs uvicorn as a child: signal the whole group, or the child lingers.
+        _signal_group(self.proc.pid, signal.SIGTERM)
         try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
             self.proc.wait(timeout=5)
-        # uvicorn workers may outlive the parent briefly; the port must be free for a restart.
-        _kill_group(self.proc.pid)
+        except subprocess.TimeoutExpired:
+            _signal_group(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=5)
+        # Stragglers must go too: the port has to be free for a restart.
+        _signal_group(self.proc.pid, signal.SIGKILL)
 
     def restart(self) -> None:
         """Start the server again on the same port and store."""
@@ -73,9 +74,9 @@ class ServerHandle:
         wait_healthy(self.url, proc=self.proc)
 
 
-def _kill_group(pid: int) -> None:
+def _signal_group(pid: int, sig: int) -> None:
     try:
-        os.killpg(pid, signal.SIGKILL)
+        os.killpg(pid, sig)
     except (ProcessLookupError, PermissionError):
         pass
 

@@ -44,32 +44,43 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="run a sweep of walk-forward XGBoost trials")
     train.add_argument(
-        "--config", type=Path, help="YAML config (default: built-in defaults, as in config/trainer.yaml)"
+        "--config",
+        metavar="FILE",
+        type=Path,
+        help="YAML config (default: built-in defaults, as in config/trainer.yaml)",
     )
-    train.add_argument("--data", type=Path, help="CSV or Parquet file (default: the built-in sample)")
-    train.add_argument("--target", help="predict this column from every other numeric column")
-    train.add_argument("--time-column", help="name of the time column (default: timestamp)")
-    train.add_argument("--symbol", help="symbol in the experiment name and params")
-    train.add_argument("--trials", type=_positive, help="number of trials")
-    train.add_argument("--train-months", type=_positive, help="months in each training window")
-    train.add_argument("--test-months", type=_positive, help="months in each test window (the step)")
+    train.add_argument(
+        "--data", metavar="PATH", type=Path, help="CSV or Parquet file (default: the built-in sample)"
+    )
+    train.add_argument("--target", metavar="COL", help="predict this column from every other numeric column")
+    train.add_argument("--time-column", metavar="COL", help="name of the time column (default: timestamp)")
+    train.add_argument("--symbol", metavar="SYM", help="symbol in the experiment name and params")
+    train.add_argument("--trials", metavar="N", type=_positive, help="number of trials")
+    train.add_argument("--train-months", metavar="M", type=_positive, help="months in each training window")
+    train.add_argument(
+        "--test-months", metavar="M", type=_positive, help="months in each test window (the step)"
+    )
     train.add_argument("--window", choices=("rolling", "expanding"), help="training window kind")
     train.add_argument(
-        "--experiment", help="MLflow experiment (default: wf_xgboost_{SYMBOL}_f{n}_tr{m}m_te{m}m)"
+        "--experiment",
+        metavar="NAME",
+        help="MLflow experiment (default: wf_xgboost_{SYMBOL}_f{n}_tr{m}m_te{m}m)",
     )
-    train.add_argument("--seed", type=_integer, help="seed of the trial sampler")
-    train.add_argument("--jobs", type=_positive, help="trials run in parallel processes")
-    train.add_argument("--top", type=_positive, help="rows in the final table of best trials")
+    train.add_argument("--seed", metavar="S", type=_integer, help="seed of the trial sampler")
+    train.add_argument("--jobs", metavar="J", type=_positive, help="trials run in parallel processes")
+    train.add_argument("--top", metavar="N", type=_positive, help="rows in the final table of best trials")
     train.add_argument("--no-progress", action="store_true", help="plain log lines, no progress bar")
 
     retrain = sub.add_parser("retrain", help="retrain a logged trial without its weak features")
-    retrain.add_argument("--run-id", required=True, help="the run to retrain")
-    retrain.add_argument("--drop-below", type=float, help="drop features whose importance is below X")
-    retrain.add_argument("--exclude", help="comma-separated features to drop")
+    retrain.add_argument("--run-id", metavar="RUN_ID", required=True, help="the run to retrain")
+    retrain.add_argument(
+        "--drop-below", metavar="X", type=float, help="drop features whose importance is below X"
+    )
+    retrain.add_argument("--exclude", metavar="F1,F2,...", help="comma-separated features to drop")
 
     sample = sub.add_parser("sample-data", help="write the built-in sample data set as CSV")
-    sample.add_argument("--out", type=Path, required=True, help="CSV file to write")
-    sample.add_argument("--seed", type=_integer, help="generate with another seed")
+    sample.add_argument("--out", metavar="PATH", type=Path, required=True, help="CSV file to write")
+    sample.add_argument("--seed", metavar="S", type=_integer, help="generate with another seed")
     return parser
 
 

@@ -406,3 +406,28 @@ def test_handlers_run_after_tags_are_written_and_their_failures_are_contained(
     assert seen["experiments"] == [name]
     failures = [e for e in logs if e["event"] == "handler_failed"]
     assert [(f["handler"], f["hook"]) for f in failures] == [("Boom", "on_leaderboard_changed")]
+
+
+def test_rank_now_on_a_watched_experiment_keeps_the_rules_filter_and_board(
+    mlflow_server: ServerHandle, client: MlflowClient
+) -> None:
+    """POST /models/rank on an experiment a rule watches (same metric and direction): the rule's
+    filter applies, the ranking is incremental, and the next pass restores the rule's top_n
+    incrementally too (no scan either way)."""
+    exp_id, name = new_experiment(client)
+    made = make_runs(client, exp_id, [0.1, 0.2, 0.3, 0.4])
+    filtered = make_run(client, exp_id, "one_fold", {"avg_test_r2": 0.9, "num_folds": 1})
+    watcher = watcher_for(mlflow_server.url, rule(name, filter="metrics.num_folds >= 3"))
+    assert watcher.run_pass().ok
+    ranked = expected_order(made)
+
+    with capture_logs() as logs:
+        board = watcher.rank_now(name, "avg_test_r2", top_n=2, ascending=False)
+    assert [e.run_id for e in board.entries] == ranked[:2]
+    assert filtered not in podium_tags(client, exp_id)
+    assert [e["action"] for e in logs if e["event"] == "experiment_ranked"] == ["rerank"]
+    assert_board(client, exp_id, ranked, top_n=2, k=2)
+
+    result = watcher.run_pass()
+    assert [o.action for o in result.outcomes] == ["rerank"]
+    assert_board(client, exp_id, ranked)

@@ -537,12 +537,16 @@ class Watcher:
 
         Raises :class:`ExperimentNotFound` or :class:`NoRankedRuns`; tracking failures raise
         :class:`TrackingError`. Handlers get the event under an ad-hoc rule named ``api``
-        (no webhooks, no registry).
+        (no webhooks, no registry). When a config rule watches the experiment with the same
+        metric and direction, its filter applies too, so the kept board stays valid and both
+        rank incrementally; the rule's own ``top_n`` returns with its next pass.
         """
         with self._lock:
             exp = self.tracking.get_experiment_by_name(experiment_name)
             if exp is None:
                 raise ExperimentNotFound(f"experiment {experiment_name!r} not found")
+            owner = self.settings.rule_for(exp.name)
+            same_ranking = owner is not None and (owner.metric, owner.ascending) == (metric, ascending)
             rule = RuleConfig(
                 name="api",
                 experiments=[experiment_name],
@@ -550,15 +554,16 @@ class Watcher:
                 ascending=ascending,
                 top_n=top_n,
                 production_candidates=min(production_candidates, top_n),
+                filter=owner.filter if owner is not None and same_ranking else None,
                 trigger="run_finished",
             )
-            fp = fingerprint(metric, ascending, None)
+            fp = fingerprint(metric, ascending, rule.filter)
             state = ExperimentState.from_tag(exp.tags.get(STATE_TAG))
             decision: Decision | None = None
             if state is not None and state.fingerprint == fp:
                 news = self.tracking.search_runs(
                     [exp.experiment_id],
-                    and_filters(FINISHED_FILTER, f"attributes.end_time > {state.seen}"),
+                    and_filters(FINISHED_FILTER, f"attributes.end_time > {state.seen}", rule.filter),
                 )
                 ranked, unranked = split_ranked(news, metric)
                 seen = max([state.seen] + [r.end_time or 0 for r in news])

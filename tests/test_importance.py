@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import json
 import struct
+from decimal import Decimal, localcontext
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +16,7 @@ from sklearn.inspection import permutation_importance
 from sklearn.metrics import r2_score
 from structlog.testing import capture_logs
 
-from trainer import importance, keys
+from trainer import importance, keys, splitpaths
 
 N_FEATURES = 30
 PLANTED = (0, 3, 7)
@@ -258,3 +260,42 @@ def test_bar_charts_show_twenty_bars_at_the_same_size_however_many_features(tmp_
     assert (width, height) == _png_size(tmp_path / "many" / "shap_importance.png")
     assert 800 <= width <= 1200
     assert height <= 1000  # 20 rows, not 160
+
+
+def test_skipping_rows_whose_paths_do_not_change_gives_the_same_numbers(
+    model: tuple[xgb.Booster, np.ndarray, np.ndarray],
+) -> None:
+    """Only rows the permutation re-routes are predicted, and not one bit changes."""
+    booster, X, y = model
+    data = np.ascontiguousarray(X, dtype=np.float32)
+    paths = splitpaths.build(booster, data)
+    assert paths is not None
+    perms = importance.permutation_indices(len(X), 3, 11)
+    changed = sum(int(paths.changed(data, perms, c, np.arange(3)).sum()) for c in range(N_FEATURES))
+    assert 0 < changed < 3 * len(X) * N_FEATURES
+    fast = importance.permutation_importances(booster, X, y, n_repeats=3, seed=11)
+    full = importance.permutation_importances(booster, X, y, n_repeats=3, seed=11, skip_unchanged_rows=False)
+    assert fast[0] == full[0]
+    assert np.array_equal(fast[1], full[1])
+
+
+def test_models_whose_paths_are_not_read_predict_every_row() -> None:
+    X, y = _data(200)
+    linear = xgb.train({"booster": "gblinear", "nthread": 1}, xgb.DMatrix(X, label=y), 5)
+    assert splitpaths.build(linear, X.astype(np.float32)) is None
+    dart = xgb.train({"booster": "dart", "max_depth": 2, "nthread": 1}, xgb.DMatrix(X, label=y), 5)
+    assert splitpaths.build(dart, X.astype(np.float32)) is None
+    few_rows = _booster(X, y, rounds=3)
+    assert splitpaths.build(few_rows, X[: splitpaths.MIN_ROWS - 1].astype(np.float32)) is None
+
+
+def test_split_conditions_are_read_without_double_rounding() -> None:
+    """A decimal just above a float32 midpoint parses to the midpoint as a double; we round up."""
+    midpoint = Fraction(1) + Fraction(1, 2**24)
+    with localcontext() as exact:
+        exact.prec = 80  # enough digits to spell these dyadic numbers exactly
+        spelling = str(Decimal(midpoint.numerator) / Decimal(midpoint.denominator) + Decimal(2) ** -60)
+    assert np.float32(float(spelling)) == np.float32(1.0)  # the naive double-then-float32 parse
+    expected = np.float32(1 + 2**-23)
+    assert splitpaths.parse_float32(spelling) == expected
+    assert splitpaths.parse_conditions([spelling, "0.5"]).tolist() == [expected, np.float32(0.5)]

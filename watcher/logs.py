@@ -11,6 +11,18 @@ import structlog
 LogFormat = Literal["json", "console"]
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time of each record."""
+
+    @property
+    def stream(self) -> TextIO:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: TextIO) -> None:
+        pass
+
+
 def _current_stderr_logger(*args: object) -> structlog.PrintLogger:
     return structlog.PrintLogger(sys.stderr)
 
@@ -26,7 +38,12 @@ def configure(log_format: LogFormat | None = None, stream: TextIO | None = None)
     ]
     renderer: structlog.typing.Processor
     if fmt == "json":
-        shared += [structlog.processors.dict_tracebacks]
+        # Tracebacks as data, without local variables: they could hold URLs or secrets.
+        shared += [
+            structlog.processors.ExceptionRenderer(
+                structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+            )
+        ]
         renderer = structlog.processors.JSONRenderer()
     else:
         renderer = structlog.dev.ConsoleRenderer(colors=out.isatty())
@@ -40,9 +57,16 @@ def configure(log_format: LogFormat | None = None, stream: TextIO | None = None)
         ),
         cache_logger_on_first_use=False,
     )
-    # Libraries (apscheduler, mlflow, uvicorn) log through stdlib logging: same stream,
-    # warnings and up only, so their lines do not drown the watcher's own events.
-    logging.basicConfig(
-        stream=out, level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", force=True
+    # Libraries (apscheduler, mlflow, uvicorn) log through stdlib logging: rendered the same
+    # way (one JSON object per line in a container), warnings and up only.
+    handler = logging.StreamHandler(stream) if stream is not None else _StderrHandler()
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        )
     )
+    root = logging.getLogger()
+    root.handlers = [handler]
+    root.setLevel(logging.WARNING)
     return fmt

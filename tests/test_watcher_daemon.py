@@ -24,6 +24,8 @@ from mlflow.tracking import MlflowClient
 from tests.support.mlflow_server import ServerHandle
 from tests.support.watcher_runs import expected_order, make_runs, podium_tags
 
+pytestmark = [pytest.mark.server, pytest.mark.slow]
+
 WAIT_S = 120.0
 
 

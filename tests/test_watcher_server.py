@@ -32,6 +32,8 @@ from watcher.model import LeaderboardChanged
 from watcher.service import Watcher
 from watcher.settings import WatcherSettings
 
+pytestmark = pytest.mark.server
+
 WRITE_PATHS = ("set-tag", "delete-tag", "log-batch", "set-experiment-tag", "delete-experiment-tag")
 
 

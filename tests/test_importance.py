@@ -59,7 +59,7 @@ def report(model: tuple[xgb.Booster, np.ndarray, np.ndarray]) -> importance.Impo
 
 
 @pytest.mark.parametrize(("n_repeats", "seed"), [(1, 0), (5, 42), (3, 123456)])
-@pytest.mark.parametrize("batch_cells", [importance.BATCH_CELLS, 1])
+@pytest.mark.parametrize("batch_cells", [importance.BATCH_CELLS, 1000])  # one block, many small batches
 def test_permutation_importances_equal_sklearns_for_the_same_model(
     model: tuple[xgb.Booster, np.ndarray, np.ndarray], n_repeats: int, seed: int, batch_cells: int
 ) -> None:

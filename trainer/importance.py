@@ -136,24 +136,25 @@ def permutation_importances(
     perms = permutation_indices(n_rows, n_repeats, seed)
     paths = splitpaths.build(booster, data) if skip_unchanged_rows else None
     all_rows = np.ones((n_repeats, n_rows), dtype=bool)
-    # One unit = one permuted copy of the rows (a column in one repeat); a batch holds whole
-    # units, at most ``batch_cells`` cells even if every row has to be predicted.
-    per_batch = max(1, batch_cells // (n_rows * n_features * n_repeats))
-    for start in range(0, len(columns), per_batch):
-        block = columns[start : start + per_batch]
-        repeats = np.arange(n_repeats)
+    repeats = np.arange(n_repeats)
+    # A block is every repeat of a few columns; its permuted rows are predicted in batches of
+    # at most ``batch_cells`` cells, so memory stays bounded however many rows are held out.
+    per_block = max(1, batch_cells // (n_rows * n_features * n_repeats))
+    per_batch = max(1, batch_cells // n_features)
+    for start in range(0, len(columns), per_block):
+        block = columns[start : start + per_block]
         masks = np.concatenate(
             [all_rows if paths is None else paths.changed(data, perms, int(c), repeats) for c in block]
-        )  # (units, rows): the rows to predict for each unit
+        )  # (block columns x repeats, rows): which rows each permuted copy must predict
         unit_columns = np.repeat(block, n_repeats)
         unit_repeats = np.tile(repeats, len(block))
-        unit, row = np.nonzero(masks)
-        batch = data[row]
-        batch[np.arange(len(row)), unit_columns[unit]] = data[
-            perms[unit_repeats[unit], row], unit_columns[unit]
-        ]
+        units, rows = np.nonzero(masks)
         preds = np.tile(base_pred, (len(masks), 1))
-        if len(row):
+        for lo in range(0, len(rows), per_batch):
+            unit, row = units[lo : lo + per_batch], rows[lo : lo + per_batch]
+            column = unit_columns[unit]
+            batch = data[row]
+            batch[np.arange(len(row)), column] = data[perms[unit_repeats[unit], row], column]
             preds[unit, row] = booster.inplace_predict(batch)
         importances[block] = baseline - r2_scores(y, preds).reshape(len(block), n_repeats)
     return baseline, importances

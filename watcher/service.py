@@ -95,6 +95,18 @@ class PassResult:
     handler_report: Mapping[str, int] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class _Ranked:
+    """A new board prefix and what is needed to plan and record it."""
+
+    board: list[Candidate]
+    complete: bool
+    current: dict[str, dict[str, str]]  # watcher tags the affected runs carry now
+    ranked_runs: int
+    unranked_runs: int
+    seen: int
+
+
 @dataclass
 class Health:
     """What ``GET /healthz`` reports; times are unix seconds from the watcher's clock."""
@@ -379,7 +391,8 @@ class Watcher:
         if result is None:
             action = "full"
             result = self._full(exp, rule, state, keep)
-        board, complete, current, ranked_runs, unranked_runs, seen = result
+        board, complete, current = result.board, result.complete, result.current
+        ranked_runs, unranked_runs, seen = result.ranked_runs, result.unranked_runs, result.seen
         new_state = ExperimentState(
             rule=rule.name,
             fingerprint=fp,
@@ -451,7 +464,7 @@ class Watcher:
         state: ExperimentState,
         decision: Decision,
         keep: int,
-    ) -> tuple[list[Candidate], bool, dict[str, dict[str, str]], int, int, int] | None:
+    ) -> _Ranked | None:
         """Merge the kept board with a threshold search; None when a full ranking is needed."""
         ranked_runs = state.ranked_runs + decision.new_ranked
         unranked_runs = state.unranked_runs + decision.new_unranked
@@ -478,7 +491,7 @@ class Watcher:
         current = {r.run_id: podium_tags(r.tags) for r in runs}
         for run_id, tags in state.tags_of_holders().items():
             current.setdefault(run_id, tags)  # not found: deleted or behind the cutoff now
-        return board, complete, current, ranked_runs, unranked_runs, decision.seen
+        return _Ranked(board, complete, current, ranked_runs, unranked_runs, decision.seen)
 
     def _full(
         self,
@@ -486,7 +499,7 @@ class Watcher:
         rule: RuleConfig,
         state: ExperimentState | None,
         keep: int,
-    ) -> tuple[list[Candidate], bool, dict[str, dict[str, str]], int, int, int]:
+    ) -> _Ranked:
         """Rank from every FINISHED run that matches the rule (first pass or a changed rule)."""
         runs = self.tracking.search_runs([exp.experiment_id], and_filters(FINISHED_FILTER, rule.filter))
         holders = self.tracking.search_runs([exp.experiment_id], f"tags.{MODEL_RANK} LIKE '%'")
@@ -494,7 +507,7 @@ class Watcher:
         ordered = order(candidates, rule.ascending)
         current = {r.run_id: podium_tags(r.tags) for r in [*runs, *holders]}
         seen = max([r.end_time or 0 for r in runs] + [state.seen if state else 0])
-        return ordered[:keep], len(ordered) <= keep, current, len(candidates), unranked, seen
+        return _Ranked(ordered[:keep], len(ordered) <= keep, current, len(candidates), unranked, seen)
 
     def _apply(self, changes: Sequence[TagChange]) -> None:
         """Deletions one call each, then one ``log_batch`` per run (changes come grouped)."""

@@ -75,6 +75,11 @@ CASES = [
         id="bad-filter",
     ),
     pytest.param(
+        with_rule(filter="metrics.num_folds >>= 3"),
+        ["rules[1]", "field 'filter'", "operator '>>=' is not allowed for metric 'num_folds'"],
+        id="bad-filter-operator",
+    ),
+    pytest.param(
         {"poll_interval_seconds": 0, "rules": [GOOD_RULE]},
         ["field 'poll_interval_seconds'", "greater than 0"],
         id="poll-interval",

@@ -32,6 +32,8 @@ METRIC = "avg_test_r2"
 TOP_N = 10
 CANDIDATES = 3
 FILTER = "metrics.num_folds >= 3"
+# A first ranking reads every run of a 50,000-run experiment in one request.
+PROXY_TIMEOUT = 1800.0
 RANK_TAGS = ("model_rank", f"top_{TOP_N}", "production_candidate")
 
 
@@ -109,8 +111,23 @@ def idle_benchmark(proxy: Proxy, plan: Plan) -> dict[str, Any]:
     }
 
 
+def guide_wanted(scenario: str, rep: int, n_runs: int) -> bool:
+    """The guide's way does the same work wherever the new run lands (every page, sort, 23
+    set_tag calls), so on big experiments it is rerun only in the lead scenario, to keep the whole
+    benchmark within ~20 minutes; its median then serves both scenarios."""
+    if scenario == "lead" or n_runs <= 1_000:
+        return True
+    return n_runs <= 10_000 and rep == 0
+
+
 def rerank_benchmark(
-    direct: MlflowClient, counted: MlflowClient, proxy: Proxy, name: str, experiment_id: str, reps: int
+    direct: MlflowClient,
+    counted: MlflowClient,
+    proxy: Proxy,
+    name: str,
+    experiment_id: str,
+    n_runs: int,
+    reps: int,
 ) -> dict[str, Any]:
     watcher = make_watcher(proxy.url, name)
     first = measured_pass(watcher, proxy)
@@ -129,30 +146,35 @@ def rerank_benchmark(
         w = measured_pass(watcher, proxy)
         after = holders(direct, experiment_id)
         changed = sorted(r for r in set(before) | set(after) if before.get(r) != after.get(r))
-        proxy.reset()
-        board, g_seconds = timed(lambda: rank_top_models(counted, name, METRIC, TOP_N, False, CANDIDATES))
-        g_calls = Calls.of(proxy.tracking_calls())
-        guide_ranks = {m["run_id"]: str(m["rank"]) for m in board["models"]}
-        watcher_ranks = {r: t["model_rank"] for r, t in after.items() if "model_rank" in t}
-        same = guide_ranks == watcher_ranks
-        if not same:
-            raise AssertionError(f"{name} {scenario}: watcher board {watcher_ranks} != guide {guide_ranks}")
-        leads = board["models"][0]["run_id"] == new_run
-        if leads != (scenario == "lead"):
-            raise AssertionError(f"{name} {scenario}: new run leads={leads}")
-        row = {
-            "watcher": w,
-            "guide": {"seconds": g_seconds, "calls": g_calls.as_dict()},
-            "changed_runs": len(changed),
-            "same_board": same,
-        }
+        watcher_board = sorted((int(t["model_rank"]), r) for r, t in after.items() if "model_rank" in t)
+        # The board the new run must give: on top of the previous one, or the previous one.
+        previous = [
+            r for _, r in sorted((int(t["model_rank"]), r) for r, t in before.items() if "model_rank" in t)
+        ]
+        expected = [new_run, *previous][:TOP_N] if scenario == "lead" else previous
+        if [r for _, r in watcher_board] != expected:
+            raise AssertionError(f"{name} {scenario}: watcher board {watcher_board} != expected {expected}")
+        row: dict[str, Any] = {"watcher": w, "changed_runs": len(changed), "guide": None}
+        if guide_wanted(scenario, rep, n_runs):
+            proxy.reset()
+            board, g_seconds = timed(lambda: rank_top_models(counted, name, METRIC, TOP_N, False, CANDIDATES))
+            g_calls = Calls.of(proxy.tracking_calls())
+            guide_board = [m["run_id"] for m in board["models"]]
+            if guide_board != expected:
+                raise AssertionError(f"{name} {scenario}: guide board {guide_board} != expected {expected}")
+            row["guide"] = {"seconds": g_seconds, "calls": g_calls.as_dict()}
         scenarios[scenario].append(row)
+        guide_text = (
+            f"guide {row['guide']['calls']['reads']}r/{row['guide']['calls']['writes']}w "
+            f"{row['guide']['seconds'] * 1000:.0f} ms"
+            if row["guide"]
+            else "guide not rerun"
+        )
         log(
             f"  {name} {scenario}#{rep}: watcher {w['calls']['reads']}r/{w['calls']['writes']}w "
-            f"{w['seconds'] * 1000:.0f} ms (changed runs {len(changed)}) | guide "
-            f"{g_calls.reads}r/{g_calls.writes}w {g_seconds * 1000:.0f} ms"
+            f"{w['seconds'] * 1000:.0f} ms (changed runs {len(changed)}) | {guide_text}"
         )
-    return {"runs": None, "first_pass": first, "idle_pass": idle, **scenarios}
+    return {"runs": n_runs, "first_pass": first, "idle_pass": idle, **scenarios}
 
 
 def run_backend(backend: str, plan: Plan) -> dict[str, Any]:
@@ -165,6 +187,7 @@ def run_backend(backend: str, plan: Plan) -> dict[str, Any]:
         log(f"{backend}: filled {sum(n for _, n in layout):,} runs in {fill_seconds:.1f} s")
         ids = {f.name: f.experiment_id for f in filled}
         proxy = Proxy(server.url)
+        proxy.timeout = PROXY_TIMEOUT
         try:
             counted = MlflowClient(proxy.url)
             out: dict[str, Any] = {
@@ -174,8 +197,7 @@ def run_backend(backend: str, plan: Plan) -> dict[str, Any]:
             }
             for n, reps in zip(plan.sizes, plan.reps, strict=True):
                 name = f"bench_rr_{n}"
-                res = rerank_benchmark(direct, counted, proxy, name, ids[name], reps)
-                res["runs"] = n
+                res = rerank_benchmark(direct, counted, proxy, name, ids[name], n, reps)
                 out["rerank"][str(n)] = res
             return out
         finally:
@@ -191,6 +213,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--idle-reps", type=int, default=5)
     parser.add_argument("--out", default="watcher")
     args = parser.parse_args(argv)
+    common.quiet_logs()
     n_exp, n_runs = (int(x) for x in args.idle.split("x"))
     plan = Plan(
         sizes=tuple(int(s) for s in args.sizes.split(",")),

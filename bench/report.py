@@ -1,0 +1,308 @@
+"""Write the benchmark figures (bench/results/*.json) into BENCHMARKS.md, with the growth plot.
+
+Only the block between the two markers is rewritten; every other section of BENCHMARKS.md
+(the permutation-importance section, the hand-written findings) is left as it is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from bench.common import RESULTS, ROOT, median
+
+BEGIN = "<!-- bench/report.py: generated figures begin -->"
+END = "<!-- bench/report.py: generated figures end -->"
+PLOT = RESULTS / "rerank_growth.png"
+BACKEND_NAMES = {"sqlite": "sqlite", "postgresql": "PostgreSQL"}
+
+
+def _load(name: str) -> dict[str, Any] | None:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _ms(seconds: float) -> str:
+    ms = seconds * 1000
+    return f"{ms:,.0f} ms" if ms < 10_000 else f"{seconds:,.1f} s"
+
+
+def _ratio(a: float, b: float) -> str:
+    return f"{a / b:,.1f}×" if b else "∞"
+
+
+def _calls(rows: Sequence[dict[str, Any]], who: str, kind: str) -> str:
+    """Exact call counts; a range if they differ between repetitions."""
+    values = sorted({r[who]["calls"][kind] for r in rows})
+    return str(values[0]) if len(values) == 1 else f"{values[0]}–{values[-1]}"
+
+
+def _endpoints(calls: dict[str, Any]) -> str:
+    return ", ".join(f"{k} ×{v}" for k, v in calls["by_endpoint"].items())
+
+
+def machine_section(m: dict[str, Any]) -> list[str]:
+    return [
+        "## Machine",
+        "",
+        f"- CPU: {m['cpu']}, {m['cores']} cores; {m['memory_gb']} GB RAM; {m['os']}",
+        f"- Python {m['python']}, MLflow {m['mlflow']}, XGBoost {m['xgboost']}, scikit-learn {m['sklearn']}, "
+        f"SQLAlchemy {m['sqlalchemy']}",
+        f"- PostgreSQL {m['postgresql']} (127.0.0.1), sqlite {m['sqlite']}",
+        f"- Load average when the watcher benchmark started: {m['loadavg_at_start']:.1f} "
+        "(a shared machine; ratios are measured side by side, so load hits both sides)",
+        "",
+    ]
+
+
+def watcher_sections(w: dict[str, Any]) -> list[str]:
+    plan = w["plan"]
+    backends = w["backends"]
+    out = ["## Watcher: idle pass", ""]
+    out += [
+        f"{plan['idle_experiments']} experiments × {plan['idle_runs']} finished runs, all watched by one "
+        "rule and ranked by a first pass; then passes with nothing new. Calls are exact (counting proxy); "
+        f"time is the median of {plan['idle_reps']} passes.",
+        "",
+        "| backend | idle pass: calls (reads / writes) | endpoints | median wall time | first pass (ranks all): calls, time |",
+        "|---|---|---|---|---|",
+    ]
+    for b, res in backends.items():
+        idle = res["idle"]
+        passes = idle["idle_passes"]
+        first = idle["first_pass"]
+        out.append(
+            f"| {BACKEND_NAMES[b]} | {passes[0]['calls']['total']} "
+            f"({passes[0]['calls']['reads']} / {passes[0]['calls']['writes']}) | {_endpoints(passes[0]['calls'])} "
+            f"| {_ms(median([p['seconds'] for p in passes]))} | {first['calls']['total']}, {_ms(first['seconds'])} |"
+        )
+    out += [
+        "",
+        "The idle pass over one experiment of each size below costs the same (calls whatever the runs):",
+        "",
+        "| backend | "
+        + " | ".join(f"{int(n):,} runs" for n in next(iter(backends.values()))["rerank"])
+        + " |",
+        "|---|" + "---|" * len(next(iter(backends.values()))["rerank"]),
+    ]
+    for b, res in backends.items():
+        cells = [
+            f"{r['idle_pass']['calls']['total']} calls, {_ms(r['idle_pass']['seconds'])}"
+            for r in res["rerank"].values()
+        ]
+        out.append(f"| {BACKEND_NAMES[b]} | " + " | ".join(cells) + " |")
+    out += ["", "## Watcher: re-rank after one new run, vs the guide's way", ""]
+    out += [
+        "One experiment of N finished runs, ranked once by the watcher (first pass). Then, repeatedly: one "
+        "new finished run is logged (uncounted), one watcher pass runs, then the guide's way ranks the same "
+        "experiment (`get_experiment_by_name`, every page of 1,000 runs, sort in Python, `set_tag` ×23). "
+        "*lead*: the new run has the best value (all ranks shift); *off board*: it is worse than the 10th. "
+        "Both boards are checked equal after each step. Reads/writes are exact calls per re-rank; "
+        "times are medians; *changed runs* counts the runs whose ranking tags changed.",
+        "",
+    ]
+    for b, res in backends.items():
+        out += [
+            f"### {BACKEND_NAMES[b]}",
+            "",
+            "| runs | new run | reps | watcher reads / writes | watcher time | changed runs | guide reads / writes "
+            "| guide time (n) | fewer reads | less time |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for n, r in res["rerank"].items():
+            # The guide does the same work wherever the new run lands: one median per size.
+            g_rows = [x for x in r["lead"] + r["off_board"] if x.get("guide")]
+            g_t = median([x["guide"]["seconds"] for x in g_rows])
+            g_reads = median([x["guide"]["calls"]["reads"] for x in g_rows])
+            for scenario in ("lead", "off_board"):
+                rows = r[scenario]
+                if not rows:
+                    continue
+                w_t = median([x["watcher"]["seconds"] for x in rows])
+                w_reads = median([x["watcher"]["calls"]["reads"] for x in rows])
+                out.append(
+                    f"| {int(n):,} | {scenario.replace('_', ' ')} | {len(rows)} | "
+                    f"{_calls(rows, 'watcher', 'reads')} / {_calls(rows, 'watcher', 'writes')} | {_ms(w_t)} | "
+                    f"{_changed(rows)} | {_calls(g_rows, 'guide', 'reads')} / {_calls(g_rows, 'guide', 'writes')} "
+                    f"| {_ms(g_t)} ({len(g_rows)}) | {_ratio(g_reads, w_reads)} | {_ratio(g_t, w_t)} |"
+                )
+        first = {n: r["first_pass"] for n, r in res["rerank"].items()}
+        out += [
+            "",
+            "Watcher calls per re-rank: "
+            + "; ".join(
+                f"{s.replace('_', ' ')}: {_endpoints(next(iter(res['rerank'].values()))[s][0]['watcher']['calls'])}"
+                for s in ("lead", "off_board")
+            )
+            + ".",
+            "",
+            "First pass (a full ranking, once per experiment): "
+            + "; ".join(
+                f"{int(n):,} runs: {f['calls']['total']} calls, {_ms(f['seconds'])}" for n, f in first.items()
+            )
+            + ".",
+            "",
+        ]
+    out += growth_section(backends)
+    return out
+
+
+def _changed(rows: Sequence[dict[str, Any]]) -> str:
+    values = sorted({r["changed_runs"] for r in rows})
+    return str(values[0]) if len(values) == 1 else f"{values[0]}–{values[-1]}"
+
+
+def growth_section(backends: dict[str, Any]) -> list[str]:
+    out = [
+        "## How the costs grow with the number of runs",
+        "",
+        "| backend | runs | watcher re-rank (lead): calls, time | watcher (off board): calls, time | "
+        "guide: calls, time |",
+        "|---|---|---|---|---|",
+    ]
+    series: dict[str, dict[str, list[tuple[int, float]]]] = {}
+    for b, res in backends.items():
+        for n, r in res["rerank"].items():
+            cells = []
+            for scenario in ("lead", "off_board"):
+                rows = r[scenario]
+                t = median([x["watcher"]["seconds"] for x in rows])
+                cells.append(f"{median([x['watcher']['calls']['total'] for x in rows]):.0f}, {_ms(t)}")
+                series.setdefault(
+                    f"watcher, {scenario.replace('_', ' ')} ({BACKEND_NAMES[b]})", {}
+                ).setdefault("t", []).append((int(n), t))
+            g_rows = [x for x in r["lead"] + r["off_board"] if x.get("guide")]
+            g_t = median([x["guide"]["seconds"] for x in g_rows])
+            g_c = median([x["guide"]["calls"]["total"] for x in g_rows])
+            series.setdefault(f"guide's way ({BACKEND_NAMES[b]})", {}).setdefault("t", []).append(
+                (int(n), g_t)
+            )
+            out.append(
+                f"| {BACKEND_NAMES[b]} | {int(n):,} | {cells[0]} | {cells[1]} | {g_c:.0f}, {_ms(g_t)} |"
+            )
+    plot(series)
+    out += ["", f"![re-rank wall time vs runs]({PLOT.relative_to(ROOT).as_posix()})", ""]
+    return out
+
+
+def plot(series: dict[str, dict[str, list[tuple[int, float]]]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for label, data in sorted(series.items()):
+        points = sorted(data["t"])
+        style = "--" if "guide" in label else "-"
+        marker = "s" if "PostgreSQL" in label else "o"
+        ax.plot([p[0] for p in points], [p[1] for p in points], style, marker=marker, label=label)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("finished runs in the experiment")
+    ax.set_ylabel("wall time of one re-rank after one new run (s)")
+    ax.set_title("Re-rank cost: Podium's watcher vs the guide's way")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    PLOT.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(PLOT, dpi=110)
+    plt.close(fig)
+
+
+def trainer_section(t: dict[str, Any]) -> list[str]:
+    sweeps = t["sweeps"]
+    groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for s in sweeps:
+        groups.setdefault((s["side"], s["jobs"]), []).append(s)
+    plain = groups.get(("plain", 1), [])
+    plain_tpm = median([s["trials_per_minute"] for s in plain])
+    out = [
+        "## Trainer: Podium vs a plain loop",
+        "",
+        f"The built-in sample (150 features, 21 walk-forward folds), {t['trials']} trials per sweep, "
+        f"{t['reps']} sweeps per side, alternating; one `mlflow server` ({BACKEND_NAMES[t['backend']]}) behind the "
+        "counting proxy. Trials/min over the whole sweep (data loading and process start-up included). "
+        "The plain loop: per fold `XGBRegressor.fit` (same fixed settings: hist, max_bin 64, one thread), "
+        "sklearn `permutation_importance` on the last fold's test window, one `log_metric` per value, the two "
+        "importance files via `log_artifact`, then `mlflow.xgboost.log_model` with signature and input example.",
+        "",
+        "| side | processes | trials/min (median) | vs plain loop | tracking calls per trial | artifact requests |",
+        "|---|---|---|---|---|---|",
+    ]
+    for (side, jobs), rows in sorted(groups.items(), key=lambda kv: (kv[0][0] != "plain", kv[0][1])):
+        tpm = median([s["trials_per_minute"] for s in rows])
+        cpt = sorted({round(s["calls_per_trial"], 2) for s in rows})
+        art = sorted({s["artifact_requests"] for s in rows})
+        label = "plain loop" if side == "plain" else "Podium (`trainer.sweep.run_sweep`)"
+        out.append(
+            f"| {label} | {jobs} | {tpm:.2f} | {_ratio(tpm, plain_tpm)} | "
+            f"{'–'.join(str(c) for c in cpt)} | {'–'.join(str(a) for a in art)} |"
+        )
+    out += ["", "Tracking calls of one sweep, by endpoint:", ""]
+    for (side, jobs), rows in sorted(groups.items()):
+        out.append(f"- {side} (jobs={jobs}), {t['trials']} trials: {_endpoints(rows[0]['calls'])}")
+    checks = t.get("checks", [])
+    if checks:
+        same = all(c["same"] for c in checks)
+        worst = max(c["max_rel_diff"] for c in checks)
+        compared = sum(c["compared"] for c in checks)
+        only = sorted({k for c in checks for k in c["one_side_only"]})
+        out += [
+            "",
+            f"Same numbers: **{'yes' if same else 'NO'}** — {len(checks)} Podium runs compared trial by trial with the "
+            f"plain loop's, {compared} metric values in all, largest relative difference {worst:.1e}"
+            + (f"; keys on one side only (importance ties at exactly 0): {', '.join(only)}" if only else "")
+            + ".",
+        ]
+    out.append("")
+    return out
+
+
+def render() -> str:
+    w, t = _load("watcher"), _load("trainer")
+    lines: list[str] = [BEGIN, ""]
+    m = (w or t or {}).get("machine")
+    if m:
+        lines += machine_section(m)
+    if w:
+        lines += watcher_sections(w)
+    if t:
+        lines += trainer_section(t)
+    lines.append(END)
+    return "\n".join(lines)
+
+
+HEADER = """# Benchmarks
+
+Run them all with `scripts/bench.sh` (about 20 minutes on a 2-core machine); figures below are
+written by `bench/report.py` from `bench/results/*.json`. Goals: DESIGN.md, "Performance goals".
+
+"""
+
+
+def write(path: Path) -> None:
+    block = render()
+    text = path.read_text() if path.exists() else HEADER
+    if BEGIN in text and END in text:
+        head, rest = text.split(BEGIN, 1)
+        _, tail = rest.split(END, 1)
+        text = head + block + tail
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    path.write_text(text)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"))
+    args = parser.parse_args(argv)
+    write(Path(args.out))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -7,6 +7,8 @@ from random import Random
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from mlflow import MlflowClient
+from mlflow.entities import Metric
 from mlflow.utils.validation import _validate_metric_name
 
 from trainer import keys
@@ -24,6 +26,7 @@ AWKWARD = [
     "日本",  # ... twice, differently
     "max",  # would collide with the summary metric importance_max
     "a.b",
+    "ret-1.5",
     "..",  # normpath-sensitive
     "x" * 300,  # too long
     "x" * 300 + "y",  # too long, same truncated prefix
@@ -56,7 +59,8 @@ def test_keys_are_unique_and_never_shadow_the_summary_metrics() -> None:
         ("vol%", "vol_pct"),
         ("change %", "change_pct"),
         ("Zürich temp", "Zurich_temp"),
-        ("a.b", "a.b"),
+        ("a.b", "a_b"),
+        ("ret-1.5", "ret_1_5"),
     ],
 )
 def test_names_without_a_collision_clean_readably(name: str, suffix: str) -> None:
@@ -113,3 +117,16 @@ def test_any_distinct_names_get_legal_unique_order_independent_keys(names: list[
     shuffled = list(names)
     rnd.shuffle(shuffled)
     assert keys.metric_names(shuffled) == suffixes
+
+
+def test_logged_keys_are_searchable_unquoted_in_a_real_store(sqlite_uri: str) -> None:
+    """MLflow stores every key, and `metrics.<key> > x` finds the run without backticks."""
+    client = MlflowClient()
+    experiment_id = client.create_experiment("keys")
+    run_id = client.create_run(experiment_id).info.run_id
+    suffixes = keys.metric_names(AWKWARD)
+    client.log_batch(run_id, metrics=[Metric(keys.metric_key(s), 0.5, 0, 0) for s in suffixes.values()])
+    assert set(client.get_run(run_id).data.metrics) == {keys.metric_key(s) for s in suffixes.values()}
+    for suffix in suffixes.values():
+        found = client.search_runs([experiment_id], filter_string=f"metrics.{keys.metric_key(suffix)} > 0.1")
+        assert [r.info.run_id for r in found] == [run_id]

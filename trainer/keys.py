@@ -2,9 +2,9 @@
 
 MLflow accepts metric keys of at most 250 characters made of word characters, ``_ - . / :``
 and spaces (``mlflow.utils.validation``), and rejects keys that change under
-``posixpath.normpath``. We keep to a stricter, portable subset, ``[A-Za-z0-9_.-]``, so a key
-also works unquoted in a search filter, on Windows (no ``:``), and never nests in the UI's
-metric tree (no ``/``).
+``posixpath.normpath``. We keep to a stricter, portable subset, ``[A-Za-z0-9_]``, so a key
+also works unquoted in a search filter (``metrics.importance_vol_pct > 0.01``), on Windows
+(no ``:``), and never nests in the UI's metric tree (no ``/``).
 
 Uniqueness is decided over the whole feature list, not only over the names that end up
 logged, so a feature keeps its key whichever features happen to make the top 20. A name that
@@ -26,7 +26,7 @@ _HASH_LENGTH = 8
 _MAX_NAME_LENGTH = MAX_KEY_LENGTH - len(METRIC_PREFIX)
 
 _WORDS = {"%": "pct", "#": "num", "&": "and", "+": "plus", "<": "lt", ">": "gt", "=": "eq"}
-_ILLEGAL = re.compile(r"[^A-Za-z0-9_.\-]+")
+_ILLEGAL = re.compile(r"[^A-Za-z0-9_]+")
 _UNDERSCORES = re.compile(r"_{2,}")
 
 
@@ -36,8 +36,7 @@ def clean_name(name: str) -> str:
     for symbol, word in _WORDS.items():
         ascii_name = ascii_name.replace(symbol, f"_{word}_")
     cleaned = _UNDERSCORES.sub("_", _ILLEGAL.sub("_", ascii_name))
-    # Leading/trailing dots and dashes read badly and "." / ".." would not survive normpath.
-    return cleaned.strip("_.-")[:_MAX_NAME_LENGTH]
+    return cleaned.strip("_")[:_MAX_NAME_LENGTH]
 
 
 def _digest(name: str) -> str:
@@ -45,7 +44,7 @@ def _digest(name: str) -> str:
 
 
 def _with_suffix(base: str, suffix: str) -> str:
-    head = base[: _MAX_NAME_LENGTH - len(suffix) - 1].rstrip("_.-")
+    head = base[: _MAX_NAME_LENGTH - len(suffix) - 1].rstrip("_")
     return f"{head}_{suffix}" if head else f"f_{suffix}"
 
 

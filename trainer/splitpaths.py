@@ -143,6 +143,8 @@ def build(booster: xgb.Booster, data: np.ndarray) -> SplitPaths | None:
     pair_rows = np.concatenate(rows)
     pair_splits = np.concatenate(splits)
     pair_left = np.concatenate(lefts)
+    if len(pair_splits) == 0:  # only single-leaf trees: no row depends on any feature
+        return SplitPaths({}, n_rows)
 
     # XGBoost's own paths must follow from our reading of its splits, or we do not use it.
     values = data[pair_rows, feature[pair_splits]]

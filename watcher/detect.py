@@ -15,6 +15,12 @@ or replaced watcher carries on where the last one stopped and two replicas conve
   for threshold searches that refill the board without scanning the experiment.
 - ``ranked_runs`` / ``unranked_runs``: counts as of the last full ranking plus the runs that
   finished since (runs deleted later are not subtracted until the next full ranking).
+
+Limits, by design of an O(1) idle pass: a holder deleted, or whose value changed, without any
+run finishing is noticed at the experiment's next re-rank (or ``POST /models/rank``), not at
+once; a run whose ``end_time`` lies before the watermark when it becomes visible (a client
+clock far behind) does not trigger a re-rank by itself, but any later re-rank includes it,
+since the threshold search does not look at end times.
 """
 
 from __future__ import annotations

@@ -151,6 +151,7 @@ def test_every_contract_name_is_on_the_runs(
         model = client.get_logged_model(outputs[0].model_id)
         assert model.name == "model"
         assert model.source_run_id == run.info.run_id
+        assert model.experiment_id == run.info.experiment_id  # not MLflow's default experiment
 
 
 def test_logged_model_loads_and_predicts_with_its_signature(

@@ -289,7 +289,8 @@ def retrain(
         _write_dropped(upload / DROPPED_CSV, plan, scores)
         tracking.log_artifacts(artifact_uri, upload)
         executor = InlineExecutor(
-            init_worker, (WorkerContext(subset, config, tracking.uri, params, quiet=False),)
+            init_worker,
+            (WorkerContext(subset, config, tracking.uri, source.experiment_id, params, quiet=False),),
         )
         index = int(source.tags.get("trial_index", "0") or 0)
         seed = int(source.params["trial_seed"])

@@ -44,6 +44,7 @@ class WorkerContext:
     dataset: Dataset
     config: TrainerConfig
     tracking_uri: str
+    experiment_id: str
     static_params: dict[str, str]
     quiet: bool = True
 
@@ -126,7 +127,9 @@ class _Worker:
     def _log(self, task: TrialTask, result: TrialResult) -> None:
         ctx = self.context
         ds = ctx.dataset
-        self.tracking.log_model(task.run_id, result.model, example_frame(result.example, ds.feature_names))
+        self.tracking.log_model(
+            ctx.experiment_id, task.run_id, result.model, example_frame(result.example, ds.feature_names)
+        )
         params = {**ctx.static_params, **params_of(result.hyperparameters), "trial_seed": str(task.seed)}
         params.update(result.extra_params)
         metrics = [(k, v, 0) for k, v in result.averages().items()] + result.fold_series()
@@ -253,7 +256,9 @@ def run_sweep(
     run_tags = {**tracking.context_tags(), "sweep_id": sweep_id, "data_mode": dataset.mode}
     jobs = min(config.jobs, config.trials)
     # inline trials share this process's logging; worker processes report only problems
-    context = WorkerContext(dataset, config, tracking.uri, static_params(config, dataset), quiet=jobs > 1)
+    context = WorkerContext(
+        dataset, config, tracking.uri, experiment_id, static_params(config, dataset), quiet=jobs > 1
+    )
     log.info(
         "sweep_started",
         experiment=name,

@@ -1,8 +1,8 @@
 """The trainer's only door to MLflow.
 
 A trial costs 9 tracking calls: ``create_run`` (parent process); the model, logged first
-(``mlflow.xgboost.log_model``: get_run, create_logged_model, log_outputs, get_run,
-get_logged_model, finalize); one ``log_batch`` with every param, metric and tag; and
+(create_logged_model, then ``mlflow.xgboost.log_model``: get_logged_model, log_outputs,
+get_run, get_logged_model, finalize); one ``log_batch`` with every param, metric and tag; and
 ``set_terminated``.
 Artifact files go straight to the run's artifact store, apart from the count.
 Every MLflow exception leaves this module as ``TrackingError``.
@@ -10,6 +10,7 @@ Every MLflow exception leaves this module as ``TrackingError``.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -107,11 +108,18 @@ class Tracking:
             run = self.client.create_run(experiment_id, run_name=run_name, tags=dict(tags))
             return run.info.run_id, run.info.artifact_uri
 
-    def log_model(self, run_id: str, model: xgb.Booster, example: pd.DataFrame) -> None:
-        """``mlflow.xgboost.log_model(model, name="model")`` with signature and input example."""
+    def log_model(self, experiment_id: str, run_id: str, model: xgb.Booster, example: pd.DataFrame) -> None:
+        """``mlflow.xgboost.log_model(model, name="model")`` with signature and input example.
+
+        The LoggedModel is created here, in the run's experiment: left to itself, log_model
+        puts it in MLflow's default experiment ("0") unless a fluent experiment is active.
+        """
         with _wrapped(f"logging the model of run {run_id}"):
             prediction = model.inplace_predict(example.to_numpy(dtype="float32"))
             signature = infer_signature(example, np.asarray(prediction))
+            logged = self.client.create_logged_model(
+                experiment_id, name="model", source_run_id=run_id, tags=self._context_tags
+            )
             # log_model resolves MLflow's global URI; set it only for this call, so a sweep
             # run in-process (--jobs 1, tests) leaves the caller's MLflow state as it was
             with _use_tracking_uri(self.uri), warnings.catch_warnings():
@@ -123,7 +131,12 @@ class Tracking:
                     input_example=example,
                     pip_requirements=MODEL_REQUIREMENTS,
                     run_id=run_id,
+                    model_id=logged.model_id,
                 )
+
+    @functools.cached_property
+    def _context_tags(self) -> dict[str, str]:
+        return self.context_tags()
 
     def log_batch(
         self,

@@ -433,3 +433,39 @@ def test_rank_now_on_a_watched_experiment_keeps_the_rules_filter_and_board(
     result = watcher.run_pass()
     assert [o.action for o in result.outcomes] == ["rerank"]
     assert_board(client, exp_id, ranked)
+
+
+def test_the_leaderboard_script_prints_rank_run_metric_and_tags(
+    sqlite_server: ServerHandle, tmp_path: Path
+) -> None:
+    """README's main job ends with scripts/leaderboard.py after `--once`: one line per ranked run."""
+    import subprocess
+    import sys
+
+    client = MlflowClient(sqlite_server.url)
+    exp_id, name = new_experiment(client)
+    made = make_runs(client, exp_id, [0.3, 0.1, 0.2])
+    config = tmp_path / "watcher.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {"tracking_uri": sqlite_server.url, "rules": [rule(name, top_n=2, production_candidates=1)]}
+        )
+    )
+    assert watcher_for(sqlite_server.url, rule(name, top_n=2, production_candidates=1)).run_pass().ok
+    script = Path(__file__).parents[1] / "scripts" / "leaderboard.py"
+    proc = subprocess.run(
+        [sys.executable, str(script), "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = [line.split() for line in proc.stdout.splitlines() if line.strip()[:1].isdigit()]
+    ranked = expected_order(made)
+    assert [(cols[0], cols[2]) for cols in lines] == [("1", ranked[0]), ("2", ranked[1])]
+    assert "production_candidate=true," in proc.stdout
+    assert (
+        f"{name} (experiment {exp_id}; rule r: avg_test_r2, higher is better, 3 ranked, 0 unranked)"
+        in proc.stdout
+    )

@@ -4,7 +4,7 @@ import os
 
 # Before mlflow is imported anywhere: no retries with back-off, no URL printing.
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "600")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "1800")
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
 os.environ.setdefault("MPLBACKEND", "Agg")

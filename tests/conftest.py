@@ -13,19 +13,21 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 # Servers we start need no GenAI job runner (huey consumers): fewer processes on 2 cores.
 os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
 
-from collections.abc import Callable, Iterator  # noqa: E402
-from pathlib import Path  # noqa: E402
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
-import pytest  # noqa: E402
+import pytest
 
-from tests.support.mlflow_server import (  # noqa: E402
+from tests.support.mlflow_server import (
     ServerHandle,
     create_pg_database,
     drop_pg_database,
-    sqlite_uri as _sqlite_uri,
     start_server,
 )
-from tests.support.proxy import Proxy  # noqa: E402
+from tests.support.mlflow_server import (
+    sqlite_uri as _sqlite_uri,
+)
+from tests.support.proxy import Proxy
 
 
 @pytest.fixture

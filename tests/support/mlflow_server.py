@@ -6,6 +6,7 @@ a sqlite file or a PostgreSQL database of its own.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -75,10 +76,8 @@ class ServerHandle:
 
 
 def _signal_group(pid: int, sig: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def _spawn(backend_uri: str, artifact_root: Path, port: int, log_path: Path) -> subprocess.Popen:

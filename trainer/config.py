@@ -133,7 +133,7 @@ class ImportanceConfig(_Strict):
 
 class TrainerConfig(_Strict):
     symbol: str = Field(default="SAMPLE", min_length=1)
-    trials: int = Field(default=32, ge=1)
+    trials: int = Field(default=24, ge=1)
     seed: int = 42
     jobs: int = Field(default=2, ge=1)
     experiment: str | None = None

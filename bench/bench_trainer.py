@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import argparse
 import math
+import time
 from collections.abc import Sequence
 from typing import Any
 
 from mlflow import MlflowClient
 
 from bench import common, plain_loop
-from bench.common import Calls, log, median, timed
+from bench.common import Calls, log, median
 from bench.servers import running_server
 from tests.support.proxy import Proxy
 from trainer import data
@@ -93,12 +94,14 @@ def main(argv: Sequence[str] | None = None) -> None:
                     name = f"bench_trainer_{side}_j{jobs}_{rep}"
                     config = load_config(None, {"trials": args.trials, "jobs": jobs, "experiment": name})
                     proxy.reset()
+                    started = time.perf_counter()
                     if side == "plain":
-                        _, seconds = timed(lambda c=config, n=name: plain_loop.run_sweep(c, ds, proxy.url, n))
+                        plain_loop.run_sweep(config, ds, proxy.url, name)
                     else:
-                        _, seconds = timed(
-                            lambda c=config: run_sweep(c, tracking_uri=proxy.url, progress=False)
-                        )
+                        summary = run_sweep(config, tracking_uri=proxy.url, progress=False)
+                        if summary.failed:
+                            raise RuntimeError(f"{name}: trials failed: {summary.failed[0].error}")
+                    seconds = time.perf_counter() - started
                     calls = Calls.of(proxy.tracking_calls())
                     row = {
                         "side": side,
@@ -109,12 +112,18 @@ def main(argv: Sequence[str] | None = None) -> None:
                         "trials_per_minute": args.trials / seconds * 60,
                         "calls": calls.as_dict(),
                         "calls_per_trial": calls.total / args.trials,
+                        # Experiment lookups/creation happen once per sweep, the rest per trial.
+                        "sweep_calls": sum(v for k, v in calls.by_endpoint.items() if " experiments/" in k),
+                        "per_trial_calls": sum(
+                            v for k, v in calls.by_endpoint.items() if " experiments/" not in k
+                        )
+                        / args.trials,
                         "artifact_requests": len(proxy.requests) - calls.total,
                     }
                     results["sweeps"].append(row)
                     log(
                         f"trainer {side} jobs={jobs} rep {rep}: {row['trials_per_minute']:.2f} trials/min, "
-                        f"{row['calls_per_trial']:.2f} calls/trial"
+                        f"{row['per_trial_calls']:.2f} calls per trial + {row['sweep_calls']} per sweep"
                     )
             # Same numbers: every Podium sweep against the plain loop, trial by trial.
             checks = []

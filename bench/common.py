@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import time
@@ -28,6 +29,9 @@ def is_read(method: str, path: str) -> bool:
     return method == "GET" or path.endswith(_READ_SUFFIXES) or "/get-" in path.rsplit("/", 1)[-1]
 
 
+_ID = re.compile(r"\bm-[0-9a-f]{32}\b|\b[0-9a-f]{32}\b")
+
+
 @dataclass(frozen=True)
 class Calls:
     """Tracking calls seen by the counting proxy during one measured step."""
@@ -44,7 +48,7 @@ class Calls:
     def of(cls, requests: Sequence[tuple[str, str]]) -> Calls:
         paths = [(m, p.split("?", 1)[0]) for m, p in requests]
         by = Counter(
-            f"{m} {p.removeprefix('/api/2.0/mlflow/').removeprefix('/ajax-api/2.0/mlflow/')}"
+            f"{m} {_ID.sub('{id}', p.removeprefix('/api/2.0/mlflow/').removeprefix('/ajax-api/2.0/mlflow/'))}"
             for m, p in paths
         )
         reads = sum(1 for m, p in paths if is_read(m, p))

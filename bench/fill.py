@@ -41,7 +41,11 @@ class FilledExperiment:
 def _rows(
     exp_id: int, artifact_location: str, n_runs: int, rng: random.Random, t_end: int
 ) -> dict[str, list[tuple]]:
-    runs, tags, params, metrics, latest = [], [], [], [], []
+    runs: list[tuple] = []
+    tags: list[tuple] = []
+    params: list[tuple] = []
+    metrics: list[tuple] = []
+    latest: list[tuple] = []
     for i in range(n_runs):
         run_id = uuid.uuid4().hex
         name = f"trial_{i:05d}"
@@ -91,7 +95,7 @@ def _insert(engine: sa.Engine, table: str, rows: Sequence[tuple]) -> None:
         if engine.dialect.name == "postgresql":
             # One text buffer per table: psycopg's per-row write_row costs more than the COPY.
             text = "".join("\t".join(_pg_text(v) for v in row) + "\n" for row in rows)
-            with cur.copy(f"COPY {table} ({', '.join(cols)}) FROM STDIN") as copy:  # type: ignore[attr-defined]
+            with cur.copy(f"COPY {table} ({', '.join(cols)}) FROM STDIN") as copy:
                 copy.write(text)
         else:
             marks = ", ".join("?" for _ in cols)

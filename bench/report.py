@@ -242,12 +242,13 @@ def trainer_section(t: dict[str, Any]) -> list[str]:
         "sklearn `permutation_importance` on the last fold's test window, one `log_metric` per value, the two "
         "importance files via `log_artifact`, then `mlflow.xgboost.log_model` with signature and input example.",
         "",
-        "| side | processes | trials/min (median) | vs plain loop | tracking calls per trial | artifact requests |",
+        "| side | processes | trials/min (median) | vs plain loop | tracking calls per trial (+ per sweep) "
+        "| artifact requests per sweep |",
         "|---|---|---|---|---|---|",
     ]
     for (side, jobs), rows in sorted(groups.items(), key=lambda kv: (kv[0][0] != "plain", kv[0][1])):
         tpm = median([s["trials_per_minute"] for s in rows])
-        cpt = sorted({round(s["calls_per_trial"], 2) for s in rows})
+        cpt = sorted({f"{s['per_trial_calls']:g} (+{s['sweep_calls']})" for s in rows})
         art = sorted({s["artifact_requests"] for s in rows})
         label = "plain loop" if side == "plain" else "Podium (`trainer.sweep.run_sweep`)"
         out.append(

@@ -60,6 +60,11 @@ RUNNING_FILTER = "attributes.status = 'RUNNING'"
 # Runs a batch search may return again (their watermark already covers them) before the
 # lagging experiments' watermarks are moved up, at the cost of one state write each.
 REDUNDANT_LIMIT = 500
+# A full scan reads MLflow's default page of 1,000 runs per request, so every request stays well
+# inside the client timeout (MLFLOW_HTTP_REQUEST_TIMEOUT, 30 s in the image): one 50,000-run page
+# took 138 s on a sqlite-backed server (bench/bench_watcher.py), so a first pass over a big
+# experiment would time out on every pass and never rank it. Paging costs about the same in total.
+SCAN_PAGE = 1_000
 
 
 @dataclass(frozen=True)
@@ -501,7 +506,11 @@ class Watcher:
         keep: int,
     ) -> _Ranked:
         """Rank from every FINISHED run that matches the rule (first pass or a changed rule)."""
-        runs = self.tracking.search_runs([exp.experiment_id], and_filters(FINISHED_FILTER, rule.filter))
+        runs = list(
+            self.tracking.iter_runs(
+                [exp.experiment_id], and_filters(FINISHED_FILTER, rule.filter), page_size=SCAN_PAGE
+            )
+        )
         holders = self.tracking.search_runs([exp.experiment_id], f"tags.{MODEL_RANK} LIKE '%'")
         candidates, unranked = split_ranked(runs, rule.metric)
         ordered = order(candidates, rule.ascending)

@@ -506,11 +506,11 @@ class Watcher:
         keep: int,
     ) -> _Ranked:
         """Rank from every FINISHED run that matches the rule (first pass or a changed rule)."""
-        runs = list(
-            self.tracking.iter_runs(
-                [exp.experiment_id], and_filters(FINISHED_FILTER, rule.filter), page_size=SCAN_PAGE
-            )
+        # By run id: a run started during the scan shifts the offset pages, so one may repeat.
+        scanned = self.tracking.iter_runs(
+            [exp.experiment_id], and_filters(FINISHED_FILTER, rule.filter), page_size=SCAN_PAGE
         )
+        runs = list({r.run_id: r for r in scanned}.values())
         holders = self.tracking.search_runs([exp.experiment_id], f"tags.{MODEL_RANK} LIKE '%'")
         candidates, unranked = split_ranked(runs, rule.metric)
         ordered = order(candidates, rule.ascending)

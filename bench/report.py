@@ -304,6 +304,10 @@ def write(path: Path) -> None:
         head, rest = text.split(BEGIN, 1)
         _, tail = rest.split(END, 1)
         text = head + block + tail
+    elif "\n## " in text:
+        # First time: the figures go before the first hand-written section (e.g. importance).
+        head, tail = text.split("\n## ", 1)
+        text = head.rstrip("\n") + "\n\n" + block + "\n\n## " + tail
     else:
         text = text.rstrip("\n") + "\n\n" + block + "\n"
     path.write_text(text)

@@ -30,6 +30,22 @@ from tests.support.mlflow_server import (
 from tests.support.proxy import Proxy
 
 
+@pytest.fixture(autouse=True)
+def _isolate_mlflow_tracking_uri() -> Iterator[None]:
+    """`mlflow.set_tracking_uri` sets a module global and writes os.environ behind monkeypatch's
+    back; restore both after every test so no test inherits another's store."""
+    from mlflow.tracking._tracking_service import utils
+
+    saved_global = utils._tracking_uri
+    saved_env = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    utils._tracking_uri = saved_global
+    if saved_env is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = saved_env
+
+
 @pytest.fixture
 def sqlite_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     """A fresh local sqlite tracking store, also set as MLFLOW_TRACKING_URI for the test."""

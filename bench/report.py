@@ -58,9 +58,20 @@ def machine_section(m: dict[str, Any]) -> list[str]:
     ]
 
 
+def _ordered(w: dict[str, Any]) -> dict[str, Any]:
+    """Backends as sqlite, PostgreSQL; sizes ascending (the JSON keeps keys sorted as text)."""
+    order = {b: i for i, b in enumerate(BACKEND_NAMES)}
+    out = {}
+    for b in sorted(w["backends"], key=lambda b: order.get(b, 99)):
+        res = dict(w["backends"][b])
+        res["rerank"] = {n: res["rerank"][n] for n in sorted(res["rerank"], key=int)}
+        out[b] = res
+    return out
+
+
 def watcher_sections(w: dict[str, Any]) -> list[str]:
     plan = w["plan"]
-    backends = w["backends"]
+    backends = _ordered(w)
     out = ["## Watcher: idle pass", ""]
     out += [
         f"{plan['idle_experiments']} experiments × {plan['idle_runs']} finished runs, all watched by one "
@@ -179,15 +190,16 @@ def growth_section(backends: dict[str, Any]) -> list[str]:
                 rows = r[scenario]
                 t = median([x["watcher"]["seconds"] for x in rows])
                 cells.append(f"{median([x['watcher']['calls']['total'] for x in rows]):.0f}, {_ms(t)}")
-                series.setdefault(
-                    f"watcher, {scenario.replace('_', ' ')} ({BACKEND_NAMES[b]})", {}
-                ).setdefault("t", []).append((int(n), t))
+                key = f"watcher, {scenario.replace('_', ' ')} ({BACKEND_NAMES[b]})"
+                series.setdefault(key, {}).setdefault("t", []).append((int(n), t))
+                calls = median([x["watcher"]["calls"]["total"] for x in rows])
+                series[key].setdefault("c", []).append((int(n), calls))
             g_rows = [x for x in r["lead"] + r["off_board"] if x.get("guide")]
             g_t = median([x["guide"]["seconds"] for x in g_rows])
             g_c = median([x["guide"]["calls"]["total"] for x in g_rows])
-            series.setdefault(f"guide's way ({BACKEND_NAMES[b]})", {}).setdefault("t", []).append(
-                (int(n), g_t)
-            )
+            key = f"guide's way ({BACKEND_NAMES[b]})"
+            series.setdefault(key, {}).setdefault("t", []).append((int(n), g_t))
+            series[key].setdefault("c", []).append((int(n), g_c))
             out.append(
                 f"| {BACKEND_NAMES[b]} | {int(n):,} | {cells[0]} | {cells[1]} | {g_c:.0f}, {_ms(g_t)} |"
             )

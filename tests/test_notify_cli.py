@@ -78,3 +78,24 @@ def test_unset_webhook_url_is_a_config_error_naming_the_variable(
     err = capsys.readouterr().err
     assert "PODIUM_TEST_HOOK_URL" in err
     assert "team" in err
+    assert f"error: {config}: " in err  # names the file, like every other config error
+
+
+def test_dry_run_with_an_unset_webhook_url_warns_and_still_plans(
+    sqlite_uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A dry run sends nothing, so an unset url_env is a warning naming the variable, not exit 2."""
+    monkeypatch.delenv("PODIUM_TEST_HOOK_URL", raising=False)
+    monkeypatch.setenv("PODIUM_TEST_HOOK_SECRET", SECRET)
+    name = f"exp_{uuid4().hex[:8]}"
+    exp_id = mlflow.create_experiment(name)
+    with mlflow.start_run(experiment_id=exp_id):
+        mlflow.log_metric("avg_test_r2", 0.5)
+    config = str(write_config(tmp_path, sqlite_uri, name))
+
+    assert main(["--dry-run", "--config", config, "--log-format", "json"]) == 0
+    out = capsys.readouterr()
+    assert "dry run: 3 tag change(s) planned" in out.out
+    [warning] = [line for line in out.err.splitlines() if "dry_run_webhook_unresolved" in line]
+    assert "PODIUM_TEST_HOOK_URL" in warning
+    assert SECRET not in out.out + out.err

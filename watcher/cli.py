@@ -11,6 +11,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, TextIO
 
 import structlog
@@ -73,7 +74,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         return run(settings, once=args.once or args.dry_run, dry_run=args.dry_run)
     except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
+        message, config = str(e), str(Path(args.config))
+        # Errors found after loading (an unset url_env, the API's token or bind) name the
+        # config file too, like the loader's own messages.
+        if not message.startswith(f"{config}:"):
+            message = f"{config}: {message}"
+        print(f"error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # Ctrl-C during --once: no traceback (the daemon handles SIGINT)
         print("interrupted", file=sys.stderr)
@@ -89,7 +95,14 @@ def run(settings: WatcherSettings, *, once: bool, dry_run: bool) -> int:
     from watcher.service import Watcher
 
     tracking = MlflowTracking(settings.tracking_uri)
-    watcher = Watcher(settings, tracking, build_handlers(settings, tracking))
+    handlers: list[Any] = []
+    if dry_run:
+        # A dry run calls no handler (it sends and promotes nothing), so a webhook whose
+        # url_env or secret_env is unset is no reason to refuse it: say so and go on.
+        warn_unresolved_webhooks(settings)
+    else:
+        handlers = build_handlers(settings, tracking)
+    watcher = Watcher(settings, tracking, handlers)
     if once:
         result = watcher.run_pass(dry_run=dry_run)
         if dry_run:
@@ -111,6 +124,16 @@ def build_handlers(settings: WatcherSettings, tracking: Any) -> list[Any]:
     if settings.webhooks:
         handlers.append(Notifier(resolve_targets(settings.webhooks), store, ui_base_url=settings.ui_base_url))
     return handlers
+
+
+def warn_unresolved_webhooks(settings: WatcherSettings) -> None:
+    """Log (never raise) what would stop a real run from resolving its webhooks."""
+    from watcher.notify import resolve_targets
+
+    try:
+        resolve_targets(settings.webhooks)
+    except ConfigError as e:
+        log.warning("dry_run_webhook_unresolved", error=str(e))
 
 
 def _api_starter(settings: WatcherSettings) -> Any:

@@ -53,6 +53,8 @@ def bars_csv(tmp_path: Path) -> Path:
         (["train", "--trials", "0"], "argument --trials: must be at least 1"),
         (["train", "--jobs", "x"], "argument --jobs: 'x' is not a whole number"),
         (["train", "--window", "sideways"], "argument --window"),
+        (["train", "--seed", "-1"], "argument --seed: must be at least 0, got -1"),
+        (["sample-data", "--out", "never.csv", "--seed", "-1"], "argument --seed: must be at least 0"),
         (["sample-data"], "--out"),
     ],
 )
@@ -78,6 +80,8 @@ def test_bad_option_exits_2_naming_it(
         ),
         ("trials: [1\n", "not valid YAML at line"),
         ("trials: 0\n", "trials: Input should be greater than or equal to 1"),
+        ("seed: -1\n", "seed: Input should be greater than or equal to 0"),
+        ("importance: {seed: -3}\n", "importance.seed: Input should be greater than or equal to 0"),
     ],
 )
 def test_bad_config_exits_2_naming_file_and_key(

@@ -7,7 +7,7 @@ import argparse
 import logging
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,21 +18,23 @@ from trainer.errors import InputError, TrackingError, TrainingError
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+def _at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: a whole number of at least ``minimum``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return parse
 
 
-def _integer(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+_positive = _at_least(1)
+_seed = _at_least(0)  # numpy's seeds are non-negative
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="MLflow experiment (default: wf_xgboost_{SYMBOL}_f{n}_tr{m}m_te{m}m)",
     )
-    train.add_argument("--seed", metavar="S", type=_integer, help="seed of the trial sampler")
+    train.add_argument("--seed", metavar="S", type=_seed, help="seed of the trial sampler")
     train.add_argument("--jobs", metavar="J", type=_positive, help="trials run in parallel processes")
     train.add_argument("--top", metavar="N", type=_positive, help="rows in the final table of best trials")
     train.add_argument("--no-progress", action="store_true", help="plain log lines, no progress bar")
@@ -80,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sample = sub.add_parser("sample-data", help="write the built-in sample data set as CSV")
     sample.add_argument("--out", metavar="PATH", type=Path, required=True, help="CSV file to write")
-    sample.add_argument("--seed", metavar="S", type=_integer, help="generate with another seed")
+    sample.add_argument("--seed", metavar="S", type=_seed, help="generate with another seed")
     return parser
 
 

@@ -124,7 +124,7 @@ class XGBoostConfig(_Strict):
 class ImportanceConfig(_Strict):
     enabled: bool = True
     n_repeats: int = Field(default=3, ge=1)
-    seed: int = 0  # random_state of the permutations, as sklearn's
+    seed: int = Field(default=0, ge=0, le=2**32 - 1)  # random_state of the permutations, as sklearn's
     # latest: the last fold's model on the latest test window; pooled: every fold's model on
     # its own test window
     holdout: Literal["latest", "pooled"] = "latest"
@@ -134,7 +134,7 @@ class ImportanceConfig(_Strict):
 class TrainerConfig(_Strict):
     symbol: str = Field(default="SAMPLE", min_length=1)
     trials: int = Field(default=24, ge=1)
-    seed: int = 42
+    seed: int = Field(default=42, ge=0)  # numpy's seeds are non-negative
     jobs: int = Field(default=2, ge=1)
     experiment: str | None = None
     top: int = Field(default=5, ge=1)

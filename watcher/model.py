@@ -126,10 +126,28 @@ class Handler(Protocol):
 
     ``on_leaderboard_changed`` is called after the tags were written; an exception is caught
     and logged per handler and never rolls anything back. ``on_pass_end`` gets every watched
-    experiment of the pass (e.g. to retry pending webhook summaries) and is called even
-    when no leaderboard changed.
+    experiment of a successful pass (e.g. to retry pending webhook summaries) and is called
+    even when no leaderboard changed. A dry run calls no hook.
+
+    A handler may also implement the optional hooks of :class:`PassHooks`; the watcher looks
+    them up on each handler and skips those it lacks.
     """
 
     def on_leaderboard_changed(self, event: LeaderboardChanged, rule: RuleConfig) -> None: ...
 
     def on_pass_end(self, experiments: Sequence[WatchedExperiment]) -> None: ...
+
+
+class PassHooks(Protocol):
+    """Optional hooks of a :class:`Handler` (``Notifier`` and ``RegistryPromoter`` have both).
+
+    ``on_pass_start`` is called before every pass that is not a dry run, even when the last
+    pass failed before its ``on_pass_end`` (so per-pass state is reset); an exception is
+    logged like the other hooks'. ``pass_report`` is read after ``on_pass_end``; its counts
+    (e.g. ``webhooks_failed``) go into the pass summary (``PassResult.handler_report`` and
+    the ``pass_finished`` log line).
+    """
+
+    def on_pass_start(self) -> None: ...
+
+    def pass_report(self) -> Mapping[str, int]: ...

@@ -17,6 +17,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
+from typing import Any
 
 import structlog
 
@@ -180,21 +181,9 @@ class Watcher:
         with structlog.contextvars.bound_contextvars(pass_id=pass_id):
             log.info("pass_started", dry_run=dry_run)
             if not dry_run:
-                for handler in self.handlers:
-                    # Optional hook: per-pass state is reset even when the last pass failed
-                    # (on_pass_end runs after successful passes only).
-                    on_pass_start = getattr(handler, "on_pass_start", None)
-                    if callable(on_pass_start):
-                        try:
-                            on_pass_start()
-                        except Exception as e:
-                            log.error(
-                                "handler_failed",
-                                handler=type(handler).__name__,
-                                hook="on_pass_start",
-                                error=str(e),
-                                exc_info=True,
-                            )
+                # Per-pass state is reset even when the last pass failed (on_pass_end runs
+                # after successful passes only).
+                self._call_handlers("on_pass_start")
             try:
                 watched = self._watched_experiments()
                 outcomes = self._reconcile(watched, dry_run)
@@ -210,19 +199,8 @@ class Watcher:
             ok = error is None
             if ok and not dry_run:
                 for handler in self.handlers:
-                    try:
-                        handler.on_pass_end(watched)
-                    except Exception as e:
-                        log.error(
-                            "handler_failed",
-                            handler=type(handler).__name__,
-                            hook="on_pass_end",
-                            error=str(e),
-                            exc_info=True,
-                        )
-                    pass_report = getattr(handler, "pass_report", None)
-                    if callable(pass_report):
-                        report.update(pass_report())
+                    _call_hook(handler, "on_pass_end", watched)
+                    report.update(_call_hook(handler, "pass_report") or {})
             duration = time.perf_counter() - wall
             result = PassResult(
                 pass_id=pass_id,
@@ -251,6 +229,10 @@ class Watcher:
                 **report,
             )
         return result
+
+    def _call_handlers(self, hook: str, *args: Any) -> None:
+        for handler in self.handlers:
+            _call_hook(handler, hook, *args)
 
     def _record(self, result: PassResult) -> None:
         self.last_result = result
@@ -447,17 +429,7 @@ class Watcher:
                 entered=len(event.entered),
                 left=len(event.left),
             )
-            for handler in self.handlers:
-                try:
-                    handler.on_leaderboard_changed(event, rule)
-                except Exception as e:
-                    log.error(
-                        "handler_failed",
-                        handler=type(handler).__name__,
-                        hook="on_leaderboard_changed",
-                        error=str(e),
-                        exc_info=True,
-                    )
+            self._call_handlers("on_leaderboard_changed", event, rule)
         return ExperimentOutcome(
             exp.experiment_id, exp.name, rule.name, action, tuple(changes), event, leaderboard
         )
@@ -598,6 +570,22 @@ class Watcher:
                     f"experiment {experiment_name!r} has no FINISHED run with a finite {metric!r}"
                 )
             return outcome.board
+
+
+def _call_hook(handler: Handler, hook: str, *args: Any) -> Any:
+    """Call one hook of a handler (skipped when it lacks an optional one, see ``PassHooks``).
+
+    A handler's exception is logged and contained: the tags are written when handlers run,
+    and one handler's failure must not stop the others or the pass.
+    """
+    method = getattr(handler, hook, None)
+    if not callable(method):
+        return None
+    try:
+        return method(*args)
+    except Exception as e:
+        log.error("handler_failed", handler=type(handler).__name__, hook=hook, error=str(e), exc_info=True)
+        return None
 
 
 def _event(board: Leaderboard, previous: ExperimentState | None) -> LeaderboardChanged | None:

@@ -4,8 +4,8 @@ Every mistake a user can make here ends as one :class:`ConfigError` whose messag
 file, the rule (index and name) or key, and what is wrong; the CLI turns it into exit 2.
 
 Overlapping rules: an experiment whose name matches the patterns of several rules is ranked
-by the first of them in file order only (later matches are ignored and logged at debug level),
-so rule order expresses priority and there is never a fight over one experiment's tags.
+by the first of them in file order only (later matches are ignored, silently: an idle pass
+must not log per experiment), so rule order expresses priority and there is never a fight over one experiment's tags.
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ file, the rule (index and name) or key, and what is wrong; the CLI turns it into
 
 Overlapping rules: an experiment whose name matches the patterns of several rules is ranked
 by the first of them in file order only (later matches are ignored, silently: an idle pass
-must not log per experiment), so rule order expresses priority and there is never a fight over one experiment's tags.
+must not log per experiment), so rule order expresses priority and there is never a fight
+over one experiment's tags.
 """
 
 from __future__ import annotations

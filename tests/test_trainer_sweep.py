@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import re
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 from uuid import uuid4
@@ -10,10 +15,12 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+import structlog
+import yaml
 from structlog.testing import capture_logs
 
 from tests.support.mlflow_server import ServerHandle
-from trainer import data
+from trainer import cli, data
 from trainer.config import TrainerConfig, sample_trial
 from trainer.sweep import run_sweep
 
@@ -84,15 +91,86 @@ def test_shuffled_target_scores_at_or_below_zero(
         assert best > 0.03
 
 
-def test_trial_failing_midway_is_marked_failed(sqlite_server: ServerHandle) -> None:
-    """A trial that raises inside XGBoost ends as a FAILED run, never RUNNING."""
+def test_trial_failing_midway_is_marked_failed_and_the_cli_exits_1(
+    sqlite_server: ServerHandle,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A trial that raises inside XGBoost ends as a FAILED run, never RUNNING; `train` exits 1."""
     space = {**SMALL["search_space"], "grow_policy": {"type": "choice", "values": ["no-such-policy"]}}
-    config = small_config(trials=1, search_space=space, experiment=fresh_experiment())
-    summary = run_sweep(config, tracking_uri=sqlite_server.url, progress=False)
-    assert len(summary.failed) == 1
-    assert "XGBoostError" in (summary.failed[0].error or "")
-    run = mlflow.MlflowClient(sqlite_server.url).get_run(summary.failed[0].run_id)
+    experiment = fresh_experiment()
+    path = tmp_path / "failing.yaml"
+    path.write_text(yaml.safe_dump({**SMALL, "trials": 1, "search_space": space, "experiment": experiment}))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", sqlite_server.url)
+    try:
+        code = cli.main(["train", "--config", str(path), "--no-progress"])
+    finally:
+        structlog.reset_defaults()
+    assert code == 1
+    failed = re.search(r"trial_0 \(([0-9a-f]{32})\) failed: (.*)", capsys.readouterr().out)
+    assert failed, "no failed trial in the summary"
+    assert "XGBoostError" in failed.group(2)
+    run = mlflow.MlflowClient(sqlite_server.url).get_run(failed.group(1))
     assert run.info.status == "FAILED"
+
+
+class _BreaksOnSecondSubmit:
+    """An executor whose pool breaks at the second submit while the first trial is running."""
+
+    slots = 2
+
+    def __init__(self, jobs: int, initializer: Callable[..., None], initargs: tuple[Any, ...]) -> None:
+        initializer(*initargs)
+        self._pool = ThreadPoolExecutor(max_workers=1)
+        self._broken = threading.Event()
+        self._submits = 0
+
+    def submit(self, fn: Callable[[Any], Any], task: Any) -> Future[Any]:
+        self._submits += 1
+        if self._submits > 1:
+            self._broken.set()
+            raise BrokenProcessPool("a worker died")
+
+        def run() -> Any:
+            self._broken.wait(timeout=60)  # the first trial is still running when the pool breaks
+            return fn(task)
+
+        return self._pool.submit(run)
+
+    def shutdown(self, *, cancel: bool = False) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=cancel)
+
+
+def test_a_broken_pool_kills_the_unstarted_run_and_keeps_the_finished_one(
+    sqlite_server: ServerHandle, tmp_path: Path
+) -> None:
+    """The run created for a submit that failed is KILLED, not left RUNNING; a trial that was
+    running finishes and stays FINISHED (it is not marked KILLED after the fact)."""
+    days = 240
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"timestamp": pd.date_range("2024-01-01", periods=days, freq="D")})
+    for i in range(4):
+        frame[f"x{i}"] = rng.normal(size=days)
+    frame["y"] = frame["x0"] + rng.normal(scale=0.1, size=days)
+    path = tmp_path / "daily.csv"
+    frame.to_csv(path, index=False)
+    config = small_config(
+        jobs=1,
+        data={"path": str(path), "target": "y"},
+        walk_forward={"train_months": 3, "test_months": 1},
+        importance={"enabled": False},
+        experiment=fresh_experiment(),
+    )
+    with pytest.raises(BrokenProcessPool):
+        run_sweep(
+            config, tracking_uri=sqlite_server.url, progress=False, executor_factory=_BreaksOnSecondSubmit
+        )
+    client = mlflow.MlflowClient(sqlite_server.url)
+    experiment = client.get_experiment_by_name(config.experiment_name(4))
+    assert experiment is not None
+    runs = client.search_runs([experiment.experiment_id])
+    assert {r.info.run_name: r.info.status for r in runs} == {"trial_0": "FINISHED", "trial_1": "KILLED"}
 
 
 def test_trial_hyperparameters_depend_only_on_seed_and_index() -> None:

@@ -288,14 +288,20 @@ def run_sweep(
             hp = sample_trial(config.search_space, config.seed, index)
             run_id, artifact_uri = tracking.create_run(experiment_id, f"trial_{index}", run_tags)
             task = TrialTask(index, run_id, artifact_uri, hp, config.seed + index)
-            in_flight[executor.submit(execute, task)] = task
+            try:
+                future = executor.submit(execute, task)
+            except BaseException:  # a broken pool, or an interrupted inline trial: no outcome came back
+                _mark_failed(tracking, run_id, "KILLED")
+                raise
+            in_flight[future] = task
             _collect(in_flight, outcomes, tracking, bar, show_bar, block=False)
         while in_flight:
             _collect(in_flight, outcomes, tracking, bar, show_bar, block=True)
     except BaseException:
-        executor.shutdown(cancel=True)
-        for task in in_flight.values():
-            _mark_failed(tracking, task.run_id, "KILLED")
+        executor.shutdown(cancel=True)  # trials already running finish and end their own runs
+        for future, task in in_flight.items():
+            if not _ended_by_worker(future):
+                _mark_failed(tracking, task.run_id, "KILLED")
         raise
     finally:
         bar.close()
@@ -361,6 +367,11 @@ def _collect(
             log.error(
                 "trial_failed", trial=f"trial_{outcome.index}", run_id=outcome.run_id, error=outcome.error
             )
+
+
+def _ended_by_worker(future: Future[TrialOutcome]) -> bool:
+    """The worker returned an outcome, so it already marked the run FINISHED or FAILED."""
+    return future.done() and not future.cancelled() and future.exception() is None
 
 
 def _mark_failed(tracking: Tracking, run_id: str, status: str) -> None:

@@ -18,7 +18,7 @@ import pandas as pd
 import structlog
 
 from trainer import features
-from trainer.errors import InputError
+from trainer.errors import InputError, describe
 
 log = structlog.get_logger(__name__)
 
@@ -124,13 +124,8 @@ def read_table(path: Path) -> pd.DataFrame:
         if ".csv" in suffixes or ".tsv" in suffixes or ".txt" in suffixes:
             return pd.read_csv(path, sep="\t" if ".tsv" in suffixes else ",")
     except Exception as e:  # pandas/pyarrow raise many types for a bad file
-        raise InputError(f"cannot read data file {path}: {_one_line(e)}") from e
+        raise InputError(f"cannot read data file {path}: {describe(e)}") from e
     raise InputError(f"data file {path} is neither CSV (.csv) nor Parquet (.parquet)")
-
-
-def _one_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
 def load(
@@ -179,7 +174,7 @@ def _parse_times(frame: pd.DataFrame, where: str, col: str) -> tuple[np.ndarray,
         parsed = pd.to_datetime(raw, utc=True, format="mixed")
     except (ValueError, TypeError, OverflowError) as e:
         raise InputError(
-            f"time column {col!r} in {where} has a value that is not a time: {_one_line(e)}"
+            f"time column {col!r} in {where} has a value that is not a time: {describe(e)}"
         ) from e
     missing = int(parsed.isna().sum())
     if missing:

@@ -17,3 +17,9 @@ class TrainingError(TrainerError):
 
 class TrackingError(TrainerError):
     """An MLflow call failed; raised ``from`` the MLflow exception."""
+
+
+def describe(e: BaseException) -> str:
+    """``"TypeName: first line of the message"`` (the type name alone for an empty message)."""
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__

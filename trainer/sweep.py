@@ -27,7 +27,7 @@ from tqdm import tqdm
 from trainer import data
 from trainer.config import TrainerConfig, sample_trial
 from trainer.data import Dataset
-from trainer.errors import InputError, TrackingError, TrainingError
+from trainer.errors import InputError, TrackingError, TrainingError, describe
 from trainer.executor import Executor, local_executor
 from trainer.importance import feature_params
 from trainer.splits import NotEnoughMonths, walk_forward_splits
@@ -111,7 +111,7 @@ class _Worker:
             self._log(task, result)
         except Exception as e:
             self._fail(task)
-            return TrialOutcome(task.index, task.run_id, "FAILED", task.hyperparameters, error=_describe(e))
+            return TrialOutcome(task.index, task.run_id, "FAILED", task.hyperparameters, error=describe(e))
         except BaseException:  # interrupted: leave no RUNNING run behind
             self._fail(task)
             raise
@@ -179,11 +179,6 @@ def _configure_worker_logging() -> None:
     from trainer.cli import configure_logging
 
     configure_logging(logging.WARNING)
-
-
-def _describe(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
 
 
 # --------------------------------------------------------------------------------------------
@@ -345,9 +340,7 @@ def _collect(
             raise TrainingError(f"a trial process died while running trial_{task.index}") from e
         except Exception as e:
             _mark_failed(tracking, task.run_id, "FAILED")
-            outcome = TrialOutcome(
-                task.index, task.run_id, "FAILED", task.hyperparameters, error=_describe(e)
-            )
+            outcome = TrialOutcome(task.index, task.run_id, "FAILED", task.hyperparameters, error=describe(e))
         outcomes.append(outcome)
         r2 = outcome.metrics.get("avg_test_r2", math.nan)
         if show_bar:

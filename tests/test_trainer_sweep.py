@@ -115,6 +115,38 @@ def test_trial_failing_midway_is_marked_failed_and_the_cli_exits_1(
     assert run.info.status == "FAILED"
 
 
+def _tiny_config(tmp_path: Path) -> TrainerConfig:
+    """Two quick trials on 240 daily rows of four features (five folds, no importance)."""
+    days = 240
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"timestamp": pd.date_range("2024-01-01", periods=days, freq="D")})
+    for i in range(4):
+        frame[f"x{i}"] = rng.normal(size=days)
+    frame["y"] = frame["x0"] + rng.normal(scale=0.1, size=days)
+    path = tmp_path / "daily.csv"
+    frame.to_csv(path, index=False)
+    return small_config(
+        jobs=1,
+        data={"path": str(path), "target": "y"},
+        walk_forward={"train_months": 3, "test_months": 1},
+        importance={"enabled": False},
+        experiment=fresh_experiment(),
+    )
+
+
+def test_progress_bar_counts_trials_instead_of_log_lines(
+    sqlite_server: ServerHandle, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With a progress bar (a terminal), trials tick a bar showing the best R²; no per-trial lines."""
+    with capture_logs() as logs:
+        summary = run_sweep(_tiny_config(tmp_path), tracking_uri=sqlite_server.url, progress=True)
+    assert len(summary.finished) == 2
+    err = capsys.readouterr().err
+    assert "2/2" in err
+    assert "best_r2=" in err
+    assert "trial_finished" not in [entry["event"] for entry in logs]
+
+
 class _BreaksOnSecondSubmit:
     """An executor whose pool breaks at the second submit while the first trial is running."""
 
@@ -147,21 +179,7 @@ def test_a_broken_pool_kills_the_unstarted_run_and_keeps_the_finished_one(
 ) -> None:
     """The run created for a submit that failed is KILLED, not left RUNNING; a trial that was
     running finishes and stays FINISHED (it is not marked KILLED after the fact)."""
-    days = 240
-    rng = np.random.default_rng(0)
-    frame = pd.DataFrame({"timestamp": pd.date_range("2024-01-01", periods=days, freq="D")})
-    for i in range(4):
-        frame[f"x{i}"] = rng.normal(size=days)
-    frame["y"] = frame["x0"] + rng.normal(scale=0.1, size=days)
-    path = tmp_path / "daily.csv"
-    frame.to_csv(path, index=False)
-    config = small_config(
-        jobs=1,
-        data={"path": str(path), "target": "y"},
-        walk_forward={"train_months": 3, "test_months": 1},
-        importance={"enabled": False},
-        experiment=fresh_experiment(),
-    )
+    config = _tiny_config(tmp_path)
     with pytest.raises(BrokenProcessPool):
         run_sweep(
             config, tracking_uri=sqlite_server.url, progress=False, executor_factory=_BreaksOnSecondSubmit

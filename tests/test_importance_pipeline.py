@@ -9,10 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
-import numpy as np
-import pandas as pd
 from structlog.testing import capture_logs
 
+from tests.support.trainer_data import write_linear_csv
 from trainer import data
 from trainer.config import TrainerConfig
 from trainer.sweep import run_sweep
@@ -87,14 +86,7 @@ def test_too_few_held_out_rows_skip_importance_and_the_trial_still_finishes(
     sqlite_uri: str, tmp_path: Path
 ) -> None:
     """Weekly rows give ~4 held-out rows a month: a warning, tag importance_skipped, no importance."""
-    rng = np.random.default_rng(0)
-    weeks = 40
-    frame = pd.DataFrame({"timestamp": pd.date_range("2024-01-01", periods=weeks, freq="W")})
-    for i in range(4):
-        frame[f"x{i}"] = rng.normal(size=weeks)
-    frame["y"] = frame["x0"] + rng.normal(scale=0.1, size=weeks)
-    path = tmp_path / "weekly.csv"
-    frame.to_csv(path, index=False)
+    path = write_linear_csv(tmp_path / "weekly.csv", periods=40, freq="W")
     config = TrainerConfig.model_validate(
         {
             **SMALL,

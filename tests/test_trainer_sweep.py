@@ -20,6 +20,7 @@ import yaml
 from structlog.testing import capture_logs
 
 from tests.support.mlflow_server import ServerHandle
+from tests.support.trainer_data import write_linear_csv
 from trainer import cli, data
 from trainer.config import TrainerConfig, sample_trial
 from trainer.sweep import run_sweep
@@ -117,14 +118,7 @@ def test_trial_failing_midway_is_marked_failed_and_the_cli_exits_1(
 
 def _tiny_config(tmp_path: Path) -> TrainerConfig:
     """Two quick trials on 240 daily rows of four features (five folds, no importance)."""
-    days = 240
-    rng = np.random.default_rng(0)
-    frame = pd.DataFrame({"timestamp": pd.date_range("2024-01-01", periods=days, freq="D")})
-    for i in range(4):
-        frame[f"x{i}"] = rng.normal(size=days)
-    frame["y"] = frame["x0"] + rng.normal(scale=0.1, size=days)
-    path = tmp_path / "daily.csv"
-    frame.to_csv(path, index=False)
+    path = write_linear_csv(tmp_path / "daily.csv", periods=240, freq="D")
     return small_config(
         jobs=1,
         data={"path": str(path), "target": "y"},

@@ -16,10 +16,12 @@ from mlflow.models import infer_signature
 from structlog.testing import capture_logs
 
 from tests.support.mlflow_server import ServerHandle, sqlite_uri, start_server
+from watcher.cli import build_handlers
 from watcher.mlflow_io import MlflowRegistry, MlflowTracking
 from watcher.model import Leaderboard, LeaderboardChanged, RankedRun, WatchedExperiment
-from watcher.registry import PENDING_TAG, PendingPromotion, RegistryPromoter
-from watcher.settings import RegistryConfig, RuleConfig
+from watcher.registry import PENDING_TAG, TARGET_TAG, PendingPromotion, RegistryPromoter
+from watcher.service import Watcher
+from watcher.settings import RegistryConfig, RuleConfig, WatcherSettings
 
 pytestmark = pytest.mark.server
 
@@ -261,3 +263,38 @@ def test_pending_promotion_in_an_experiment_tag_is_done_after_a_restart(sqlite_s
     tracking.calls_by_method.clear()
     RegistryPromoter(store).on_pass_end(watched(tracking, exp_name))
     assert dict(tracking.calls_by_method) == {"get_experiment_by_name": 1}  # nothing left to do
+
+
+def test_a_rule_that_gains_a_registry_promotes_the_current_leader_once(sqlite_server: ServerHandle) -> None:
+    """Adding `registry:` to a rule whose experiment is already ranked changes no leaderboard;
+    the next pass still points the alias at the kept leader, and later idle passes cost no call."""
+    tracking_uri = use(sqlite_server)
+    exp_id, exp_name = new_experiment()
+    model_name = f"wf-{uuid4().hex[:8]}"
+    leader = log_run(exp_id, 0.9)
+    log_run(exp_id, 0.5)
+    plain = {"name": "wf-xgboost", "experiments": [exp_name], "metric": "avg_test_r2"}
+    tracking = MlflowTracking(tracking_uri)
+
+    def watcher_with(rule: dict[str, object]) -> Watcher:
+        settings = WatcherSettings(rules=[rule], http={"enabled": False})
+        return Watcher(settings, tracking, build_handlers(settings, tracking))
+
+    assert watcher_with(plain).run_pass().ok  # ranked before the rule had a registry
+    client = MlflowClient(tracking_uri)
+    assert client.search_model_versions(f"name = '{model_name}'") == []
+
+    watcher = watcher_with({**plain, "registry": {"model_name": model_name, "alias": "champion"}})
+    result = watcher.run_pass()
+    assert result.ok
+    assert [o.action for o in result.outcomes] == ["idle"]  # no leaderboard change
+    assert result.handler_report == {"registry_promoted": 1}
+    version = client.get_model_version_by_alias(model_name, "champion")
+    assert (version.run_id, version.tags["model_rank"]) == (leader, "1")
+    assert client.get_experiment(exp_id).tags[TARGET_TAG] == f"{model_name}@champion"
+
+    tracking.calls_by_method.clear()
+    idle = watcher.run_pass()
+    assert idle.handler_report == {}
+    assert set(tracking.calls_by_method) == {"search_experiments", "search_runs"}
+    assert len(client.search_model_versions(f"name = '{model_name}'")) == 1

@@ -14,6 +14,14 @@ When a rule has `registry: {model_name, alias}` and its leaderboard changed, `pr
 Versions of earlier leaders stay; only the alias moves. A failed promotion is logged, kept as
 the experiment tag `podium.registry_pending` (in memory if even that fails) and retried at the
 end of the next pass while its run still holds `model_rank=1`.
+
+A rule that gains `registry:` (or names another model or alias) after its experiments were
+ranked gets no leaderboard change to react to. So once an experiment's leader was promoted
+(or found without a model), the experiment tag `podium.registry_target` records
+`<model_name>@<alias>`; at the end of a pass, an experiment whose rule's target differs from
+that tag (both read from the pass's listing, so an idle pass costs no call) has its current
+leader, from the watcher's kept board, promoted once. An alias moved by hand is not put back
+until the leader changes.
 """
 
 from __future__ import annotations
@@ -26,12 +34,14 @@ from typing import Literal, Protocol
 
 import structlog
 
+from watcher.detect import STATE_TAG, ExperimentState, fingerprint
 from watcher.model import MODEL_RANK, LeaderboardChanged, WatchedExperiment
 from watcher.settings import RuleConfig
 
 log = structlog.get_logger(__name__)
 
 PENDING_TAG = "podium.registry_pending"
+TARGET_TAG = "podium.registry_target"
 SOURCE_RUN_ID = "source_run_id"
 
 Outcome = Literal["current", "promoted", "no_model"]
@@ -212,6 +222,8 @@ class RegistryPromoter:
             for experiment_id, request in list(self._in_memory.items()):
                 if experiment_id not in self._handled:
                     self._retry(request, from_tag=False)
+            for experiment in experiments:
+                self._follow_target(experiment)
         finally:
             self._handled.clear()
             self._last_report, self._report = dict(self._report), Counter()
@@ -233,6 +245,34 @@ class RegistryPromoter:
                 self._delete_pending(request.experiment_id)
             return
         self._attempt(request, rank_of=self._run_rank, already_tagged=from_tag)
+
+    def _follow_target(self, experiment: WatchedExperiment) -> None:
+        """Promote the kept leader once when the rule's registry target is not yet recorded."""
+        rule = experiment.rule
+        if rule is None or rule.registry is None:
+            return
+        target = f"{rule.registry.model_name}@{rule.registry.alias}"
+        experiment_id = experiment.experiment_id
+        if experiment.tags.get(TARGET_TAG) == target or PENDING_TAG in experiment.tags:
+            return  # recorded, or the pending promotion above takes care of it
+        if experiment_id in self._in_memory:
+            return
+        handled = self._handled.get(experiment_id)
+        if handled is None:
+            state = ExperimentState.from_tag(experiment.tags.get(STATE_TAG))
+            ranking = fingerprint(rule.metric, rule.ascending, rule.filter)
+            if state is None or state.fingerprint != ranking or not state.board:
+                return  # not ranked this way yet: that ranking will be a change
+            request = PendingPromotion(
+                experiment_id, state.board[0].run_id, rule.registry.model_name, rule.registry.alias
+            )
+            handled = self._attempt(request, rank_of=self._run_rank)
+        if not handled:
+            return
+        try:
+            self._store.set_experiment_tag(experiment_id, TARGET_TAG, target)
+        except Exception as e:  # the next pass records it (one "current" check more)
+            log.warning("registry_target_store_failed", experiment_id=experiment_id, error=str(e))
 
     def _run_rank(self, run_id: str) -> str | None:
         return self._store.get_run_tag(run_id, MODEL_RANK)

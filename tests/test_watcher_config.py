@@ -46,7 +46,7 @@ CASES = [
     ),
     pytest.param(
         with_rule(production_candidates=11),
-        ["rules[1]", "field 'production_candidates'", "between 0 and top_n (10)"],
+        ["rules[1]", "field 'production_candidates'", "between 0 and top_n (10) (got 11)"],
         id="candidates-above-top-n",
     ),
     pytest.param(
@@ -100,6 +100,7 @@ def test_bad_config_exits_2_with_one_message_naming_file_rule_and_field(
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: {path}: ")
     assert len(err.splitlines()) == 1
+    assert err.count("(got ") <= 1  # the offending value is shown once
     for part in expected:
         assert part in err
 

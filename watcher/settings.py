@@ -83,7 +83,7 @@ class RuleConfig(_Strict):
     def _within_top_n(cls, value: int, info: Any) -> int:
         top_n = info.data.get("top_n")
         if isinstance(top_n, int) and value > top_n:
-            raise ValueError(f"must be between 0 and top_n ({top_n}), got {value}")
+            raise ValueError(f"must be between 0 and top_n ({top_n})")  # the message adds "(got N)"
         return value
 
     @field_validator("filter")

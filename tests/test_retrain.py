@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import re
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -244,3 +245,36 @@ def test_a_run_whose_data_file_is_gone_exits_2_naming_it(
     err = capsys.readouterr().err
     assert f"cannot reload the data of run {source.info.run_id}" in err
     assert "data.csv does not exist" in err
+
+
+def test_a_failure_after_the_new_run_exists_marks_it_failed(
+    source: Run, store: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An artifact upload that fails once the new run exists: exit 1 and a FAILED run, not RUNNING."""
+    blocker = store / "a_file_not_a_directory"
+    blocker.write_text("")
+    experiment_id = int(source.info.experiment_id)
+    db = sqlite3.connect(store / "mlflow.db")
+    try:
+        (location,) = db.execute(
+            "SELECT artifact_location FROM experiments WHERE experiment_id = ?", (experiment_id,)
+        ).fetchone()
+        with db:  # new runs of the experiment get an artifact root no one can create
+            db.execute(
+                "UPDATE experiments SET artifact_location = ? WHERE experiment_id = ?",
+                (str(blocker / "artifacts"), experiment_id),
+            )
+        before = {r.info.run_id for r in retrained_runs(source)}
+        code = cli.main(["retrain", "--run-id", source.info.run_id, "--exclude", "noise_1"])
+    finally:
+        with db:
+            db.execute(
+                "UPDATE experiments SET artifact_location = ? WHERE experiment_id = ?",
+                (location, experiment_id),
+            )
+        db.close()
+
+    assert code == 1
+    assert "error: uploading artifacts" in capsys.readouterr().err
+    (new,) = [r for r in retrained_runs(source) if r.info.run_id not in before]
+    assert new.info.status == "FAILED"

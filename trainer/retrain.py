@@ -35,7 +35,15 @@ from trainer.config import HYPERPARAMETERS, TrainerConfig, load_config
 from trainer.errors import InputError, TrainingError
 from trainer.executor import InlineExecutor
 from trainer.importance import IMPORTANCE_CSV, PERMUTATION_JSON, SKIPPED_TAG
-from trainer.sweep import TrialTask, WorkerContext, execute, init_worker, load_checked, static_params
+from trainer.sweep import (
+    TrialTask,
+    WorkerContext,
+    execute,
+    init_worker,
+    load_checked,
+    mark_ended,
+    static_params,
+)
 from trainer.tracking import LoggedRun, Tracking, quiet_mlflow
 
 log = structlog.get_logger(__name__)
@@ -284,19 +292,23 @@ def retrain(
             features=len(plan.kept),
             dropped=len(plan.dropped),
         )
-        upload = tmp / "upload"
-        upload.mkdir()
-        _write_dropped(upload / DROPPED_CSV, plan, scores)
-        tracking.log_artifacts(artifact_uri, upload)
-        executor = InlineExecutor(
-            init_worker,
-            (WorkerContext(subset, config, tracking.uri, source.experiment_id, params, quiet=False),),
-        )
-        index = int(source.tags.get("trial_index", "0") or 0)
-        seed = int(source.params["trial_seed"])
-        outcome = executor.submit(
-            execute, TrialTask(index, new_run_id, artifact_uri, hyperparameters, seed)
-        ).result()
+        try:
+            upload = tmp / "upload"
+            upload.mkdir()
+            _write_dropped(upload / DROPPED_CSV, plan, scores)
+            tracking.log_artifacts(artifact_uri, upload)
+            executor = InlineExecutor(
+                init_worker,
+                (WorkerContext(subset, config, tracking.uri, source.experiment_id, params, quiet=False),),
+            )
+            index = int(source.tags.get("trial_index", "0") or 0)
+            seed = int(source.params["trial_seed"])
+            outcome = executor.submit(
+                execute, TrialTask(index, new_run_id, artifact_uri, hyperparameters, seed)
+            ).result()
+        except BaseException:  # the trial itself marks its run; this is for what comes before it
+            mark_ended(tracking, new_run_id, "FAILED")
+            raise
     return RetrainResult(source, new_run_id, outcome.status, plan, outcome.metrics, outcome.error)
 
 

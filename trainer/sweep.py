@@ -148,10 +148,7 @@ class _Worker:
 
     def _fail(self, task: TrialTask) -> None:
         # the parent logs trial_failed with the outcome; here the run is only marked
-        try:
-            self.tracking.terminate(task.run_id, "FAILED")
-        except TrackingError as e:
-            log.error("trial_not_marked_failed", run_id=task.run_id, error=str(e))
+        mark_ended(self.tracking, task.run_id, "FAILED")
 
 
 _worker: _Worker | None = None
@@ -286,7 +283,7 @@ def run_sweep(
             try:
                 future = executor.submit(execute, task)
             except BaseException:  # a broken pool, or an interrupted inline trial: no outcome came back
-                _mark_failed(tracking, run_id, "KILLED")
+                mark_ended(tracking, run_id, "KILLED")
                 raise
             in_flight[future] = task
             _collect(in_flight, outcomes, tracking, bar, show_bar, block=False)
@@ -296,7 +293,7 @@ def run_sweep(
         executor.shutdown(cancel=True)  # trials already running finish and end their own runs
         for future, task in in_flight.items():
             if not _ended_by_worker(future):
-                _mark_failed(tracking, task.run_id, "KILLED")
+                mark_ended(tracking, task.run_id, "KILLED")
         raise
     finally:
         bar.close()
@@ -336,10 +333,10 @@ def _collect(
         try:
             outcome = future.result()
         except BrokenProcessPool as e:
-            _mark_failed(tracking, task.run_id, "FAILED")
+            mark_ended(tracking, task.run_id, "FAILED")
             raise TrainingError(f"a trial process died while running trial_{task.index}") from e
         except Exception as e:
-            _mark_failed(tracking, task.run_id, "FAILED")
+            mark_ended(tracking, task.run_id, "FAILED")
             outcome = TrialOutcome(task.index, task.run_id, "FAILED", task.hyperparameters, error=describe(e))
         outcomes.append(outcome)
         r2 = outcome.metrics.get("avg_test_r2", math.nan)
@@ -367,7 +364,9 @@ def _ended_by_worker(future: Future[TrialOutcome]) -> bool:
     return future.done() and not future.cancelled() and future.exception() is None
 
 
-def _mark_failed(tracking: Tracking, run_id: str, status: str) -> None:
+def mark_ended(tracking: Tracking, run_id: str, status: str) -> None:
+    """Mark a run FAILED or KILLED; a tracking error here is logged, not raised (one is already
+    on its way)."""
     try:
         tracking.terminate(run_id, status)
     except TrackingError as e:

@@ -125,10 +125,17 @@ def test_r2_scores_follow_sklearns_finite_conventions(y_true: list[float], preds
     assert ours.tolist() == [r2_score(y_true, p) for p in preds]
 
 
-def test_pooled_importance_pools_each_models_own_sklearn_numbers() -> None:
+def _two_folds() -> list[tuple[xgb.Booster, np.ndarray, np.ndarray]]:
+    """Two walk-forward folds: each model with the 200 rows after its training rows."""
     X, y = _data(600, seed=3)
-    folds = [(_booster(X[:200], y[:200]), X[200:400], y[200:400])]
-    folds.append((_booster(X[200:400], y[200:400]), X[400:], y[400:]))
+    return [
+        (_booster(X[:200], y[:200]), X[200:400], y[200:400]),
+        (_booster(X[200:400], y[200:400]), X[400:], y[400:]),
+    ]
+
+
+def test_pooled_importance_pools_each_models_own_sklearn_numbers() -> None:
+    folds = _two_folds()
     names = [f"f{i}" for i in range(N_FEATURES)]
     pooled = importance.compute_pooled_importance(folds, names, n_repeats=2, seed=5)
     assert pooled is not None
@@ -144,6 +151,28 @@ def test_pooled_importance_pools_each_models_own_sklearn_numbers() -> None:
     np.testing.assert_allclose(pooled.importances, expected, rtol=1e-12, atol=1e-14)
     assert pooled.n_rows == 400
     assert pooled.holdout == "pooled"
+
+
+def test_a_trial_uses_its_last_fold_by_default_and_every_fold_when_pooled() -> None:
+    """latest: the last fold's model on its own test rows; pooled: all folds; too few rows: why."""
+    folds = _two_folds()
+    names = [f"f{i}" for i in range(N_FEATURES)]
+    latest, reason = importance.for_trial(folds, names, holdout="latest", n_repeats=2, seed=5)
+    assert reason is None
+    assert latest is not None
+    last = importance.compute_importance(*folds[-1], names, n_repeats=2, seed=5)
+    assert last is not None
+    assert np.array_equal(latest.importances, last.importances)
+    assert (latest.holdout, latest.n_rows) == ("latest", 200)
+    pooled, reason = importance.for_trial(folds, names, holdout="pooled", n_repeats=2, seed=5)
+    assert reason is None
+    assert pooled is not None
+    assert (pooled.holdout, pooled.n_rows) == ("pooled", 400)
+    few = [(booster, X[:5], y[:5]) for booster, X, y in folds]
+    assert importance.for_trial(few, names, holdout="pooled", n_repeats=2, seed=5) == (
+        None,
+        "only 5 held-out rows, at least 10 needed",
+    )
 
 
 def test_shap_importance_is_mean_absolute_pred_contribs_without_bias(

@@ -23,7 +23,8 @@ from tests.support.mlflow_server import ServerHandle
 from tests.support.trainer_data import write_linear_csv
 from trainer import cli, data
 from trainer.config import TrainerConfig, sample_trial
-from trainer.sweep import run_sweep
+from trainer.sweep import load_checked, run_sweep
+from trainer.train import Prepared, run_trial
 
 # Small and fast: three 6-month folds, shallow short trees, one permutation repeat.
 SMALL: dict[str, Any] = {
@@ -195,3 +196,15 @@ def test_trial_hyperparameters_depend_only_on_seed_and_index() -> None:
         assert set(values) == set(space)
         assert isinstance(values["n_estimators"], int)
         assert 0.02 <= values["learning_rate"] <= 0.2
+
+
+def test_trials_in_one_process_reuse_each_windows_training_matrix(tmp_path: Path) -> None:
+    """Each fold's QuantileDMatrix (and the latest window's) is built once per process, not per trial."""
+    config = _tiny_config(tmp_path)
+    prepared = Prepared(load_checked(config), config)
+    windows = [fold.train for fold in prepared.folds] + [prepared.final]
+    run_trial(prepared, 0, sample_trial(config.search_space, config.seed, 0), 0)
+    assert len(prepared._matrices) == len({(rows.start, rows.stop) for rows in windows})  # built by the trial
+    built = [prepared.matrix(rows) for rows in windows]
+    run_trial(prepared, 1, sample_trial(config.search_space, config.seed, 1), 1)
+    assert all(prepared.matrix(rows) is matrix for rows, matrix in zip(windows, built, strict=True))

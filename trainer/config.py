@@ -16,8 +16,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from trainer.errors import InputError
 
-DEFAULT_CONFIG = Path("config/trainer.yaml")
-
 # Search-space names (XGBoost's scikit-learn spelling, logged as params) -> native xgb.train
 # parameter names. ``n_estimators`` becomes ``num_boost_round``.
 HYPERPARAMETERS: dict[str, str] = {

@@ -25,7 +25,6 @@ log = structlog.get_logger(__name__)
 SAMPLE_SEED = 2024
 SAMPLE_START = "2023-01-01"
 SAMPLE_BARS = 731 * 24  # two years of hourly bars, 24/7
-SAMPLE_SYMBOL = "SAMPLE"
 # The features that drive the sample's next-bar return; the rest is noise.
 PLANTED_FEATURES = ("ret_lag_1", "volume_z_24", "hour_sin")
 SAMPLE_SOURCE = f"builtin:sample(seed={SAMPLE_SEED})"

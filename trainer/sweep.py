@@ -131,7 +131,6 @@ class _Worker:
             ctx.experiment_id, task.run_id, result.model, example_frame(result.example, ds.feature_names)
         )
         params = {**ctx.static_params, **params_of(result.hyperparameters), "trial_seed": str(task.seed)}
-        params.update(result.extra_params)
         metrics = [(k, v, 0) for k, v in result.averages().items()] + result.fold_series()
         tags = {"trial_index": str(task.index)}
         report = result.importance

@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -57,7 +57,6 @@ class TrialResult:
     seconds: float
     importance: ImportanceReport | None = None
     importance_skipped: str | None = None
-    extra_params: dict[str, str] = field(default_factory=dict)
 
     def averages(self) -> dict[str, float]:
         """``avg_{part}_{score}`` over folds and ``num_folds``."""

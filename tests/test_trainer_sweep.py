@@ -88,7 +88,7 @@ def test_shuffled_target_scores_at_or_below_zero(
     summary = run_sweep(config, tracking_uri=sqlite_server.url, progress=False)
     best = summary.best(1)[0].metrics["avg_test_r2"]
     if shuffled:
-        assert best <= 0.005
+        assert best <= 0.0  # issue 2: at or below zero (it is about -0.016)
     else:
         assert best > 0.03
 

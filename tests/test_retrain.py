@@ -159,6 +159,7 @@ def test_exclude_drops_exactly_the_named_features_even_awkward_ones(
         (["--exclude", "sig  a"], "did you mean 'sig a'"),
         (["--drop-below", "1e9"], "would leave run"),
         (["--drop-below=-1e9"], "nothing to drop"),
+        (["--drop-below", "nan"], "--drop-below must be a finite number, not nan"),
         ([], "nothing to drop"),
     ],
 )

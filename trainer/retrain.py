@@ -103,6 +103,14 @@ def read_importance_csv(path: Path, run_id: str) -> dict[str, float]:
     return scores
 
 
+def check_request(drop_below: float | None, exclude: Sequence[str]) -> None:
+    """A retrain must drop something: a finite ``--drop-below`` and/or ``--exclude`` names."""
+    if drop_below is None and not exclude:
+        raise InputError("retrain needs --drop-below X and/or --exclude F1,F2: nothing to drop")
+    if drop_below is not None and not math.isfinite(drop_below):
+        raise InputError(f"--drop-below must be a finite number, not {drop_below}")
+
+
 def plan_drop(
     features: Sequence[str],
     importance: dict[str, float],
@@ -112,10 +120,7 @@ def plan_drop(
     run_id: str,
 ) -> DropPlan:
     """Which of ``features`` (the model's columns, in order) to keep and which to drop, and why."""
-    if drop_below is None and not exclude:
-        raise InputError("retrain needs --drop-below X and/or --exclude F1,F2: nothing to drop")
-    if drop_below is not None and not math.isfinite(drop_below):
-        raise InputError(f"--drop-below must be a finite number, not {drop_below}")
+    check_request(drop_below, exclude)
     known = set(features)
     for name in exclude:
         if name not in known:
@@ -246,8 +251,7 @@ def retrain(
     tracking_uri: str | None = None,
 ) -> RetrainResult:
     """Train one new trial of run ``run_id``'s experiment without the dropped features."""
-    if drop_below is None and not exclude:
-        raise InputError("retrain needs --drop-below X and/or --exclude F1,F2: nothing to drop")
+    check_request(drop_below, exclude)  # before any MLflow call
     quiet_mlflow()
     tracking = Tracking(tracking_uri)
     source = tracking.find_run(run_id)

@@ -218,6 +218,7 @@ def test_a_rule_watching_the_experiment_restores_its_ranking_at_the_next_pass(sq
         {"experiment_name": "x", "top_n": -3},
         {"experiment_name": "x", "top_n": "ten"},
         {"experiment_name": "x", "top_n": 100_000},
+        {"experiment_name": "x", "top_n": 201},  # above the kept board's 200 runs
         {"experiment_name": "x", "ascending": "sideways"},
         {"experiment_name": ""},
         {"metric": "avg_test_r2"},
@@ -227,6 +228,7 @@ def test_a_rule_watching_the_experiment_restores_its_ranking_at_the_next_pass(sq
         "top_n_negative",
         "top_n_text",
         "top_n_huge",
+        "top_n_above_board",
         "ascending_text",
         "empty_name",
         "no_name",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from watcher.detect import MAX_BOARD, ExperimentState, board_size, decide, fingerprint
+from watcher.model import MAX_TOP_N
 from watcher.ranking import Candidate
 
 FP = fingerprint("avg_test_r2", False, None)
@@ -46,6 +47,7 @@ def test_a_full_board_fits_an_experiment_tag() -> None:
     assert board_size(10) == 20
     assert board_size(1) == 11
     assert board_size(500) == MAX_BOARD
+    assert board_size(MAX_TOP_N) >= MAX_TOP_N  # the largest allowed top N is always kept whole
 
 
 def test_fingerprint_changes_with_metric_direction_and_filter_only() -> None:

@@ -45,6 +45,11 @@ CASES = [
         id="top-n",
     ),
     pytest.param(
+        with_rule(top_n=201),
+        ["rule #2 'wf-xgboost' (rules[1])", "field 'top_n'", "less than or equal to 200"],
+        id="top-n-above-the-kept-board",
+    ),
+    pytest.param(
         with_rule(production_candidates=11),
         ["rules[1]", "field 'production_candidates'", "between 0 and top_n (10) (got 11)"],
         id="candidates-above-top-n",

@@ -28,6 +28,7 @@ from pydantic import BaseModel
 
 from watcher import metrics
 from watcher.errors import ConfigError, ExperimentNotFound, NoRankedRuns, TrackingError
+from watcher.model import MAX_TOP_N  # the kept board's size: a larger top_n could not be tagged
 
 if TYPE_CHECKING:
     from watcher.model import Leaderboard
@@ -38,7 +39,6 @@ log = structlog.get_logger(__name__)
 
 # The guide: "production_candidate: Only for top 3 models".
 PRODUCTION_CANDIDATES = 3
-MAX_TOP_N = 1000
 STARTUP_TIMEOUT_S = 10.0
 GRACEFUL_SHUTDOWN_S = 5
 

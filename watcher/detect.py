@@ -32,12 +32,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from watcher.model import MAX_TOP_N
 from watcher.ranking import Candidate
 
 STATE_TAG = "podium.state"
 STATE_VERSION = 1
-# An experiment tag holds up to 20,000 characters; a board entry takes at most ~80.
-MAX_BOARD = 200
+# An experiment tag holds up to 20,000 characters; a board entry takes at most ~80. The board
+# always holds the whole top N, so top_n is capped at this size (settings and the API check it).
+MAX_BOARD = MAX_TOP_N
 
 
 def fingerprint(metric: str, ascending: bool, filter_string: str | None) -> str:

@@ -13,6 +13,9 @@ if TYPE_CHECKING:
 MODEL_RANK = "model_rank"
 PRODUCTION_CANDIDATE = "production_candidate"
 TRUE = "true"
+# The largest top_n a rule or POST /models/rank may ask for: the watcher keeps the board (the
+# top N and runners-up) in one experiment tag of at most 20,000 characters, 200 runs at most.
+MAX_TOP_N = 200
 
 
 def top_tag(top_n: int) -> str:

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
 from watcher.errors import ConfigError
+from watcher.model import MAX_TOP_N
 
 DEFAULT_CONFIG_PATH = Path("config/watcher.yaml")
 
@@ -71,7 +72,7 @@ class RuleConfig(_Strict):
     experiments: list[str] = Field(min_length=1)
     metric: str = Field(min_length=1)
     ascending: bool = False
-    top_n: int = Field(default=10, ge=1)
+    top_n: int = Field(default=10, ge=1, le=MAX_TOP_N)
     production_candidates: int = Field(default=3, ge=0)
     filter: str | None = None
     trigger: Trigger = "experiment_finished"

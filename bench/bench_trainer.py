@@ -65,7 +65,7 @@ def latest_metrics(client: MlflowClient, experiment_name: str) -> dict[str, dict
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--backend", default="sqlite")
-    parser.add_argument("--trials", type=int, default=6)
+    parser.add_argument("--trials", type=int, default=4)
     parser.add_argument("--reps", type=int, default=2)
     parser.add_argument("--jobs", default="1,2", help="Podium --jobs values to measure")
     parser.add_argument("--out", default="trainer")

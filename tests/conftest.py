@@ -17,11 +17,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from pytest_httpserver import HTTPServer
 
 from tests.support.mlflow_server import (
     ServerHandle,
     create_pg_database,
     drop_pg_database,
+    free_port,
     start_server,
 )
 from tests.support.mlflow_server import (
@@ -80,6 +82,16 @@ def mlflow_server(request: pytest.FixtureRequest) -> ServerHandle:
     """A real tracking server; tests using it run once per backend."""
     name = "sqlite_server" if request.param == "sqlite" else "postgres_server"
     return request.getfixturevalue(name)
+
+
+@pytest.fixture
+def receiver() -> Iterator[HTTPServer]:
+    """A local receiver on a fixed port that is not listening until the test starts it."""
+    server = HTTPServer(host="127.0.0.1", port=free_port())
+    yield server
+    if server.is_running():
+        server.clear()
+        server.stop()
 
 
 @pytest.fixture

@@ -314,6 +314,18 @@ def _passes_ok(metrics_text: str) -> float:
     return 0.0
 
 
+def _start_daemon(image: Image, env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    """Run the image's ENTRYPOINT + CMD from its venv, output to `log_path`."""
+    with open(log_path, "wb") as log:
+        return subprocess.Popen(
+            image.argv(image.entrypoint + image.cmd, env),
+            env=env,
+            cwd=image.root / "home",
+            stdout=log,
+            stderr=log,
+        )
+
+
 def _healthcheck(image: Image, env: dict[str, str]) -> int:
     return subprocess.run(
         image.argv(image.healthcheck, env), env=env, cwd=image.root, capture_output=True, timeout=60
@@ -331,14 +343,7 @@ def test_image_command_serves_healthz_ranks_and_exits_0_on_sigterm(image, daemon
     run_ids = _make_runs(sqlite_server.url, name, [0.2, 0.9, 0.5])
     url = f"http://127.0.0.1:{env['WATCHER_HTTP__PORT']}"
     log_path = image.root / f"daemon-{uuid4().hex[:6]}.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            image.argv(image.entrypoint + image.cmd, env),
-            env=env,
-            cwd=image.root / "home",
-            stdout=log,
-            stderr=log,
-        )
+    proc = _start_daemon(image, env, log_path)
     try:
         deadline = time.monotonic() + STARTUP_S
         status = None
@@ -400,14 +405,7 @@ def test_http_disabled_runs_passes_without_listening(image, daemon_env):
     env, _ = daemon_env
     env = {**env, "WATCHER_HTTP__ENABLED": "false"}
     log_path = image.root / f"daemon-nohttp-{uuid4().hex[:6]}.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            image.argv(image.entrypoint + image.cmd, env),
-            env=env,
-            cwd=image.root / "home",
-            stdout=log,
-            stderr=log,
-        )
+    proc = _start_daemon(image, env, log_path)
     try:
         deadline = time.monotonic() + STARTUP_S
         while '"pass_finished"' not in log_path.read_text():

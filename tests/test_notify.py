@@ -14,6 +14,7 @@ from pytest_httpserver import HTTPServer
 from structlog.testing import capture_logs
 from werkzeug import Request, Response
 
+from tests.support.mlflow_server import free_port
 from watcher.model import Leaderboard, LeaderboardChanged, RankedRun
 from watcher.notify import (
     DELIVERY_ID_HEADER,
@@ -72,12 +73,6 @@ class Sleeps:
 
     def __call__(self, seconds: float) -> None:
         self.calls.append(seconds)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # --- payload -------------------------------------------------------------------------------

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
-from collections.abc import Iterator
 from uuid import uuid4
 
 import pytest
@@ -12,6 +10,7 @@ from mlflow import MlflowClient
 from pytest_httpserver import HTTPServer
 from structlog.testing import capture_logs
 
+from tests.support.mlflow_server import free_port
 from tests.test_notify import SECRET, Sleeps, make_event, verify
 from watcher import metrics
 from watcher.errors import ConfigError
@@ -26,22 +25,6 @@ from watcher.notify import (
     resolve_targets,
 )
 from watcher.settings import RuleConfig, WebhookConfig
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture
-def receiver() -> Iterator[HTTPServer]:
-    """A local receiver on a fixed port that is not listening until the test starts it."""
-    server = HTTPServer(host="127.0.0.1", port=free_port())
-    yield server
-    if server.is_running():
-        server.clear()
-        server.stop()
 
 
 class World:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from uuid import uuid4
 
 import mlflow
@@ -13,7 +12,7 @@ from pytest_httpserver import HTTPServer
 
 from tests.support.mlflow_server import ServerHandle
 from tests.test_notify import SECRET, Sleeps, verify
-from tests.test_notify_handler import free_port, requests_to
+from tests.test_notify_handler import requests_to
 from tests.test_registry import log_run, predict
 from watcher.cli import build_handlers
 from watcher.mlflow_io import MlflowRegistry, MlflowTracking
@@ -26,20 +25,9 @@ pytestmark = pytest.mark.server
 
 
 @pytest.fixture
-def server(sqlite_server: ServerHandle) -> Iterator[ServerHandle]:
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(sqlite_server.url)
-    yield sqlite_server
-    mlflow.set_tracking_uri(previous)
-
-
-@pytest.fixture
-def receiver() -> Iterator[HTTPServer]:
-    server = HTTPServer(host="127.0.0.1", port=free_port())
-    yield server
-    if server.is_running():
-        server.clear()
-        server.stop()
+def server(sqlite_server: ServerHandle) -> ServerHandle:
+    mlflow.set_tracking_uri(sqlite_server.url)  # conftest restores it after the test
+    return sqlite_server
 
 
 def make_settings(url: str, experiment: str, hook_url: str, model_name: str) -> WatcherSettings:

@@ -28,15 +28,8 @@ pytestmark = pytest.mark.server
 X = np.random.default_rng(0).random((64, 3))
 
 
-@pytest.fixture(autouse=True)
-def _restore_fluent_tracking_uri() -> Iterator[None]:
-    """Tests point the fluent API (which logs the trainer-like runs) at their server."""
-    previous = mlflow.get_tracking_uri()
-    yield
-    mlflow.set_tracking_uri(previous)
-
-
 def use(server: ServerHandle) -> str:
+    """Point the fluent API (which logs the trainer-like runs) at a server; conftest restores it."""
     mlflow.set_tracking_uri(server.url)
     return server.url
 

@@ -61,19 +61,15 @@ def test_alias_follows_the_trainers_best_run_and_serves_its_model(sqlite_server:
     tracking = MlflowTracking(sqlite_server.url)
     watcher = Watcher(settings, tracking, build_handlers(settings, tracking))
     client = MlflowClient(sqlite_server.url)
-    previous_uri = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(sqlite_server.url)
-    try:
-        train(sqlite_server, name, trials=1, seed=1)
-        experiment_id = client.get_experiment_by_name(name).experiment_id
-        assert watcher.run_pass().handler_report == {"registry_promoted": 1}
-        first = assert_alias_serves_the_leader(client, experiment_id, model_name)
+    mlflow.set_tracking_uri(sqlite_server.url)  # conftest restores it after the test
+    train(sqlite_server, name, trials=1, seed=1)
+    experiment_id = client.get_experiment_by_name(name).experiment_id
+    assert watcher.run_pass().handler_report == {"registry_promoted": 1}
+    first = assert_alias_serves_the_leader(client, experiment_id, model_name)
 
-        train(sqlite_server, name, trials=2, seed=2)
-        assert watcher.run_pass().ok
-        leader = assert_alias_serves_the_leader(client, experiment_id, model_name)
-        versions = client.search_model_versions(f"name = '{model_name}'")
-        # Earlier leaders keep their versions; a new leader got one of its own.
-        assert len(versions) == (1 if leader == first else 2)
-    finally:
-        mlflow.set_tracking_uri(previous_uri)
+    train(sqlite_server, name, trials=2, seed=2)
+    assert watcher.run_pass().ok
+    leader = assert_alias_serves_the_leader(client, experiment_id, model_name)
+    versions = client.search_model_versions(f"name = '{model_name}'")
+    # Earlier leaders keep their versions; a new leader got one of its own.
+    assert len(versions) == (1 if leader == first else 2)

@@ -160,18 +160,15 @@ def test_logged_model_loads_and_predicts_with_its_signature(
     """The deployable model loads through pyfunc and predicts its own input example."""
     experiment, _, _ = sweep
     run = _runs(sqlite_server, experiment)[0]
-    mlflow.set_tracking_uri(sqlite_server.url)
-    try:
-        model_id = run.outputs.model_outputs[0].model_id
-        info = mlflow.models.get_model_info(f"models:/{model_id}")
-        assert info.signature is not None
-        assert len(info.signature.inputs.input_names()) == 150
-        loaded = mlflow.pyfunc.load_model(f"models:/{model_id}")
-        example = loaded.input_example
-        assert example is not None
-        assert len(loaded.predict(example)) == len(example)
-    finally:
-        mlflow.set_tracking_uri(None)
+    mlflow.set_tracking_uri(sqlite_server.url)  # conftest restores it after the test
+    model_id = run.outputs.model_outputs[0].model_id
+    info = mlflow.models.get_model_info(f"models:/{model_id}")
+    assert info.signature is not None
+    assert len(info.signature.inputs.input_names()) == 150
+    loaded = mlflow.pyfunc.load_model(f"models:/{model_id}")
+    example = loaded.input_example
+    assert example is not None
+    assert len(loaded.predict(example)) == len(example)
 
 
 def test_ui_search_for_positive_r2_finds_the_runs(

@@ -116,13 +116,16 @@ def _write(tmp_path: Path, frame: pd.DataFrame, name: str = "d.csv") -> Path:
         ("missing_file", {}, "does not exist"),
         ("not_a_table", {}, "cannot read data file"),
         ("wrong_suffix", {}, "neither CSV"),
-        ("no_time_column", {}, "no time column 'timestamp'"),
-        ("bad_time", {}, "time column 'timestamp'"),
+        ("no_time_column", {}, "has no time column: none is named timestamp, time, datetime, date, ts"),
+        ("several_time_columns", {}, "several time columns ('timestamp', 'Date')"),
+        ("named_time_column_missing", {"time_column": "when"}, "no time column 'when'"),
+        ("bad_time", {}, "time column 'timestamp' in"),
         ("duplicate_time", {}, "duplicate timestamp"),
         ("missing_target", {"target": "nope"}, "no target column 'nope'"),
         ("text_target", {"target": "y"}, "target column 'y'"),
-        ("no_ohlcv", {}, "lacks OHLCV column(s) volume"),
-        ("text_close", {}, "OHLCV column 'close'"),
+        ("no_ohlcv", {}, "lacks OHLCV column(s) close"),
+        ("two_close_columns", {}, "several close columns ('close', 'Close')"),
+        ("text_close", {}, "OHLCV column 'close' in"),
         ("empty", {}, "has no rows"),
         ("too_short_for_features", {}, "OHLCV mode needs more than 170"),
     ],
@@ -143,10 +146,17 @@ def test_bad_input_names_file_and_column(
         path.write_text("x")
     elif case == "no_time_column":
         path = _write(tmp_path, bars.rename(columns={"timestamp": "t"}))
+    elif case == "several_time_columns":
+        path = _write(tmp_path, bars.assign(Date=bars["timestamp"].dt.date))
+    elif case == "named_time_column_missing":
+        path = _write(tmp_path, bars)
     elif case == "bad_time":
         frame = bars.astype({"timestamp": str})
         frame.loc[5, "timestamp"] = "yesterday-ish"
         path = _write(tmp_path, frame)
+        expected = (
+            "time column 'timestamp' in {path} has a value that is not a time: 'yesterday-ish' in row 6"
+        )
     elif case == "duplicate_time":
         path = _write(tmp_path, pd.concat([bars, bars.iloc[[3]]]))
     elif case == "missing_target":
@@ -154,11 +164,15 @@ def test_bad_input_names_file_and_column(
     elif case == "text_target":
         path = _write(tmp_path, bars.assign(y=["up", "down"] * 100))
     elif case == "no_ohlcv":
-        path = _write(tmp_path, bars.drop(columns="volume"))
+        path = _write(tmp_path, bars.drop(columns="close"))
+    elif case == "two_close_columns":
+        path = _write(tmp_path, bars.assign(Close=bars["close"]))
     elif case == "text_close":
         frame = bars.astype({"close": str})
         frame.loc[7, "close"] = "n/a?"
-        path = _write(tmp_path, frame)
+        path = _write(tmp_path, frame.sample(frac=1.0, random_state=1))  # rows out of order
+        row = list(frame.sample(frac=1.0, random_state=1).index).index(7) + 1
+        expected = f"OHLCV column 'close' in {{path}} is not numeric: 'n/a?' in row {row}"
     elif case == "too_short_for_features":
         path = _write(tmp_path, bars.iloc[:100])
     else:
@@ -166,6 +180,6 @@ def test_bad_input_names_file_and_column(
     with pytest.raises(InputError) as info:
         data.load(path, **kwargs)  # type: ignore[arg-type]
     message = str(info.value)
-    assert expected in message
+    assert expected.format(path=path) in message
     assert str(path) in message
     assert "\n" not in message

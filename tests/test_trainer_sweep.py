@@ -23,7 +23,8 @@ from tests.support.mlflow_server import ServerHandle
 from tests.support.trainer_data import write_linear_csv
 from trainer import cli, data
 from trainer.config import TrainerConfig, sample_trial
-from trainer.sweep import load_checked, run_sweep
+from trainer.prepare import load_checked
+from trainer.sweep import run_sweep
 from trainer.train import Prepared, run_trial
 
 # Small and fast: three 6-month folds, shallow short trees, one permutation repeat.

@@ -14,13 +14,11 @@ Deciding what to drop (``plan_drop``) is pure; everything a user can get wrong i
 
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 import difflib
 import json
 import math
-import sys
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,19 +30,12 @@ import structlog
 
 from trainer import data
 from trainer.config import HYPERPARAMETERS, TrainerConfig, load_config
-from trainer.errors import InputError, TrainingError
+from trainer.errors import InputError
 from trainer.executor import InlineExecutor
 from trainer.importance import IMPORTANCE_CSV, PERMUTATION_JSON, SKIPPED_TAG
-from trainer.sweep import (
-    TrialTask,
-    WorkerContext,
-    execute,
-    init_worker,
-    load_checked,
-    mark_ended,
-    static_params,
-)
+from trainer.prepare import prepare, static_params
 from trainer.tracking import LoggedRun, Tracking, quiet_mlflow
+from trainer.worker import FAILED, TrialTask, WorkerContext, execute, init_worker, mark_ended
 
 log = structlog.get_logger(__name__)
 
@@ -186,10 +177,11 @@ def config_of(run: LoggedRun, importance_settings: dict[str, Any]) -> TrainerCon
         "walk_forward.test_months": params["test_months"],
         "data.path": None if source.startswith("builtin:") else source,
         "data.target": params.get("target") if params["data_mode"] == "target" else None,
-        "data.time_column": params.get("time_column", "timestamp"),
+        "data.time_column": params.get("time_column"),
     }
     optional = {
         "window": "walk_forward.window",
+        "min_test_rows": "walk_forward.min_test_rows",
         "sweep_seed": "seed",
         "objective": "xgboost.objective",
         "tree_method": "xgboost.tree_method",
@@ -263,9 +255,10 @@ def retrain(
         scores, settings = _importance_of(tracking, source, tmp)
         config = config_of(source, settings)
         try:
-            dataset = load_checked(config)
+            inputs = prepare(config)
         except InputError as e:
             raise InputError(f"cannot reload the data of run {run_id}: {e}") from e
+        dataset = inputs.dataset
         unknown = [name for name in scores if name not in set(dataset.feature_names)]
         if unknown:
             raise InputError(
@@ -278,7 +271,7 @@ def retrain(
         subset = dataclasses.replace(
             dataset, X=np.ascontiguousarray(dataset.X[:, columns]), feature_names=list(plan.kept)
         )
-        params = static_params(config, subset)
+        params = static_params(config, dataclasses.replace(inputs, dataset=subset))
         params["dropped_features"] = ",".join(name for name, _ in plan.dropped)
         if drop_below is not None:
             params["drop_below"] = repr(drop_below)
@@ -311,25 +304,6 @@ def retrain(
                 execute, TrialTask(index, new_run_id, artifact_uri, hyperparameters, seed)
             ).result()
         except BaseException:  # the trial itself marks its run; this is for what comes before it
-            mark_ended(tracking, new_run_id, "FAILED")
+            mark_ended(tracking, new_run_id, FAILED)
             raise
     return RetrainResult(source, new_run_id, outcome.status, plan, outcome.metrics, outcome.error)
-
-
-def main(args: argparse.Namespace) -> int:
-    exclude = parse_exclude(args.exclude)
-    result = retrain(args.run_id, drop_below=args.drop_below, exclude=exclude)
-    if result.status != "FINISHED":
-        raise TrainingError(f"retraining run {args.run_id} failed in run {result.run_id}: {result.error}")
-    before = result.source.metrics.get("avg_test_r2", math.nan)
-    after = result.metrics.get("avg_test_r2", math.nan)
-    total = len(result.plan.kept) + len(result.plan.dropped)
-    names = ", ".join(name for name, _ in result.plan.dropped[:10])
-    more = f" and {len(result.plan.dropped) - 10} more" if len(result.plan.dropped) > 10 else ""
-    print(
-        f"Retrained run {args.run_id} as run {result.run_id} (experiment {result.source.experiment_id}): "
-        f"{total} -> {len(result.plan.kept)} features, dropped {names}{more}\n"
-        f"avg_test_r2 {before:.5f} -> {after:.5f}",
-        file=sys.stdout,
-    )
-    return 0

@@ -100,11 +100,17 @@ def test_trial_failing_midway_is_marked_failed_and_the_cli_exits_1(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """A trial that raises inside XGBoost ends as a FAILED run, never RUNNING; `train` exits 1."""
-    space = {**SMALL["search_space"], "grow_policy": {"type": "choice", "values": ["no-such-policy"]}}
+    """A trial that raises inside XGBoost ends as a FAILED run, never RUNNING; `train` exits 1.
+
+    Poisson regression is a valid setting that XGBoost refuses only once it sees the target:
+    the sample's returns are negative."""
     experiment = fresh_experiment()
     path = tmp_path / "failing.yaml"
-    path.write_text(yaml.safe_dump({**SMALL, "trials": 1, "search_space": space, "experiment": experiment}))
+    path.write_text(
+        yaml.safe_dump(
+            {**SMALL, "trials": 1, "xgboost": {"objective": "count:poisson"}, "experiment": experiment}
+        )
+    )
     monkeypatch.setenv("MLFLOW_TRACKING_URI", sqlite_server.url)
     try:
         code = cli.main(["train", "--config", str(path), "--no-progress"])

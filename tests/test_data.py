@@ -183,3 +183,88 @@ def test_bad_input_names_file_and_column(
     assert expected.format(path=path) in message
     assert str(path) in message
     assert "\n" not in message
+
+
+def test_a_pandas_index_is_the_time_column_and_ohlcv_may_be_capitalised(tmp_path: Path) -> None:
+    """`df.to_csv()` of bars indexed by time, columns Open..Close and no volume: the unnamed first
+    column is the time, and the volume features are left out."""
+    bars = _bars().set_index("timestamp").drop(columns="volume").rename(columns=str.capitalize)
+    bars.index.name = None
+    path = tmp_path / "fx.csv"
+    bars.to_csv(path)
+    assert path.read_text().startswith(",Open,High,Low,Close\n")
+    loaded = data.load(path)
+    assert loaded.time_column == "Unnamed: 0"
+    assert loaded.mode == "ohlcv"
+    assert not [n for n in loaded.feature_names if "volume" in n]
+    assert "hour_sin" in loaded.feature_names
+    assert loaded.bar_interval == "1h"
+
+
+def test_a_parquet_time_index_is_the_time_column(tmp_path: Path) -> None:
+    """A Parquet file that kept its DatetimeIndex (named or not) gives that index as the time column."""
+    bars = _bars().set_index("timestamp")
+    for name in (None, "Datetime"):
+        bars.index.name = name
+        path = tmp_path / f"{name}.parquet"
+        bars.to_parquet(path)
+        assert data.load(path).time_column == ("" if name is None else "Datetime")
+
+
+def test_an_unnamed_first_column_of_numbers_is_not_a_time_column(tmp_path: Path) -> None:
+    """`to_csv()` of a frame with a plain row index: that index is no time column, `Date` is."""
+    frame = _bars().rename(columns={"timestamp": "Date"})
+    path = tmp_path / "rows.csv"
+    frame.to_csv(path)
+    assert data.load(path).time_column == "Date"
+
+
+@pytest.mark.parametrize(
+    ("freq", "business", "interval"),
+    [
+        ("h", False, "1h"),
+        ("15min", False, "15min"),
+        ("D", False, "1d"),
+        ("D", True, "1d"),
+        ("W", False, "1w"),
+    ],
+)
+def test_bar_interval_is_the_median_step(freq: str, business: bool, interval: str) -> None:
+    """Weekends and gaps do not change the interval: the median step decides."""
+    times = pd.date_range("2024-01-01", periods=400, freq=freq)
+    if business:
+        times = times[times.day_of_week < 5]
+    assert data.bar_interval(times.to_numpy(dtype="datetime64[ns]")) == interval
+
+
+def test_daily_bars_get_no_hour_features_and_constant_columns_are_dropped(tmp_path: Path) -> None:
+    """On business-day bars the hour is never engineered and is_weekend (always 0) is dropped."""
+    bars = _bars(400)
+    bars["timestamp"] = pd.bdate_range("2022-01-03", periods=400)
+    path = _write(tmp_path, bars, "daily.csv")
+    loaded = data.load(path)
+    assert not [n for n in loaded.feature_names if n.startswith("hour")]
+    assert loaded.dropped_constant == ("is_weekend",)
+    assert "is_weekend" not in loaded.feature_names
+    assert loaded.X.shape[1] == len(loaded.feature_names)
+    assert loaded.bar_interval == "1d"
+
+
+def test_target_mode_drops_constant_columns(tmp_path: Path) -> None:
+    """A feature column with one value (or none) is dropped; every one constant is an error."""
+    frame = pd.DataFrame(
+        {
+            "time": pd.date_range("2024-01-01", periods=30, freq="D"),
+            "a": np.arange(30.0),
+            "same": 1.0,
+            "empty": np.nan,
+            "y": np.arange(30.0),
+        }
+    )
+    path = _write(tmp_path, frame)
+    loaded = data.load(path, target="y")
+    assert loaded.feature_names == ["a"]
+    assert loaded.dropped_constant == ("same", "empty")
+    path = _write(tmp_path, frame.drop(columns="a"), "flat.csv")
+    with pytest.raises(InputError, match="every feature is constant"):
+        data.load(path, target="y")

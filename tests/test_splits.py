@@ -248,18 +248,22 @@ def timelines(draw: st.DrawFn) -> np.ndarray:
     window=st.sampled_from(["rolling", "expanding"]),
 )
 def test_walk_forward_properties(times: np.ndarray, train: int, test: int, window: str) -> None:
-    """No test row is before or inside its training window; test windows touch, never overlap."""
+    """No test row is before or inside its training window; test windows touch, never overlap;
+    every candidate window is used or skipped, and a used one has enough rows."""
     try:
-        folds = walk_forward_splits(times, train, test, window)  # type: ignore[arg-type]
+        plan = plan_folds(times, train, test, window)  # type: ignore[arg-type]
     except NotEnoughMonths as e:
         available = e.available
         folds = []
     else:
         available = month_span(times)[1]
+        folds = plan.folds
+        assert len(folds) + len(plan.skipped) == (available - train) // test  # every candidate window
+        assert folds == walk_forward_splits(times, train, test, window)  # type: ignore[arg-type]
     assert available == month_span(times)[1]
     for fold in folds:
-        assert fold.n_train > 0
-        assert fold.n_test > 0
+        assert fold.n_train >= 10
+        assert fold.n_test >= max(10, plan.min_test_rows)
         assert times[fold.train].max() < times[fold.test].min()
         assert fold.train.stop <= fold.test.start
         assert fold.train_end == fold.test_start
@@ -274,6 +278,6 @@ def test_walk_forward_properties(times: np.ndarray, train: int, test: int, windo
         assert start >= end  # no overlap
         assert (start - end) % np.timedelta64(test, "M") == np.timedelta64(
             0, "M"
-        )  # only empty windows skipped
+        )  # only whole windows skipped
     tested = [row for f in folds for row in range(f.test.start, f.test.stop)]
     assert len(tested) == len(set(tested))

@@ -123,6 +123,11 @@ def _write(tmp_path: Path, frame: pd.DataFrame, name: str = "d.csv") -> Path:
         ("duplicate_time", {}, "duplicate timestamp"),
         ("missing_target", {"target": "nope"}, "no target column 'nope'"),
         ("text_target", {"target": "y"}, "target column 'y'"),
+        (
+            "bad_feature_value",
+            {"target": "close"},
+            "feature column 'open' in {path} is not numeric: '1,5' in row 9",
+        ),
         ("no_ohlcv", {}, "lacks OHLCV column(s) close"),
         ("two_close_columns", {}, "several close columns ('close', 'Close')"),
         ("text_close", {}, "OHLCV column 'close' in"),
@@ -161,6 +166,10 @@ def test_bad_input_names_file_and_column(
         path = _write(tmp_path, pd.concat([bars, bars.iloc[[3]]]))
     elif case == "missing_target":
         path = _write(tmp_path, bars)
+    elif case == "bad_feature_value":
+        frame = bars.astype({"open": str})
+        frame.loc[8, "open"] = "1,5"
+        path = _write(tmp_path, frame)
     elif case == "text_target":
         path = _write(tmp_path, bars.assign(y=["up", "down"] * 100))
     elif case == "no_ohlcv":

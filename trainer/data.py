@@ -322,6 +322,15 @@ def _numeric(frame: pd.DataFrame, col: str, where: str, role: str) -> np.ndarray
     return series.to_numpy(dtype="float64", na_value=np.nan)
 
 
+def _mostly_numbers(series: pd.Series) -> bool:
+    """A text column most of whose values are numbers: a feature with a few bad values, not a
+    label to ignore."""
+    if pd.api.types.is_numeric_dtype(series) or pd.api.types.is_bool_dtype(series):
+        return False
+    present = series.dropna()
+    return len(present) > 0 and bool(pd.to_numeric(present, errors="coerce").notna().mean() >= 0.5)
+
+
 def _file_row(frame: pd.DataFrame, position: int) -> int:
     """1-based row in the file of the row at ``position`` (rows may have been sorted)."""
     label = frame.index[position]
@@ -382,6 +391,9 @@ def _with_target(
             f"data file {where} has no target column {target!r} (columns: {_list(frame.columns)})"
         )
     y = _numeric(frame, target, where, "target")
+    for column in frame.columns:
+        if column not in (target, time_column) and _mostly_numbers(frame[column]):
+            _numeric(frame, column, where, "feature")  # names the first value that is not a number
     names = [
         str(c)
         for c in frame.columns

@@ -13,7 +13,7 @@ from trainer.config import TrainerConfig
 from trainer.data import Dataset
 from trainer.errors import InputError
 from trainer.importance import feature_params
-from trainer.splits import FoldPlan, NotEnoughMonths, plan_folds
+from trainer.splits import MIN_WINDOW_ROWS, FoldPlan, NotEnoughMonths, plan_folds
 
 log = structlog.get_logger(__name__)
 
@@ -34,7 +34,7 @@ def prepare(config: TrainerConfig) -> Inputs:
     try:
         plan = plan_folds(dataset.times, wf.train_months, wf.test_months, wf.window, wf.min_test_rows)
     except NotEnoughMonths as e:
-        raise InputError(no_fold_message(e, where, wf.train_months, wf.test_months)) from e
+        raise InputError(no_fold_message(e, where, wf.train_months, wf.test_months, wf.min_test_rows)) from e
     log.info(
         "data_loaded",
         source=dataset.source,
@@ -59,14 +59,17 @@ def load_checked(config: TrainerConfig) -> Dataset:
     return prepare(config).dataset
 
 
-def no_fold_message(e: NotEnoughMonths, where: str, train_months: int, test_months: int) -> str:
+def no_fold_message(
+    e: NotEnoughMonths, where: str, train_months: int, test_months: int, min_test_rows: int | None = None
+) -> str:
     """What one fold needs and what the data has."""
     has = f"the file has {e.rows} usable rows over {e.available} calendar months ({e.first} .. {e.last})"
     if not e.min_test_rows:
         return (
             f"too little data in {where} for one fold: --train-months {train_months} plus "
             f"--test-months {test_months} need {e.needed} calendar months, "
-            f"the usable rows cover {e.available} ({e.first} .. {e.last}), {e.rows} rows"
+            f"the usable rows cover {e.available} ({e.first} .. {e.last}); the file has {e.rows} "
+            f"usable rows, and a test window needs at least {min_test_rows or MIN_WINDOW_ROWS}"
         )
     if e.largest_test < e.min_test_rows:
         need = (

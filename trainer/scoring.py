@@ -31,9 +31,9 @@ def scores(y: np.ndarray, pred: np.ndarray) -> dict[str, float]:
 
 
 def average(values: Iterable[float]) -> float:
-    """Mean of the finite values; NaN when none is finite."""
+    """Mean of the finite values (numpy's, as before any was undefined); NaN when none is finite."""
     finite = [v for v in values if math.isfinite(v)]
-    return math.fsum(finite) / len(finite) if finite else math.nan
+    return float(np.mean(finite)) if finite else math.nan
 
 
 def unscored_reason(test_r2: list[float]) -> str | None:

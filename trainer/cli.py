@@ -133,6 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _sample(args)
         from trainer import retrain
 
+        signal.signal(signal.SIGTERM, _interrupt)
         return retrain.main(args)
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -289,6 +289,7 @@ def retrain(
         }
         run_name = f"{source.run_name or run_id[:8]}_retrained"
         new_run_id, artifact_uri = tracking.create_run(source.experiment_id, run_name, tags)
+        print(f"new_run_id={new_run_id}", flush=True)  # machine-readable: the dashboard's jobs read it
         log.info(
             "retrain_started",
             source_run_id=run_id,
@@ -310,8 +311,8 @@ def retrain(
             outcome = executor.submit(
                 execute, TrialTask(index, new_run_id, artifact_uri, hyperparameters, seed)
             ).result()
-        except BaseException:  # the trial itself marks its run; this is for what comes before it
-            mark_ended(tracking, new_run_id, "FAILED")
+        except BaseException as e:  # the trial itself marks its run; this is for what comes before it
+            mark_ended(tracking, new_run_id, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
             raise
     return RetrainResult(source, new_run_id, outcome.status, plan, outcome.metrics, outcome.error)
 

@@ -238,7 +238,7 @@
       h("td", {}, m.production_candidate ? h("span", { class: "badge", "data-testid": "candidate" }, "★ production candidate") : ""),
       h("td", { class: "num" }, m.total_features === null || m.total_features === undefined ? "—" : m.total_features),
       h("td", { class: "params" }, paramKeys.filter((k) => k in m.params).map((k) => h("span", {}, `${k}=${m.params[k]}`))),
-      h("td", {}, m.url ? h("a", { href: m.url, target: "_blank", rel: "noopener noreferrer", "data-testid": "mlflow-link" }, "MLflow ↗") : "")));
+      h("td", { class: "nowrap" }, m.url ? h("a", { href: m.url, target: "_blank", rel: "noopener noreferrer", "data-testid": "mlflow-link" }, "MLflow ↗") : "")));
     root.appendChild(h("div", { class: "panel" },
       h("div", { class: "panel-head" }, h("h2", {}, `Leaderboard · top ${board.top_n}`),
         h("span", { class: "small" }, "Click a run for its feature importance.")),
@@ -350,7 +350,7 @@
     const rowH = 22;
     const labelW = labelWidth(features.map((f) => f.feature));
     const panelW = 330;
-    const gap = 36;
+    const gap = 48;
     const top = 28;
     const width = labelW + panelW * 2 + gap + 20;
     const height = top + features.length * rowH + 26;
@@ -393,8 +393,9 @@
   }
 
   function axis(svg, x, offset, y, lo, hi) {
-    for (const v of [lo, (lo + hi) / 2, hi]) {
-      svg.appendChild(s("text", { x: offset + x(v), y: y + 16, "text-anchor": "middle", class: "axis" }, fmt(v, 4)));
+    const ticks = [[lo, "start"], [(lo + hi) / 2, "middle"], [hi, "end"]];
+    for (const [v, anchor] of ticks) {
+      svg.appendChild(s("text", { x: offset + x(v), y: y + 16, "text-anchor": anchor, class: "axis" }, fmt(v, 4)));
     }
   }
 

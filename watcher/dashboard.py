@@ -251,15 +251,14 @@ def check_retrain(
         unknown = [name for name in request.exclude if name not in known]
         if unknown:
             raise ValueError(f"exclude: run {request.run_id} has no feature {unknown[0]!r}")
+        if set(request.exclude) >= known:
+            raise ValueError(f"exclude: dropping all {len(known)} features leaves nothing to train on")
         awkward = [name for name in request.exclude if "," in name or name != name.strip()]
         if awkward:
             raise ValueError(
                 f"exclude: feature {awkward[0]!r} cannot be passed to the trainer's --exclude "
                 "(a comma or surrounding spaces); use drop_below instead"
             )
-        dropped = set(request.exclude)
-        if dropped >= known:
-            raise ValueError(f"exclude: dropping all {len(known)} features leaves nothing to train on")
         return list(dict.fromkeys(request.exclude)), None
     threshold = request.drop_below
     assert threshold is not None

@@ -315,7 +315,8 @@ def _tracking_failed(e: TrackingError, route: str) -> HTTPException:
     )
 
 
-def job_view(job: Job, ui_base_url: str | None, experiment_id: str | None) -> dict[str, Any]:
+def job_view(job: Job, ui_base_url: str | None) -> dict[str, Any]:
+    experiment_id = job.experiment_id
     return {
         "job_id": job.job_id,
         "status": job.status,
@@ -344,12 +345,11 @@ def router(
     """The dashboard's routes over the watcher's tracking adapter; POSTs use the API's token."""
     api = APIRouter()
     importance_cache = _CsvCache(tracking)
-    job_experiments: dict[str, str] = {}  # job id -> the source run's experiment id
     ui = settings.ui_base_url
 
     # -- the page ------------------------------------------------------------------------------
 
-    @api.get("/", include_in_schema=False)
+    @api.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     def page() -> Response:
         return Response(
             (STATIC / "index.html").read_bytes(), media_type="text/html; charset=utf-8", headers=PAGE_HEADERS
@@ -607,12 +607,13 @@ def router(
         except ValueError as e:
             raise HTTPException(status.HTTP_400_BAD_REQUEST, detail=str(e)) from e
         try:
-            job = jobs.submit(body.run_id, exclude=exclude, drop_below=drop_below)
+            job = jobs.submit(
+                body.run_id, exclude=exclude, drop_below=drop_below, experiment_id=run.experiment_id
+            )
         except QueueFull as e:
             raise HTTPException(status.HTTP_429_TOO_MANY_REQUESTS, detail=str(e)) from e
-        job_experiments[job.job_id] = run.experiment_id
         log.info("api_retrain_queued", job_id=job.job_id, run_id=body.run_id)
-        return JSONResponse(job_view(job, ui, run.experiment_id), status_code=status.HTTP_202_ACCEPTED)
+        return JSONResponse(job_view(job, ui), status_code=status.HTTP_202_ACCEPTED)
 
     @api.get("/api/jobs/{job_id}", tags=["dashboard"])
     def get_job(job_id: str) -> dict[str, Any]:
@@ -620,12 +621,12 @@ def router(
         job = jobs.get(job_id)
         if job is None:
             raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no job with id {job_id!r}")
-        return job_view(job, ui, job_experiments.get(job_id))
+        return job_view(job, ui)
 
     @api.get("/api/jobs", tags=["dashboard"])
     def list_jobs() -> list[dict[str, Any]]:
         """Recent retrain jobs, newest first."""
-        return [job_view(j, ui, job_experiments.get(j.job_id)) for j in jobs.recent()]
+        return [job_view(j, ui) for j in jobs.recent()]
 
     return api
 

@@ -58,6 +58,7 @@ class Job:
     exclude: tuple[str, ...] | None
     drop_below: float | None
     created_at: float
+    experiment_id: str | None = None  # the source run's, for links to the new run
     status: JobStatus = "queued"
     new_run_id: str | None = None
     started_at: float | None = None
@@ -107,7 +108,12 @@ class JobRunner:
     # -- the API's side ----------------------------------------------------------------------
 
     def submit(
-        self, run_id: str, *, exclude: Sequence[str] | None = None, drop_below: float | None = None
+        self,
+        run_id: str,
+        *,
+        exclude: Sequence[str] | None = None,
+        drop_below: float | None = None,
+        experiment_id: str | None = None,
     ) -> Job:
         """Queue a job; raises QueueFull when MAX_QUEUED jobs wait already."""
         with self._lock:
@@ -122,6 +128,7 @@ class JobRunner:
                 exclude=tuple(exclude) if exclude is not None else None,
                 drop_below=drop_below,
                 created_at=self.clock(),
+                experiment_id=experiment_id,
             )
             self._jobs[job.job_id] = job
             self._forget_old()

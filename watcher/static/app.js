@@ -191,7 +191,7 @@
       return h("tr", { class: "clickable", onclick: open, "data-testid": "experiment-row", "data-experiment-id": e.experiment_id },
         h("td", {}, h("a", { href: `#/experiments/${encodeURIComponent(e.experiment_id)}`, class: "runname", "data-testid": "experiment-name" }, e.experiment_name)),
         h("td", {}, e.rule || "—"),
-        h("td", {}, e.metric ? h("span", {}, h("code", {}, e.metric), " ", h("span", { class: "small" }, e.ascending ? "↓" : "↑")) : "—"),
+        h("td", {}, e.metric ? h("span", {}, h("code", {}, e.metric), " ", h("span", { class: "small" }, e.ascending ? "↓ lower is better" : "↑ higher is better")) : "—"),
         h("td", { "data-testid": "experiment-leader" }, e.leader
           ? [h("span", { class: "runname" }, e.leader.run_name || e.leader.run_id), " ", h("span", { class: "small mono" }, fmt(e.leader.value))]
           : h("span", { class: "badge muted" }, "not ranked yet")),

@@ -295,6 +295,12 @@ def test_retrain_two_ticked_features_makes_a_new_run_linked_from_the_page(stack:
     assert submit.is_enabled()
     submit.click()
 
+    # while it runs: status and a growing log tail, and the new run as soon as it exists
+    page.locator("[data-testid=job][data-status=running]").wait_for(timeout=WAIT_MS)
+    page.wait_for_function(
+        "() => (document.querySelector('[data-testid=job-log]') || {}).textContent.includes('new_run_id=')",
+        timeout=WAIT_MS,
+    )
     link = page.get_by_test_id("new-run-link")
     link.wait_for(timeout=WAIT_MS)
     page.locator("[data-testid=job][data-status=finished]").wait_for(timeout=WAIT_MS)

@@ -269,6 +269,7 @@ def test_retrain_refuses_bad_requests_before_any_job(
 
 
 def test_retrain_needs_the_token_and_a_json_body(setup: Setup) -> None:
+    """401 without the token; 400 for a body that is not JSON; 415 unless declared as JSON."""
     r = setup.http.post("/api/retrain", json={"run_id": setup.runs[0], "exclude": ["eps"]})
     assert r.status_code == 401
     r = setup.http.post(
@@ -276,6 +277,10 @@ def test_retrain_needs_the_token_and_a_json_body(setup: Setup) -> None:
     )
     assert r.status_code == 400
     assert r.json()["detail"]
+    # what a page of another site could send without a CORS preflight is refused
+    body = b'{"run_id": "%s", "exclude": ["eps"]}' % setup.runs[0].encode()
+    r = setup.http.post("/api/retrain", content=body, headers={**AUTH, "Content-Type": "text/plain"})
+    assert r.status_code == 415
 
 
 def test_a_job_whose_trainer_fails_ends_failed_with_its_log_tail(setup: Setup) -> None:

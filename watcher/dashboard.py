@@ -576,11 +576,19 @@ def router(
             400: {"description": "Bad body, unknown feature, nothing or everything to drop"},
             401: {"description": "Missing or wrong bearer token"},
             404: {"description": "Unknown run"},
+            415: {"description": "The body is not declared as JSON"},
             429: {"description": "The job queue is full"},
         },
     )
     async def retrain(request: Request) -> JSONResponse:
         """Queue ``python -m trainer retrain`` for a run, without the features named or below a threshold."""
+        # A page of another site can POST text/plain here without asking (no CORS preflight);
+        # application/json it cannot, so a watcher without a token is not retrained from afar.
+        if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
+            raise HTTPException(
+                status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
+                detail="the body must be JSON (Content-Type: application/json)",
+            )
         try:
             body = RetrainRequest.model_validate_json(await request.body())
         except ValidationError as e:

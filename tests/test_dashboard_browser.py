@@ -306,6 +306,7 @@ def test_retrain_two_ticked_features_makes_a_new_run_linked_from_the_page(stack:
     page.locator("[data-testid=job][data-status=finished]").wait_for(timeout=WAIT_MS)
     assert not page.get_by_test_id("token-dialog").is_visible()  # the token was asked for once
     assert page.get_by_test_id("job-log").inner_text()
+    page.get_by_test_id("job-log").scroll_into_view_if_needed()
     shot(page, "dashboard-retrain.png", full_page=False)
     new_id = link.get_attribute("data-run-id")
     new = stack.client.get_run(new_id)

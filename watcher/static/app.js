@@ -485,6 +485,7 @@
 
   let retrainFeatures = [];
   let pollTimer = null;
+  let shownJob = null;
 
   async function openRetrain(experimentName, runId) {
     await loadExperiments().catch(() => null);
@@ -637,6 +638,10 @@
       h("pre", { "data-testid": "job-log" }, job.log_tail || "(no output yet)")));
     const pre = box.querySelector("pre");
     pre.scrollTop = pre.scrollHeight;
+    if (shownJob !== job.job_id) {  // bring a new job into view once; later updates leave the scroll alone
+      shownJob = job.job_id;
+      box.scrollIntoView({ block: "end" });
+    }
   }
 
   // ---- wiring -------------------------------------------------------------------------------------

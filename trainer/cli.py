@@ -166,6 +166,7 @@ def _train(args: argparse.Namespace) -> int:
 def _retrain(args: argparse.Namespace) -> int:
     from trainer.retrain import parse_exclude, retrain
 
+    signal.signal(signal.SIGTERM, _interrupt)
     result = retrain(args.run_id, drop_below=args.drop_below, exclude=parse_exclude(args.exclude))
     if result.status != "FINISHED":
         raise TrainingError(f"retraining run {args.run_id} failed in run {result.run_id}: {result.error}")

@@ -14,13 +14,18 @@ Deciding what to drop (``plan_drop``) is pure; everything a user can get wrong i
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import difflib
 import json
 import math
+import os
+import signal
+import sys
 import tempfile
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,7 +40,7 @@ from trainer.executor import InlineExecutor
 from trainer.importance import IMPORTANCE_CSV, PERMUTATION_JSON, SKIPPED_TAG
 from trainer.prepare import prepare, static_params
 from trainer.tracking import LoggedRun, Tracking, quiet_mlflow
-from trainer.worker import FAILED, TrialTask, WorkerContext, execute, init_worker, mark_ended
+from trainer.worker import TrialTask, WorkerContext, execute, init_worker, mark_ended
 
 log = structlog.get_logger(__name__)
 
@@ -235,6 +240,29 @@ def _importance_of(tracking: Tracking, run: LoggedRun, tmp: Path) -> tuple[dict[
     return scores, settings
 
 
+@contextlib.contextmanager
+def _killed_on_sigterm(tracking: Tracking, run_id: str) -> Iterator[None]:
+    """While the new run trains, SIGTERM ends it KILLED and exits at once (128 + 15).
+
+    Raising KeyboardInterrupt from the signal instead could surface inside XGBoost's C++
+    callbacks, which then fail the run or abort the process.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def end_killed(signum: int, frame: object) -> None:
+        mark_ended(tracking, run_id, "KILLED")
+        print(f"interrupted: run {run_id} ended KILLED", file=sys.stderr, flush=True)
+        os._exit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, end_killed)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def retrain(
     run_id: str,
     *,
@@ -282,6 +310,7 @@ def retrain(
         }
         run_name = f"{source.run_name or run_id[:8]}_retrained"
         new_run_id, artifact_uri = tracking.create_run(source.experiment_id, run_name, tags)
+        print(f"new_run_id={new_run_id}", flush=True)  # machine-readable: the dashboard's jobs read it
         log.info(
             "retrain_started",
             source_run_id=run_id,
@@ -290,20 +319,21 @@ def retrain(
             dropped=len(plan.dropped),
         )
         try:
-            upload = tmp / "upload"
-            upload.mkdir()
-            _write_dropped(upload / DROPPED_CSV, plan, scores)
-            tracking.log_artifacts(artifact_uri, upload)
-            executor = InlineExecutor(
-                init_worker,
-                (WorkerContext(subset, config, tracking.uri, source.experiment_id, params, quiet=False),),
-            )
-            index = int(source.tags.get("trial_index", "0") or 0)
-            seed = int(source.params["trial_seed"])
-            outcome = executor.submit(
-                execute, TrialTask(index, new_run_id, artifact_uri, hyperparameters, seed)
-            ).result()
-        except BaseException:  # the trial itself marks its run; this is for what comes before it
-            mark_ended(tracking, new_run_id, FAILED)
+            with _killed_on_sigterm(tracking, new_run_id):
+                upload = tmp / "upload"
+                upload.mkdir()
+                _write_dropped(upload / DROPPED_CSV, plan, scores)
+                tracking.log_artifacts(artifact_uri, upload)
+                executor = InlineExecutor(
+                    init_worker,
+                    (WorkerContext(subset, config, tracking.uri, source.experiment_id, params, quiet=False),),
+                )
+                index = int(source.tags.get("trial_index", "0") or 0)
+                seed = int(source.params["trial_seed"])
+                outcome = executor.submit(
+                    execute, TrialTask(index, new_run_id, artifact_uri, hyperparameters, seed)
+                ).result()
+        except BaseException as e:  # the trial itself marks its run; this is for what comes before it
+            mark_ended(tracking, new_run_id, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
             raise
     return RetrainResult(source, new_run_id, outcome.status, plan, outcome.metrics, outcome.error)

@@ -25,8 +25,7 @@ from mlflow.utils.search_utils import SearchUtils
 
 from watcher import metrics
 from watcher.errors import TrackingError
-from watcher.model import ExperimentRecord, RunRecord
-from watcher.registry import ModelSource, ModelVersionInfo  # W2's registry section below
+from watcher.model import ExperimentRecord, ModelSource, ModelVersionInfo, RunRecord
 
 # The server rejects larger pages (SEARCH_MAX_RESULTS_THRESHOLD).
 MAX_PAGE = 50_000

@@ -29,13 +29,13 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Literal, Protocol
 
 import structlog
 
 from watcher.detect import STATE_TAG, ExperimentState, fingerprint
-from watcher.model import MODEL_RANK, LeaderboardChanged, WatchedExperiment
+from watcher.model import MODEL_RANK, LeaderboardChanged, ModelSource, ModelVersionInfo, WatchedExperiment
 from watcher.settings import RuleConfig
 
 log = structlog.get_logger(__name__)
@@ -45,24 +45,6 @@ TARGET_TAG = "podium.registry_target"
 SOURCE_RUN_ID = "source_run_id"
 
 Outcome = Literal["current", "promoted", "no_model"]
-
-
-@dataclass(frozen=True)
-class ModelSource:
-    """Where a run's model lives: `models:/<model_id>` (MLflow 3) or `runs:/<run_id>/model`."""
-
-    uri: str
-    model_id: str | None = None
-
-
-@dataclass(frozen=True)
-class ModelVersionInfo:
-    """A registered model version, as the adapter reports it (no MLflow types)."""
-
-    name: str
-    version: str
-    run_id: str | None
-    tags: Mapping[str, str] = field(default_factory=dict)
 
 
 class RegistryStore(Protocol):

@@ -24,11 +24,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
 from watcher.errors import ConfigError
-from watcher.model import MAX_TOP_N
+from watcher.model import MAX_TOP_N, AlertKind, Trigger
 
 DEFAULT_CONFIG_PATH = Path("config/watcher.yaml")
-
-Trigger = Literal["experiment_finished", "run_finished"]
 
 
 class _Strict(BaseModel):
@@ -78,6 +76,10 @@ class RuleConfig(_Strict):
     trigger: Trigger = "experiment_finished"
     registry: RegistryConfig | None = None
     notify: list[str] = Field(default_factory=list)
+    # One event per run that fails or stalls after the rule first saw the experiment.
+    alerts: list[AlertKind] = Field(default_factory=list)
+    # A RUNNING run with no activity (start, latest metric) this long is stalled.
+    stalled_after_minutes: int = Field(default=360, ge=1, strict=True)
 
     @field_validator("production_candidates")
     @classmethod

@@ -15,10 +15,10 @@ delays no pass. `stop` ends the back-off at once and the round after the request
 what is left stays in the outbox. `--once` runs no thread: it calls `drain` after its pass,
 which returns within the retry bound.
 
-What a round did goes to the log (`delivery_round_finished`), to `/metrics`
-(`podium_watcher_webhook_deliveries_total`, `..._failures_total`) and, summed since the last
-pass, into the next pass summary (`webhooks_delivered`, `webhooks_failed`, `registry_promoted`,
-...; `pass_report`).
+What a round did goes to the log (`delivery_round_finished`; `deliveries_finished` for
+`--once`), to `/metrics` (`podium_watcher_webhook_deliveries_total`, `..._failures_total`)
+and, for the daemon's rounds, summed since the last pass into the next pass summary
+(`webhooks_delivered`, `webhooks_failed`, `registry_promoted`, ..., and `outbox_pending`).
 """
 
 from __future__ import annotations
@@ -126,13 +126,17 @@ class DeliveryWorker:
             self._wake.clear()
             if self.stopping.is_set():
                 break
-            self.drain()
+            self.drain(in_pass_report=True)
         log.info("delivery_worker_stopped", pending=self.outbox.pending())
 
     # -- one round ---------------------------------------------------------------------------
 
-    def drain(self) -> dict[str, int]:
-        """Carry out every due entry once; returns the round's counts. Never raises."""
+    def drain(self, *, in_pass_report: bool = False) -> dict[str, int]:
+        """Carry out every due entry once; returns the round's counts. Never raises.
+
+        The thread's rounds (``in_pass_report``) also add their counts to the next pass
+        summary; a caller that drains by hand (``--once``) reports them itself.
+        """
         with self._round:
             counts: Counter[str] = Counter()
             try:
@@ -155,8 +159,9 @@ class DeliveryWorker:
             if report:
                 pending = self.outbox.pending()
                 log.info("delivery_round_finished", pending=pending, **report)
-            with self._counts_lock:
-                self._since_pass.update(report)
+            if in_pass_report:
+                with self._counts_lock:
+                    self._since_pass.update(report)
             return report
 
     def _carry_out(self, entry: Entry) -> str:

@@ -198,6 +198,8 @@ class RunRecord:
     metrics: Mapping[str, float] = field(default_factory=dict)
     params: Mapping[str, str] = field(default_factory=dict)
     tags: Mapping[str, str] = field(default_factory=dict)
+    # The latest timestamp of the run's metrics (ms), None without metrics.
+    last_activity: int | None = None
 
 
 @dataclass(frozen=True)

@@ -74,8 +74,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         settings = load_settings(args.config, check_filter=check_run_filter)
         if args.command == "check-config":
+            check_runnable(settings, daemon=True)
             print_config(settings, sys.stdout)
             return 0
+        if not args.dry_run:
+            check_runnable(settings, daemon=not args.once)
         return run(settings, once=args.once or args.dry_run, dry_run=args.dry_run)
     except ConfigError as e:
         message, config = str(e), str(Path(args.config))
@@ -88,6 +91,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:  # Ctrl-C during --once: no traceback (the daemon handles SIGINT)
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def check_runnable(settings: WatcherSettings, *, daemon: bool) -> None:
+    """What only the environment can break, raised as :class:`ConfigError`: the webhooks'
+    ``url_env``/``secret_env`` (a pass needs them) and, for the daemon, the API's token and
+    bind. ``check-config`` runs the same checks as a real run, so it exits 2 where a run would.
+    """
+    from watcher.notify.sender import resolve_targets
+
+    resolve_targets(settings.webhooks)
+    if daemon and settings.http.enabled:
+        from watcher.api import check_bind, resolve_token
+
+        check_bind(settings.http, resolve_token(settings.http))
 
 
 def print_config(settings: WatcherSettings, out: TextIO) -> None:

@@ -81,7 +81,7 @@ def glob_to_like(pattern: str) -> str | None:
         return None
     # A set matches one character; fnmatch reads a ``]`` right after ``[`` or ``[!`` as a
     # member (``[]]`` is the set of ``]``), and a ``[`` with no closing ``]`` as itself.
-    like = re.sub(r"\[!?\]?[^\]]*\]", "_", pattern)
+    like = re.sub(r"\[!?+(?:\][^\]]*|[^\]]+)\]", "_", pattern)
     return like.replace("*", "%").replace("?", "_")
 
 

@@ -239,3 +239,51 @@ def test_once_delivers_before_it_exits_and_a_later_run_sends_what_failed_once(
     assert pending_summaries(server, exp_id) == []
     assert main(["--once", "--config", config, "--log-format", "json"]) == 0
     assert len(requests_to(receiver, "/hook")) == 2  # nothing is sent twice
+
+
+def test_a_run_that_fails_or_stalls_after_the_rule_saw_the_experiment_is_announced_once(
+    server: ServerHandle, receiver: HTTPServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PODIUM_TEST_SECRET", SECRET)
+    receiver.expect_request("/hook").respond_with_data("ok")
+    receiver.start()
+    name = f"exp_{uuid4().hex[:8]}"
+    exp_id = mlflow.create_experiment(name)
+    log_run(exp_id, 0.7, how="none")
+    settings = make_settings(server.url, name, receiver.url_for("/hook"), None)
+    rule = settings.rules[0].model_copy(
+        update={"alerts": ["failed", "stalled"], "stalled_after_minutes": 1, "trigger": "experiment_finished"}
+    )
+    settings = settings.model_copy(update={"rules": [rule]})
+    tracking = MlflowTracking(server.url)
+    delivery = build_handlers(settings, tracking)
+    shift = [0.0]  # the watcher's clock runs ahead once the stuck run exists
+    watcher = Watcher(settings, tracking, delivery.handlers, clock=lambda: time.time() + shift[0])
+
+    def events() -> list[dict[str, object]]:
+        return [json.loads(r.get_data()) for r in requests_to(receiver, "/hook")]
+
+    assert watcher.run_pass().ok  # the rule sees the experiment: its first summary, no alert
+    delivery.worker.drain()
+    assert [e["event"] for e in events()] == ["leaderboard.changed"]
+
+    client = MlflowClient(server.url)
+    failed = client.create_run(exp_id, run_name="broken-trial").info.run_id
+    client.set_terminated(failed, "FAILED")
+    stalled = client.create_run(exp_id, run_name="stuck-trial").info.run_id
+    shift[0] = 90.0  # 90 s later by the watcher's clock: RUNNING with no activity for 1.5 minutes
+    for _ in range(3):
+        assert watcher.run_pass().ok
+        delivery.worker.drain()
+
+    alerts = {e["event"]: e for e in events() if str(e["event"]).startswith("run.")}
+    assert sorted(alerts) == ["run.failed", "run.stalled"]  # one each, never twice
+    assert len([e for e in events() if str(e["event"]).startswith("run.")]) == 2
+    assert (alerts["run.failed"]["run_id"], alerts["run.failed"]["status"]) == (failed, "FAILED")
+    assert alerts["run.failed"]["run_name"] == "broken-trial"
+    assert (alerts["run.stalled"]["run_id"], alerts["run.stalled"]["status"]) == (stalled, "RUNNING")
+    assert alerts["run.stalled"]["url"] == f"http://mlflow.local:5000/#/experiments/{exp_id}/runs/{stalled}"
+    assert str(alerts["run.stalled"]["last_activity"]).endswith("Z")
+    for request in requests_to(receiver, "/hook"):
+        assert verify(SECRET, request.headers, request.get_data())
+    assert pending_summaries(server, exp_id) == []

@@ -154,7 +154,8 @@ class DeliveryWorker:
                     log.error("delivery_failed", entry_id=entry.entry_id, error=str(e), exc_info=True)
                     self.outbox.release(entry)
                     outcome = f"{entry.kind}_failed"
-                counts[outcome] += 1
+                if outcome:
+                    counts[outcome] += 1
             report = dict(counts)
             if report:
                 pending = self.outbox.pending()
@@ -189,10 +190,9 @@ class DeliveryWorker:
             return "webhooks_dropped"
         with self._down_lock:
             down = name in self._down
-        if down:
-            log.info("webhook_skipped", reason="failed earlier in this pass", **ctx)
+        if down:  # waits for the next pass; counted once, when it failed
             self.outbox.release(entry)
-            return "webhooks_failed"
+            return ""
         payload = entry.data["payload"]
         body = render(target.format, payload, ui_base_url=self._ui_base_url)
         result = self._sender.deliver(target, body, entry.entry_id)

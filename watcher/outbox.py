@@ -262,6 +262,12 @@ class Outbox:
                     superseded.append(entry)
                 else:
                     taken.append(entry)
+            # A superseded promotion's duty to record the registry target passes to the newest.
+            for old in superseded:
+                new = newest[old.experiment_id]
+                if old.data.get("record_target") and not new.data.get("record_target"):
+                    newest[old.experiment_id] = replace(new, data={**new.data, "record_target": True})
+                    taken[taken.index(new)] = newest[old.experiment_id]
             for entry in entries:
                 del self._due[entry.key]
             for entry in entries:

@@ -238,8 +238,9 @@ class RegistryPromoter:
             "run_id": run_id,
             "model_name": registry.model_name,
             "alias": registry.alias,
-            # Record the target once it is done, unless the listing shows it already.
-            "record_target": self._listed.get(experiment_id) != target,
+            # Record the target once it is done, unless the listing shows it already or an
+            # earlier entry of this process does it.
+            "record_target": target not in (self._listed.get(experiment_id), self._queued.get(experiment_id)),
         }
         if ranks is not None:
             data["ranks"] = dict(ranks)

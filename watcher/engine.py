@@ -120,6 +120,8 @@ class Reader:
     """
 
     tracking: MlflowTracking
+    # Runs in the unordered page a first ranking estimates its cutoffs from.
+    sample_size: int = SAMPLE_SIZE
 
     def plan_pass(
         self,
@@ -127,6 +129,7 @@ class Reader:
         watched: Sequence[WatchedExperiment],
         now_ms: int,
         stall_check: Mapping[str, bool] | None = None,
+        sweep_orphans: bool = False,
     ) -> list[ExperimentPlan]:
         by_rule: dict[str, list[WatchedExperiment]] = defaultdict(list)
         for exp in watched:
@@ -137,7 +140,8 @@ class Reader:
             exps = by_rule.get(rule.name, [])
             for start in range(0, len(exps), EXPERIMENT_BATCH):
                 batch = exps[start : start + EXPERIMENT_BATCH]
-                plans.extend(self.plan_batch(rule, batch, now_ms, (stall_check or {}).get(rule.name, False)))
+                stall = (stall_check or {}).get(rule.name, False)
+                plans.extend(self.plan_batch(rule, batch, now_ms, stall, sweep_orphans=sweep_orphans))
         return plans
 
     def plan_batch(
@@ -148,8 +152,11 @@ class Reader:
         stall_check: bool = False,
         *,
         force_rank: bool = False,
+        sweep_orphans: bool = False,
     ) -> list[ExperimentPlan]:
-        """Plans for one rule's batch; ``force_rank`` ranks every experiment (the API)."""
+        """Plans for one rule's batch; ``force_rank`` ranks every experiment (the API);
+        ``sweep_orphans`` searches the ``top_{N}``/``production_candidate`` holders of every
+        experiment of the batch, not only of those it re-ranks."""
         fp = fingerprint(rule.metric, rule.ascending, rule.filter)
         states = {e.experiment_id: ExperimentState.from_tag(e.tags.get(STATE_TAG)) for e in exps}
         tracked = [
@@ -192,6 +199,7 @@ class Reader:
         if needs_running:
             running_by = by_experiment(self.tracking.search_runs(ids, RUNNING_FILTER))
 
+        swept = self._orphans(rule, [i for i in ids if i in tracked], states) if sweep_orphans else None
         triaged: dict[str, Triage] = {}
         for exp in exps:
             state = states[exp.experiment_id]
@@ -200,6 +208,7 @@ class Reader:
                 holders=holders.get(exp.experiment_id, ()),
                 running=None if running_by is None else running_by.get(exp.experiment_id, ()),
                 advance_to=advance_to,
+                orphans=None if swept is None else swept.get(exp.experiment_id, ()),
             )
             t = triage(rule, fp, (exp.experiment_id, exp.name), state, observed, now_ms)
             if force_rank and t.action not in ("rerank", "full"):
@@ -207,8 +216,12 @@ class Reader:
                 t = replace(t, action="rerank" if tracked_here else "full", reason="requested")
             triaged[exp.experiment_id] = t
 
-        to_rank = [e for e in exps if triaged[e.experiment_id].action in ("rerank", "full")]
-        orphans = self._orphans(rule, [e.experiment_id for e in to_rank], states)
+        to_rank = [e.experiment_id for e in exps if triaged[e.experiment_id].action in ("rerank", "full")]
+        orphans = swept if swept is not None else {}
+        orphans = {
+            **orphans,
+            **self._orphans(rule, [i for i in to_rank if swept is None or i not in tracked], states),
+        }
 
         plans: list[ExperimentPlan] = []
         for exp in exps:
@@ -298,7 +311,7 @@ class Reader:
             if board is not None:
                 return found, board
             log.info("board_refill_needed", known=len(found.runs))
-        sample, token = self.tracking.search_page([exp_id], finished, SAMPLE_SIZE)
+        sample, token = self.tracking.search_page([exp_id], finished, self.sample_size)
         if token is None:
             found = BoardSearch(tuple(sample), None, True)
             board = board_from_search(found, rule, keep)

@@ -67,6 +67,8 @@ class Observed:
     holders: tuple[RunRecord, ...] = ()
     running: tuple[RunRecord, ...] | None = None
     advance_to: int | None = None
+    # Runs carrying ``top_{N}`` or ``production_candidate`` (None: not searched this pass).
+    orphans: tuple[RunRecord, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -152,6 +154,13 @@ def holders_agree(state: ExperimentState, holders: Sequence[RunRecord], metric: 
     return True
 
 
+def orphans_agree(state: ExperimentState, orphans: Sequence[RunRecord]) -> bool:
+    """True when every run carrying ``top_{N}`` or ``production_candidate`` is a kept holder
+    with exactly the tags the last ranking wrote."""
+    expected = state.tags_of_holders()
+    return all(podium_tags(r.tags) == expected.get(r.run_id) for r in orphans)
+
+
 def triage(
     rule: Rule,
     fp: str,
@@ -162,7 +171,8 @@ def triage(
 ) -> Triage:
     """Decide what one experiment needs from its kept state and the batch searches' rows.
 
-    ``experiment`` is ``(experiment_id, name)``. Alerts: FAILED/KILLED runs among ``ended``
+    ``experiment`` is ``(experiment_id, name)``. ``seen.orphans``, when searched, must
+    carry exactly the tags the kept board says, like the holders. Alerts: FAILED/KILLED runs among ``ended``
     and stalled runs among ``running`` that the rule has not announced, when the rule asks
     for them and they failed or stalled after ``first_seen``; older ones are counted only.
     """
@@ -227,6 +237,8 @@ def triage(
         return Triage("full", "first" if state is None else "rule", **common)  # type: ignore[arg-type]
     if not holders_agree(state, seen.holders, rule.metric):
         return Triage("rerank", "holders", **common)  # type: ignore[arg-type]
+    if seen.orphans is not None and not orphans_agree(state, seen.orphans):
+        return Triage("rerank", "orphans", **common)  # type: ignore[arg-type]
     if state.top_n != rule.top_n or state.production_candidates != rule.production_candidates:
         return Triage("rerank", "reshaped", **common)  # type: ignore[arg-type]
     has_news = bool(finished) or state.pending

@@ -67,6 +67,12 @@ class PassHealth:
         return now - self.last_success_at <= 3 * self.poll_interval_seconds
 
 
+# Seconds between passes that also search the top_{N}/production_candidate holders of every
+# watched experiment (two calls per batch): hand-set tags on runs without model_rank are
+# cleaned within this time even when nothing finishes; every other idle pass stays at 3 calls.
+ORPHAN_SWEEP_SECONDS = 900.0
+
+
 def stall_check_interval(rule: Rule) -> float:
     """Seconds between searches for stalled runs of a rule that waits for none: a tenth of
     its ``stalled_after_minutes`` (at most 10 minutes), so a stall is announced late by at
@@ -90,9 +96,10 @@ class Watcher:
         self.clock = clock
         self.health = PassHealth(poll_interval_seconds=settings.poll_interval_seconds)
         self.last_result: PassResult | None = None
-        self._reader = Reader(tracking)
+        self.reader = Reader(tracking)
         self._lock = threading.Lock()
         self._stall_checked: dict[str, float] = {}
+        self._orphans_swept = clock()
 
     # -- a pass ------------------------------------------------------------------------------
 
@@ -129,9 +136,12 @@ class Watcher:
                 self._call_handlers("on_pass_start")
             try:
                 watched = watched_experiments(self.settings, self.tracking)
-                plans = self._reader.plan_pass(
-                    self.settings, watched, int(started * 1000), self._stall_checks(started)
+                sweep = started - self._orphans_swept >= ORPHAN_SWEEP_SECONDS
+                plans = self.reader.plan_pass(
+                    self.settings, watched, int(started * 1000), self._stall_checks(started), sweep
                 )
+                if sweep:
+                    self._orphans_swept = started
                 if not dry_run:
                     stored = {e.experiment_id: e.tags.get(STATE_TAG) for e in watched}
                     rules = {e.experiment_id: e.rule for e in watched}
@@ -261,7 +271,7 @@ class Watcher:
             )
             watched = WatchedExperiment(exp.experiment_id, exp.name, dict(exp.tags), rule)
             with structlog.contextvars.bound_contextvars(experiment_id=exp.experiment_id):
-                plan = self._reader.plan_batch(rule, [watched], int(self.clock() * 1000), force_rank=True)[0]
+                plan = self.reader.plan_batch(rule, [watched], int(self.clock() * 1000), force_rank=True)[0]
                 board = plan.board
                 assert board is not None
                 if not board.entries:

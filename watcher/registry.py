@@ -22,8 +22,8 @@ ranked gets no leaderboard change to react to. So once an experiment's leader wa
 (or found without a model), the experiment tag `podium.registry_target` records
 `<model_name>@<alias>`; at the end of a pass, an experiment whose rule's target differs from
 that tag (both read from the pass's listing, so an idle pass costs no call) has its current
-leader, from the watcher's kept board, queued for promotion once. An alias moved by hand is not put back
-until the leader changes.
+leader, from the watcher's kept board, queued for promotion once. An alias moved by hand is
+not put back until the leader changes.
 """
 
 from __future__ import annotations

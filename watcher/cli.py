@@ -194,7 +194,8 @@ def _api_starter(settings: WatcherSettings) -> Any:
 
 
 def print_plan(result: Any, out: TextIO) -> None:
-    """The dry run's plan, one line per tag change: experiment, run, tag, old -> new."""
+    """The dry run's plan, one line per tag change (experiment, run, tag, old -> new), per
+    alert it would announce and per experiment whose ``podium.state`` it would write."""
     total = 0
     for outcome in result.outcomes:
         for change in outcome.changes:
@@ -205,6 +206,12 @@ def print_plan(result: Any, out: TextIO) -> None:
                 f"{change.key}: {old} -> {new}\n"
             )
             total += 1
+        where = f"{outcome.experiment_name} [{outcome.experiment_id}]"
+        for alert in getattr(outcome, "alerts", ()):
+            out.write(f"{where}  run {alert.run_id}  alert: run.{alert.kind} ({alert.status})\n")
+        if getattr(outcome, "state", None) is not None:
+            reason = f", {outcome.reason}" if getattr(outcome, "reason", "") else ""
+            out.write(f"{where}  podium.state: {outcome.action}{reason}\n")
     status = "" if result.ok else f" (pass failed: {result.error})"
     out.write(
         f"dry run: {total} tag change(s) planned in {result.experiments_checked} experiment(s), nothing written{status}\n"

@@ -53,8 +53,9 @@ log = structlog.get_logger("watcher")
 
 FINISHED_FILTER = "attributes.status = 'FINISHED'"
 RUNNING_FILTER = "attributes.status = 'RUNNING'"
-# Pages of the paged count (ranked/unranked totals after a first ranking) read per pass.
-COUNT_PAGES_PER_PASS = 2
+# Pages of the paged count (ranked/unranked totals after a first ranking) read per pass: a
+# 10,000-run experiment is counted in the two passes after its first ranking, ~3 s each.
+COUNT_PAGES_PER_PASS = 5
 # A full scan reads MLflow's default page of 1,000 runs per request, so every request stays well
 # inside the client timeout (MLFLOW_HTTP_REQUEST_TIMEOUT, 30 s in the image): one 50,000-run page
 # took 138 s on a sqlite-backed server. Only the paged count and a last-resort board scan page.

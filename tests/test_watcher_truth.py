@@ -276,26 +276,14 @@ def test_two_replicas_racing_while_runs_finish_converge_in_one_more_pass(
     feeder = threading.Thread(target=keep_finishing)
     feeder.start()
     try:
-        for _ in range(2):
-            procs = [
-                subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "watcher",
-                        "--once",
-                        "--config",
-                        str(config),
-                        "--log-format",
-                        "json",
-                    ],
-                    env=env,
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                )
-                for _ in range(2)
-            ]
-            assert [p.wait(timeout=180) for p in procs] == [0, 0]
+        command = [sys.executable, "-m", "watcher", "--once", "--config", str(config), "--log-format", "json"]
+        procs = [
+            subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for _ in range(2)
+        ]
+        outputs = [p.communicate(timeout=180) for p in procs]
+        failed = [err[-3000:] for p, (_, err) in zip(procs, outputs, strict=True) if p.returncode != 0]
+        assert failed == []
     finally:
         stop.set()
         feeder.join()
@@ -361,3 +349,16 @@ def test_stalled_runs_stop_holding_a_ranking_back_and_alerts_come_once(
     assert other.run_pass().ok  # a second watcher (a restart, a replica) does not repeat it
     assert recorder.alerts == [("failed", failing)]
     assert made
+
+
+def test_a_glob_whose_set_holds_a_closing_bracket_watches_the_experiment(
+    mlflow_server: ServerHandle, client: MlflowClient
+) -> None:
+    """`wf_xgboost_[]]z*` matches `wf_xgboost_]z…` (the set holds "]"), on both backends' LIKE."""
+    tag = uuid4().hex[:8]
+    exp_id = client.create_experiment(f"wf_xgboost_]z_{tag}")
+    client.create_experiment(f"wf_xgboost_[]]z_{tag}")  # the pattern's own text: not matched
+    make_runs(client, exp_id, [0.5])
+    result = watcher_for(mlflow_server.url, rule(f"wf_xgboost_[]]z_{tag}")).run_pass()
+    assert [o.experiment_id for o in result.outcomes] == [exp_id]
+    assert podium_tags(client, exp_id) == true_board(client, exp_id)

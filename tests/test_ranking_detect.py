@@ -216,3 +216,24 @@ def test_a_stalled_run_no_longer_holds_an_experiment_finished_ranking_back() -> 
         triage(rule, FP, ("1", "e"), state(pending=True), Observed(running=(live,)), NOW_MS).action
         == "pending"
     )
+
+
+def test_a_first_ranking_joins_the_common_watermark_unless_a_run_needs_the_next_pass() -> None:
+    rule = RuleConfig(name="r", experiments=["*"], metric="avg_test_r2")
+    board = (Candidate("a", "", 0.9, 5), Candidate("b", "", 0.8, 6))
+    counting = state(board=board, complete=False, counting=True, count_upto=100, first_seen=150)
+
+    def run(run_id: str, status: str, end: int, value: float | None) -> RunRecord:
+        return RunRecord(
+            run_id, run_id, "1", status, end - 1, end, {} if value is None else {"avg_test_r2": value}
+        )
+
+    from watcher.planner import align_watermark
+
+    below = align_watermark(counting, [run("low", "FINISHED", 120, 0.1)], 300, rule)
+    assert (below.seen, below.count_upto) == (300, 300)  # below the cutoff: the count covers it
+    assert align_watermark(counting, [run("new", "FINISHED", 120, 0.85)], 300, rule).seen == 100
+    assert align_watermark(counting, [run("old", "FAILED", 120, None)], 300, rule).seen == 300
+    assert align_watermark(counting, [run("late", "FAILED", 160, None)], 300, rule).seen == 100
+    everything = state(board=board, complete=True)
+    assert align_watermark(everything, [run("low", "FINISHED", 120, 0.1)], 300, rule).seen == 100

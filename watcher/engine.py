@@ -36,6 +36,7 @@ from watcher.planner import (
     ExperimentPlan,
     Observed,
     Triage,
+    align_watermark,
     board_from_search,
     by_experiment,
     counted_page,
@@ -102,14 +103,6 @@ def watched_experiments(settings: WatcherSettings, tracking: MlflowTracking) -> 
         if rule is not None:
             watched.append(WatchedExperiment(exp.experiment_id, exp.name, dict(exp.tags), rule))
     return watched
-
-
-def watermark_blocker(run: RunRecord, state: ExperimentState) -> bool:
-    """A run past the watermark that the next pass must see: FINISHED (to rank), or ended
-    unsuccessfully after the rule first saw the experiment (to announce)."""
-    if run.status == FINISHED:
-        return True
-    return state.first_seen is not None and (run.end_time or 0) >= state.first_seen
 
 
 @dataclass
@@ -259,7 +252,7 @@ class Reader:
         of one search over all of them, so the next batch search returns nothing old.
 
         An experiment keeps its own watermark when that search shows it a run to act on
-        (FINISHED, or failed after the rule first saw it): the next pass handles it.
+        (see :func:`watcher.planner.align_watermark`): the next pass handles it.
         """
         firsts = [p for p in plans if p.action == "full" and p.state is not None]
         if not firsts:
@@ -274,11 +267,8 @@ class Reader:
         rows_by = by_experiment(rows)
         aligned = []
         for p in plans:
-            s = p.state
-            if p in firsts and s is not None:
-                newer = [r for r in rows_by.get(p.experiment_id, ()) if (r.end_time or 0) > s.seen]
-                if not any(watermark_blocker(r, s) for r in newer):
-                    p = replace(p, state=replace(s, seen=top))
+            if p in firsts and p.state is not None:
+                p = replace(p, state=align_watermark(p.state, rows_by.get(p.experiment_id, ()), top, rule))
             aligned.append(p)
         return aligned
 

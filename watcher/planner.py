@@ -467,6 +467,37 @@ def leaderboard_event(board: Leaderboard, previous: ExperimentState | None) -> L
     )
 
 
+def align_watermark(
+    state: ExperimentState, rows: Sequence[RunRecord], top: int, rule: Rule
+) -> ExperimentState:
+    """A first ranking's state moved to the batch's common watermark ``top``, unless ``rows``
+    (runs of the experiment that ended after its own watermark, searched after the ranking)
+    hold one the next pass must see: a run that ended unsuccessfully after the rule first saw
+    the experiment (to announce), or a FINISHED run the board's searches cannot have seen (any,
+    when they read every run; else one at or before the board's cutoff that is not on it).
+    The paged count then covers the runs up to ``top`` too.
+    """
+    newer = [r for r in rows if (r.end_time or 0) > state.seen]
+    cutoff = state.board[-1] if state.board and not state.complete else None
+    on_board = {c.run_id for c in state.board}
+    for run in newer:
+        if run.status in ENDED_UNSUCCESSFULLY:
+            if state.first_seen is not None and (run.end_time or 0) >= state.first_seen:
+                return state
+            continue
+        if run.status != FINISHED:
+            continue
+        if cutoff is None or not state.counting:
+            return state
+        value = finite_value(run, rule.metric)
+        if value is None or run.run_id in on_board:
+            continue
+        candidate = Candidate(run.run_id, run.run_name, value, run.end_time)
+        if sort_key(candidate, rule.ascending)[0] <= sort_key(cutoff, rule.ascending)[0]:
+            return state
+    return replace(state, seen=top, count_upto=top if state.counting else state.count_upto)
+
+
 def by_experiment(runs: Iterable[RunRecord]) -> dict[str, tuple[RunRecord, ...]]:
     """Rows of a batch search grouped by experiment id (the last row of a run wins)."""
     grouped: dict[str, dict[str, RunRecord]] = {}

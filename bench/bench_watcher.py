@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from bench.fill import MIN_FILLED, fill
 from bench.guide import rank_top_models
 from bench.servers import BACKENDS, running_server
 from tests.support.proxy import Proxy
+from watcher.detect import STATE_TAG
 from watcher.mlflow_io import MlflowTracking
 from watcher.model import RunRecord
 from watcher.service import Watcher
@@ -56,6 +58,11 @@ class CountingTracking(MlflowTracking):
         for run in super().iter_runs(*args, **kwargs):
             self.runs_read += 1
             yield run
+
+    def search_page(self, *args: Any, **kwargs: Any) -> tuple[list[RunRecord], str | None]:
+        runs, token = super().search_page(*args, **kwargs)
+        self.runs_read += len(runs)
+        return runs, token
 
 
 def make_watcher(url: str, pattern: str) -> Watcher:
@@ -151,9 +158,35 @@ def rerank_benchmark(
 ) -> dict[str, Any]:
     watcher = make_watcher(proxy.url, name)
     first = measured_pass(watcher, proxy)
+    # The first ranking against the guide's way on the same runs, side by side: the boards
+    # must be equal (the guide rewrites the same tags, so the watcher's next pass stays idle).
+    first_board = sorted(
+        (int(t["model_rank"]), r) for r, t in holders(direct, experiment_id).items() if "model_rank" in t
+    )
+    proxy.reset()
+    guide_first, guide_seconds = timed(
+        lambda: rank_top_models(counted, name, METRIC, TOP_N, False, CANDIDATES)
+    )
+    first["guide"] = {
+        "seconds": guide_seconds,
+        "calls": Calls.of(proxy.tracking_calls()).as_dict(),
+        "runs_read": guide_first["runs_read"],
+    }
+    if [r for _, r in first_board] != [m["run_id"] for m in guide_first["models"]]:
+        raise AssertionError(f"{name}: first ranking {first_board} != the guide's board")
+    # The ranked/unranked counts are completed by a paged count in the passes that follow.
+    counting = []
+    while json.loads(direct.get_experiment(experiment_id).tags.get(STATE_TAG, "{}")).get("counting"):
+        counting.append(measured_pass(watcher, proxy))
+    first["count_passes"] = counting
     idle = measured_pass(watcher, proxy)
     log(
-        f"  {name}: first pass {first['calls']['total']} calls {first['seconds']:.2f} s; "
+        f"  {name}: {len(counting)} count pass(es) "
+        f"({sum(c['calls']['total'] for c in counting)} calls, {sum(c['seconds'] for c in counting):.2f} s)"
+    )
+    log(
+        f"  {name}: first pass {first['calls']['total']} calls {first['seconds']:.2f} s "
+        f"(guide {guide_seconds:.2f} s, {guide_seconds / first['seconds']:.1f}x); "
         f"idle {idle['calls']['total']} calls {idle['seconds'] * 1000:.0f} ms"
     )
     rng = random.Random(experiment_id)

@@ -152,9 +152,16 @@ def watcher_sections(w: dict[str, Any]) -> list[str]:
             )
             + ".",
             "",
-            "First pass (a full ranking, once per experiment): "
+            "First ranking (threshold searches from a sample, no scan) against the guide's way, "
+            "side by side, same board: "
             + "; ".join(
-                f"{int(n):,} runs: {f['calls']['total']} calls, {_ms(f['seconds'])}" for n, f in first.items()
+                f"{int(n):,} runs: {f['calls']['total']} calls, {_ms(f['seconds'])}, {f.get('runs_read', 0):,} runs read"
+                + (
+                    f" vs guide {_ms(f['guide']['seconds'])} ({_ratio(f['guide']['seconds'], f['seconds'])})"
+                    if f.get("guide")
+                    else ""
+                )
+                for n, f in first.items()
             )
             + ".",
             "",

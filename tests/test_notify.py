@@ -15,20 +15,23 @@ from structlog.testing import capture_logs
 from werkzeug import Request, Response
 
 from tests.support.mlflow_server import free_port
-from watcher.model import Leaderboard, LeaderboardChanged, RankedRun
-from watcher.notify import (
-    DELIVERY_ID_HEADER,
-    SIGNATURE_HEADER,
+from watcher.model import Leaderboard, LeaderboardChanged, RankedRun, RunAlert
+from watcher.notify.payloads import (
     SLACK_HEADER_MAX,
     SLACK_MAX_BLOCKS,
     SLACK_SECTION_MAX,
+    alert_payload,
+    leaderboard_payload,
+    render,
+    slack_message,
+)
+from watcher.notify.sender import (
+    DELIVERY_ID_HEADER,
+    SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
     Sender,
     WebhookTarget,
-    build_payload,
-    render,
     sign,
-    slack_message,
 )
 
 SECRET = "s3cr3t-for-tests"
@@ -79,7 +82,7 @@ class Sleeps:
 
 
 def test_json_payload_has_exactly_the_documented_fields_and_run_links() -> None:
-    payload = build_payload(make_event(), ui_base_url="http://ui:5000/", now=NOW)
+    payload = leaderboard_payload(make_event(), ui_base_url="http://ui:5000/", now=NOW)
     assert list(payload) == [
         "event",
         "experiment_id",
@@ -109,8 +112,61 @@ def test_json_payload_has_exactly_the_documented_fields_and_run_links() -> None:
 
 
 def test_run_url_is_null_without_ui_base_url() -> None:
-    payload = build_payload(make_event(), ui_base_url=None, now=NOW)
+    payload = leaderboard_payload(make_event(), ui_base_url=None, now=NOW)
     assert [m["url"] for m in payload["models"]] == [None, None, None]
+
+
+def make_alert(kind: str = "failed", *, last_activity: int | None = 1_767_225_000_000) -> RunAlert:
+    return RunAlert(
+        kind=kind,  # type: ignore[arg-type]
+        experiment_id="7",
+        experiment_name="wf_xgboost_AAPL_f12_tr12m_te3m",
+        rule="wf-xgboost",
+        run_id="run9",
+        run_name="trial-<9>",
+        status="FAILED" if kind == "failed" else "RUNNING",
+        last_activity=last_activity,
+    )
+
+
+def test_alert_payload_has_exactly_the_documented_fields() -> None:
+    payload = alert_payload(make_alert("stalled"), ui_base_url="http://ui:5000/", now=NOW)
+    assert payload == {
+        "event": "run.stalled",
+        "experiment_id": "7",
+        "experiment_name": "wf_xgboost_AAPL_f12_tr12m_te3m",
+        "rule": "wf-xgboost",
+        "run_id": "run9",
+        "run_name": "trial-<9>",
+        "status": "RUNNING",
+        "last_activity": "2025-12-31T23:50:00Z",
+        "url": "http://ui:5000/#/experiments/7/runs/run9",
+        "timestamp": "2026-01-01T00:00:00Z",
+    }
+    failed = alert_payload(make_alert("failed", last_activity=None), ui_base_url=None, now=NOW)
+    assert (failed["event"], failed["status"], failed["last_activity"], failed["url"]) == (
+        "run.failed",
+        "FAILED",
+        None,
+        None,
+    )
+    assert json.loads(render("json", failed, ui_base_url=None)) == failed
+
+
+def test_slack_alert_is_one_line_with_a_link_to_the_run() -> None:
+    payload = alert_payload(make_alert("failed"), ui_base_url="http://ui:5000", now=NOW)
+    message = json.loads(render("slack", payload, ui_base_url="http://ui:5000"))
+    assert list(message) == ["text"]
+    text = message["text"]
+    assert "\n" not in text
+    assert "<http://ui:5000/#/experiments/7/runs/run9|trial-&lt;9&gt;>" in text
+    assert "<http://ui:5000/#/experiments/7/runs|wf_xgboost_AAPL_f12_tr12m_te3m>" in text
+    assert "failed (FAILED)" in text
+    stalled = alert_payload(make_alert("stalled"), ui_base_url=None, now=NOW)
+    text = json.loads(render("slack", stalled, ui_base_url=None))["text"]
+    assert "<http" not in text
+    assert "stalled" in text
+    assert "2025-12-31T23:50:00Z" in text
 
 
 # --- slack ---------------------------------------------------------------------------------
@@ -149,7 +205,7 @@ def assert_slack_blocks(message: dict[str, Any]) -> None:
 
 
 def test_slack_message_is_valid_block_kit_with_links_to_runs() -> None:
-    payload = build_payload(make_event(), ui_base_url="http://ui:5000", now=NOW)
+    payload = leaderboard_payload(make_event(), ui_base_url="http://ui:5000", now=NOW)
     message = json.loads(render("slack", payload, ui_base_url="http://ui:5000"))
     assert_slack_blocks(message)
     assert message["blocks"][0]["type"] == "header"
@@ -168,7 +224,7 @@ def test_slack_message_without_ui_has_no_links_and_escapes_run_names() -> None:
     event = LeaderboardChanged(
         board=Leaderboard(**{**board.__dict__, "entries": (entry,)}), new_leader=False, entered=(), left=()
     )
-    message = slack_message(build_payload(event, ui_base_url=None, now=NOW), ui_base_url=None)
+    message = slack_message(leaderboard_payload(event, ui_base_url=None, now=NOW), ui_base_url=None)
     assert_slack_blocks(message)
     text = json.dumps(message["blocks"])
     assert "<http" not in text
@@ -177,7 +233,7 @@ def test_slack_message_without_ui_has_no_links_and_escapes_run_names() -> None:
 
 def test_slack_message_for_a_long_board_stays_within_slack_limits() -> None:
     message = slack_message(
-        build_payload(make_event(250), ui_base_url="http://ui", now=NOW), ui_base_url="http://ui"
+        leaderboard_payload(make_event(250), ui_base_url="http://ui", now=NOW), ui_base_url="http://ui"
     )
     assert_slack_blocks(message)
     assert "150 more" in json.dumps(message["blocks"])
@@ -210,7 +266,7 @@ def test_delivery_is_signed_and_verifiable(httpserver: HTTPServer) -> None:
         return Response("ok")
 
     httpserver.expect_request("/hook", method="POST").respond_with_handler(handler)
-    body = render("json", build_payload(make_event(), ui_base_url=None, now=NOW), ui_base_url=None)
+    body = render("json", leaderboard_payload(make_event(), ui_base_url=None, now=NOW), ui_base_url=None)
     result = Sender(sleep=Sleeps(), clock=lambda: NOW).deliver(target(httpserver), body, "d-42")
     assert result.delivered
     assert result.attempts == 1

@@ -3,20 +3,27 @@
 from __future__ import annotations
 
 import json
+import time
+from pathlib import Path
 from uuid import uuid4
 
 import mlflow
 import pytest
+import yaml
 from mlflow import MlflowClient
 from pytest_httpserver import HTTPServer
+from werkzeug import Request, Response
 
 from tests.support.mlflow_server import ServerHandle
 from tests.test_notify import SECRET, Sleeps, verify
 from tests.test_notify_handler import requests_to
 from tests.test_registry import log_run, predict
-from watcher.cli import build_handlers
+from watcher.cli import build_handlers, main
+from watcher.delivery import DeliveryWorker
 from watcher.mlflow_io import MlflowRegistry, MlflowTracking
-from watcher.notify import DELIVERY_ID_HEADER, PENDING_TAG_PREFIX, Notifier, Sender, resolve_targets
+from watcher.notify.handler import Notifier
+from watcher.notify.sender import DELIVERY_ID_HEADER, Sender, resolve_targets
+from watcher.outbox import TAG_PREFIX, Outbox
 from watcher.registry import RegistryPromoter
 from watcher.service import Watcher
 from watcher.settings import WatcherSettings
@@ -30,22 +37,26 @@ def server(sqlite_server: ServerHandle) -> ServerHandle:
     return sqlite_server
 
 
-def make_settings(url: str, experiment: str, hook_url: str, model_name: str) -> WatcherSettings:
+def make_settings(
+    url: str, experiment: str, hook_url: str, model_name: str | None, **hook: object
+) -> WatcherSettings:
+    rule: dict[str, object] = {
+        "name": "wf-xgboost",
+        "experiments": [experiment],
+        "metric": "avg_test_r2",
+        "top_n": 3,
+        "notify": ["team"],
+        "trigger": "run_finished",
+    }
+    if model_name is not None:
+        rule["registry"] = {"model_name": model_name, "alias": "champion"}
+    webhook = {"name": "team", "url": hook_url, "format": "json", "secret_env": "PODIUM_TEST_SECRET", **hook}
     return WatcherSettings(
         tracking_uri=url,
         ui_base_url="http://mlflow.local:5000",
         http={"enabled": False},
-        webhooks=[{"name": "team", "url": hook_url, "format": "json", "secret_env": "PODIUM_TEST_SECRET"}],
-        rules=[
-            {
-                "name": "wf-xgboost",
-                "experiments": [experiment],
-                "metric": "avg_test_r2",
-                "top_n": 3,
-                "registry": {"model_name": model_name, "alias": "champion"},
-                "notify": ["team"],
-            }
-        ],
+        webhooks=[webhook],
+        rules=[rule],
     )
 
 
@@ -61,12 +72,16 @@ def test_a_pass_posts_one_summary_per_change_and_moves_the_alias(
     second = log_run(exp_id, 0.6)
     settings = make_settings(server.url, name, receiver.url_for("/hook"), model_name)
     tracking = MlflowTracking(server.url)
-    watcher = Watcher(settings, tracking, build_handlers(settings, tracking))
+    delivery = build_handlers(settings, tracking)
+    watcher = Watcher(settings, tracking, delivery.handlers)
     client = MlflowClient(server.url)
 
     result = watcher.run_pass()
     assert result.ok
-    assert result.handler_report == {"webhooks_delivered": 1, "registry_promoted": 1}
+    # The pass only queues; the worker's round (what --once runs before it exits) sends.
+    assert result.handler_report == {"webhooks_queued": 1, "registry_queued": 1, "outbox_pending": 2}
+    assert requests_to(receiver, "/hook") == []
+    assert delivery.worker.drain() == {"webhooks_delivered": 1, "registry_promoted": 1}
     [request] = requests_to(receiver, "/hook")
     assert verify(SECRET, request.headers, request.get_data())
     body = json.loads(request.get_data())
@@ -79,7 +94,8 @@ def test_a_pass_posts_one_summary_per_change_and_moves_the_alias(
     idle = watcher.run_pass()
     assert idle.ok
     assert idle.handler_report == {}
-    # The handlers add no tracking call to an idle pass (the pending check reads the listing).
+    assert delivery.worker.drain() == {}
+    # The handlers add no tracking call to an idle pass (the outbox reads the listing).
     assert not set(tracking.calls_by_method) & {
         "get_model_version_by_alias",
         "search_model_versions",
@@ -90,8 +106,8 @@ def test_a_pass_posts_one_summary_per_change_and_moves_the_alias(
     assert len(requests_to(receiver, "/hook")) == 1  # an idle pass sends nothing
 
     better = log_run(exp_id, 0.9)
-    result = watcher.run_pass()
-    assert result.handler_report == {"webhooks_delivered": 1, "registry_promoted": 1}
+    assert watcher.run_pass().ok
+    assert delivery.worker.drain() == {"webhooks_delivered": 1, "registry_promoted": 1}
     requests = requests_to(receiver, "/hook")
     assert len(requests) == 2
     body = json.loads(requests[1].get_data())
@@ -111,31 +127,163 @@ def test_receiver_down_never_blocks_ranking_and_gets_the_summary_once_later(
     settings = make_settings(server.url, name, receiver.url_for("/hook"), f"wf-{uuid4().hex[:8]}")
     tracking = MlflowTracking(server.url)
     store = MlflowRegistry(tracking)
-    notifier = Notifier(resolve_targets(settings.webhooks), store, sender=Sender(sleep=Sleeps()))
-    watcher = Watcher(settings, tracking, [RegistryPromoter(store), notifier])
+    targets = resolve_targets(settings.webhooks)
+    outbox = Outbox(store)
+    worker = DeliveryWorker(outbox, targets=targets, registry=store, sender=Sender(sleep=Sleeps()))
+    watcher = Watcher(settings, tracking, [RegistryPromoter(outbox), Notifier(outbox, targets), worker])
 
     down = watcher.run_pass()
     assert down.ok  # ranking done and tagged although the receiver is down
     assert MlflowClient(server.url).get_run(leader).data.tags["model_rank"] == "1"
-    assert down.handler_report == {
-        "webhooks_failed": 1,
-        "webhooks_kept_pending": 1,
-        "registry_no_model": 1,
-    }
+    assert worker.drain() == {"webhooks_failed": 1, "registry_no_model": 1}
 
     [pending] = pending_summaries(server, exp_id)
 
     receiver.expect_request("/hook").respond_with_data("ok")
     receiver.start()
-    reports = [watcher.run_pass().handler_report for _ in range(3)]
+    reports = []
+    for _ in range(3):
+        assert watcher.run_pass().ok
+        reports.append(worker.drain())
     assert reports == [{"webhooks_delivered": 1}, {}, {}]
     [request] = requests_to(receiver, "/hook")
     assert verify(SECRET, request.headers, request.get_data())
-    assert request.headers[DELIVERY_ID_HEADER] == json.loads(pending)["delivery_id"]
+    assert request.headers[DELIVERY_ID_HEADER] == json.loads(pending)["entry_id"]
     assert json.loads(request.get_data())["models"][0]["run_id"] == leader
     assert pending_summaries(server, exp_id) == []
 
 
 def pending_summaries(server: ServerHandle, experiment_id: str) -> list[str]:
     tags = MlflowClient(server.url).get_experiment(experiment_id).tags
-    return [v for k, v in tags.items() if k.startswith(PENDING_TAG_PREFIX)]
+    return [v for k, v in tags.items() if k.startswith(TAG_PREFIX)]
+
+
+def slow_receiver(receiver: HTTPServer, seconds: float) -> None:
+    def answer(request: Request) -> Response:
+        time.sleep(seconds)
+        return Response("ok")
+
+    receiver.expect_request("/hook").respond_with_handler(answer)
+    receiver.start()
+
+
+def test_a_hanging_receiver_delays_no_pass(
+    server: ServerHandle, receiver: HTTPServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The receiver takes 5 s to answer; the pass returns long before (the worker thread
+    waits for it), and the summary still arrives, once."""
+    monkeypatch.setenv("PODIUM_TEST_SECRET", SECRET)
+    slow_receiver(receiver, 5.0)
+    name = f"exp_{uuid4().hex[:8]}"
+    exp_id = mlflow.create_experiment(name)
+    log_run(exp_id, 0.7, how="none")
+    settings = make_settings(server.url, name, receiver.url_for("/hook"), None, timeout_seconds=30)
+    tracking = MlflowTracking(server.url)
+    delivery = build_handlers(settings, tracking)
+    watcher = Watcher(settings, tracking, delivery.handlers)
+    delivery.worker.start()
+    try:
+        started = time.monotonic()
+        result = watcher.run_pass()
+        took = time.monotonic() - started
+        assert result.ok
+        assert result.handler_report.get("webhooks_queued") == 1
+        assert took < 2.0, f"the pass took {took:.1f} s with a receiver that answers in 5 s"
+
+        log_run(exp_id, 0.9, how="none")  # a second change while the first is still in flight
+        started = time.monotonic()
+        assert watcher.run_pass().ok
+        assert time.monotonic() - started < 2.0
+
+        deadline = time.monotonic() + 60
+        while delivery.worker.outbox.pending() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert delivery.worker.outbox.pending() == 0
+    finally:
+        delivery.worker.stop()
+    requests = requests_to(receiver, "/hook")
+    assert len(requests) == 2
+    assert len({r.headers[DELIVERY_ID_HEADER] for r in requests}) == 2
+    assert all(verify(SECRET, r.headers, r.get_data()) for r in requests)
+    assert pending_summaries(server, exp_id) == []
+
+
+def write_config(tmp_path: Path, settings: WatcherSettings) -> str:
+    path = tmp_path / "watcher.yaml"
+    path.write_text(yaml.safe_dump(settings.model_dump(mode="json", exclude_none=True)), encoding="utf-8")
+    return str(path)
+
+
+def test_once_delivers_before_it_exits_and_a_later_run_sends_what_failed_once(
+    server: ServerHandle, receiver: HTTPServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("PODIUM_TEST_SECRET", SECRET)
+    name = f"exp_{uuid4().hex[:8]}"
+    exp_id = mlflow.create_experiment(name)
+    log_run(exp_id, 0.7, how="none")
+    config = write_config(
+        tmp_path, make_settings(server.url, name, receiver.url_for("/hook"), None, max_attempts=1)
+    )
+
+    assert main(["--once", "--config", config, "--log-format", "json"]) == 0  # receiver down
+    [pending] = pending_summaries(server, exp_id)  # kept in MLflow for the next run
+
+    receiver.expect_request("/hook").respond_with_data("ok")
+    receiver.start()
+    log_run(exp_id, 0.9, how="none")
+    assert main(["--once", "--config", config, "--log-format", "json"]) == 0
+    requests = requests_to(receiver, "/hook")
+    # Both went out before the process returned: the kept one (same delivery id) and the new one.
+    assert len(requests) == 2
+    assert json.loads(pending)["entry_id"] in {r.headers[DELIVERY_ID_HEADER] for r in requests}
+    assert pending_summaries(server, exp_id) == []
+    assert main(["--once", "--config", config, "--log-format", "json"]) == 0
+    assert len(requests_to(receiver, "/hook")) == 2  # nothing is sent twice
+
+
+def test_a_run_that_fails_or_stalls_after_the_rule_saw_the_experiment_is_announced_once(
+    server: ServerHandle, receiver: HTTPServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PODIUM_TEST_SECRET", SECRET)
+    receiver.expect_request("/hook").respond_with_data("ok")
+    receiver.start()
+    name = f"exp_{uuid4().hex[:8]}"
+    exp_id = mlflow.create_experiment(name)
+    log_run(exp_id, 0.7, how="none")
+    settings = make_settings(server.url, name, receiver.url_for("/hook"), None)
+    rule = settings.rules[0].model_copy(
+        update={"alerts": ["failed", "stalled"], "stalled_after_minutes": 1, "trigger": "experiment_finished"}
+    )
+    settings = settings.model_copy(update={"rules": [rule]})
+    tracking = MlflowTracking(server.url)
+    delivery = build_handlers(settings, tracking)
+    shift = [0.0]  # the watcher's clock runs ahead once the stuck run exists
+    watcher = Watcher(settings, tracking, delivery.handlers, clock=lambda: time.time() + shift[0])
+
+    def events() -> list[dict[str, object]]:
+        return [json.loads(r.get_data()) for r in requests_to(receiver, "/hook")]
+
+    assert watcher.run_pass().ok  # the rule sees the experiment: its first summary, no alert
+    delivery.worker.drain()
+    assert [e["event"] for e in events()] == ["leaderboard.changed"]
+
+    client = MlflowClient(server.url)
+    failed = client.create_run(exp_id, run_name="broken-trial").info.run_id
+    client.set_terminated(failed, "FAILED")
+    stalled = client.create_run(exp_id, run_name="stuck-trial").info.run_id
+    shift[0] = 90.0  # 90 s later by the watcher's clock: RUNNING with no activity for 1.5 minutes
+    for _ in range(3):
+        assert watcher.run_pass().ok
+        delivery.worker.drain()
+
+    alerts = {e["event"]: e for e in events() if str(e["event"]).startswith("run.")}
+    assert sorted(alerts) == ["run.failed", "run.stalled"]  # one each, never twice
+    assert len([e for e in events() if str(e["event"]).startswith("run.")]) == 2
+    assert (alerts["run.failed"]["run_id"], alerts["run.failed"]["status"]) == (failed, "FAILED")
+    assert alerts["run.failed"]["run_name"] == "broken-trial"
+    assert (alerts["run.stalled"]["run_id"], alerts["run.stalled"]["status"]) == (stalled, "RUNNING")
+    assert alerts["run.stalled"]["url"] == f"http://mlflow.local:5000/#/experiments/{exp_id}/runs/{stalled}"
+    assert str(alerts["run.stalled"]["last_activity"]).endswith("Z")
+    for request in requests_to(receiver, "/hook"):
+        assert verify(SECRET, request.headers, request.get_data())
+    assert pending_summaries(server, exp_id) == []

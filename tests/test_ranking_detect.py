@@ -1,12 +1,14 @@
-"""Pure detection: the state kept in MLflow and the per-experiment decision of a pass."""
+"""Pure detection: the state kept in MLflow and the per-experiment triage of a pass."""
 
 from __future__ import annotations
 
 import pytest
 
-from watcher.detect import MAX_BOARD, ExperimentState, board_size, decide, fingerprint
-from watcher.model import MAX_TOP_N
+from watcher.detect import MAX_ALERTED, MAX_BOARD, ExperimentState, board_size, fingerprint
+from watcher.model import MAX_TOP_N, RunRecord
+from watcher.planner import Observed, triage
 from watcher.ranking import Candidate
+from watcher.settings import RuleConfig
 
 FP = fingerprint("avg_test_r2", False, None)
 
@@ -43,7 +45,12 @@ def test_a_full_board_fits_an_experiment_tag() -> None:
     board = tuple(
         Candidate("f" * 32, "x" * 250, -1.2345678901234567e-300, 1_800_000_000_000) for _ in range(MAX_BOARD)
     )
-    assert len(state(board=board).to_tag()) < 20_000
+    alerted = tuple(f"{i:032x}" for i in range(MAX_ALERTED + 50))
+    full = state(
+        board=board, alerted=alerted, counting=True, count_token="x" * 200, first_seen=1_800_000_000_000
+    )
+    assert len(full.to_tag()) < 20_000
+    assert ExperimentState.from_tag(full.to_tag()).alerted == alerted[-MAX_ALERTED:]  # type: ignore[union-attr]
     assert board_size(10) == 20
     assert board_size(1) == 11
     assert board_size(500) == MAX_BOARD
@@ -76,19 +83,24 @@ def run(
     advance_to: int | None = None,
     fp: str = FP,
 ) -> tuple[str, int]:
-    d = decide(
-        s,
-        fp,
-        news,
-        len(news),
-        0,
-        running=running,
-        wait_for_running=wait,
+    rule = RuleConfig(
+        name="r",
+        experiments=["*"],
+        metric="avg_test_r2",
         top_n=top_n,
         production_candidates=k,
-        advance_to=advance_to,
+        trigger="experiment_finished" if wait else "run_finished",
     )
-    return d.action, d.seen
+    ended = tuple(
+        RunRecord(f"n{i}", f"n{i}", "1", "FINISHED", t - 1, t, {"avg_test_r2": 0.5})
+        for i, t in enumerate(news)
+    )
+    active = (RunRecord("live", "live", "1", "RUNNING", NOW_MS - 1000, None),) if running else ()
+    t = triage(rule, fp, ("1", "e"), s, Observed(ended=ended, running=active, advance_to=advance_to), NOW_MS)
+    return t.action, t.seen
+
+
+NOW_MS = 1_000_000_000
 
 
 @pytest.mark.parametrize(
@@ -109,6 +121,7 @@ def run(
         (lambda: run(state(), [], advance_to=300), ("advance", 300)),
         (lambda: run(state(), [], advance_to=50), ("idle", 100)),
         (lambda: run(state(), []), ("idle", 100)),
+        (lambda: run(state(counting=True), []), ("count", 100)),
     ],
     ids=[
         "first-pass",
@@ -126,7 +139,101 @@ def run(
         "watermark-catches-up",
         "watermark-already-ahead",
         "idle",
+        "paged-count-goes-on",
     ],
 )
-def test_decide(case: object, expected: tuple[str, int]) -> None:
+def test_triage(case: object, expected: tuple[str, int]) -> None:
     assert case() == expected  # type: ignore[operator]
+
+
+def _holder(run_id: str, rank: int, value: float, status: str = "FINISHED", top: int = 10) -> RunRecord:
+    tags = {"model_rank": str(rank), f"top_{top}": "true"}
+    if rank <= 3:
+        tags["production_candidate"] = "true"
+    return RunRecord(run_id, run_id, "1", status, 1, 2, {"avg_test_r2": value}, tags=tags)
+
+
+KEPT = state(board=(Candidate("a", "", 0.9, 5), Candidate("b", "", 0.8, 6)), complete=True)
+
+
+@pytest.mark.parametrize(
+    ("holders", "expected"),
+    [
+        ((_holder("a", 1, 0.9), _holder("b", 2, 0.8)), "idle"),
+        ((_holder("b", 2, 0.8),), "rerank"),  # the leader was deleted
+        ((_holder("a", 1, 0.9), _holder("b", 2, 0.8), _holder("c", 1, 0.1)), "rerank"),  # hand-set
+        ((_holder("a", 1, 0.9), _holder("b", 2, 0.8), _holder("z", 1, 0.95)), "rerank"),  # restored
+        ((_holder("a", 1, 0.7), _holder("b", 2, 0.8)), "rerank"),  # the leader's value changed
+        ((_holder("a", 1, 0.9, "FAILED"), _holder("b", 2, 0.8)), "rerank"),
+        ((_holder("a", 2, 0.9), _holder("b", 1, 0.8)), "rerank"),  # a replica's stale write
+        ((_holder("a", 1, 0.9), _holder("b", 2, 0.8, top=5)), "rerank"),
+    ],
+    ids=["agree", "deleted", "hand-set", "restored", "value-changed", "failed", "swapped", "stale-top"],
+)
+def test_any_difference_between_holders_and_the_kept_board_re_ranks(
+    holders: tuple[RunRecord, ...], expected: str
+) -> None:
+    rule = RuleConfig(name="r", experiments=["*"], metric="avg_test_r2")
+    t = triage(rule, FP, ("1", "e"), KEPT, Observed(holders=holders, running=()), NOW_MS)
+    assert (t.action, t.reason if expected == "rerank" else "") == (
+        expected,
+        "holders" if expected == "rerank" else "",
+    )
+
+
+def test_failed_and_stalled_runs_are_announced_once_and_only_after_first_seen() -> None:
+    rule = RuleConfig(
+        name="r",
+        experiments=["*"],
+        metric="avg_test_r2",
+        alerts=["failed", "stalled"],
+        stalled_after_minutes=1,
+    )
+    seen_at = NOW_MS - 10 * 60_000
+    s = state(first_seen=seen_at)
+    old_fail = RunRecord("old", "old", "1", "FAILED", 1, 150)  # failed before the rule saw it
+    new_fail = RunRecord("new", "new", "1", "FAILED", seen_at, seen_at + 5)
+    stalled = RunRecord("st", "st", "1", "RUNNING", NOW_MS - 5 * 60_000, None)
+    fresh = RunRecord("fresh", "fresh", "1", "RUNNING", NOW_MS - 1000, None)
+    seen = Observed(ended=(old_fail, new_fail), running=(stalled, fresh))
+    t = triage(rule, FP, ("1", "e"), s, seen, NOW_MS)
+    assert [(a.kind, a.run_id) for a in t.alerts] == [("failed", "new"), ("stalled", "st")]
+    assert (t.old_alerts_skipped, t.stalled) == (1, ("st",))
+    assert (t.action, set(t.alerted)) == ("advance", {"old", "new", "st"})
+    again = triage(
+        rule, FP, ("1", "e"), state(first_seen=seen_at, alerted=t.alerted, seen=t.seen), seen, NOW_MS
+    )
+    assert (again.alerts, again.action) == ((), "idle")
+
+
+def test_a_stalled_run_no_longer_holds_an_experiment_finished_ranking_back() -> None:
+    rule = RuleConfig(name="r", experiments=["*"], metric="avg_test_r2", stalled_after_minutes=1)
+    stalled = RunRecord("st", "st", "1", "RUNNING", NOW_MS - 5 * 60_000, None)
+    t = triage(rule, FP, ("1", "e"), state(pending=True), Observed(running=(stalled,)), NOW_MS)
+    assert (t.action, t.stalled) == ("rerank", ("st",))
+    live = RunRecord("st", "st", "1", "RUNNING", NOW_MS - 5 * 60_000, None, last_activity=NOW_MS - 1000)
+    assert (
+        triage(rule, FP, ("1", "e"), state(pending=True), Observed(running=(live,)), NOW_MS).action
+        == "pending"
+    )
+
+
+def test_a_first_ranking_joins_the_common_watermark_unless_a_run_needs_the_next_pass() -> None:
+    rule = RuleConfig(name="r", experiments=["*"], metric="avg_test_r2")
+    board = (Candidate("a", "", 0.9, 5), Candidate("b", "", 0.8, 6))
+    counting = state(board=board, complete=False, counting=True, count_upto=100, first_seen=150)
+
+    def run(run_id: str, status: str, end: int, value: float | None) -> RunRecord:
+        return RunRecord(
+            run_id, run_id, "1", status, end - 1, end, {} if value is None else {"avg_test_r2": value}
+        )
+
+    from watcher.planner import align_watermark
+
+    below = align_watermark(counting, [run("low", "FINISHED", 120, 0.1)], 300, rule)
+    assert (below.seen, below.count_upto) == (300, 300)  # below the cutoff: the count covers it
+    assert align_watermark(counting, [run("new", "FINISHED", 120, 0.85)], 300, rule).seen == 100
+    assert align_watermark(counting, [run("old", "FAILED", 120, None)], 300, rule).seen == 300
+    assert align_watermark(counting, [run("late", "FAILED", 160, None)], 300, rule).seen == 100
+    everything = state(board=board, complete=True)
+    assert align_watermark(everything, [run("low", "FINISHED", 120, 0.1)], 300, rule).seen == 100

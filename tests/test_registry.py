@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,9 +18,11 @@ from structlog.testing import capture_logs
 
 from tests.support.mlflow_server import ServerHandle, sqlite_uri, start_server
 from watcher.cli import build_handlers
+from watcher.delivery import DeliveryWorker
 from watcher.mlflow_io import MlflowRegistry, MlflowTracking
 from watcher.model import Leaderboard, LeaderboardChanged, RankedRun, WatchedExperiment
-from watcher.registry import PENDING_TAG, TARGET_TAG, PendingPromotion, RegistryPromoter
+from watcher.outbox import LEGACY_REGISTRY_TAG, TAG_PREFIX, Outbox
+from watcher.registry import TARGET_TAG, RegistryPromoter
 from watcher.service import Watcher
 from watcher.settings import RegistryConfig, RuleConfig, WatcherSettings
 
@@ -41,6 +44,41 @@ def make_rule(model_name: str, alias: str = "champion") -> RuleConfig:
         metric="avg_test_r2",
         registry=RegistryConfig(model_name=model_name, alias=alias),
     )
+
+
+class Promotions:
+    """The promoter, its outbox and the delivery worker as the CLI wires them; the worker's
+    round is run by hand right after each hook, as `--once` does after its pass."""
+
+    def __init__(self, store: MlflowRegistry) -> None:
+        self.outbox = Outbox(store)
+        self.promoter = RegistryPromoter(self.outbox)
+        self.worker = DeliveryWorker(self.outbox, targets={}, registry=store)
+
+    def on_leaderboard_changed(self, event: LeaderboardChanged, rule: RuleConfig) -> dict[str, int]:
+        self.promoter.on_leaderboard_changed(event, rule)
+        return self.worker.drain()
+
+    def on_pass_end(self, experiments: list[WatchedExperiment]) -> dict[str, int]:
+        self.promoter.on_pass_end(experiments)
+        self.worker.on_pass_end(experiments)
+        return self.worker.drain()
+
+
+REGISTRY_CALLS = {
+    "get_model_version_by_alias",
+    "search_model_versions",
+    "create_registered_model",
+    "create_model_version",
+    "set_model_version_tag",
+    "delete_model_version_tag",
+    "set_registered_model_alias",
+    "get_run",
+}
+
+
+def registry_calls(tracking: MlflowTracking) -> dict[str, int]:
+    return {k: v for k, v in tracking.calls_by_method.items() if k in REGISTRY_CALLS}
 
 
 def log_run(
@@ -102,7 +140,7 @@ def test_alias_follows_a_better_run_and_loads_and_predicts(mlflow_server: Server
     exp_id, exp_name = new_experiment()
     model_name = f"wf-{uuid4().hex[:8]}"
     tracking = MlflowTracking(tracking_uri)
-    promoter = RegistryPromoter(MlflowRegistry(tracking))
+    promoter = Promotions(MlflowRegistry(tracking))
     client = MlflowClient(tracking_uri)
     rule = make_rule(model_name)
 
@@ -129,12 +167,15 @@ def test_alias_follows_a_better_run_and_loads_and_predicts(mlflow_server: Server
     assert champion == pytest.approx(predict(f"models:/{logged[better]}"))
     assert champion != pytest.approx(predict(f"models:/{logged[first]}"))
 
-    # A re-rank that keeps the leader costs one registry read and changes nothing.
+    # A re-rank that keeps the leader costs one registry read and changes nothing (and the
+    # outbox entry's tag: written in the pass, deleted once done).
     tracking.calls_by_method.clear()
-    promoter.on_leaderboard_changed(
+    report = promoter.on_leaderboard_changed(
         changed(exp_id, exp_name, [(better, 0.9), (first, 0.5)], new_leader=False), rule
     )
-    assert dict(tracking.calls_by_method) == {"get_model_version_by_alias": 1}
+    assert report == {"registry_current": 1}
+    assert registry_calls(tracking) == {"get_model_version_by_alias": 1}
+    assert not [k for k in client.get_experiment(exp_id).tags if k.startswith(TAG_PREFIX)]
     assert len(client.search_model_versions(f"name = '{model_name}'")) == 2
 
 
@@ -142,7 +183,7 @@ def test_returning_leader_reuses_its_version(sqlite_server: ServerHandle) -> Non
     tracking_uri = use(sqlite_server)
     exp_id, exp_name = new_experiment()
     model_name = f"wf-{uuid4().hex[:8]}"
-    promoter = RegistryPromoter(MlflowRegistry(MlflowTracking(tracking_uri)))
+    promoter = Promotions(MlflowRegistry(MlflowTracking(tracking_uri)))
     client = MlflowClient(tracking_uri)
     rule = make_rule(model_name)
     a, b = log_run(exp_id, 0.5), log_run(exp_id, 0.6)
@@ -159,7 +200,7 @@ def test_leader_without_a_model_is_skipped_with_a_warning(sqlite_server: ServerH
     tracking_uri = use(sqlite_server)
     exp_id, exp_name = new_experiment()
     model_name = f"wf-{uuid4().hex[:8]}"
-    promoter = RegistryPromoter(MlflowRegistry(MlflowTracking(tracking_uri)))
+    promoter = Promotions(MlflowRegistry(MlflowTracking(tracking_uri)))
     run_id = log_run(exp_id, 0.7, how="none")
     with capture_logs() as logs:
         promoter.on_leaderboard_changed(
@@ -174,7 +215,7 @@ def test_model_logged_as_plain_run_artifacts_is_registered_from_the_run(sqlite_s
     tracking_uri = use(sqlite_server)
     exp_id, exp_name = new_experiment()
     model_name = f"wf-{uuid4().hex[:8]}"
-    promoter = RegistryPromoter(MlflowRegistry(MlflowTracking(tracking_uri)))
+    promoter = Promotions(MlflowRegistry(MlflowTracking(tracking_uri)))
     run_id = log_run(exp_id, 0.7, scale=3.0, how="artifacts")
     assert MlflowClient(tracking_uri).get_run(run_id).outputs.model_outputs == []
     promoter.on_leaderboard_changed(
@@ -205,7 +246,7 @@ def test_promotion_that_failed_is_retried_on_the_next_pass(own_server: ServerHan
     exp_id, exp_name = new_experiment()
     client = MlflowClient(own_server.url)
     tracking = MlflowTracking(own_server.url)
-    promoter = RegistryPromoter(MlflowRegistry(tracking))
+    promoter = Promotions(MlflowRegistry(tracking))
     run_id = log_run(exp_id, 0.8)
     client.set_tag(run_id, "model_rank", "1")  # what the watcher's tagger wrote before handlers run
 
@@ -216,17 +257,23 @@ def test_promotion_that_failed_is_retried_on_the_next_pass(own_server: ServerHan
         )
     events = [e["event"] for e in logs]
     assert "registry_promotion_failed" in events  # logged, never raised
-    assert "registry_pending_store_failed" in events  # the server is down: kept in memory
+    assert "outbox_store_failed" in events  # the server is down: kept in memory
     promoter.on_pass_end([WatchedExperiment(exp_id, exp_name)])  # the failed pass ends
 
     own_server.restart()
-    promoter.on_pass_end(watched(tracking, exp_name))
+    assert promoter.on_pass_end(watched(tracking, exp_name)) == {"registry_promoted": 1}
     assert client.get_model_version_by_alias("wf", "champion").run_id == run_id
-    assert PENDING_TAG not in client.get_experiment(exp_id).tags
+    assert not [k for k in client.get_experiment(exp_id).tags if k.startswith(TAG_PREFIX)]
+
+
+def legacy_pending(run_id: str, model_name: str) -> str:
+    """The value of `podium.registry_pending` as earlier versions wrote it."""
+    return json.dumps({"run_id": run_id, "model_name": model_name, "alias": "champion"})
 
 
 def test_pending_promotion_in_an_experiment_tag_is_done_after_a_restart(sqlite_server: ServerHandle) -> None:
-    """A new watcher process finds the pending promotion in MLflow and completes it once."""
+    """A new watcher process finds the pending promotion an earlier version kept in MLflow
+    and completes it once."""
     tracking_uri = use(sqlite_server)
     exp_id, exp_name = new_experiment()
     model_name = f"wf-{uuid4().hex[:8]}"
@@ -235,26 +282,21 @@ def test_pending_promotion_in_an_experiment_tag_is_done_after_a_restart(sqlite_s
     store = MlflowRegistry(tracking)
     leader, obsolete_exp = log_run(exp_id, 0.8), new_experiment()
     client.set_tag(leader, "model_rank", "1")
-    store.set_experiment_tag(
-        exp_id, PENDING_TAG, PendingPromotion(exp_id, leader, model_name, "champion").tag_value()
-    )
+    store.set_experiment_tag(exp_id, LEGACY_REGISTRY_TAG, legacy_pending(leader, model_name))
     # A pending promotion whose run lost the lead meanwhile is dropped, not done.
     old = log_run(obsolete_exp[0], 0.1)
     client.set_tag(old, "model_rank", "2")
-    store.set_experiment_tag(
-        obsolete_exp[0],
-        PENDING_TAG,
-        PendingPromotion(obsolete_exp[0], old, model_name, "champion").tag_value(),
-    )
+    store.set_experiment_tag(obsolete_exp[0], LEGACY_REGISTRY_TAG, legacy_pending(old, model_name))
 
-    RegistryPromoter(store).on_pass_end(watched(tracking, exp_name) + watched(tracking, obsolete_exp[1]))
+    report = Promotions(store).on_pass_end(watched(tracking, exp_name) + watched(tracking, obsolete_exp[1]))
+    assert report == {"registry_promoted": 1, "registry_obsolete": 1}
     assert client.get_model_version_by_alias(model_name, "champion").run_id == leader
     assert len(client.search_model_versions(f"name = '{model_name}'")) == 1
-    assert PENDING_TAG not in client.get_experiment(exp_id).tags
-    assert PENDING_TAG not in client.get_experiment(obsolete_exp[0]).tags
+    assert LEGACY_REGISTRY_TAG not in client.get_experiment(exp_id).tags
+    assert LEGACY_REGISTRY_TAG not in client.get_experiment(obsolete_exp[0]).tags
 
     tracking.calls_by_method.clear()
-    RegistryPromoter(store).on_pass_end(watched(tracking, exp_name))
+    Promotions(store).on_pass_end(watched(tracking, exp_name))
     assert dict(tracking.calls_by_method) == {"get_experiment_by_name": 1}  # nothing left to do
 
 
@@ -269,19 +311,23 @@ def test_a_rule_that_gains_a_registry_promotes_the_current_leader_once(sqlite_se
     plain = {"name": "wf-xgboost", "experiments": [exp_name], "metric": "avg_test_r2"}
     tracking = MlflowTracking(tracking_uri)
 
-    def watcher_with(rule: dict[str, object]) -> Watcher:
+    def watcher_with(rule: dict[str, object]) -> tuple[Watcher, DeliveryWorker]:
         settings = WatcherSettings(rules=[rule], http={"enabled": False})
-        return Watcher(settings, tracking, build_handlers(settings, tracking))
+        delivery = build_handlers(settings, tracking)
+        return Watcher(settings, tracking, delivery.handlers), delivery.worker
 
-    assert watcher_with(plain).run_pass().ok  # ranked before the rule had a registry
+    watcher, worker = watcher_with(plain)
+    assert watcher.run_pass().ok  # ranked before the rule had a registry
+    assert worker.drain() == {}
     client = MlflowClient(tracking_uri)
     assert client.search_model_versions(f"name = '{model_name}'") == []
 
-    watcher = watcher_with({**plain, "registry": {"model_name": model_name, "alias": "champion"}})
+    watcher, worker = watcher_with({**plain, "registry": {"model_name": model_name, "alias": "champion"}})
     result = watcher.run_pass()
     assert result.ok
     assert [o.action for o in result.outcomes] == ["idle"]  # no leaderboard change
-    assert result.handler_report == {"registry_promoted": 1}
+    assert result.handler_report == {"registry_queued": 1, "outbox_pending": 1}
+    assert worker.drain() == {"registry_promoted": 1}
     version = client.get_model_version_by_alias(model_name, "champion")
     assert (version.run_id, version.tags["model_rank"]) == (leader, "1")
     assert client.get_experiment(exp_id).tags[TARGET_TAG] == f"{model_name}@champion"
@@ -289,5 +335,6 @@ def test_a_rule_that_gains_a_registry_promotes_the_current_leader_once(sqlite_se
     tracking.calls_by_method.clear()
     idle = watcher.run_pass()
     assert idle.handler_report == {}
+    assert worker.drain() == {}
     assert set(tracking.calls_by_method) == {"search_experiments", "search_runs"}
     assert len(client.search_model_versions(f"name = '{model_name}'")) == 1

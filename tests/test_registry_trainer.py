@@ -59,16 +59,19 @@ def test_alias_follows_the_trainers_best_run_and_serves_its_model(sqlite_server:
         ],
     )
     tracking = MlflowTracking(sqlite_server.url)
-    watcher = Watcher(settings, tracking, build_handlers(settings, tracking))
+    delivery = build_handlers(settings, tracking)
+    watcher = Watcher(settings, tracking, delivery.handlers)
     client = MlflowClient(sqlite_server.url)
     mlflow.set_tracking_uri(sqlite_server.url)  # conftest restores it after the test
     train(sqlite_server, name, trials=1, seed=1)
     experiment_id = client.get_experiment_by_name(name).experiment_id
-    assert watcher.run_pass().handler_report == {"registry_promoted": 1}
+    assert watcher.run_pass().handler_report == {"registry_queued": 1, "outbox_pending": 1}
+    assert delivery.worker.drain() == {"registry_promoted": 1}  # as --once does after its pass
     first = assert_alias_serves_the_leader(client, experiment_id, model_name)
 
     train(sqlite_server, name, trials=2, seed=2)
     assert watcher.run_pass().ok
+    delivery.worker.drain()
     leader = assert_alias_serves_the_leader(client, experiment_id, model_name)
     versions = client.search_model_versions(f"name = '{model_name}'")
     # Earlier leaders keep their versions; a new leader got one of its own.

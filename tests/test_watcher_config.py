@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -92,6 +93,34 @@ CASES = [
     pytest.param({"rules": [GOOD_RULE], "polling": 3}, ["unknown key 'polling'"], id="unknown-top-level-key"),
     pytest.param({"rules": [GOOD_RULE, GOOD_RULE]}, ["rules[1]", "duplicate rule name"], id="duplicate-rule"),
     pytest.param("rules:\n  - name: x\n   metric: [1\n", ["invalid YAML at line"], id="yaml-syntax"),
+    pytest.param(
+        with_rule(experiments=["wf_*", ""]),
+        ["rule #2 'wf-xgboost' (rules[1])", "field 'experiments'", "pattern #2 is empty"],
+        id="empty-pattern",
+    ),
+    pytest.param(
+        with_rule(alerts=["failed", "crashed"]),
+        ["rules[1]", "field 'alerts'", "'failed' or 'stalled'"],
+        id="unknown-alert",
+    ),
+    pytest.param(
+        with_rule(stalled_after_minutes=0),
+        ["rules[1]", "field 'stalled_after_minutes'", "greater than or equal to 1"],
+        id="stalled-after-zero",
+    ),
+    pytest.param(
+        with_rule(stalled_after_minutes=1.5),
+        ["rules[1]", "field 'stalled_after_minutes'", "valid integer"],
+        id="stalled-after-fraction",
+    ),
+    pytest.param(
+        {
+            "webhooks": [{"name": "team", "url_env": "PODIUM_TEST_UNSET_HOOK"}],
+            "rules": [{**GOOD_RULE, "notify": ["team"]}],
+        },
+        ["webhook 'team'", "environment variable PODIUM_TEST_UNSET_HOOK (url_env) is not set"],
+        id="unset-url-env",
+    ),
 ]
 
 
@@ -108,6 +137,44 @@ def test_bad_config_exits_2_with_one_message_naming_file_rule_and_field(
     assert err.count("(got ") <= 1  # the offending value is shown once
     for part in expected:
         assert part in err
+
+
+@pytest.mark.parametrize("command", [["check-config"], ["--once"]], ids=["check-config", "once"])
+def test_a_config_file_that_is_not_utf8_is_exit_2_with_one_line(tmp_path: Path, command: list[str]) -> None:
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes(
+        yaml.safe_dump({"rules": [GOOD_RULE]}).replace("wf-xgboost", "wf-xgb\xf6ost").encode("latin-1")
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "watcher", *command, "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert (proc.returncode, "Traceback" in proc.stderr) == (2, False)
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
+    assert proc.stderr.startswith(f"error: {path}: the config file is not UTF-8 text")
+
+
+@pytest.mark.parametrize("command", [["check-config"], ["--once"]], ids=["check-config", "once"])
+def test_a_list_from_the_environment_that_is_not_json_is_exit_2_naming_the_variable(
+    tmp_path: Path, command: list[str]
+) -> None:
+    path = write(tmp_path, {"rules": [GOOD_RULE]})
+    proc = subprocess.run(
+        [sys.executable, "-m", "watcher", *command, "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**os.environ, "WATCHER_RULES": "not json"},
+    )
+    assert (proc.returncode, "Traceback" in proc.stderr) == (2, False)
+    assert (
+        proc.stderr.strip()
+        == f"error: {path}: environment variable WATCHER_RULES: not valid JSON (a list or mapping such as '[...]' is expected)"
+    )
 
 
 def test_a_missing_config_file_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -148,16 +215,16 @@ def test_check_config_prints_the_effective_config_with_secrets_redacted(
         },
     )
     monkeypatch.setenv("PODIUM_TEST_HOOK", "https://example.com/hook?token=abc")
-    monkeypatch.delenv("PODIUM_TEST_SECRET", raising=False)
+    monkeypatch.setenv("PODIUM_TEST_SECRET", "s3cr3t-value")
     assert cli.main(["check-config", "--config", str(path)]) == 0
     out = capsys.readouterr().out
-    for secret in ("hunter2", "XXXXSECRET", "T000", "token=abc"):
+    for secret in ("hunter2", "XXXXSECRET", "T000", "token=abc", "s3cr3t-value"):
         assert secret not in out
     shown = yaml.safe_load(out)
     assert shown["tracking_uri"] == "postgresql://podium:***@db:5432/mlflow"
     assert shown["webhooks"][0]["url"] == "https://hooks.slack.com/***"
     assert shown["webhooks"][1]["url_env"] == "PODIUM_TEST_HOOK (set)"
-    assert shown["webhooks"][1]["secret_env"] == "PODIUM_TEST_SECRET (unset)"
+    assert shown["webhooks"][1]["secret_env"] == "PODIUM_TEST_SECRET (set)"
     assert shown["rules"][0]["metric"] == "avg_test_r2"
 
 

@@ -10,8 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from mlflow.utils.search_utils import SearchUtils
 
+from watcher.engine import and_filters, metric_ref, number_literal
 from watcher.mlflow_io import check_run_filter, glob_to_like
-from watcher.service import and_filters, metric_ref, number_literal
 
 
 @given(st.floats(allow_nan=False, allow_infinity=False))
@@ -36,16 +36,19 @@ def test_clauses_join_with_and_and_metric_names_are_quoted() -> None:
         ("run[0-9]*", "run_%"),
         ("exact", "exact"),
         ("it's*", None),
+        ("wf_xgboost_[]]z", "wf_xgboost__z"),  # a set holding "]" is one character
+        ("x[!]]y", "x_y"),
+        ("a[]b", "a[]b"),  # no set: fnmatch reads "[" and "]" as themselves
     ],
 )
 def test_globs_become_like_patterns_that_match_a_superset(pattern: str, like: str | None) -> None:
     assert glob_to_like(pattern) == like
 
 
-@given(st.text("ab_%*?", max_size=6), st.text("abAB_%", max_size=6))
+@given(st.text("ab_%*?[]!", max_size=7), st.text("abAB_%[]!", max_size=6))
 def test_a_like_pattern_never_misses_a_name_the_glob_matches(pattern: str, name: str) -> None:
     like = glob_to_like(pattern)
     assert like is not None
-    regex = "".join("." if c == "_" else ".*" if c == "%" else c for c in like)
+    regex = "".join("." if c == "_" else ".*" if c == "%" else re.escape(c) for c in like)
     if fnmatchcase(name, pattern):
         assert re.fullmatch(regex, name, flags=re.DOTALL)

@@ -84,7 +84,8 @@ def test_once_tags_exactly_what_the_guides_searches_expect(
 ) -> None:
     """`--once`: top_10 -> 10 runs, model_rank 1 -> 1, production_candidate -> 3; NaN, missing,
     infinite, RUNNING, FAILED and filtered-out runs never tagged; a second `--once` writes nothing
-    and costs two calls (list the experiments, one search after the watermark)."""
+    and costs three calls (list the experiments, one search after the watermark, the holder
+    check)."""
     exp_id, name = new_experiment(client)
     made = make_runs(client, exp_id, [0.1 + 0.03 * i for i in range(12)])
     bad = [
@@ -114,14 +115,15 @@ def test_once_tags_exactly_what_the_guides_searches_expect(
     proxy.reset()
     assert cli.main(["--once", "--config", str(config), "--log-format", "json"]) == 0
     assert writes(proxy) == []
-    assert [p.rsplit("/", 1)[-1] for _, p in proxy.tracking_calls()] == ["search", "search"]
+    assert [p.rsplit("/", 1)[-1] for _, p in proxy.tracking_calls()] == ["search", "search", "search"]
 
 
 def test_a_new_best_run_takes_rank_1_with_few_reads_and_no_stale_tags(
     mlflow_server: ServerHandle, client: MlflowClient, counting_proxy: Callable[[str], Proxy]
 ) -> None:
-    """Re-rank after one new run: O(1) reads (list, watermark search, threshold search), writes
-    only for runs whose tags change, and the board equals a full ranking."""
+    """Re-rank after one new run: O(1) reads (list, watermark search, holder check, the two
+    orphan-tag searches, threshold search), writes only for runs whose tags change, and the
+    board equals a full ranking."""
     exp_id, name = new_experiment(client)
     made = make_runs(client, exp_id, [0.5 + 0.01 * i for i in range(18)])
     proxy = counting_proxy(mlflow_server.url)
@@ -137,7 +139,7 @@ def test_a_new_best_run_takes_rank_1_with_few_reads_and_no_stale_tags(
     assert ranked[0] == best[0].run_id
     assert_board(client, exp_id, ranked, top_n=5)
     reads = [c for c in proxy.tracking_calls() if c not in writes(proxy)]
-    assert len(reads) == 3
+    assert len(reads) == 6
     # 5 runs change rank (one log_batch each), the old #5 loses model_rank and top_5, the
     # old #3 loses production_candidate; plus one write of the experiment's state.
     assert len(writes(proxy)) == 5 + 2 + 1 + 1
@@ -208,9 +210,11 @@ def test_a_deleted_or_worsened_holder_is_replaced_from_the_kept_board(
     assert_board(client, exp_id, truth, top_n=4)
 
 
-def test_when_the_kept_board_runs_out_the_watcher_ranks_in_full(
+def test_when_the_kept_board_runs_out_the_watcher_refills_it_without_a_scan(
     mlflow_server: ServerHandle, client: MlflowClient
 ) -> None:
+    """Twelve of the thirteen kept runs deleted: the threshold search from the kept cutoff
+    finds too few, so the board is found again from a sample's cutoffs (no full ranking)."""
     exp_id, name = new_experiment(client)
     made = make_runs(client, exp_id, [0.01 * i for i in range(16)])
     watcher = watcher_for(mlflow_server.url, rule(name, top_n=3, production_candidates=1))
@@ -219,9 +223,11 @@ def test_when_the_kept_board_runs_out_the_watcher_ranks_in_full(
     for run_id in ranked[:12]:
         client.delete_run(run_id)
     make_runs(client, exp_id, [-1.0], prefix="new")
-    result = watcher.run_pass()
+    with capture_logs() as logs:
+        result = watcher.run_pass()
     assert result.ok
-    assert result.outcomes[0].action == "full"
+    assert result.outcomes[0].action == "rerank"
+    assert "board_refill_needed" in [e["event"] for e in logs]
     assert_board(client, exp_id, ranked[12:], top_n=3, k=1)
 
 
@@ -327,12 +333,12 @@ def test_an_unreachable_server_fails_the_pass_fast_and_is_logged() -> None:
     assert not watcher.health.is_healthy(result.started_at)
 
 
-def test_idle_passes_cost_two_calls_and_lagging_watermarks_catch_up(
+def test_idle_from_the_first_pass_on_across_experiments(
     mlflow_server: ServerHandle, client: MlflowClient, counting_proxy: Callable[[str], Proxy]
 ) -> None:
-    """Many experiments, one rule: an idle pass is one listing and one watermark search; after
-    one experiment moved on, the others' watermarks follow once (a state write each, no run tag
-    write), and later idle passes are two calls with empty results again."""
+    """Many experiments, one rule: the pass right after the first ranking is idle (one listing,
+    one watermark search, one holder check, no write), and so is the pass after a re-rank of
+    one experiment: the others' watermarks need no catching up."""
     prefix = f"idle_{uuid4().hex[:6]}"
     ids = [client.create_experiment(f"{prefix}_{i}") for i in range(3)]
     for exp_id in ids:
@@ -340,24 +346,21 @@ def test_idle_passes_cost_two_calls_and_lagging_watermarks_catch_up(
     proxy = counting_proxy(mlflow_server.url)
     watcher = watcher_for(proxy.url, rule(f"{prefix}_*"))
     assert watcher.run_pass().ok
-    # Each first ranking set the watermark to its own last run: the two older ones catch up.
-    assert [o.action for o in watcher.run_pass().outcomes] == ["advance", "advance", "idle"]
 
     proxy.reset()
     idle = watcher.run_pass()
-    assert (idle.tracking_calls, len(proxy.tracking_calls()), idle.tag_writes) == (2, 2, 0)
+    assert [o.action for o in idle.outcomes] == ["idle"] * 3
+    assert (idle.tracking_calls, len(proxy.tracking_calls()), idle.tag_writes) == (3, 3, 0)
+    assert writes(proxy) == []
 
     make_runs(client, ids[1], [0.9], prefix="new")
     moved = watcher.run_pass()
     assert [o.action for o in moved.outcomes] == ["idle", "rerank", "idle"]
 
     proxy.reset()
-    catch_up = watcher.run_pass()
-    assert [o.action for o in catch_up.outcomes] == ["advance", "idle", "advance"]
-    assert [p.rsplit("/", 1)[-1] for _, p in writes(proxy)] == ["set-experiment-tag"] * 2
-
-    proxy.reset()
-    assert watcher.run_pass().tracking_calls == 2
+    again = watcher.run_pass()
+    assert [o.action for o in again.outcomes] == ["idle"] * 3
+    assert again.tracking_calls == 3
     assert writes(proxy) == []
 
 

@@ -11,8 +11,9 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import structlog
 import yaml
@@ -20,6 +21,9 @@ import yaml
 from watcher.errors import ConfigError
 from watcher.logs import configure
 from watcher.settings import DEFAULT_CONFIG_PATH, WatcherSettings, effective_config, load_settings
+
+if TYPE_CHECKING:
+    from watcher.delivery import DeliveryWorker
 
 log = structlog.get_logger("watcher")
 
@@ -70,8 +74,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         settings = load_settings(args.config, check_filter=check_run_filter)
         if args.command == "check-config":
+            check_runnable(settings, daemon=True)
             print_config(settings, sys.stdout)
             return 0
+        if not args.dry_run:
+            check_runnable(settings, daemon=not args.once)
         return run(settings, once=args.once or args.dry_run, dry_run=args.dry_run)
     except ConfigError as e:
         message, config = str(e), str(Path(args.config))
@@ -86,6 +93,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def check_runnable(settings: WatcherSettings, *, daemon: bool) -> None:
+    """What only the environment can break, raised as :class:`ConfigError`: the webhooks'
+    ``url_env``/``secret_env`` (a pass needs them) and, for the daemon, the API's token and
+    bind. ``check-config`` runs the same checks as a real run, so it exits 2 where a run would.
+    """
+    from watcher.notify.sender import resolve_targets
+
+    resolve_targets(settings.webhooks)
+    if daemon and settings.http.enabled:
+        from watcher.api import check_bind, resolve_token
+
+        check_bind(settings.http, resolve_token(settings.http))
+
+
 def print_config(settings: WatcherSettings, out: TextIO) -> None:
     out.write(yaml.safe_dump(effective_config(settings), sort_keys=False))
 
@@ -95,40 +116,64 @@ def run(settings: WatcherSettings, *, once: bool, dry_run: bool) -> int:
     from watcher.service import Watcher
 
     tracking = MlflowTracking(settings.tracking_uri)
-    handlers: list[Any] = []
+    delivery: Delivery | None = None
     if dry_run:
         # A dry run calls no handler (it sends and promotes nothing), so a webhook whose
         # url_env or secret_env is unset is no reason to refuse it: say so and go on.
         warn_unresolved_webhooks(settings)
     else:
-        handlers = build_handlers(settings, tracking)
-    watcher = Watcher(settings, tracking, handlers)
+        delivery = build_handlers(settings, tracking)
+    watcher = Watcher(settings, tracking, delivery.handlers if delivery is not None else ())
     if once:
         result = watcher.run_pass(dry_run=dry_run)
         if dry_run:
             print_plan(result, sys.stdout)
+        elif delivery is not None:
+            # What the pass queued goes out before the process exits, within the retry bound;
+            # what still fails stays in the outbox for the next run.
+            report = delivery.worker.drain()
+            log.info("deliveries_finished", pending=delivery.worker.outbox.pending(), **report)
         return 0 if result.ok else 1
     from watcher.scheduler import run_daemon
 
-    return run_daemon(watcher, start_api=_api_starter(settings))
+    assert delivery is not None
+    return run_daemon(watcher, start_api=_api_starter(settings), worker=delivery.worker)
 
 
-def build_handlers(settings: WatcherSettings, tracking: Any) -> list[Any]:
-    """The registry promoter and, with webhooks configured, the notifier (W2's handlers)."""
-    from watcher.mlflow_io import MlflowRegistry
-    from watcher.notify import Notifier, resolve_targets
+@dataclass(frozen=True)
+class Delivery:
+    """The pass's handlers and the worker that carries out what they queue."""
+
+    handlers: list[Any]
+    worker: DeliveryWorker
+
+
+def build_handlers(settings: WatcherSettings, tracking: Any) -> Delivery:
+    """The registry promoter, the notifier (with webhooks configured) and the delivery worker,
+    sharing one outbox. The worker talks to MLflow through a tracking adapter of its own, so
+    its calls never count in a pass's tracking calls."""
+    from watcher.delivery import DeliveryWorker
+    from watcher.mlflow_io import MlflowRegistry, MlflowTracking
+    from watcher.notify.handler import Notifier
+    from watcher.notify.sender import resolve_targets
+    from watcher.outbox import Outbox
     from watcher.registry import RegistryPromoter
 
-    store = MlflowRegistry(tracking)
-    handlers: list[Any] = [RegistryPromoter(store)]
-    if settings.webhooks:
-        handlers.append(Notifier(resolve_targets(settings.webhooks), store, ui_base_url=settings.ui_base_url))
-    return handlers
+    worker_store = MlflowRegistry(MlflowTracking(tracking.tracking_uri))
+    outbox = Outbox(MlflowRegistry(tracking), worker_store=worker_store)
+    targets = resolve_targets(settings.webhooks)
+    worker = DeliveryWorker(outbox, targets=targets, registry=worker_store, ui_base_url=settings.ui_base_url)
+    handlers: list[Any] = [RegistryPromoter(outbox)]
+    if targets:
+        handlers.append(Notifier(outbox, targets, ui_base_url=settings.ui_base_url))
+    # Last, so that its on_pass_end sees what the others queued in the pass.
+    handlers.append(worker)
+    return Delivery(handlers, worker)
 
 
 def warn_unresolved_webhooks(settings: WatcherSettings) -> None:
     """Log (never raise) what would stop a real run from resolving its webhooks."""
-    from watcher.notify import resolve_targets
+    from watcher.notify.sender import resolve_targets
 
     try:
         resolve_targets(settings.webhooks)
@@ -149,7 +194,8 @@ def _api_starter(settings: WatcherSettings) -> Any:
 
 
 def print_plan(result: Any, out: TextIO) -> None:
-    """The dry run's plan, one line per tag change: experiment, run, tag, old -> new."""
+    """The dry run's plan, one line per tag change (experiment, run, tag, old -> new), per
+    alert it would announce and per experiment whose ``podium.state`` it would write."""
     total = 0
     for outcome in result.outcomes:
         for change in outcome.changes:
@@ -160,6 +206,12 @@ def print_plan(result: Any, out: TextIO) -> None:
                 f"{change.key}: {old} -> {new}\n"
             )
             total += 1
+        where = f"{outcome.experiment_name} [{outcome.experiment_id}]"
+        for alert in getattr(outcome, "alerts", ()):
+            out.write(f"{where}  run {alert.run_id}  alert: run.{alert.kind} ({alert.status})\n")
+        if getattr(outcome, "state", None) is not None:
+            reason = f", {outcome.reason}" if getattr(outcome, "reason", "") else ""
+            out.write(f"{where}  podium.state: {outcome.action}{reason}\n")
     status = "" if result.ok else f" (pass failed: {result.error})"
     out.write(
         f"dry run: {total} tag change(s) planned in {result.experiments_checked} experiment(s), nothing written{status}\n"

@@ -13,14 +13,20 @@ or replaced watcher carries on where the last one stopped and two replicas conve
   reserve of runners-up, a prefix of the true order cut at its last entry (``complete``:
   it holds every ranked run). Its holders are the tag holders; its last entry is the cutoff
   for threshold searches that refill the board without scanning the experiment.
-- ``ranked_runs`` / ``unranked_runs``: counts as of the last full ranking plus the runs that
-  finished since (runs deleted later are not subtracted until the next full ranking).
+- ``ranked_runs`` / ``unranked_runs``: counts of the FINISHED runs matching the rule, plus
+  the runs that finished since. A first ranking finds the board without a scan, so its counts
+  are completed later by a paged count (``counting``: the page token to go on from, over runs
+  that ended at or before ``count_upto``), a bounded number of pages per pass.
+- ``first_seen``: when the rule first saw the experiment (ms); only runs that fail or stall
+  after it are announced. ``alerted``: the runs announced already (newest last, bounded), so
+  no run is announced twice, whichever replica sees it.
 
-Limits, by design of an O(1) idle pass: a holder deleted, or whose value changed, without any
-run finishing is noticed at the experiment's next re-rank (or ``POST /models/rank``), not at
-once; a run whose ``end_time`` lies before the watermark when it becomes visible (a client
-clock far behind) does not trigger a re-rank by itself, but any later re-rank includes it,
-since the threshold search does not look at end times.
+Limits, by design of an O(1) idle pass: the holder check of every pass finds runs carrying
+``model_rank``; a ``top_{N}`` or ``production_candidate`` tag on a run without ``model_rank``
+(set by hand) is found at the experiment's next re-rank. A run whose ``end_time`` lies before
+the watermark when it becomes visible (a client clock far behind) does not trigger a re-rank
+by itself, but any later re-rank includes it, since the threshold search does not look at
+end times.
 """
 
 from __future__ import annotations
@@ -28,7 +34,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -40,6 +45,9 @@ STATE_VERSION = 1
 # An experiment tag holds up to 20,000 characters; a board entry takes at most ~80. The board
 # always holds the whole top N, so top_n is capped at this size (settings and the API check it).
 MAX_BOARD = MAX_TOP_N
+# Announced run ids kept in the state (32 characters each): enough to cover every run that can
+# still be RUNNING or newly FAILED, and well inside the tag's 20,000 characters with the board.
+MAX_ALERTED = 100
 
 
 def fingerprint(metric: str, ascending: bool, filter_string: str | None) -> str:
@@ -65,6 +73,11 @@ class ExperimentState:
     complete: bool = True
     ranked_runs: int = 0
     unranked_runs: int = 0
+    counting: bool = False
+    count_token: str | None = None
+    count_upto: int = 0
+    first_seen: int | None = None
+    alerted: tuple[str, ...] = ()
 
     def to_tag(self) -> str:
         return json.dumps(
@@ -79,6 +92,11 @@ class ExperimentState:
                 "complete": self.complete,
                 "ranked_runs": self.ranked_runs,
                 "unranked_runs": self.unranked_runs,
+                "counting": self.counting,
+                "count_token": self.count_token,
+                "count_upto": self.count_upto,
+                "first_seen": self.first_seen,
+                "alerted": list(self.alerted[-MAX_ALERTED:]),
                 # Run names are left out (searches return them fresh): a board of MAX_BOARD
                 # entries then fits an experiment tag whatever the names.
                 "board": [[c.run_id, c.value, c.end_time] for c in self.board],
@@ -112,6 +130,11 @@ class ExperimentState:
                 complete=bool(data["complete"]),
                 ranked_runs=int(data["ranked_runs"]),
                 unranked_runs=int(data["unranked_runs"]),
+                counting=bool(data.get("counting", False)),
+                count_token=_opt_str(data.get("count_token")),
+                count_upto=int(data.get("count_upto") or 0),
+                first_seen=_opt_int(data.get("first_seen")),
+                alerted=tuple(str(r) for r in data.get("alerted") or ()),
             )
         except (ValueError, TypeError, KeyError, IndexError):
             return None
@@ -140,54 +163,5 @@ def _opt_int(value: Any) -> int | None:
     return None if value is None else int(value)
 
 
-@dataclass(frozen=True)
-class Decision:
-    """What a pass does with one experiment.
-
-    ``action``: "full" (rank from scratch), "rerank" (incremental), "pending" (new runs, but a
-    run is still RUNNING), "advance" (nothing new for it, only its watermark moves), "idle".
-    """
-
-    action: str
-    seen: int
-    new_ranked: int = 0
-    new_unranked: int = 0
-
-
-def decide(
-    state: ExperimentState | None,
-    expected_fingerprint: str,
-    new_end_times: Sequence[int],
-    new_ranked: int,
-    new_unranked: int,
-    *,
-    running: bool,
-    wait_for_running: bool,
-    top_n: int,
-    production_candidates: int,
-    advance_to: int | None = None,
-) -> Decision:
-    """Decide one experiment's action from its state and what the detection search found.
-
-    ``new_end_times`` are end times of runs newer than the experiment's watermark (FINISHED,
-    matching the rule). ``advance_to``: when the batch search returned runs this experiment's
-    watermark already covers (another experiment's older news), the largest end time it saw;
-    an experiment with nothing new moves its watermark there, so later searches stay empty.
-    A changed ``top_n`` or ``production_candidates`` re-ranks at once (old ``top_{M}`` go).
-    """
-    seen = max([state.seen if state else 0, *new_end_times])
-    needs_full = state is None or state.fingerprint != expected_fingerprint
-    has_news = bool(new_end_times) or (state is not None and state.pending)
-    reshaped = state is not None and (
-        state.top_n != top_n or state.production_candidates != production_candidates
-    )
-    if wait_for_running and running and (needs_full or has_news):
-        return Decision("pending", seen, new_ranked, new_unranked)
-    if needs_full:
-        return Decision("full", seen)
-    if has_news or reshaped:
-        return Decision("rerank", seen, new_ranked, new_unranked)
-    assert state is not None
-    if advance_to is not None and advance_to > state.seen:
-        return Decision("advance", advance_to)
-    return Decision("idle", state.seen)
+def _opt_str(value: Any) -> str | None:
+    return None if value is None else str(value)

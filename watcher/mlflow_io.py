@@ -1,7 +1,8 @@
 """The only module of the watcher that talks to MLflow.
 
 Every call goes through :class:`MlflowTracking`, which counts it (pass summary, Prometheus
-``TRACKING_CALLS``) and turns MLflow's exceptions into :class:`TrackingError`.
+``TRACKING_CALLS``) and turns MLflow's exceptions into :class:`TrackingError`. Its
+:meth:`MlflowTracking.apply_plan` is the one writer of the watcher's run tags and state.
 """
 
 from __future__ import annotations
@@ -18,15 +19,19 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
 
+import structlog
 from mlflow.entities import Experiment, Run, RunTag, ViewType
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.search_utils import SearchUtils
 
 from watcher import metrics
+from watcher.detect import STATE_TAG
 from watcher.errors import TrackingError
-from watcher.model import ExperimentRecord, RunRecord
-from watcher.registry import ModelSource, ModelVersionInfo  # W2's registry section below
+from watcher.model import ExperimentRecord, ModelSource, ModelVersionInfo, RunRecord, TagChange
+from watcher.planner import ExperimentPlan
+
+log = structlog.get_logger("watcher")
 
 # The server rejects larger pages (SEARCH_MAX_RESULTS_THRESHOLD).
 MAX_PAGE = 50_000
@@ -74,7 +79,9 @@ def glob_to_like(pattern: str) -> str | None:
     """
     if "'" in pattern or "\\" in pattern:
         return None
-    like = re.sub(r"\[[^\]]*\]", "_", pattern)
+    # A set matches one character; fnmatch reads a ``]`` right after ``[`` or ``[!`` as a
+    # member (``[]]`` is the set of ``]``), and a ``[`` with no closing ``]`` as itself.
+    like = re.sub(r"\[!?+(?:\][^\]]*|[^\]]+)\]", "_", pattern)
     return like.replace("*", "%").replace("?", "_")
 
 
@@ -186,6 +193,23 @@ class MlflowTracking:
             if not token or (limit is not None and seen >= limit):
                 return
 
+    def search_page(
+        self, experiment_ids: Sequence[str], filter_string: str, page_size: int, token: str | None = None
+    ) -> tuple[list[RunRecord], str | None]:
+        """One page of an unordered search and the token of the next page (None: the last)."""
+        if not experiment_ids:
+            return [], None
+        page = self._call(
+            "search_runs",
+            self._client.search_runs,
+            experiment_ids=list(experiment_ids),
+            filter_string=filter_string,
+            run_view_type=ViewType.ACTIVE_ONLY,
+            max_results=page_size,
+            page_token=token,
+        )
+        return [_run(r) for r in page], page.token or None
+
     def set_run_tags(self, run_id: str, tags: Mapping[str, str]) -> bool:
         """Set several tags of one run in one ``log_batch``; False if the run is gone."""
         try:
@@ -210,6 +234,42 @@ class MlflowTracking:
                 return False
             raise
         return True
+
+    # -- the one writer ----------------------------------------------------------------------
+
+    def apply_plan(self, plan: ExperimentPlan, stored_state: str | None) -> int:
+        """Write one experiment's plan: its tag changes in order, then its state tag.
+
+        ``stored_state`` is the ``podium.state`` text as listed (an equal state is not
+        written again). Returns the number of tag writes.
+        """
+        self.apply_changes(plan.changes)
+        if plan.state is not None:
+            text = plan.state.to_tag()
+            if text != stored_state:
+                self.set_experiment_tag(plan.experiment_id, STATE_TAG, text)
+        return len(plan.changes)
+
+    def apply_changes(self, changes: Sequence[TagChange]) -> None:
+        """Deletions one call each, then one ``log_batch`` per run (changes come grouped)."""
+        i = 0
+        while i < len(changes):
+            change = changes[i]
+            if change.is_delete:
+                if not self.delete_run_tag(change.run_id, change.key):
+                    log.info("tag_already_gone", run_id=change.run_id, key=change.key)
+                metrics.TAG_WRITES.inc()
+                i += 1
+                continue
+            batch: dict[str, str] = {}
+            while i < len(changes) and changes[i].run_id == change.run_id and not changes[i].is_delete:
+                new = changes[i].new
+                if new is not None:
+                    batch[changes[i].key] = new
+                i += 1
+            if not self.set_run_tags(change.run_id, batch):
+                log.warning("run_gone_before_tagging", run_id=change.run_id)
+            metrics.TAG_WRITES.inc(len(batch))
 
     # -- training dashboard: reads (watcher.dashboard) ---------------------------------------
     # Kept in one block; each call goes through _call, so it is counted like the others.
@@ -262,11 +322,12 @@ def _run(run: Run) -> RunRecord:
         metrics=dict(run.data.metrics),
         params=dict(run.data.params),
         tags=dict(run.data.tags),
+        last_activity=max((m.timestamp for m in run.data._metric_objs if m.timestamp), default=None),
     )
 
 
 # ============================================================================================
-# Registry promotion and pending webhook summaries (W2: watcher.registry, watcher.notify).
+# Registry promotion and the handlers' pending work (watcher.registry, watcher.notify).
 # Kept apart from the ranking calls above; every call still goes through MlflowTracking._call,
 # so it is counted and its errors become TrackingError.
 

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
-
-if TYPE_CHECKING:
-    from watcher.settings import RuleConfig
+from typing import Literal, Protocol
 
 # Run tags of the MLflow contract (DESIGN.md, "The MLflow contract").
 MODEL_RANK = "model_rank"
@@ -16,6 +13,63 @@ TRUE = "true"
 # The largest top_n a rule or POST /models/rank may ask for: the watcher keeps the board (the
 # top N and runners-up) in one experiment tag of at most 20,000 characters, 200 runs at most.
 MAX_TOP_N = 200
+
+
+AlertKind = Literal["failed", "stalled"]
+Trigger = Literal["experiment_finished", "run_finished"]
+
+
+class RegistryTarget(Protocol):
+    """Where a rule promotes its leader: a registered model and the alias to move."""
+
+    @property
+    def model_name(self) -> str: ...
+
+    @property
+    def alias(self) -> str: ...
+
+
+class Rule(Protocol):
+    """What the engine and the handlers read of a rule (``settings.RuleConfig`` is one).
+
+    A protocol, so that plain values and handlers never depend on the config loader.
+    """
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def experiments(self) -> Sequence[str]: ...
+
+    @property
+    def metric(self) -> str: ...
+
+    @property
+    def ascending(self) -> bool: ...
+
+    @property
+    def top_n(self) -> int: ...
+
+    @property
+    def production_candidates(self) -> int: ...
+
+    @property
+    def filter(self) -> str | None: ...
+
+    @property
+    def trigger(self) -> Trigger: ...
+
+    @property
+    def registry(self) -> RegistryTarget | None: ...
+
+    @property
+    def notify(self) -> Sequence[str]: ...
+
+    @property
+    def alerts(self) -> Sequence[AlertKind]: ...
+
+    @property
+    def stalled_after_minutes(self) -> int: ...
 
 
 def top_tag(top_n: int) -> str:
@@ -77,6 +131,38 @@ class LeaderboardChanged:
 
 
 @dataclass(frozen=True)
+class RunAlert:
+    """One failed or stalled run the rule should announce, decided by the pure core."""
+
+    kind: AlertKind
+    experiment_id: str
+    experiment_name: str
+    rule: str  # the rule's name
+    run_id: str
+    run_name: str
+    status: str  # MLflow status now: FAILED, KILLED, RUNNING
+    last_activity: int | None  # unix ms: the run's latest start / metric timestamp / end time
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a run's model lives: `models:/<model_id>` (MLflow 3) or `runs:/<run_id>/model`."""
+
+    uri: str
+    model_id: str | None = None
+
+
+@dataclass(frozen=True)
+class ModelVersionInfo:
+    """A registered model version, as the adapter reports it (no MLflow types)."""
+
+    name: str
+    version: str
+    run_id: str | None
+    tags: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class TagChange:
     """Set (``new`` is a string) or delete (``new`` is None) one run tag; ``old`` as last seen."""
 
@@ -112,6 +198,8 @@ class RunRecord:
     metrics: Mapping[str, float] = field(default_factory=dict)
     params: Mapping[str, str] = field(default_factory=dict)
     tags: Mapping[str, str] = field(default_factory=dict)
+    # The latest timestamp of the run's metrics (ms), None without metrics.
+    last_activity: int | None = None
 
 
 @dataclass(frozen=True)
@@ -121,7 +209,7 @@ class WatchedExperiment:
     experiment_id: str
     name: str
     tags: Mapping[str, str] = field(default_factory=dict)
-    rule: RuleConfig | None = None
+    rule: Rule | None = None
 
 
 class Handler(Protocol):
@@ -136,13 +224,15 @@ class Handler(Protocol):
     them up on each handler and skips those it lacks.
     """
 
-    def on_leaderboard_changed(self, event: LeaderboardChanged, rule: RuleConfig) -> None: ...
+    def on_leaderboard_changed(self, event: LeaderboardChanged, rule: Rule) -> None: ...
 
     def on_pass_end(self, experiments: Sequence[WatchedExperiment]) -> None: ...
 
 
 class PassHooks(Protocol):
     """Optional hooks of a :class:`Handler` (``Notifier`` and ``RegistryPromoter`` have both).
+
+    ``on_run_alert`` gets each :class:`RunAlert` of the pass, after the tags were written.
 
     ``on_pass_start`` is called before every pass that is not a dry run, even when the last
     pass failed before its ``on_pass_end`` (so per-pass state is reset); an exception is
@@ -152,5 +242,9 @@ class PassHooks(Protocol):
     """
 
     def on_pass_start(self) -> None: ...
+
+    def on_run_alert(self, alert: RunAlert, rule: Rule) -> None:
+        """Called once per alert after the pass's tag plan was applied (never twice per run)."""
+        ...
 
     def pass_report(self) -> Mapping[str, int]: ...

@@ -11,58 +11,51 @@ When a rule has `registry: {model_name, alias}` and its leaderboard changed, `pr
    versions with their current rank (or removes `model_rank` when they left the board);
 4. moves the alias last, so that a promotion cut short is simply redone by the next attempt.
 
-Versions of earlier leaders stay; only the alias moves. A failed promotion is logged, kept as
-the experiment tag `podium.registry_pending` (in memory if even that fails) and retried at the
-end of the next pass while its run still holds `model_rank=1`.
+Versions of earlier leaders stay; only the alias moves. `RegistryPromoter`, the handler, does
+none of this in the pass: it keeps a promotion entry in the outbox (`watcher.outbox`), and the
+delivery worker carries it out with `carry_out`. A failed promotion stays in the outbox and is
+retried in a later round while its run still holds `model_rank=1`; a newer leader's promotion
+supersedes it.
 
 A rule that gains `registry:` (or names another model or alias) after its experiments were
 ranked gets no leaderboard change to react to. So once an experiment's leader was promoted
 (or found without a model), the experiment tag `podium.registry_target` records
 `<model_name>@<alias>`; at the end of a pass, an experiment whose rule's target differs from
 that tag (both read from the pass's listing, so an idle pass costs no call) has its current
-leader, from the watcher's kept board, promoted once. An alias moved by hand is not put back
-until the leader changes.
+leader, from the watcher's kept board, queued for promotion once. An alias moved by hand is
+not put back until the leader changes.
 """
 
 from __future__ import annotations
 
-import json
+import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
 from typing import Literal, Protocol
 
 import structlog
 
 from watcher.detect import STATE_TAG, ExperimentState, fingerprint
-from watcher.model import MODEL_RANK, LeaderboardChanged, WatchedExperiment
-from watcher.settings import RuleConfig
+from watcher.model import (
+    MODEL_RANK,
+    LeaderboardChanged,
+    ModelSource,
+    ModelVersionInfo,
+    RegistryTarget,
+    Rule,
+    WatchedExperiment,
+)
+from watcher.outbox import LEGACY_REGISTRY_TAG, TAG_PREFIX, Entry, Outbox
 
 log = structlog.get_logger(__name__)
 
-PENDING_TAG = "podium.registry_pending"
 TARGET_TAG = "podium.registry_target"
 SOURCE_RUN_ID = "source_run_id"
 
 Outcome = Literal["current", "promoted", "no_model"]
-
-
-@dataclass(frozen=True)
-class ModelSource:
-    """Where a run's model lives: `models:/<model_id>` (MLflow 3) or `runs:/<run_id>/model`."""
-
-    uri: str
-    model_id: str | None = None
-
-
-@dataclass(frozen=True)
-class ModelVersionInfo:
-    """A registered model version, as the adapter reports it (no MLflow types)."""
-
-    name: str
-    version: str
-    run_id: str | None
-    tags: Mapping[str, str] = field(default_factory=dict)
+# What carrying out a queued promotion came to: also "obsolete" when its run lost the lead.
+Result = Literal["current", "promoted", "no_model", "obsolete"]
 
 
 class RegistryStore(Protocol):
@@ -145,188 +138,138 @@ def _has_tags(version: ModelVersionInfo, wanted: Mapping[str, str]) -> bool:
     return all(version.tags.get(key) == value for key, value in wanted.items())
 
 
-@dataclass(frozen=True)
-class PendingPromotion:
-    """A promotion that failed, to retry on a later pass."""
+def carry_out(store: RegistryStore, entry: Entry) -> Result:
+    """Do one queued promotion (raises what the store raises; the worker keeps it then).
 
-    experiment_id: str
-    run_id: str
-    model_name: str
-    alias: str
+    A first attempt uses the ranks the leaderboard had when it was queued. A retry (after a
+    failure or a restart) first checks that its run still holds `model_rank=1`, and reads the
+    other runs' ranks from their tags.
+    """
+    data = entry.data
+    run_id = str(data["run_id"])
+    rank_of: Callable[[str], str | None]
+    if entry.adopted or "ranks" not in data:
+        if store.get_run_tag(run_id, MODEL_RANK) != "1":
+            return "obsolete"
 
-    def tag_value(self) -> str:
-        data = asdict(self)
-        del data["experiment_id"]
-        return json.dumps(data, separators=(",", ":"))
+        def rank_of(other: str) -> str | None:
+            return store.get_run_tag(other, MODEL_RANK)
+    else:
+        ranks = {str(k): str(v) for k, v in dict(data.get("ranks") or {}).items()}
+        rank_of = ranks.get
+    outcome, version = promote(
+        store,
+        model_name=str(data["model_name"]),
+        alias=str(data["alias"]),
+        run_id=run_id,
+        rank_of=rank_of,
+    )
+    ctx = {
+        "experiment_id": entry.experiment_id,
+        "run_id": run_id,
+        "model_name": data["model_name"],
+        "alias": data["alias"],
+    }
+    if outcome == "no_model":
+        log.warning("registry_leader_without_model", **ctx)
+    elif outcome == "promoted":
+        assert version is not None
+        log.info("registry_alias_moved", version=version.version, **ctx)
+    if data.get("record_target"):
+        store.set_experiment_tag(entry.experiment_id, TARGET_TAG, entry.target)
+    return outcome
 
-    @classmethod
-    def from_tag(cls, experiment_id: str, value: str) -> PendingPromotion:
-        data = json.loads(value)
-        return cls(experiment_id, str(data["run_id"]), str(data["model_name"]), str(data["alias"]))
+
+def target_of(registry: RegistryTarget) -> str:
+    return f"{registry.model_name}@{registry.alias}"
 
 
 class RegistryPromoter:
-    """Handler: moves a rule's registry alias to the leader after its leaderboard changed.
+    """Handler: queues the promotion of the leader after a rule's leaderboard changed.
 
-    Never raises: the ranking is already written when this runs, and a failure here is
-    retried on the next pass.
+    Never raises and makes no registry call in the pass; see the module doc.
     """
 
-    def __init__(self, store: RegistryStore) -> None:
-        self._store = store
-        # Promotions whose pending tag could not be written either.
-        self._in_memory: dict[str, PendingPromotion] = {}
-        # Experiments promoted (or failed and re-queued) in this pass: a pending tag seen in
-        # the pass's experiment listing is older than that and must not undo it.
-        self._handled: dict[str, bool] = {}
+    def __init__(
+        self,
+        outbox: Outbox,
+        *,
+        clock: Callable[[], float] = time.time,
+        new_id: Callable[[], str] = lambda: uuid.uuid4().hex,
+    ) -> None:
+        self._outbox = outbox
+        self._clock = clock
+        self._new_id = new_id
+        # Per experiment: the registry target its last listing recorded, and the one this
+        # process queued a promotion for (the listing lags behind the worker).
+        self._listed: dict[str, str | None] = {}
+        self._queued: dict[str, str] = {}
         self._report: Counter[str] = Counter()
-        self._last_report: dict[str, int] = {}
 
-    def on_leaderboard_changed(self, event: LeaderboardChanged, rule: RuleConfig) -> None:
+    def on_leaderboard_changed(self, event: LeaderboardChanged, rule: Rule) -> None:
         leader = event.board.leader
         if rule.registry is None or leader is None:
             return
         ranks = {entry.run_id: str(entry.rank) for entry in event.board.entries}
-        request = PendingPromotion(
-            experiment_id=event.board.experiment_id,
-            run_id=leader.run_id,
-            model_name=rule.registry.model_name,
-            alias=rule.registry.alias,
-        )
-        self._handled[request.experiment_id] = self._attempt(request, rank_of=ranks.get)
+        self._queue(event.board.experiment_id, leader.run_id, rule.registry, ranks)
 
     def on_pass_start(self) -> None:
-        """Forget the per-pass state of a pass that failed before its on_pass_end."""
-        self._handled.clear()
         self._report.clear()
 
     def on_pass_end(self, experiments: Sequence[WatchedExperiment]) -> None:
-        try:
-            for experiment in experiments:
-                value = experiment.tags.get(PENDING_TAG)
-                if value is None:
-                    continue
-                handled = self._handled.get(experiment.experiment_id)
-                if handled is True:  # promoted in this pass; the tag is from an earlier failure
-                    self._delete_pending(experiment.experiment_id)
-                    continue
-                if handled is False:  # failed in this pass and queued again; retry next pass
-                    continue
-                try:
-                    request = PendingPromotion.from_tag(experiment.experiment_id, value)
-                except (ValueError, KeyError, TypeError):
-                    log.warning("registry_pending_unreadable", experiment_id=experiment.experiment_id)
-                    self._delete_pending(experiment.experiment_id)
-                    continue
-                self._retry(request, from_tag=True)
-            for experiment_id, request in list(self._in_memory.items()):
-                if experiment_id not in self._handled:
-                    self._retry(request, from_tag=False)
-            for experiment in experiments:
-                self._follow_target(experiment)
-        finally:
-            self._handled.clear()
-            self._last_report, self._report = dict(self._report), Counter()
+        for experiment in experiments:
+            self._listed[experiment.experiment_id] = experiment.tags.get(TARGET_TAG)
+            self._follow_target(experiment)
 
     def pass_report(self) -> dict[str, int]:
-        """The last pass's promotions and failures, for the pass summary."""
-        return {f"registry_{key}": value for key, value in self._last_report.items()}
+        report, self._report = dict(self._report), Counter()
+        return report
 
-    def _retry(self, request: PendingPromotion, *, from_tag: bool) -> None:
-        try:
-            still_leader = self._store.get_run_tag(request.run_id, MODEL_RANK) == "1"
-        except Exception as e:
-            log.warning("registry_retry_failed", experiment_id=request.experiment_id, error=str(e))
-            return
-        if not still_leader:
-            log.info("registry_pending_obsolete", experiment_id=request.experiment_id, run_id=request.run_id)
-            self._in_memory.pop(request.experiment_id, None)
-            if from_tag:
-                self._delete_pending(request.experiment_id)
-            return
-        self._attempt(request, rank_of=self._run_rank, already_tagged=from_tag)
+    def _queue(
+        self,
+        experiment_id: str,
+        run_id: str,
+        registry: RegistryTarget,
+        ranks: Mapping[str, str] | None,
+    ) -> None:
+        """Keep a promotion entry; without ``ranks`` the worker reads the runs' rank tags."""
+        target = target_of(registry)
+        data: dict[str, object] = {
+            "run_id": run_id,
+            "model_name": registry.model_name,
+            "alias": registry.alias,
+            # Record the target once it is done, unless the listing shows it already or an
+            # earlier entry of this process does it.
+            "record_target": target not in (self._listed.get(experiment_id), self._queued.get(experiment_id)),
+        }
+        if ranks is not None:
+            data["ranks"] = dict(ranks)
+        entry = Entry(
+            kind="registry",
+            experiment_id=experiment_id,
+            entry_id=self._new_id(),
+            target=target,
+            data=data,
+            created_at=self._clock(),
+        )
+        self._outbox.keep(entry)
+        self._queued[experiment_id] = target
+        self._report["registry_queued"] += 1
+        log.info("registry_promotion_queued", experiment_id=experiment_id, run_id=run_id, target=target)
 
     def _follow_target(self, experiment: WatchedExperiment) -> None:
-        """Promote the kept leader once when the rule's registry target is not yet recorded."""
+        """Queue the kept leader's promotion once when the rule's target is not yet recorded."""
         rule = experiment.rule
         if rule is None or rule.registry is None:
             return
-        target = f"{rule.registry.model_name}@{rule.registry.alias}"
+        target = target_of(rule.registry)
         experiment_id = experiment.experiment_id
-        if experiment.tags.get(TARGET_TAG) == target or PENDING_TAG in experiment.tags:
-            return  # recorded, or the pending promotion above takes care of it
-        if experiment_id in self._in_memory:
-            return
-        handled = self._handled.get(experiment_id)
-        if handled is None:
-            state = ExperimentState.from_tag(experiment.tags.get(STATE_TAG))
-            ranking = fingerprint(rule.metric, rule.ascending, rule.filter)
-            if state is None or state.fingerprint != ranking or not state.board:
-                return  # not ranked this way yet: that ranking will be a change
-            request = PendingPromotion(
-                experiment_id, state.board[0].run_id, rule.registry.model_name, rule.registry.alias
-            )
-            handled = self._attempt(request, rank_of=self._run_rank)
-        if not handled:
-            return
-        try:
-            self._store.set_experiment_tag(experiment_id, TARGET_TAG, target)
-        except Exception as e:  # the next pass records it (one "current" check more)
-            log.warning("registry_target_store_failed", experiment_id=experiment_id, error=str(e))
-
-    def _run_rank(self, run_id: str) -> str | None:
-        return self._store.get_run_tag(run_id, MODEL_RANK)
-
-    def _attempt(
-        self,
-        request: PendingPromotion,
-        *,
-        rank_of: Callable[[str], str | None],
-        already_tagged: bool = False,
-    ) -> bool:
-        ctx = {
-            "experiment_id": request.experiment_id,
-            "run_id": request.run_id,
-            "model_name": request.model_name,
-            "alias": request.alias,
-        }
-        try:
-            outcome, version = promote(
-                self._store,
-                model_name=request.model_name,
-                alias=request.alias,
-                run_id=request.run_id,
-                rank_of=rank_of,
-            )
-        except Exception as e:
-            log.error("registry_promotion_failed", error=str(e), **ctx)
-            self._report["failed"] += 1
-            if not already_tagged:
-                self._keep(request)
-            return False
-        self._in_memory.pop(request.experiment_id, None)
-        if outcome != "current":
-            self._report[outcome] += 1
-        if outcome == "no_model":
-            log.warning("registry_leader_without_model", **ctx)
-        elif outcome == "promoted":
-            assert version is not None
-            log.info("registry_alias_moved", version=version.version, **ctx)
-        if already_tagged:
-            self._delete_pending(request.experiment_id)
-        return True
-
-    def _keep(self, request: PendingPromotion) -> None:
-        try:
-            self._store.set_experiment_tag(request.experiment_id, PENDING_TAG, request.tag_value())
-        except Exception as e:
-            log.error("registry_pending_store_failed", experiment_id=request.experiment_id, error=str(e))
-            self._in_memory[request.experiment_id] = request
-        else:
-            self._in_memory.pop(request.experiment_id, None)
-
-    def _delete_pending(self, experiment_id: str) -> None:
-        try:
-            self._store.delete_experiment_tag(experiment_id, PENDING_TAG)
-        except Exception as e:
-            log.error("registry_pending_delete_failed", experiment_id=experiment_id, error=str(e))
+        if experiment.tags.get(TARGET_TAG) == target or self._queued.get(experiment_id) == target:
+            return  # recorded, or queued by this process (the worker records it)
+        if any(k.startswith(f"{TAG_PREFIX}registry.") or k == LEGACY_REGISTRY_TAG for k in experiment.tags):
+            return  # a queued promotion is pending; the worker carries it out
+        state = ExperimentState.from_tag(experiment.tags.get(STATE_TAG))
+        ranking = fingerprint(rule.metric, rule.ascending, rule.filter)
+        if state is None or state.fingerprint != ranking or not state.board:
+            return  # not ranked this way yet: that ranking will be a change
+        self._queue(experiment_id, state.board[0].run_id, rule.registry, None)

@@ -1,7 +1,8 @@
 """The daemon: one pass at start, then one every ``poll_interval_seconds``, until a signal.
 
 SIGTERM or SIGINT never cuts a pass in half: no new pass starts, the one in flight
-finishes, then the process exits 0.
+finishes, the delivery worker stops after its request in flight (what it has not sent stays
+in the outbox, in MLflow), then the process exits 0.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 import structlog
 from apscheduler.schedulers.background import BackgroundScheduler
 
+from watcher.delivery import DeliveryWorker
 from watcher.service import Watcher
 
 log = structlog.get_logger("watcher")
@@ -42,10 +44,12 @@ def run_daemon(
     *,
     start_api: Callable[[Watcher], Any] | None = None,
     shutdown: GracefulShutdown | None = None,
+    worker: DeliveryWorker | None = None,
 ) -> int:
     """Run passes on an interval until a signal; returns the exit code (0).
 
-    ``start_api(watcher)`` may start the HTTP API and return an object with ``stop()``.
+    ``start_api(watcher)`` may start the HTTP API and return an object with ``stop()``;
+    ``worker`` runs as a thread beside the passes.
     """
     shutdown = shutdown or GracefulShutdown()
     shutdown.install()
@@ -62,6 +66,8 @@ def run_daemon(
         id="reconcile",
     )
     api = start_api(watcher) if start_api is not None else None
+    if worker is not None:
+        worker.start()
     scheduler.start()
     log.info("watcher_started", poll_interval_seconds=interval, rules=len(watcher.settings.rules))
     try:
@@ -71,6 +77,8 @@ def run_daemon(
         scheduler.pause()
         scheduler.shutdown(wait=True)  # lets the pass in flight finish
     finally:
+        if worker is not None:
+            worker.stop(timeout=worker.stop_timeout())
         if api is not None:
             api.stop()
     log.info("watcher_stopped")

@@ -21,14 +21,18 @@ from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
 
 from watcher.errors import ConfigError
-from watcher.model import MAX_TOP_N
+from watcher.model import MAX_TOP_N, AlertKind, Trigger
 
 DEFAULT_CONFIG_PATH = Path("config/watcher.yaml")
-
-Trigger = Literal["experiment_finished", "run_finished"]
 
 
 class _Strict(BaseModel):
@@ -78,6 +82,10 @@ class RuleConfig(_Strict):
     trigger: Trigger = "experiment_finished"
     registry: RegistryConfig | None = None
     notify: list[str] = Field(default_factory=list)
+    # One event per run that fails or stalls after the rule first saw the experiment.
+    alerts: list[AlertKind] = Field(default_factory=list)
+    # A RUNNING run with no activity (start, latest metric) this long is stalled.
+    stalled_after_minutes: int = Field(default=360, ge=1, strict=True)
 
     @field_validator("production_candidates")
     @classmethod
@@ -85,6 +93,14 @@ class RuleConfig(_Strict):
         top_n = info.data.get("top_n")
         if isinstance(top_n, int) and value > top_n:
             raise ValueError(f"must be between 0 and top_n ({top_n})")  # the message adds "(got N)"
+        return value
+
+    @field_validator("experiments")
+    @classmethod
+    def _patterns_not_blank(cls, value: list[str]) -> list[str]:
+        for i, pattern in enumerate(value):
+            if not pattern.strip():
+                raise ValueError(f"pattern #{i + 1} is empty (give a name or a glob such as 'wf_xgboost_*')")
         return value
 
     @field_validator("filter")
@@ -192,6 +208,9 @@ def load_settings(
         settings = WatcherSettings(**raw)
     except ValidationError as e:
         raise ConfigError(_describe(e, config_path, raw)) from e
+    except SettingsError as e:
+        # pydantic-settings reads list and mapping values (WATCHER_RULES) as JSON.
+        raise ConfigError(f"{config_path}: {_env_problem(e)}") from e
     _check_references(settings, config_path)
     if check_filter is not None:
         for i, rule in enumerate(settings.rules):
@@ -206,6 +225,14 @@ def load_settings(
     return settings
 
 
+def _env_problem(error: SettingsError) -> str:
+    m = re.search(r'field "([^"]+)"', str(error))
+    if m is None:
+        return f"environment: {error}"
+    name = f"WATCHER_{m.group(1).upper()}"
+    return f"environment variable {name}: not valid JSON (a list or mapping such as '[...]' is expected)"
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found (pass --config FILE)")
@@ -216,6 +243,8 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(e, "problem", None) or str(e)
         raise ConfigError(f"{path}: invalid YAML{where}: {problem}") from e
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: the config file is not UTF-8 text (byte {e.start}: {e.reason})") from e
     except OSError as e:
         raise ConfigError(f"{path}: cannot read config file: {e.strerror}") from e
     if data is None:

@@ -24,6 +24,8 @@ class Proxy:
         self.target_host = target.hostname or "127.0.0.1"
         self.target_port = target.port or 80
         self.requests: list[tuple[str, str]] = []
+        # Request bodies of the tracking API in the order of ``requests`` (b"" without one).
+        self.bodies: list[bytes] = []
         self._lock = threading.Lock()
         proxy = self
 
@@ -34,9 +36,10 @@ class Proxy:
                 pass
 
             def _forward(self) -> None:
+                body = self._read_body()
                 with proxy._lock:
                     proxy.requests.append((self.command, self.path))
-                body = self._read_body()
+                    proxy.bodies.append(body or b"")
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_HEADERS}
                 headers["Host"] = f"{proxy.target_host}:{proxy.target_port}"
                 if body is not None:
@@ -81,6 +84,7 @@ class Proxy:
     def reset(self) -> None:
         with self._lock:
             self.requests.clear()
+            self.bodies.clear()
 
     def tracking_calls(self) -> list[tuple[str, str]]:
         """Requests to the tracking API, artifact uploads and downloads apart."""

@@ -1,0 +1,93 @@
+"""The outbox's own edges against a real server: superseded promotions, unreadable tags,
+done entries whose tag could not be deleted, payloads too large for a tag."""
+
+from __future__ import annotations
+
+from uuid import uuid4
+
+import pytest
+from mlflow import MlflowClient
+from structlog.testing import capture_logs
+
+from tests.support.mlflow_server import ServerHandle, free_port
+from watcher.mlflow_io import MlflowRegistry, MlflowTracking
+from watcher.model import WatchedExperiment
+from watcher.outbox import MAX_TAG_VALUE, TAG_PREFIX, Entry, Outbox
+
+pytestmark = pytest.mark.server
+
+
+class Store:
+    def __init__(self, server: ServerHandle) -> None:
+        self.tracking = MlflowTracking(server.url)
+        self.registry = MlflowRegistry(self.tracking)
+        self.client = MlflowClient(server.url)
+        self.name = f"outbox_{uuid4().hex[:8]}"
+        self.experiment_id = self.client.create_experiment(self.name)
+
+    def tags(self) -> dict[str, str]:
+        tags = self.client.get_experiment(self.experiment_id).tags
+        return {k: v for k, v in tags.items() if k.startswith(TAG_PREFIX)}
+
+    def listing(self) -> list[WatchedExperiment]:
+        record = self.tracking.get_experiment_by_name(self.name)
+        assert record is not None
+        return [WatchedExperiment(record.experiment_id, record.name, record.tags)]
+
+    def entry(self, kind: str, entry_id: str, created_at: float, **data: object) -> Entry:
+        return Entry(kind, self.experiment_id, entry_id, "team", dict(data), created_at)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def store(sqlite_server: ServerHandle) -> Store:
+    return Store(sqlite_server)
+
+
+def test_a_newer_promotion_supersedes_the_older_of_its_experiment(store: Store) -> None:
+    outbox = Outbox(store.registry)
+    outbox.keep(store.entry("registry", "old", 1.0, run_id="a"))
+    outbox.keep(store.entry("registry", "new", 2.0, run_id="b"))
+    outbox.keep(store.entry("webhook", "d1", 1.5, payload={}))
+    assert len(store.tags()) == 3
+    taken = outbox.take_due()
+    assert [e.entry_id for e in taken] == ["d1", "new"]  # oldest first, the old promotion dropped
+    assert sorted(store.tags()) == sorted(e.tag_key() for e in taken)
+    for entry in taken:
+        outbox.done(entry)
+    assert store.tags() == {}
+    assert outbox.pending() == 0
+
+
+def test_an_unreadable_outbox_tag_is_dropped_with_a_warning(store: Store) -> None:
+    store.client.set_experiment_tag(store.experiment_id, f"{TAG_PREFIX}webhook.team.x", "{not json")
+    outbox = Outbox(store.registry)
+    with capture_logs() as logs:
+        assert outbox.adopt(store.listing()) == 0
+    assert "outbox_entry_unreadable" in [e["event"] for e in logs]
+    assert store.tags() == {}
+
+
+def test_a_done_entry_whose_tag_could_not_be_deleted_is_never_done_again(store: Store) -> None:
+    dead = MlflowRegistry(MlflowTracking(f"http://127.0.0.1:{free_port()}"))
+    outbox = Outbox(store.registry, worker_store=dead)
+    outbox.keep(store.entry("webhook", "d1", 1.0, payload={}))
+    [entry] = outbox.take_due()
+    with capture_logs() as logs:
+        outbox.done(entry)  # delivered, but the tracking server is unreachable from the worker
+    assert "outbox_delete_failed" in [e["event"] for e in logs]
+    assert list(store.tags()) == [entry.tag_key()]
+    # The next listing still shows the tag: not due again, and its tag is deleted now.
+    assert outbox.adopt(store.listing()) == 0
+    assert outbox.take_due() == []
+    assert store.tags() == {}
+    assert outbox.adopt(store.listing()) == 0
+
+
+def test_a_payload_too_large_for_a_tag_is_kept_in_memory(store: Store) -> None:
+    outbox = Outbox(store.registry)
+    with capture_logs() as logs:
+        kept = outbox.keep(store.entry("webhook", "big", 1.0, payload={"x": "y" * MAX_TAG_VALUE}))
+    assert kept.tag is None
+    assert "outbox_entry_in_memory" in [e["event"] for e in logs]
+    assert store.tags() == {}
+    assert [e.entry_id for e in outbox.take_due()] == ["big"]

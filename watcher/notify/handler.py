@@ -1,0 +1,99 @@
+"""The webhook handler: what a pass owes the rule's webhooks goes into the outbox.
+
+`Notifier` builds the document for every changed leaderboard (and, for the kinds a rule lists in
+`alerts`, every failed or stalled run it is told about) and keeps one outbox entry per webhook of
+the rule's `notify`, with a fresh delivery id. It makes no network call: the delivery worker
+sends the entries (see `watcher.delivery`), so a slow or dead receiver never delays a pass.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Collection, Mapping
+from typing import Any
+
+import structlog
+
+from watcher.model import LeaderboardChanged, Rule, RunAlert
+from watcher.notify.payloads import alert_payload, leaderboard_payload
+from watcher.outbox import Entry, Outbox
+
+log = structlog.get_logger(__name__)
+
+
+class Notifier:
+    """Handler: records a delivery per webhook for every leaderboard change and alert."""
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        webhooks: Collection[str],
+        *,
+        ui_base_url: str | None = None,
+        clock: Callable[[], float] = time.time,
+        new_delivery_id: Callable[[], str] = lambda: str(uuid.uuid4()),
+    ) -> None:
+        self._outbox = outbox
+        self._webhooks = set(webhooks)
+        self._ui_base_url = ui_base_url
+        self._clock = clock
+        self._new_delivery_id = new_delivery_id
+        self._report: Counter[str] = Counter()
+
+    def on_leaderboard_changed(self, event: LeaderboardChanged, rule: Rule) -> None:
+        if not rule.notify:
+            return
+        payload = leaderboard_payload(event, ui_base_url=self._ui_base_url, now=self._clock())
+        self._keep(event.board.experiment_id, rule, payload, "webhooks_queued")
+
+    def on_run_alert(self, alert: RunAlert, rule: Rule) -> None:
+        """Queue one `run.failed` / `run.stalled` delivery per webhook, for the kinds the rule
+        asks for (the pass calls this once per run and alert)."""
+        if alert.kind not in rule.alerts or not rule.notify:
+            return
+        payload = alert_payload(alert, ui_base_url=self._ui_base_url, now=self._clock())
+        log.info(
+            "run_alert_queued",
+            kind=alert.kind,
+            experiment_id=alert.experiment_id,
+            run_id=alert.run_id,
+            rule=rule.name,
+        )
+        self._keep(alert.experiment_id, rule, payload, "alerts_queued")
+
+    def on_pass_start(self) -> None:
+        self._report.clear()
+
+    def on_pass_end(self, experiments: object) -> None:
+        """Nothing to do: the delivery worker takes up what the listing shows."""
+
+    def pass_report(self) -> dict[str, int]:
+        report, self._report = dict(self._report), Counter()
+        return report
+
+    def _keep(self, experiment_id: str, rule: Rule, payload: Mapping[str, Any], counter: str) -> None:
+        for name in rule.notify:
+            if name not in self._webhooks:  # check-config rejects this; a guard for hand-built rules
+                log.error("webhook_unknown", webhook=name, rule=rule.name)
+                continue
+            entry = self._outbox.keep(
+                Entry(
+                    kind="webhook",
+                    experiment_id=experiment_id,
+                    entry_id=self._new_delivery_id(),
+                    target=name,
+                    data={"payload": dict(payload)},
+                    created_at=self._clock(),
+                )
+            )
+            self._report[counter] += 1
+            log.info(
+                "webhook_queued",
+                webhook=name,
+                delivery_id=entry.entry_id,
+                experiment_id=experiment_id,
+                payload_event=payload["event"],
+                durable=entry.tag is not None,
+            )

@@ -1,0 +1,362 @@
+"""The durable outbox: work for the outside world, kept in MLflow until it is done.
+
+A pass never talks to a webhook or the Model Registry itself. Its handlers `keep` what is due
+(a webhook delivery, a registry promotion) as an entry, the delivery worker takes what is `due`,
+carries it out and marks it `done`. Each entry is one experiment tag
+``podium.outbox.<kind>.<target>.<entry id>`` holding the entry as JSON, so an entry survives a
+restart or a replaced container: the next process finds it in the pass's experiment listing
+(`adopt`, no extra tracking call) and carries it out once. The entry id is the webhook's
+delivery id, so a delivery retried after a restart still carries the same
+``X-Podium-Delivery-Id``.
+
+Tags written by earlier versions are honoured as they are: ``podium.webhook_pending.<webhook>.
+<delivery id>`` (one undelivered summary) and ``podium.registry_pending`` (one failed
+promotion) are read as entries and their tags deleted once done.
+
+Bounds: at most `max_per_target` entries per experiment, kind and target (the oldest are
+dropped with a warning), so a receiver gone for weeks cannot grow an experiment's tags without
+end; a registry promotion supersedes the older ones of its experiment (only the newest leader
+matters). An entry whose tag cannot be written (tracking server down, or a payload beyond an
+experiment tag's 20,000 characters) is kept in memory for the life of the process. If a done
+entry's tag cannot be deleted, this process never carries it out again and deletes the tag
+later; a restarted one would resend it with the same delivery id (receivers deduplicate on it).
+
+Thread-safe: the pass thread keeps and adopts, the worker thread takes and finishes.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal, Protocol
+
+import structlog
+
+from watcher.model import WatchedExperiment
+
+log = structlog.get_logger(__name__)
+
+TAG_PREFIX = "podium.outbox."
+LEGACY_WEBHOOK_PREFIX = "podium.webhook_pending."
+LEGACY_REGISTRY_TAG = "podium.registry_pending"
+# MLflow's limit on an experiment tag's value.
+MAX_TAG_VALUE = 20_000
+# Entries kept per experiment, kind and target.
+MAX_PER_TARGET = 20
+
+Kind = Literal["webhook", "registry"]
+
+
+class ExperimentTagStore(Protocol):
+    """The experiment-tag calls of the tracking adapter (``mlflow_io.MlflowRegistry``)."""
+
+    def set_experiment_tag(self, experiment_id: str, key: str, value: str) -> None: ...
+
+    def delete_experiment_tag(self, experiment_id: str, key: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One piece of due work.
+
+    ``target``: the webhook's name, or ``<model_name>@<alias>`` for a promotion. ``data``: the
+    payload for a webhook (``{"payload": ...}``), the run and model for a promotion. ``tag``: the
+    experiment tag that holds it (None while it lives in memory only). ``adopted``: read back
+    from MLflow (after a restart or a failed attempt in an earlier process), not kept by this
+    process in this pass.
+    """
+
+    kind: Kind
+    experiment_id: str
+    entry_id: str
+    target: str
+    data: Mapping[str, Any]
+    created_at: float
+    tag: str | None = field(default=None, compare=False)
+    adopted: bool = field(default=False, compare=False)
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        """Identity of the entry, whichever tag holds it."""
+        return (self.experiment_id, self.kind, self.entry_id)
+
+    def tag_key(self) -> str:
+        # A safe subset of MLflow's tag key characters; the value keeps the real name.
+        target = re.sub(r"[^\w\-.]", "_", self.target)
+        return f"{TAG_PREFIX}{self.kind}.{target}.{self.entry_id}"
+
+    def tag_value(self) -> str:
+        return json.dumps(
+            {
+                "kind": self.kind,
+                "entry_id": self.entry_id,
+                "target": self.target,
+                "created_at": self.created_at,
+                "data": self.data,
+            },
+            ensure_ascii=False,
+            separators=(",", ":"),
+        )
+
+
+def parse_tag(experiment_id: str, key: str, value: str) -> Entry | None:
+    """The entry an experiment tag holds, in the current or an earlier format; None if the
+    tag is not the outbox's. Raises ValueError (KeyError, TypeError) on an unreadable value."""
+    if key.startswith(TAG_PREFIX):
+        data = json.loads(value)
+        kind = str(data["kind"])
+        if kind not in ("webhook", "registry"):
+            raise ValueError(f"unknown outbox entry kind {kind!r}")
+        return Entry(
+            kind="webhook" if kind == "webhook" else "registry",
+            experiment_id=experiment_id,
+            entry_id=str(data["entry_id"]),
+            target=str(data["target"]),
+            data=dict(data["data"]),
+            created_at=float(data["created_at"]),
+            tag=key,
+            adopted=True,
+        )
+    if key.startswith(LEGACY_WEBHOOK_PREFIX):
+        data = json.loads(value)
+        return Entry(
+            kind="webhook",
+            experiment_id=experiment_id,
+            entry_id=str(data["delivery_id"]),
+            target=str(data["webhook"]),
+            data={"payload": dict(data["payload"])},
+            created_at=float(data.get("failed_at", 0.0)),
+            tag=key,
+            adopted=True,
+        )
+    if key == LEGACY_REGISTRY_TAG:
+        data = json.loads(value)
+        model_name, alias = str(data["model_name"]), str(data["alias"])
+        return Entry(
+            kind="registry",
+            experiment_id=experiment_id,
+            entry_id="legacy",
+            target=f"{model_name}@{alias}",
+            data={"run_id": str(data["run_id"]), "model_name": model_name, "alias": alias},
+            created_at=0.0,
+            tag=key,
+            adopted=True,
+        )
+    return None
+
+
+def is_outbox_tag(key: str) -> bool:
+    return key.startswith((TAG_PREFIX, LEGACY_WEBHOOK_PREFIX)) or key == LEGACY_REGISTRY_TAG
+
+
+class Outbox:
+    """Entries due, in flight and done, kept as experiment tags (see the module doc)."""
+
+    def __init__(
+        self,
+        store: ExperimentTagStore,
+        *,
+        max_per_target: int = MAX_PER_TARGET,
+        on_keep: Callable[[], None] | None = None,
+        worker_store: ExperimentTagStore | None = None,
+    ) -> None:
+        """``store`` writes from the pass's thread; ``worker_store`` (default: ``store``)
+        deletes the tags of entries the worker finished, so the worker's calls do not count
+        in a pass's tracking calls."""
+        self._store = store
+        self._worker_store = worker_store or store
+        self._max = max_per_target
+        self.on_keep = on_keep  # the worker's wake-up
+        self._lock = threading.Lock()
+        self._due: dict[tuple[str, str, str], Entry] = {}
+        self._in_flight: dict[tuple[str, str, str], Entry] = {}
+        # Done in this process; the pass's listing may still show their tags for a while.
+        self._done: dict[tuple[str, str, str], Entry] = {}
+        # Done, but the tag could not be deleted: deleted again when a listing shows it.
+        self._undeleted: set[tuple[str, str, str]] = set()
+
+    # -- the pass's side ---------------------------------------------------------------------
+
+    def keep(self, entry: Entry) -> Entry:
+        """Record `entry` as due: one experiment tag write (memory only if that fails)."""
+        value = entry.tag_value()
+        ctx = {"kind": entry.kind, "target": entry.target, "entry_id": entry.entry_id}
+        if len(value) > MAX_TAG_VALUE:
+            log.warning("outbox_entry_in_memory", reason="too large for an experiment tag", **ctx)
+            entry = replace(entry, tag=None)
+        else:
+            try:
+                self._store.set_experiment_tag(entry.experiment_id, entry.tag_key(), value)
+            except Exception as e:  # the tracking server may be what is down
+                log.error("outbox_store_failed", experiment_id=entry.experiment_id, error=str(e), **ctx)
+                entry = replace(entry, tag=None)
+            else:
+                entry = replace(entry, tag=entry.tag_key())
+        with self._lock:
+            self._due[entry.key] = entry
+            dropped = self._bound(entry)
+        self._drop(dropped)
+        if self.on_keep is not None:
+            self.on_keep()
+        return entry
+
+    def adopt(self, experiments: Sequence[WatchedExperiment]) -> int:
+        """Take up the entries the pass's listing shows that this process does not know
+        (kept by an earlier process, or in an earlier format); delete the tags of done
+        entries whose deletion failed. Costs no call unless there is something to delete.
+        Returns the number of entries due afterwards."""
+        dropped: list[Entry] = []
+        redelete: list[Entry] = []
+        with self._lock:
+            for experiment in experiments:
+                listed: set[tuple[str, str, str]] = set()
+                for key, value in experiment.tags.items():
+                    if not is_outbox_tag(key):
+                        continue
+                    try:
+                        entry = parse_tag(experiment.experiment_id, key, value)
+                    except (ValueError, KeyError, TypeError):
+                        log.warning(
+                            "outbox_entry_unreadable", experiment_id=experiment.experiment_id, tag=key
+                        )
+                        dropped.append(Entry("webhook", experiment.experiment_id, key, "", {}, 0.0, tag=key))
+                        continue
+                    if entry is None:
+                        continue
+                    listed.add(entry.key)
+                    if entry.key in self._done:
+                        if entry.key in self._undeleted:
+                            redelete.append(entry)
+                        continue
+                    if entry.key in self._due or entry.key in self._in_flight:
+                        continue
+                    self._due[entry.key] = entry
+                    dropped.extend(self._bound(entry))
+                # A done entry the listing no longer shows is gone for good: forget it.
+                for done in [k for k in self._done if k[0] == experiment.experiment_id]:
+                    if done not in listed and done not in self._undeleted:
+                        del self._done[done]
+            due = len(self._due)
+        self._drop(dropped)
+        for entry in redelete:
+            self._delete(entry)
+        return due
+
+    # -- the worker's side -------------------------------------------------------------------
+
+    def take_due(self) -> list[Entry]:
+        """Every due entry, oldest first, now in flight; for each experiment only its newest
+        promotion (older ones are superseded and done)."""
+        with self._lock:
+            entries = sorted(self._due.values(), key=lambda e: (e.created_at, e.entry_id))
+            newest: dict[str, Entry] = {}
+            for entry in entries:
+                if entry.kind == "registry":
+                    newest[entry.experiment_id] = entry
+            taken, superseded = [], []
+            for entry in entries:
+                if entry.kind == "registry" and newest[entry.experiment_id] is not entry:
+                    superseded.append(entry)
+                else:
+                    taken.append(entry)
+            # A superseded promotion's duty to record the registry target passes to the newest.
+            for old in superseded:
+                new = newest[old.experiment_id]
+                if old.data.get("record_target") and not new.data.get("record_target"):
+                    newest[old.experiment_id] = replace(new, data={**new.data, "record_target": True})
+                    taken[taken.index(new)] = newest[old.experiment_id]
+            for entry in entries:
+                del self._due[entry.key]
+            for entry in entries:
+                self._in_flight[entry.key] = entry
+        for entry in superseded:
+            self.done(entry, reason="superseded")
+        return taken
+
+    def release(self, entry: Entry) -> None:
+        """An attempt failed: the entry is due again (for a later round), marked as tried."""
+        with self._lock:
+            self._in_flight.pop(entry.key, None)
+            self._due[entry.key] = replace(entry, adopted=True)
+
+    def done(self, entry: Entry, *, reason: str | None = None) -> None:
+        """The entry was carried out (or can never be): delete its tag, never do it again."""
+        with self._lock:
+            self._in_flight.pop(entry.key, None)
+            self._due.pop(entry.key, None)
+            self._done[entry.key] = entry
+        if reason is not None:
+            log.info(
+                "outbox_entry_dropped" if reason != "superseded" else "outbox_entry_superseded",
+                reason=reason,
+                kind=entry.kind,
+                target=entry.target,
+                entry_id=entry.entry_id,
+                experiment_id=entry.experiment_id,
+            )
+        self._delete(entry, self._worker_store)
+
+    def pending(self) -> int:
+        """Entries due or in flight."""
+        with self._lock:
+            return len(self._due) + len(self._in_flight)
+
+    def entries(self) -> list[Entry]:
+        """Entries due or in flight, oldest first (for tests and logs)."""
+        with self._lock:
+            found = list(self._due.values()) + list(self._in_flight.values())
+        return sorted(found, key=lambda e: (e.created_at, e.entry_id))
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _bound(self, entry: Entry) -> list[Entry]:
+        """Entries beyond the bound for `entry`'s experiment, kind and target (lock held)."""
+        same = sorted(
+            (
+                e
+                for e in self._due.values()
+                if (e.experiment_id, e.kind, e.target) == (entry.experiment_id, entry.kind, entry.target)
+            ),
+            key=lambda e: (e.created_at, e.entry_id),
+        )
+        excess = same[: max(0, len(same) - self._max)]
+        for old in excess:
+            del self._due[old.key]
+            self._done[old.key] = old
+        return excess
+
+    def _drop(self, entries: Iterable[Entry]) -> None:
+        for entry in entries:
+            if entry.target:
+                log.warning(
+                    "outbox_entry_dropped",
+                    reason="too many pending",
+                    kind=entry.kind,
+                    target=entry.target,
+                    entry_id=entry.entry_id,
+                    experiment_id=entry.experiment_id,
+                )
+            self._delete(entry)
+
+    def _delete(self, entry: Entry, store: ExperimentTagStore | None = None) -> None:
+        if entry.tag is None:
+            return
+        try:
+            (store or self._store).delete_experiment_tag(entry.experiment_id, entry.tag)
+        except Exception as e:
+            log.error(
+                "outbox_delete_failed",
+                experiment_id=entry.experiment_id,
+                tag=entry.tag,
+                entry_id=entry.entry_id,
+                error=str(e),
+            )
+            with self._lock:
+                if entry.key in self._done:
+                    self._undeleted.add(entry.key)
+        else:
+            with self._lock:
+                self._undeleted.discard(entry.key)

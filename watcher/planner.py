@@ -1,0 +1,519 @@
+"""Pure planning: what a pass read about an experiment becomes one :class:`ExperimentPlan`.
+
+No MLflow, no I/O, no clock (``now`` is passed in). The engine (:mod:`watcher.engine`) reads,
+calls :func:`triage` to learn what more it must read, reads that, calls :func:`plan_board`,
+and hands the plan to the one writer (``MlflowTracking.apply_plan``). A dry run prints the
+plan instead. ``POST /models/rank`` plans with the same functions and writes nothing when the
+answer is an error.
+
+Everything is planned from what MLflow holds now: the holder check (the runs carrying
+``model_rank``) is compared with the kept board, and any difference -- a hand-set tag, a
+deleted or restored holder, a holder whose value or status changed, a replica's stale
+write -- re-ranks the experiment from fresh threshold searches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Literal
+
+from watcher.detect import MAX_ALERTED, ExperimentState
+from watcher.model import (
+    Leaderboard,
+    LeaderboardChanged,
+    Rule,
+    RunAlert,
+    RunRecord,
+    TagChange,
+)
+from watcher.ranking import (
+    FINISHED,
+    Candidate,
+    desired_tags,
+    finite_value,
+    leaderboard_entries,
+    order,
+    plan,
+    podium_tags,
+    sort_key,
+    split_ranked,
+)
+
+RUNNING = "RUNNING"
+ENDED_UNSUCCESSFULLY = frozenset({"FAILED", "KILLED"})
+# Runs a batch search may return again (their watermark already covers them) before the
+# lagging experiments' watermarks are moved up, at the cost of one state write each.
+REDUNDANT_LIMIT = 500
+# The unordered page a first ranking starts from: it estimates the cutoff of the board.
+SAMPLE_SIZE = 200
+# Ranks within the sample tried as cutoffs, best first; each try is one threshold search.
+SAMPLE_RANKS = (1, 4, 16, 64)
+
+Action = Literal["idle", "advance", "pending", "count", "rerank", "full"]
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What the pass's batch searches returned for one experiment.
+
+    ``ended``: runs that ended after the experiment's watermark (any status; FINISHED ones
+    match the rule's filter). ``holders``: runs carrying ``model_rank`` now. ``running``: the
+    RUNNING runs, or None when the pass did not search them. ``advance_to``: set when the
+    batch search returned many runs the watermark already covers (the largest end time seen).
+    """
+
+    ended: tuple[RunRecord, ...] = ()
+    holders: tuple[RunRecord, ...] = ()
+    running: tuple[RunRecord, ...] | None = None
+    advance_to: int | None = None
+    # Runs carrying ``top_{N}`` or ``production_candidate`` (None: not searched this pass).
+    orphans: tuple[RunRecord, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Triage:
+    """What one experiment needs this pass, before any ranking search.
+
+    ``action``: "idle" (nothing to do), "advance" (only the watermark moves), "pending" (new
+    runs wait for a RUNNING one), "count" (only the paged count goes on), "rerank" (merge the
+    kept board with a threshold search), "full" (find the board from scratch). ``reason``
+    says why it ranks (``news``, ``holders``, ``reshaped``, ``settled``, ``first``, ``rule``).
+    """
+
+    action: Action
+    reason: str
+    seen: int
+    new_ranked: int = 0
+    new_unranked: int = 0
+    alerts: tuple[RunAlert, ...] = ()
+    alerted: tuple[str, ...] = ()
+    stalled: tuple[str, ...] = ()
+    old_alerts_skipped: int = 0
+    first_seen: int | None = None
+
+
+@dataclass(frozen=True)
+class ExperimentPlan:
+    """The pass's decision for one experiment, applied by the one writer (unless dry run).
+
+    ``changes``: run tag changes, in a safe order; ``state``: the ``podium.state`` to write
+    (None: leave it); ``event``/``alerts``: what the handlers get once the plan is applied.
+    """
+
+    experiment_id: str
+    experiment_name: str
+    rule: str
+    action: Action
+    reason: str = ""
+    changes: tuple[TagChange, ...] = ()
+    state: ExperimentState | None = None
+    event: LeaderboardChanged | None = None
+    board: Leaderboard | None = None
+    alerts: tuple[RunAlert, ...] = ()
+    stalled: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class PassPlan:
+    """Every experiment's plan of one pass, in the order they were planned."""
+
+    experiments: tuple[ExperimentPlan, ...] = ()
+
+    @property
+    def tag_changes(self) -> int:
+        return sum(len(p.changes) for p in self.experiments)
+
+
+def last_activity(run: RunRecord) -> int | None:
+    """The run's latest sign of life: its end, latest metric timestamp or start (ms)."""
+    times = [t for t in (run.end_time, run.last_activity, run.start_time) if t is not None]
+    return max(times) if times else None
+
+
+def is_stalled(run: RunRecord, now_ms: int, stalled_after_minutes: int) -> bool:
+    """A RUNNING run with no activity for ``stalled_after_minutes``."""
+    if run.status != RUNNING:
+        return False
+    active = last_activity(run)
+    return active is not None and now_ms - active >= stalled_after_minutes * 60_000
+
+
+def holders_agree(state: ExperimentState, holders: Sequence[RunRecord], metric: str) -> bool:
+    """True when the runs carrying ``model_rank`` are exactly the kept board's top N, each
+    FINISHED, with the kept value and exactly the tags the last ranking wrote."""
+    expected = state.tags_of_holders()
+    if {r.run_id for r in holders} != set(expected) or len(holders) != len(expected):
+        return False
+    values = {c.run_id: c.value for c in state.holders()}
+    for run in holders:
+        if run.status != FINISHED or finite_value(run, metric) != values.get(run.run_id):
+            return False
+        if podium_tags(run.tags) != expected[run.run_id]:
+            return False
+    return True
+
+
+def orphans_agree(state: ExperimentState, orphans: Sequence[RunRecord]) -> bool:
+    """True when every run carrying ``top_{N}`` or ``production_candidate`` is a kept holder
+    with exactly the tags the last ranking wrote."""
+    expected = state.tags_of_holders()
+    return all(podium_tags(r.tags) == expected.get(r.run_id) for r in orphans)
+
+
+def triage(
+    rule: Rule,
+    fp: str,
+    experiment: tuple[str, str],
+    state: ExperimentState | None,
+    seen: Observed,
+    now_ms: int,
+) -> Triage:
+    """Decide what one experiment needs from its kept state and the batch searches' rows.
+
+    ``experiment`` is ``(experiment_id, name)``. ``seen.orphans``, when searched, must
+    carry exactly the tags the kept board says, like the holders. Alerts: FAILED/KILLED runs among ``ended``
+    and stalled runs among ``running`` that the rule has not announced, when the rule asks
+    for them and they failed or stalled after ``first_seen``; older ones are counted only.
+    """
+    exp_id, exp_name = experiment
+    watermark = state.seen if state else 0
+    fresh = [r for r in seen.ended if (r.end_time or 0) > watermark]
+    finished = [r for r in fresh if r.status == FINISHED]
+    ranked, unranked = split_ranked(finished, rule.metric)
+    new_seen = max([watermark, *(r.end_time or 0 for r in fresh)])
+    first_seen = state.first_seen if state is not None and state.first_seen is not None else now_ms
+
+    stalled = tuple(r for r in seen.running or () if is_stalled(r, now_ms, rule.stalled_after_minutes))
+    still_running = [r for r in seen.running or () if r not in stalled]
+
+    alerted = list(state.alerted) if state else []
+    announced = set(alerted)
+    alerts: list[RunAlert] = []
+    skipped = 0
+    candidates: list[tuple[str, RunRecord, int | None]] = []
+    if "failed" in rule.alerts:
+        candidates += [("failed", r, r.end_time) for r in fresh if r.status in ENDED_UNSUCCESSFULLY]
+    if "stalled" in rule.alerts:
+        for r in stalled:
+            active = last_activity(r)
+            since = None if active is None else active + rule.stalled_after_minutes * 60_000
+            candidates.append(("stalled", r, since))
+    for kind, run, since in candidates:
+        if run.run_id in announced:
+            continue
+        announced.add(run.run_id)
+        alerted.append(run.run_id)
+        if state is None or since is None or since < first_seen:
+            skipped += 1  # it failed or stalled before the rule saw the experiment
+            continue
+        alerts.append(
+            RunAlert(
+                kind="failed" if kind == "failed" else "stalled",
+                experiment_id=exp_id,
+                experiment_name=exp_name,
+                rule=rule.name,
+                run_id=run.run_id,
+                run_name=run.run_name,
+                status=run.status,
+                last_activity=last_activity(run),
+            )
+        )
+    common = {
+        "seen": new_seen,
+        "new_ranked": len(ranked),
+        "new_unranked": unranked,
+        "alerts": tuple(alerts),
+        "alerted": tuple(alerted[-MAX_ALERTED:]),
+        "stalled": tuple(r.run_id for r in stalled),
+        "old_alerts_skipped": skipped,
+        "first_seen": first_seen,
+    }
+
+    wait = rule.trigger == "experiment_finished" and bool(still_running)
+    if state is None or state.fingerprint != fp:
+        if wait:
+            return Triage("pending", "first" if state is None else "rule", **common)  # type: ignore[arg-type]
+        return Triage("full", "first" if state is None else "rule", **common)  # type: ignore[arg-type]
+    if not holders_agree(state, seen.holders, rule.metric):
+        return Triage("rerank", "holders", **common)  # type: ignore[arg-type]
+    if seen.orphans is not None and not orphans_agree(state, seen.orphans):
+        return Triage("rerank", "orphans", **common)  # type: ignore[arg-type]
+    if state.top_n != rule.top_n or state.production_candidates != rule.production_candidates:
+        return Triage("rerank", "reshaped", **common)  # type: ignore[arg-type]
+    has_news = bool(finished) or state.pending
+    if has_news and wait:
+        return Triage("pending", "news", **common)  # type: ignore[arg-type]
+    if has_news:
+        return Triage("rerank", "settled" if state.pending and not finished else "news", **common)  # type: ignore[arg-type]
+    if state.counting:
+        return Triage("count", "counting", **common)  # type: ignore[arg-type]
+    changed = new_seen != state.seen or tuple(alerted[-MAX_ALERTED:]) != state.alerted
+    if not changed and seen.advance_to is not None and seen.advance_to > state.seen:
+        return Triage("advance", "watermark", **{**common, "seen": seen.advance_to})  # type: ignore[arg-type]
+    return Triage("advance" if changed else "idle", "watermark", **common)  # type: ignore[arg-type]
+
+
+def state_only(exp: tuple[str, str], rule: Rule, state: ExperimentState | None, t: Triage) -> ExperimentPlan:
+    """The plan of an experiment that is not ranked this pass (idle, advance, pending)."""
+    if state is None or t.action == "idle":
+        return ExperimentPlan(
+            exp[0], exp[1], rule.name, t.action, t.reason, alerts=t.alerts, stalled=t.stalled
+        )
+    new_state = replace(
+        state,
+        seen=t.seen,
+        pending=state.pending or t.action == "pending",
+        ranked_runs=state.ranked_runs + t.new_ranked,
+        unranked_runs=state.unranked_runs + t.new_unranked,
+        first_seen=t.first_seen,
+        alerted=t.alerted,
+    )
+    return ExperimentPlan(
+        exp[0],
+        exp[1],
+        rule.name,
+        t.action,
+        t.reason,
+        state=_if_changed(new_state, state),
+        alerts=t.alerts,
+        stalled=t.stalled,
+    )
+
+
+def _if_changed(new: ExperimentState, old: ExperimentState | None) -> ExperimentState | None:
+    return None if old is not None and new.to_tag() == old.to_tag() else new
+
+
+# -- finding the board with threshold searches --------------------------------------------
+
+
+def sample_cutoffs(sample: Iterable[RunRecord], metric: str, ascending: bool, keep: int) -> list[float]:
+    """Cutoffs to try, tightest first, from an unordered page of the experiment's runs.
+
+    The r-th best value of the sample has at least r runs at or before it in the whole
+    experiment, so the last cutoff (rank ``keep``, or the sample's worst) always finds a full
+    board unless runs vanished meanwhile.
+    """
+    ordered = order(split_ranked(sample, metric)[0], ascending)
+    if not ordered:
+        return []
+    ranks = sorted({min(r, keep, len(ordered)) for r in (*SAMPLE_RANKS, keep)})
+    return [ordered[r - 1].value for r in ranks]
+
+
+@dataclass(frozen=True)
+class BoardSearch:
+    """What the ranking searches found: the runs at or before ``cutoff`` (all FINISHED runs
+    matching the rule when ``cutoff`` is None, ``everything`` then true)."""
+
+    runs: tuple[RunRecord, ...]
+    cutoff: float | None
+    everything: bool
+
+
+def board_from_search(found: BoardSearch, rule: Rule, keep: int) -> tuple[list[Candidate], bool] | None:
+    """The board prefix a search proves, and whether it is complete; None when the search
+    holds fewer than ``top_n`` runs ahead of every unseen run (the caller widens)."""
+    candidates, _ = split_ranked(found.runs, rule.metric)
+    ordered = order(candidates, rule.ascending)
+    if found.everything:
+        return ordered[:keep], len(ordered) <= keep
+    if found.cutoff is None:
+        return None
+    limit = sort_key(Candidate("", "", found.cutoff, None), rule.ascending)[0]
+    ordered = [c for c in ordered if sort_key(c, rule.ascending)[0] <= limit]
+    if len(ordered) < min(keep, rule.top_n):
+        return None
+    return ordered[:keep], False
+
+
+def kept_cutoff(state: ExperimentState | None, rule: Rule, fp: str) -> float | None:
+    """The value a re-rank's threshold search starts from: the kept board's last entry."""
+    if state is None or state.fingerprint != fp or state.complete or not state.board:
+        return None
+    return state.board[-1].value
+
+
+@dataclass(frozen=True)
+class Counts:
+    """Ranked and unranked runs known for the new state, and the paged count's progress."""
+
+    ranked: int
+    unranked: int
+    counting: bool
+    token: str | None
+    upto: int
+
+
+def plan_board(
+    exp: tuple[str, str],
+    rule: Rule,
+    fp: str,
+    state: ExperimentState | None,
+    t: Triage,
+    board: Sequence[Candidate],
+    complete: bool,
+    read: Iterable[RunRecord],
+    counts: Counts,
+) -> ExperimentPlan:
+    """Tags and state for a new board prefix.
+
+    ``read`` is every run the pass read for this experiment (holders, ranking searches, the
+    orphan-tag searches): the tags they carry now are what the plan changes. Runs of the kept
+    board that no search returned (deleted, or behind the cutoff now) are planned with the
+    tags the last ranking gave them, so a holder that lost only ``model_rank`` is cleaned too.
+    """
+    exp_id, exp_name = exp
+    current: dict[str, dict[str, str]] = {}
+    for run in read:
+        current[run.run_id] = podium_tags(run.tags)
+    if state is not None:
+        for run_id, tags in state.tags_of_holders().items():
+            current.setdefault(run_id, tags)
+    entries = leaderboard_entries(board, rule.top_n)
+    changes = plan(desired_tags(entries, rule.top_n, rule.production_candidates), current)
+    leaderboard = Leaderboard(
+        experiment_id=exp_id,
+        experiment_name=exp_name,
+        rule=rule.name,
+        metric=rule.metric,
+        ascending=rule.ascending,
+        top_n=rule.top_n,
+        production_candidates=rule.production_candidates,
+        entries=entries,
+        ranked_runs=max(counts.ranked, len(board) if counts.counting else counts.ranked),
+        unranked_runs=counts.unranked,
+    )
+    new_state = ExperimentState(
+        rule=rule.name,
+        fingerprint=fp,
+        top_n=rule.top_n,
+        production_candidates=rule.production_candidates,
+        seen=t.seen,
+        pending=state.pending if state is not None and t.action == "pending" else False,
+        board=tuple(board),
+        complete=complete,
+        ranked_runs=counts.ranked,
+        unranked_runs=counts.unranked,
+        counting=counts.counting,
+        count_token=counts.token,
+        count_upto=counts.upto,
+        first_seen=t.first_seen,
+        alerted=t.alerted,
+    )
+    action: Action = "full" if t.action == "full" else "rerank"
+    return ExperimentPlan(
+        exp_id,
+        exp_name,
+        rule.name,
+        action,
+        t.reason,
+        changes=tuple(changes),
+        state=_if_changed(new_state, state),
+        event=leaderboard_event(leaderboard, state),
+        board=leaderboard,
+        alerts=t.alerts,
+        stalled=t.stalled,
+    )
+
+
+def counts_after_ranking(
+    state: ExperimentState | None, fp: str, t: Triage, found: BoardSearch, metric: str
+) -> Counts:
+    """Counts for the new state: exact when the search held everything, carried on from the
+    kept state on a re-rank, else a paged count starts (over runs ended by ``t.seen``)."""
+    if found.everything:
+        ranked, unranked = split_ranked(found.runs, metric)
+        return Counts(len(ranked), unranked, False, None, t.seen)
+    if state is not None and state.fingerprint == fp:
+        return Counts(
+            state.ranked_runs + t.new_ranked,
+            state.unranked_runs + t.new_unranked,
+            state.counting,
+            state.count_token,
+            state.count_upto,
+        )
+    return Counts(0, 0, True, None, t.seen)
+
+
+def counted_page(
+    state: ExperimentState, page: Sequence[RunRecord], token: str | None, metric: str
+) -> ExperimentState:
+    """The state after one page of the paged count (``token``: the next page, None: done)."""
+    ranked, unranked = split_ranked(page, metric)
+    return replace(
+        state,
+        ranked_runs=state.ranked_runs + len(ranked),
+        unranked_runs=state.unranked_runs + unranked,
+        counting=token is not None,
+        count_token=token,
+    )
+
+
+def leaderboard_event(board: Leaderboard, previous: ExperimentState | None) -> LeaderboardChanged | None:
+    """The change against the last pass's board, or None when the top N is the same."""
+    old = [c.run_id for c in previous.holders()] if previous is not None else []
+    new = [e.run_id for e in board.entries]
+    if old == new and previous is not None and previous.top_n == board.top_n:
+        return None
+    if not old and not new:
+        return None
+    return LeaderboardChanged(
+        board=board,
+        new_leader=bool(new) and (not old or old[0] != new[0]),
+        entered=tuple(r for r in new if r not in old),
+        left=tuple(r for r in old if r not in new),
+    )
+
+
+def align_watermark(
+    state: ExperimentState, rows: Sequence[RunRecord], top: int, rule: Rule
+) -> ExperimentState:
+    """A first ranking's state moved to the batch's common watermark ``top``, unless ``rows``
+    (runs of the experiment that ended after its own watermark, searched after the ranking)
+    hold one the next pass must see: a run that ended unsuccessfully after the rule first saw
+    the experiment (to announce), or a FINISHED run the board's searches cannot have seen (any,
+    when they read every run; else one at or before the board's cutoff that is not on it).
+    The paged count then covers the runs up to ``top`` too.
+    """
+    newer = [r for r in rows if (r.end_time or 0) > state.seen]
+    cutoff = state.board[-1] if state.board and not state.complete else None
+    on_board = {c.run_id for c in state.board}
+    for run in newer:
+        if run.status in ENDED_UNSUCCESSFULLY:
+            if state.first_seen is not None and (run.end_time or 0) >= state.first_seen:
+                return state
+            continue
+        if run.status != FINISHED:
+            continue
+        if cutoff is None or not state.counting:
+            return state
+        value = finite_value(run, rule.metric)
+        if value is None or run.run_id in on_board:
+            continue
+        candidate = Candidate(run.run_id, run.run_name, value, run.end_time)
+        if sort_key(candidate, rule.ascending)[0] <= sort_key(cutoff, rule.ascending)[0]:
+            return state
+    return replace(state, seen=top, count_upto=top if state.counting else state.count_upto)
+
+
+def by_experiment(runs: Iterable[RunRecord]) -> dict[str, tuple[RunRecord, ...]]:
+    """Rows of a batch search grouped by experiment id (the last row of a run wins)."""
+    grouped: dict[str, dict[str, RunRecord]] = {}
+    for run in runs:
+        grouped.setdefault(run.experiment_id, {})[run.run_id] = run
+    return {exp_id: tuple(rows.values()) for exp_id, rows in grouped.items()}
+
+
+def redundant_advance(ended: Sequence[RunRecord], states: Mapping[str, ExperimentState | None]) -> int | None:
+    """When a batch search returned at least :data:`REDUNDANT_LIMIT` runs their experiments'
+    watermarks already cover, the largest end time it saw (every watermark moves there)."""
+    redundant = 0
+    for run in ended:
+        state = states.get(run.experiment_id)
+        if state is not None and (run.end_time or 0) <= state.seen:
+            redundant += 1
+    if redundant < REDUNDANT_LIMIT:
+        return None
+    return max(run.end_time or 0 for run in ended)

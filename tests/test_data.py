@@ -343,6 +343,9 @@ def test_separate_date_and_time_columns_are_joined(tmp_path: Path) -> None:
     assert loaded.time_column == "Date Time"
     np.testing.assert_array_equal(loaded.times, data.load(_write(tmp_path, bars, "iso.csv")).times)
     assert [e["columns"] for e in logs if e["event"] == "date_and_time_joined"] == [["Date", "Time"]]
+    both = _write(tmp_path, frame.assign(Time=bars["timestamp"].astype(str)), "both.csv")
+    with pytest.raises(InputError, match=r"several time columns \('Date', 'Time'\); pick one"):
+        data.load(both)  # `Time` holds whole times: no date and time of day to join
 
 
 @pytest.mark.parametrize(

@@ -235,7 +235,8 @@ def _without_row_numbers(frame: pd.DataFrame, where: str) -> pd.DataFrame:
 
 def _joined_date_and_time(frame: pd.DataFrame, where: str) -> tuple[pd.DataFrame, str | None]:
     """Separate ``Date`` and ``Time`` columns (MT4, FX exports) joined into one time column when
-    no single time column exists; ``(frame, None)`` otherwise."""
+    no single time column exists and the joined values read as times; ``(frame, None)``
+    otherwise."""
     by_lower: dict[str, list[str]] = {}
     for column in frame.columns:
         by_lower.setdefault(str(column).strip().lower(), []).append(str(column))
@@ -245,6 +246,9 @@ def _joined_date_and_time(frame: pd.DataFrame, where: str) -> tuple[pd.DataFrame
     (date,), (time,) = by_lower["date"], by_lower["time"]
     name = f"{date} {time}"
     joined = frame[date].astype("string").str.strip() + " " + frame[time].astype("string").str.strip()
+    parsed, ambiguous = _to_times(joined)
+    if ambiguous is None and (parsed.isna() & joined.notna()).any():
+        return frame, None  # not a date and a time of day: two candidates, the user picks one
     rest = frame.drop(columns=[date, time])
     log.info("date_and_time_joined", file=where, columns=[date, time], time_column=name)
     return pd.concat([joined.rename(name).to_frame(), rest], axis=1), name
@@ -545,7 +549,8 @@ def _holes_filled(bars: pd.DataFrame, names: dict[str, str], where: str) -> tupl
         out[key] = column.fillna(0.0) if key == "volume" else column.ffill()
         count = int((missing & out[key].notna()).sum())  # leading holes have no last price
         total += count
-        log.warning("prices_filled", file=where, column=name, count=count)
+        if count:
+            log.warning("prices_filled", file=where, column=name, count=count)
     return out, total
 
 

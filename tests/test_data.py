@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import structlog.testing
 
 from trainer import data, features
 from trainer.errors import InputError
@@ -260,7 +261,8 @@ def test_daily_bars_get_no_hour_features_and_constant_columns_are_dropped(tmp_pa
 
 
 def test_target_mode_drops_constant_columns(tmp_path: Path) -> None:
-    """A feature column with one value (or none) is dropped; every one constant is an error."""
+    """A feature column with one value, or none at all, is dropped (counted apart); every one
+    constant is an error."""
     frame = pd.DataFrame(
         {
             "time": pd.date_range("2024-01-01", periods=30, freq="D"),
@@ -273,7 +275,162 @@ def test_target_mode_drops_constant_columns(tmp_path: Path) -> None:
     path = _write(tmp_path, frame)
     loaded = data.load(path, target="y")
     assert loaded.feature_names == ["a"]
-    assert loaded.dropped_constant == ("same", "empty")
+    assert loaded.dropped_constant == ("same",)
+    assert loaded.dropped_empty == ("empty",)
     path = _write(tmp_path, frame.drop(columns="a"), "flat.csv")
     with pytest.raises(InputError, match="every feature is constant"):
+        data.load(path, target="y")
+
+
+def _hourly(n: int = 24 * 20) -> pd.DataFrame:
+    return data.sample_bars(n_bars=n)
+
+
+@pytest.mark.parametrize(
+    ("fmt", "freq"),
+    [("%d.%m.%Y %H:%M", "h"), ("%d/%m/%Y", "D"), ("%m/%d/%Y %H:%M", "h"), ("%Y.%m.%d %H:%M", "h")],
+)
+def test_non_iso_times_are_read_with_one_format_decided_from_the_data(
+    tmp_path: Path, fmt: str, freq: str
+) -> None:
+    """Day-first or month-first text is read with the one format every value fits, never a mix
+    (02.01.2024 is the 2nd of January when 13.01.2024 is in the same column)."""
+    bars = _hourly(400 if freq == "D" else 24 * 20)
+    bars["timestamp"] = pd.date_range("2024-01-01", periods=len(bars), freq=freq)
+    path = _write(tmp_path, bars.assign(timestamp=bars["timestamp"].dt.strftime(fmt)))
+    loaded = data.load(path)
+    assert loaded.notes["rows_sorted"] == 0
+    np.testing.assert_array_equal(loaded.times, data.load(_write(tmp_path, bars, "iso.csv")).times)
+
+
+def test_times_that_read_both_day_first_and_month_first_are_an_error(tmp_path: Path) -> None:
+    """Dates whose day never passes 12 fit both readings: an error naming the column, asking for
+    ISO 8601."""
+    frame = pd.DataFrame(
+        {
+            "when": pd.date_range("2024-01-01", periods=12, freq="D").strftime("%d/%m/%Y"),
+            "a": np.arange(12.0),
+            "y": np.arange(12.0) ** 2,
+        }
+    )
+    path = _write(tmp_path, frame)
+    with pytest.raises(InputError) as info:
+        data.load(path, target="y", time_column="when")
+    message = str(info.value)
+    assert f"time column 'when' in {path} reads both day-first and month-first" in message
+    assert "ISO 8601" in message
+
+
+def test_a_value_no_reading_fits_is_named_with_its_row(tmp_path: Path) -> None:
+    """In a day-first column, a value that is no date under any reading is named with its row."""
+    bars = _hourly()
+    text = bars["timestamp"].dt.strftime("%d.%m.%Y %H:%M")
+    text[300] = "32.01.2024 12:00"
+    path = _write(tmp_path, bars.assign(timestamp=text))
+    with pytest.raises(InputError, match=r"not a time: '32\.01\.2024 12:00' in row 301"):
+        data.load(path)
+
+
+def test_separate_date_and_time_columns_are_joined(tmp_path: Path) -> None:
+    """MT4/FX exports (`Date` 2024.01.02, `Time` 00:00) give one time column, said in a log line."""
+    bars = _hourly()
+    frame = bars.drop(columns="timestamp")
+    frame.insert(0, "Time", bars["timestamp"].dt.strftime("%H:%M"))
+    frame.insert(0, "Date", bars["timestamp"].dt.strftime("%Y.%m.%d"))
+    path = _write(tmp_path, frame)
+    with structlog.testing.capture_logs() as logs:
+        loaded = data.load(path)
+    assert loaded.time_column == "Date Time"
+    np.testing.assert_array_equal(loaded.times, data.load(_write(tmp_path, bars, "iso.csv")).times)
+    assert [e["columns"] for e in logs if e["event"] == "date_and_time_joined"] == [["Date", "Time"]]
+    both = _write(tmp_path, frame.assign(Time=bars["timestamp"].astype(str)), "both.csv")
+    with pytest.raises(InputError, match=r"several time columns \('Date', 'Time'\); pick one"):
+        data.load(both)  # `Time` holds whole times: no date and time of day to join
+
+
+@pytest.mark.parametrize(
+    ("name", "sep", "decimal"), [("d.csv", ";", ","), ("d.txt", "\t", "."), ("d.csv", ";", ".")]
+)
+def test_semicolon_and_tab_separated_files_are_read(
+    tmp_path: Path, name: str, sep: str, decimal: str
+) -> None:
+    """The separator is sniffed from the header line; with `;`, decimal commas are numbers."""
+    bars = _hourly()
+    path = tmp_path / name
+    bars.to_csv(path, index=False, sep=sep, decimal=decimal)
+    loaded = data.load(path)
+    reference = data.load(_write(tmp_path, bars, "comma.csv"))
+    assert loaded.feature_names == reference.feature_names
+    np.testing.assert_allclose(loaded.y, reference.y, atol=1e-6)
+
+
+@pytest.mark.parametrize("start", [0, 1])
+def test_an_unnamed_row_counter_is_not_a_feature(tmp_path: Path, start: int) -> None:
+    """`df.to_csv()` of a frame with a plain index in target mode: the 0..n-1 (or 1..n) counter
+    is dropped, not used as a feature."""
+    frame = pd.DataFrame(
+        {
+            "timestamp": pd.date_range("2024-01-01", periods=40, freq="D").astype(str),
+            "a": np.sin(np.arange(40.0)),
+            "y": np.cos(np.arange(40.0)),
+        },
+        index=np.arange(start, 40 + start),
+    )
+    path = tmp_path / "indexed.csv"
+    frame.to_csv(path)
+    loaded = data.load(path, target="y")
+    assert loaded.feature_names == ["a"]
+
+
+@pytest.mark.parametrize(("unit", "scale"), [("s", 10**9), ("ms", 10**6), ("us", 10**3), ("ns", 1)])
+def test_integer_epoch_times_are_read_with_the_unit_from_their_size(
+    tmp_path: Path, unit: str, scale: int
+) -> None:
+    """Whole Unix epoch numbers are times; the unit comes from their magnitude and is logged."""
+    bars = _hourly()
+    epoch = bars["timestamp"].to_numpy(dtype="datetime64[ns]").astype(np.int64) // scale
+    path = _write(tmp_path, bars.assign(timestamp=epoch))
+    with structlog.testing.capture_logs() as logs:
+        loaded = data.load(path)
+    np.testing.assert_array_equal(loaded.times, data.load(_write(tmp_path, bars, "iso.csv")).times)
+    assert [e["unit"] for e in logs if e["event"] == "epoch_times"] == [unit]
+
+
+def test_price_holes_are_filled_counted_and_logged(tmp_path: Path) -> None:
+    """4% NaN closes: carried forward (NaN volume becomes 0), counted in `prices_filled`, one
+    warning naming the column; no long-window feature turns empty or constant."""
+    bars = _hourly(24 * 70)
+    holes = np.random.default_rng(0).choice(np.arange(200, len(bars)), size=len(bars) // 25, replace=False)
+    holed = bars.copy()
+    holed.loc[holes, "close"] = np.nan
+    holed.loc[holes[:5], "volume"] = np.nan
+    with structlog.testing.capture_logs() as logs:
+        loaded = data.load(_write(tmp_path, holed))
+    clean = data.load(_write(tmp_path, bars, "clean.csv"))
+    assert loaded.notes["prices_filled"] == len(holes) + 5
+    warned = {e["column"]: e["count"] for e in logs if e["event"] == "prices_filled"}
+    assert warned == {"close": len(holes), "volume": 5}
+    assert [e["log_level"] for e in logs if e["event"] == "prices_filled"] == ["warning", "warning"]
+    assert loaded.feature_names == clean.feature_names
+    assert (loaded.dropped_constant, loaded.dropped_empty) == ((), ())
+    assert not np.isnan(loaded.X).all(axis=0).any()
+
+
+def test_a_mostly_empty_price_column_is_an_error(tmp_path: Path) -> None:
+    """More than half of a price column empty is not holes to fill: an error naming the column."""
+    bars = _hourly().rename(columns={"high": "High"})
+    bars.loc[bars.index[::3], "High"] = np.nan
+    bars.loc[bars.index[1::3], "High"] = np.nan
+    path = _write(tmp_path, bars)
+    with pytest.raises(InputError, match=f"OHLCV column 'High' in {path} is mostly empty"):
+        data.load(path)
+
+
+def test_a_constant_target_is_an_error(tmp_path: Path) -> None:
+    """A target with one value has nothing to predict (R² undefined): an error naming it."""
+    frame = pd.DataFrame(
+        {"time": pd.date_range("2024-01-01", periods=30, freq="D"), "a": np.arange(30.0), "y": 5.0}
+    )
+    path = _write(tmp_path, frame)
+    with pytest.raises(InputError, match=f"target column 'y' in {path} is constant"):
         data.load(path, target="y")

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import mlflow
 import pandas as pd
 import pytest
 import structlog
@@ -112,6 +113,22 @@ def test_bad_option_exits_2_naming_it(
         ),
         ("xgboost: {objective: 'binary:logistic'}\n", "xgboost.objective: Input should be"),
         ("walk_forward: {min_test_rows: 0}\n", "walk_forward.min_test_rows: Input should be greater"),
+        (
+            "search_space:\n  n_estimators: 9\n  subsample: true\n",
+            "search_space.subsample: true is a boolean, not a hyperparameter value",
+        ),
+        (
+            "search_space:\n  n_estimators: 9\n  colsample_bytree: {type: choice, values: [0.5, false]}\n",
+            "search_space.colsample_bytree.values: false is a boolean",
+        ),
+        (
+            "search_space:\n  n_estimators: 9\n  max_depth: 3.5\n",
+            "search_space.max_depth: 3.5 is not a whole number",
+        ),
+        (
+            "search_space:\n  n_estimators: {type: int, low: 5.0, high: 9.5}\n",
+            "search_space.n_estimators.high: 9.5 is not a whole number",
+        ),
     ],
 )
 def test_bad_config_exits_2_naming_file_and_key(
@@ -126,6 +143,52 @@ def test_bad_config_exits_2_naming_file_and_key(
     assert expected in line
     assert str(path) in line
     assert _store_untouched(sqlite_uri)
+
+
+@pytest.mark.parametrize(
+    ("encoded", "byte"),
+    [("caf\u00e9: 1\n".encode("latin-1"), "0xe9"), ("trials: 1\n".encode("utf-16"), "0xff")],
+)
+def test_config_file_not_in_utf8_exits_2_naming_it(
+    tmp_path: Path, encoded: bytes, byte: str, capsys: pytest.CaptureFixture[str], sqlite_uri: str
+) -> None:
+    """A latin-1 or UTF-16 config file exits 2 with one line naming the file, no traceback."""
+    path = tmp_path / "encoded.yaml"
+    path.write_bytes(encoded)
+    code, err = _run(["train", "--config", str(path), "--trials", "1", "--jobs", "1"], capsys)
+    assert code == 2
+    line = _error_line(err)
+    assert f"config file {path} is not UTF-8 text (byte {byte}" in line
+    assert _store_untouched(sqlite_uri)
+
+
+def test_whole_floats_for_integer_hyperparameters_train_and_price_holes_are_filled(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], sqlite_uri: str
+) -> None:
+    """`max_depth: 3.0` and `max_leaves: [8.0]` reach XGBoost as ints, so the trial trains; the
+    file's NaN closes are filled and counted in param `prices_filled`."""
+    bars = data.sample_bars(n_bars=24 * 130)
+    bars.loc[bars.index[300::40], "close"] = float("nan")
+    path = tmp_path / "holes.csv"
+    bars.to_csv(path, index=False)
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "importance: {enabled: false}\nsearch_space:\n  n_estimators: 5.0\n  max_depth: 3.0\n"
+        "  max_leaves: {type: choice, values: [8.0]}\n"
+    )
+    argv = ["train", "--config", str(config), "--data", str(path), "--trials", "1", "--jobs", "1"]
+    code, err = _run(argv, capsys)
+    assert code == 0, err
+    client = mlflow.MlflowClient(sqlite_uri)
+    (experiment,) = [e for e in client.search_experiments() if e.name.startswith("wf_xgboost_holes_")]
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.status == "FINISHED"
+    params = run.data.params
+    assert (params["n_estimators"], params["max_depth"], params["max_leaves"]) == ("5", "3", "8")
+    assert params["prices_filled"] == str(len(bars.index[300::40]))
+    assert params["dropped_empty_features"] == "0"
+    assert "prices_filled" in err
+    assert "column=close" in err
 
 
 def test_missing_config_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -149,6 +212,9 @@ def test_missing_config_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixtu
         ("bad_time_value", "a value that is not a time: 'soon' in row 4"),
         ("bad_number", "OHLCV column 'Close' in"),
         ("min_test_rows_too_high", "a test window of 1 month(s) needs at least 5000 rows"),
+        ("ambiguous_dates", "time column 'timestamp' in {path} reads both day-first and month-first"),
+        ("constant_target", "target column 'label' in {path} is constant"),
+        ("mostly_empty_close", "OHLCV column 'close' in {path} is mostly empty"),
     ],
 )
 def test_bad_data_exits_2_with_one_message_and_no_run(
@@ -190,10 +256,18 @@ def test_bad_data_exits_2_with_one_message_and_no_run(
         bars = data.sample_bars(n_bars=24 * 130)
         bars.to_csv(bars_csv, index=False)
         argv += ["--min-test-rows", "5000"]
+    elif case == "ambiguous_dates":  # days 1..12 only: 01/02 fits the 1st of February and the 2nd of January
+        days = frame.iloc[: 24 * 12].assign(timestamp=lambda f: pd.to_datetime(f["timestamp"]))
+        days.assign(timestamp=days["timestamp"].dt.strftime("%d/%m/%Y %H:%M")).to_csv(bars_csv, index=False)
+    elif case == "constant_target":
+        frame.assign(label=1.5).to_csv(bars_csv, index=False)
+        argv += ["--target", "label"]
+    elif case == "mostly_empty_close":
+        frame.assign(close=frame["close"].where(frame.index % 4 == 0)).to_csv(bars_csv, index=False)
     code, err = _run(argv, capsys)
     assert code == 2
     line = _error_line(err)
-    assert expected in line
+    assert expected.format(path=bars_csv) in line
     assert (str(tmp_path / "nope.parquet") if case == "missing_file" else str(bars_csv)) in line
     assert _store_untouched(sqlite_uri)
 

@@ -113,3 +113,25 @@ def test_the_default_search_space_is_inside_xgboosts_domains() -> None:
     assert set(space) <= set(DOMAINS)
     assert all(domain_problem(name, dist) is None for name, dist in space.items())
     assert domain_problem("subsample", FloatRange(low=0.5, high=1.01)) is not None
+
+
+def test_whole_floats_for_whole_number_hyperparameters_become_ints() -> None:
+    """`max_depth: 3.0`, choices of `8.0` and int bounds written `5.0` are drawn as ints, as
+    XGBoost takes only ints there; other hyperparameters keep their floats."""
+    config = load_config(
+        None,
+        {
+            "search_space": {
+                "n_estimators": {"type": "int", "low": 5.0, "high": 9.0},
+                "max_depth": 3.0,
+                "max_leaves": {"type": "choice", "values": [8.0, 16]},
+                "subsample": 1,
+            }
+        },
+    )
+    draws = [sample_trial(config.search_space, 1, i) for i in range(20)]
+    for name in ("n_estimators", "max_depth", "max_leaves"):
+        assert {type(d[name]) for d in draws} == {int}, name
+    assert {d["max_depth"] for d in draws} == {3}
+    assert {d["max_leaves"] for d in draws} <= {8, 16}
+    assert config.search_space["max_leaves"] == Choice(values=[8, 16])

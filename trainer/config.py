@@ -168,6 +168,34 @@ def domain_problem(name: str, dist: IntRange | FloatRange | Choice) -> str | Non
     return None
 
 
+def _numbers_of(name: str, dist: Any) -> Any:
+    """``dist`` (a fixed value or a distribution mapping) with whole floats made ints when
+    ``name`` takes whole numbers; ValueError naming ``search_space.{name}`` for a boolean or a
+    fraction there."""
+    domain = DOMAINS.get(name)
+    integer = domain is not None and domain.integer
+
+    def number(value: Any, key: str) -> Any:
+        if isinstance(value, bool):
+            raise ValueError(f"{key}: {str(value).lower()} is a boolean, not a hyperparameter value")
+        if integer and isinstance(value, float):
+            if not value.is_integer():
+                raise ValueError(f"{key}: {value!r} is not a whole number ({name} takes whole numbers)")
+            return int(value)
+        return value
+
+    key = f"search_space.{name}"
+    if not isinstance(dist, dict):
+        return number(dist, key)
+    out = dict(dist)
+    for bound in ("low", "high"):
+        if bound in out:
+            out[bound] = number(out[bound], f"{key}.{bound}")
+    if isinstance(out.get("values"), list):
+        out["values"] = [number(v, f"{key}.values") for v in out["values"]]
+    return out
+
+
 def _check_range(low: float, high: float, log: bool) -> None:
     if low > high:
         raise ValueError(f"low ({low}) must not be above high ({high})")
@@ -248,6 +276,16 @@ class TrainerConfig(_Strict):
             for name, dist in value.items()
         }
 
+    @model_validator(mode="before")
+    @classmethod
+    def _search_space_numbers(cls, value: Any) -> Any:
+        """Whole floats for whole-number hyperparameters (``max_depth: 3.0``) become ints, as
+        XGBoost takes only ints there; a boolean is no hyperparameter value anywhere."""
+        space = value.get("search_space") if isinstance(value, dict) else None
+        if not isinstance(space, dict):
+            return value
+        return {**value, "search_space": {name: _numbers_of(name, dist) for name, dist in space.items()}}
+
     @model_validator(mode="after")
     def _known_hyperparameters(self) -> TrainerConfig:
         unknown = sorted(set(self.search_space) - set(HYPERPARAMETERS))
@@ -293,6 +331,11 @@ def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> T
             text = path.read_text(encoding="utf-8")
         except OSError as e:
             raise InputError(f"cannot read config file {path}: {e.strerror or e}") from e
+        except UnicodeDecodeError as e:
+            raise InputError(
+                f"config file {path} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset "
+                f"{e.start}); save it as UTF-8"
+            ) from e
         try:
             loaded = yaml.safe_load(text)
         except yaml.YAMLError as e:

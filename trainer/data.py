@@ -6,9 +6,17 @@
 - Target mode (``--target COL``): every other numeric column is a feature, as given.
 
 The time column is the one named, else the single column called ``timestamp``, ``time``,
-``datetime``, ``date`` or ``ts`` (any case), else an unnamed first column of times (a pandas
-index written by ``to_csv``). The bar interval is the median step between rows. A feature
-that is constant over the data tells the model nothing and is dropped before training.
+``datetime``, ``date`` or ``ts`` (any case), else separate ``Date`` and ``Time`` columns joined
+(MT4 exports), else an unnamed first column of times (a pandas index written by ``to_csv``).
+Times are ISO 8601 text, text in one consistent format (day-first or month-first decided from
+the values), or whole Unix epoch numbers (the unit decided from their size). The bar interval
+is the median step between rows. A feature that is constant over the data tells the model
+nothing and is dropped before training, and so is one with no value at all.
+
+CSV files may be separated by commas, semicolons or tabs (sniffed from the header line); with
+semicolons or tabs, decimal commas (``1,2345``) are read as numbers. An unnamed first column
+holding the row numbers 0..n-1 or 1..n (``df.to_csv()`` of a plain index) is dropped. Isolated
+holes in OHLCV columns are filled: prices carry the last one forward, volume becomes 0.
 
 Every user mistake raises ``InputError`` with a message naming the file, column or option.
 """
@@ -24,6 +32,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 import structlog
+from pandas.tseries.api import guess_datetime_format
 
 from trainer import features
 from trainer.errors import InputError, describe
@@ -40,6 +49,13 @@ SAMPLE_SOURCE = f"builtin:sample(seed={SAMPLE_SEED})"
 TIME_COLUMN_NAMES = ("timestamp", "time", "datetime", "date", "ts")
 # What pandas calls a column whose header is empty (the index written by ``to_csv``).
 _UNNAMED = re.compile(r"Unnamed: \d+")
+# A CSV value written with a decimal comma (``1,2345``).
+_DECIMAL_COMMA = re.compile(r"[+-]?\d+,\d+")
+# An OHLCV column with more than this share of empty values is an error, not holes to fill.
+MAX_EMPTY_SHARE = 0.5
+# Epoch units by the size of a typical value: below 1e8 no unit gives a date after 1973.
+_EPOCH_UNITS = ((1e11, "s"), (1e14, "ms"), (1e17, "us"), (float("inf"), "ns"))
+_MIN_EPOCH = 1e8
 
 Mode = Literal["ohlcv", "target"]
 
@@ -59,6 +75,7 @@ class Dataset:
     time_column: str = "timestamp"
     bar_interval: str = "unknown"
     dropped_constant: tuple[str, ...] = ()  # features left out for being constant
+    dropped_empty: tuple[str, ...] = ()  # features left out for having no value at all
 
     @property
     def n_features(self) -> int:
@@ -139,10 +156,27 @@ def read_table(path: Path) -> pd.DataFrame:
                 frame = frame.reset_index(names=[n if n is not None else "" for n in frame.index.names])
             return frame
         if ".csv" in suffixes or ".tsv" in suffixes or ".txt" in suffixes:
-            return pd.read_csv(path, sep="\t" if ".tsv" in suffixes else ",")
+            sep, decimal = csv_dialect(path, tsv=".tsv" in suffixes)
+            return pd.read_csv(path, sep=sep, decimal=decimal)
     except Exception as e:  # pandas/pyarrow raise many types for a bad file
         raise InputError(f"cannot read data file {path}: {describe(e)}") from e
     raise InputError(f"data file {path} is neither CSV (.csv) nor Parquet (.parquet)")
+
+
+def csv_dialect(path: Path, *, tsv: bool = False) -> tuple[str, str]:
+    """The separator (the most frequent of comma, semicolon and tab in the header line) and the
+    decimal mark (a comma when the separator is not one and values look like ``1,2345``)."""
+    with path.open("rb") as f:
+        lines = [f.readline().decode("utf-8", errors="replace") for _ in range(21)]
+    header = lines[0]
+    counts = {sep: header.count(sep) for sep in (",", ";", "\t")}
+    sep = max(counts, key=lambda k: counts[k])
+    if counts[sep] == 0 or (tsv and counts["\t"]):
+        sep = "\t" if tsv else ","
+    if sep == ",":
+        return sep, "."
+    fields = [v.strip().strip('"') for line in lines[1:] for v in line.rstrip("\r\n").split(sep)]
+    return sep, "," if any(_DECIMAL_COMMA.fullmatch(v) for v in fields) else "."
 
 
 def load(
@@ -165,6 +199,9 @@ def _prepare(
 ) -> Dataset:
     if len(frame) == 0:
         raise InputError(f"data file {where} has no rows")
+    frame = _without_row_numbers(frame, where)
+    if time_column is None:
+        frame, time_column = _joined_date_and_time(frame, where)
     time_column = find_time_column(frame, where, time_column)
     times, notes = _parse_times(frame, where, time_column)
     if notes.get("rows_sorted"):
@@ -180,6 +217,43 @@ def _prepare(
     return _without_constants(dataset, where, time_column)
 
 
+def _without_row_numbers(frame: pd.DataFrame, where: str) -> pd.DataFrame:
+    """``frame`` without an unnamed first column holding 0..n-1 or 1..n: a row index, no data."""
+    first = frame.columns[0]
+    if not (str(first).strip() == "" or _UNNAMED.fullmatch(str(first))) or len(frame.columns) < 2:
+        return frame
+    raw = frame[first]
+    if not pd.api.types.is_integer_dtype(raw) or pd.api.types.is_bool_dtype(raw):
+        return frame
+    values = raw.to_numpy()
+    counter = np.arange(len(values))
+    if not (np.array_equal(values, counter) or np.array_equal(values, counter + 1)):
+        return frame
+    log.info("row_numbers_dropped", file=where, column=str(first))
+    return frame.drop(columns=first)
+
+
+def _joined_date_and_time(frame: pd.DataFrame, where: str) -> tuple[pd.DataFrame, str | None]:
+    """Separate ``Date`` and ``Time`` columns (MT4, FX exports) joined into one time column when
+    no single time column exists and the joined values read as times; ``(frame, None)``
+    otherwise."""
+    by_lower: dict[str, list[str]] = {}
+    for column in frame.columns:
+        by_lower.setdefault(str(column).strip().lower(), []).append(str(column))
+    others = [n for n in TIME_COLUMN_NAMES if n not in ("date", "time") and n in by_lower]
+    if others or len(by_lower.get("date", [])) != 1 or len(by_lower.get("time", [])) != 1:
+        return frame, None
+    (date,), (time,) = by_lower["date"], by_lower["time"]
+    name = f"{date} {time}"
+    joined = frame[date].astype("string").str.strip() + " " + frame[time].astype("string").str.strip()
+    parsed, ambiguous = _to_times(joined)
+    if ambiguous is None and (parsed.isna() & joined.notna()).any():
+        return frame, None  # not a date and a time of day: two candidates, the user picks one
+    rest = frame.drop(columns=[date, time])
+    log.info("date_and_time_joined", file=where, columns=[date, time], time_column=name)
+    return pd.concat([joined.rename(name).to_frame(), rest], axis=1), name
+
+
 def find_time_column(frame: pd.DataFrame, where: str, named: str | None) -> str:
     """The time column: ``named``, else the one candidate (see the module docstring)."""
     columns = [str(c) for c in frame.columns]
@@ -193,7 +267,7 @@ def find_time_column(frame: pd.DataFrame, where: str, named: str | None) -> str:
     first = columns[0]
     if (first.strip() == "" or _UNNAMED.fullmatch(first)) and first not in found:
         raw = frame[frame.columns[0]]
-        if not _is_number(raw) and not _to_times(raw).isna().any():
+        if not _is_number(raw) and not _to_times(raw)[0].isna().any():
             found.append(first)
     if len(found) == 1:
         return found[0]
@@ -213,27 +287,88 @@ def _is_number(raw: pd.Series) -> bool:
     return bool(pd.api.types.is_numeric_dtype(raw) and not pd.api.types.is_bool_dtype(raw))
 
 
-def _to_times(raw: pd.Series) -> pd.Series:
-    """UTC times; NaT where a value is empty or not a time."""
+def _to_times(raw: pd.Series) -> tuple[pd.Series, str | None]:
+    """UTC times, NaT where a value is empty or not a time, read with one format for the whole
+    column: ISO 8601, else the format guessed from the values under which the fewest values fail.
+    A day-first and a month-first format that both fit every value but disagree make the column
+    ambiguous: the second item is then a value they read differently (else None)."""
+    if pd.api.types.is_datetime64_any_dtype(raw):
+        return pd.to_datetime(raw, utc=True), None
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # pandas warns when it infers a format per element
-            return pd.to_datetime(raw, utc=True)  # one format for the whole column: fast
+        return pd.to_datetime(raw, utc=True, format="ISO8601"), None
     except (ValueError, TypeError, OverflowError):
         pass
+    readings: list[tuple[int, pd.Series]] = []
+    for fmt in ("ISO8601", *_guessed_formats(raw)):
+        try:
+            parsed = pd.to_datetime(raw, utc=True, format=fmt, errors="coerce")
+        except (ValueError, TypeError, OverflowError):
+            continue
+        readings.append((int((parsed.isna() & raw.notna()).sum()), parsed))
+    fits = [parsed for failed, parsed in readings if failed == 0]
+    for other in fits[1:]:
+        differs = (fits[0] != other).to_numpy()
+        if differs.any():
+            return fits[0], str(raw.iloc[int(np.flatnonzero(differs)[0])])
+    if fits:
+        return fits[0], None
+    return min(readings, key=lambda r: r[0])[1], None
+
+
+def _guessed_formats(raw: pd.Series, sample: int = 50) -> list[str]:
+    """strftime formats pandas guesses for the first distinct values, month-first and day-first
+    (year-first dates are always read year-month-day)."""
+    formats: list[str] = []
+    values = pd.unique(raw.dropna().astype(str).str.strip())[:sample]
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return pd.to_datetime(raw, utc=True, format="mixed", errors="coerce")
+        warnings.simplefilter("ignore")  # pandas warns when a guess contradicts dayfirst
+        for value in values:
+            for dayfirst in (False, True):
+                fmt = guess_datetime_format(str(value), dayfirst=dayfirst)
+                if fmt is None or (dayfirst and fmt.startswith("%Y")) or fmt in formats:
+                    continue
+                formats.append(fmt)
+    return formats
+
+
+def _epoch_times(raw: pd.Series, where: str, col: str) -> pd.Series:
+    """UTC times from whole Unix epoch numbers; the unit (s, ms, us, ns) from their size."""
+    values = raw.to_numpy(dtype="float64")
+    present = values[np.isfinite(values)]
+    if len(present) == 0 or not np.all(present == np.round(present)):
+        raise InputError(
+            f"time column {col!r} in {where} holds numbers that are not whole Unix epoch times; "
+            "write timestamps as ISO 8601 text such as 2024-01-31T15:00:00"
+        )
+    size = float(np.median(np.abs(present)))
+    if size < _MIN_EPOCH:
+        raise InputError(
+            f"time column {col!r} in {where} holds numbers too small for Unix epoch times "
+            f"(typical value {size:.0f}); write timestamps as ISO 8601 text such as 2024-01-31T15:00:00"
+        )
+    unit = next(name for limit, name in _EPOCH_UNITS if size < limit)
+    try:
+        parsed = pd.to_datetime(raw.astype("Int64"), unit=unit, utc=True)
+    except (ValueError, OverflowError) as e:
+        raise InputError(
+            f"time column {col!r} in {where} holds epoch numbers out of range: {describe(e)}"
+        ) from e
+    log.info("epoch_times", file=where, column=col, unit=unit)
+    return pd.Series(parsed, index=raw.index)
 
 
 def _parse_times(frame: pd.DataFrame, where: str, col: str) -> tuple[np.ndarray, dict[str, int]]:
     raw = frame[col]
     if _is_number(raw):
-        raise InputError(
-            f"time column {col!r} in {where} holds numbers; write timestamps as ISO 8601 "
-            "text such as 2024-01-31T15:00:00"
-        )
-    parsed = _to_times(raw)
+        parsed = _epoch_times(raw, where, col)
+    else:
+        parsed, ambiguous = _to_times(raw)
+        if ambiguous is not None:
+            raise InputError(
+                f"time column {col!r} in {where} reads both day-first and month-first (e.g. "
+                f"{ambiguous!r}); write times as ISO 8601 such as 2024-01-31T15:00:00, or in a "
+                "format where day and month cannot be swapped"
+            )
     bad = (parsed.isna() & raw.notna()).to_numpy()
     if bad.any():
         first = int(np.flatnonzero(bad)[0])
@@ -266,21 +401,31 @@ def bar_interval(times: np.ndarray) -> str:
 
 
 def _without_constants(dataset: Dataset, where: str, time_column: str) -> Dataset:
-    """The data set without features that take one value (or none) over all its rows."""
+    """The data set without features that take one value, or none at all, over all its rows."""
     X = dataset.X
+    names = dataset.feature_names
+    empty = np.isnan(X).all(axis=0) if len(X) else np.ones(X.shape[1], bool)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN column
         varies = np.nanmax(X, axis=0) > np.nanmin(X, axis=0) if len(X) else np.zeros(X.shape[1], bool)
     interval = bar_interval(dataset.times)
-    dropped = tuple(name for name, keep in zip(dataset.feature_names, varies, strict=True) if not keep)
-    if len(dropped) == len(dataset.feature_names):
+    dropped = tuple(
+        name for name, keep, none in zip(names, varies, empty, strict=True) if not keep and not none
+    )
+    dropped_empty = tuple(name for name, none in zip(names, empty, strict=True) if none)
+    if not varies.any():
         raise InputError(
-            f"data file {where}: every feature is constant over the data "
-            f"({_list(pd.Index(dropped))}), so there is nothing to learn from"
+            f"data file {where}: every feature is constant or empty over the data "
+            f"({_list(pd.Index(names))}), so there is nothing to learn from"
         )
-    if dropped:
+    if dropped or dropped_empty:
         X = np.ascontiguousarray(X[:, varies])
+    if dropped:
         log.info("constant_features_dropped", file=where, count=len(dropped), features=list(dropped[:20]))
+    if dropped_empty:
+        log.warning(
+            "empty_features_dropped", file=where, count=len(dropped_empty), features=list(dropped_empty[:20])
+        )
     return Dataset(
         X=X,
         y=dataset.y,
@@ -293,6 +438,7 @@ def _without_constants(dataset: Dataset, where: str, time_column: str) -> Datase
         time_column=time_column,
         bar_interval=interval,
         dropped_constant=dropped,
+        dropped_empty=dropped_empty,
     )
 
 
@@ -355,6 +501,7 @@ def _ohlcv(frame: pd.DataFrame, times: np.ndarray, where: str, source: str, note
                 "keep one"
             )
     bars = pd.DataFrame({k: _numeric(frame, by_lower[k][0], where, "OHLCV") for k in present})
+    bars, filled = _holes_filled(bars, {k: by_lower[k][0] for k in present}, where)
     feats = features.engineer(bars, pd.Series(times))
     y = features.next_return(bars["close"]).to_numpy()
     keep = np.isfinite(y)
@@ -364,7 +511,12 @@ def _ohlcv(frame: pd.DataFrame, times: np.ndarray, where: str, source: str, note
             f"data file {where} has {len(frame)} rows; OHLCV mode needs more than "
             f"{features.WARMUP_BARS + 1} (the longest feature window is {features.WARMUP_BARS - 1} bars)"
         )
-    notes = {**notes, "rows_dropped": int((~keep).sum())}
+    if y[keep].min() == y[keep].max():
+        raise InputError(
+            f"OHLCV column {by_lower['close'][0]!r} in {where} never changes, so the next-bar "
+            "return is constant and there is nothing to predict"
+        )
+    notes = {**notes, "rows_dropped": int((~keep).sum()), "prices_filled": filled}
     return Dataset(
         X=np.ascontiguousarray(feats.to_numpy(dtype="float32")[keep]),
         y=y[keep],
@@ -375,6 +527,31 @@ def _ohlcv(frame: pd.DataFrame, times: np.ndarray, where: str, source: str, note
         target=features.TARGET,
         notes=notes,
     )
+
+
+def _holes_filled(bars: pd.DataFrame, names: dict[str, str], where: str) -> tuple[pd.DataFrame, int]:
+    """OHLCV bars (rows sorted by time) with holes filled: a price carries the last one forward,
+    a missing volume is 0. Returns the bars and how many values were filled; a column more than
+    half empty is an InputError naming it."""
+    out = bars.copy()
+    total = 0
+    for key, column in bars.items():
+        missing = column.isna()
+        count = int(missing.sum())
+        if count == 0:
+            continue
+        name = names[str(key)]
+        if count > MAX_EMPTY_SHARE * len(column):
+            raise InputError(
+                f"OHLCV column {name!r} in {where} is mostly empty ({count} of {len(column)} rows "
+                "have no value)"
+            )
+        out[key] = column.fillna(0.0) if key == "volume" else column.ffill()
+        count = int((missing & out[key].notna()).sum())  # leading holes have no last price
+        total += count
+        if count:
+            log.warning("prices_filled", file=where, column=name, count=count)
+    return out, total
 
 
 def _with_target(
@@ -411,6 +588,13 @@ def _with_target(
     X = np.column_stack([_numeric(frame, c, where, "feature") for c in names]).astype("float32")
     X[~np.isfinite(X)] = np.nan
     keep = np.isfinite(y)
+    if not keep.any():
+        raise InputError(f"target column {target!r} in {where} has no value in any row")
+    if y[keep].min() == y[keep].max():
+        raise InputError(
+            f"target column {target!r} in {where} is constant ({y[keep][0]:g} in every row), "
+            "so there is nothing to predict"
+        )
     notes = {**notes, "rows_dropped": int((~keep).sum()), "columns_ignored": ignored}
     return Dataset(
         X=np.ascontiguousarray(X[keep]),

@@ -47,6 +47,7 @@ def prepare(config: TrainerConfig) -> Inputs:
         folds_skipped=len(plan.skipped),
         min_test_rows=plan.min_test_rows,
         dropped_constant_features=len(dataset.dropped_constant),
+        dropped_empty_features=len(dataset.dropped_empty),
         **dataset.notes,
     )
     for window in plan.skipped:
@@ -102,6 +103,8 @@ def static_params(config: TrainerConfig, inputs: Inputs) -> dict[str, str]:
         "time_column": dataset.time_column,
         "data_rows": str(len(dataset.y)),
         "dropped_constant_features": str(len(dataset.dropped_constant)),
+        "dropped_empty_features": str(len(dataset.dropped_empty)),
+        "prices_filled": str(dataset.notes.get("prices_filled", 0)),
         "sweep_seed": str(config.seed),
         "objective": xc.objective,
         "tree_method": xc.tree_method,

@@ -129,7 +129,9 @@ def test_experiments_lists_each_watched_experiment_with_rule_metric_leader_and_c
     assert main["leader"]["value"] == pytest.approx(0.3 + 11 / 50)
     assert main["leader"]["url"] == f"{UI}/#/experiments/{setup.experiment_id}/runs/{setup.runs[0]}"
     assert main["ranked_at"].endswith("Z")
-    assert main["metric_keys"][:2] == ["avg_test_r2", "avg_test_rmse"]
+    assert "metric_keys" not in main  # the Rank dialog asks GET .../metric-keys for them
+    keys = setup.http.get(f"/api/experiments/{setup.experiment_id}/metric-keys").json()["metric_keys"]
+    assert keys[:2] == ["avg_test_r2", "avg_test_rmse"]
     idle = by_id[setup.idle_experiment_id]
     assert idle["leader"] is None
     assert idle["ranked_runs"] == 0

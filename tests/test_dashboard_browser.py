@@ -365,6 +365,7 @@ def test_retrain_two_ticked_features_makes_a_new_run_linked_from_the_page(stack:
 
     # the job stays on the page after the dialog closed and after a reload
     page.reload()
+    page.get_by_test_id("run-title").wait_for()
     job_row = page.locator(f"[data-testid=jobs-row][data-job-id='{job_id}']")
     job_row.wait_for()
     assert job_row.get_attribute("data-status") == "finished"
@@ -385,11 +386,23 @@ def test_a_narrow_screen_never_scrolls_sideways_and_bad_input_is_named(stack: St
 
     page.on("pageerror", on_error)
     run_id = ranked_order(stack.client, stack.experiment_id)[0]
+    # a long name without spaces (as sweeps name experiments) in the breadcrumb and title
+    long_name = f"wf_xgboost_SAMPLE_f150_tr3m_te1m_walk_forward_{uuid4().hex}"
+    long_id = stack.client.create_experiment(long_name)
+    make_run(stack.client, long_id, "only", {"avg_test_r2": 0.5})
+    ranked = httpx.post(
+        f"{stack.base}/models/rank",
+        params={"experiment_name": long_name, "top_n": 1},
+        headers={"Authorization": f"Bearer {TOKEN}"},
+        timeout=60,
+    )
+    assert ranked.status_code == 200, ranked.text
     page.set_viewport_size({"width": 360, "height": 800})
     try:
         for hash_, ready in (
             ("#/", "[data-testid=experiments-table]"),
             (f"#/experiments/{stack.experiment_id}", "[data-testid=across-table]"),
+            (f"#/experiments/{long_id}", "[data-testid=board-table]"),
             (f"#/runs/{run_id}", "[data-testid=importance-chart] svg"),
         ):
             page.goto(stack.base + "/" + hash_)

@@ -431,13 +431,6 @@ def router(
                     f"attributes.run_id IN ({quote_all(run_id for run_id, _ in chunk)})",
                 )
                 leaders.update({r.run_id: r for r in found})
-            unranked = [e.experiment_id for e, _, b in shown if not (b and b.entries)]
-            keys_of: dict[str, set[str]] = collections.defaultdict(set)
-            if unranked:
-                for run in tracking.search_runs(
-                    unranked[:EXPERIMENT_BATCH], "attributes.status = 'FINISHED'", limit=100
-                ):
-                    keys_of[run.experiment_id].update(run.metrics)
         except TrackingError as e:
             raise _tracking_failed(e, "experiments") from e
         out = []
@@ -456,7 +449,6 @@ def router(
                     "value": value,
                     "url": run_url(ui, exp.experiment_id, run_id),
                 }
-            keys = leader_run.metrics if leader_run else keys_of.get(exp.experiment_id, set())
             out.append(
                 {
                     "experiment_id": exp.experiment_id,
@@ -469,7 +461,6 @@ def router(
                     "unranked_runs": board.unranked_runs if board else 0,
                     "leader": leader,
                     "ranked_at": iso_ms(board.seen_ms) if board else None,
-                    "metric_keys": sorted_metric_keys(keys),
                 }
             )
         return out

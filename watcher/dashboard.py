@@ -690,7 +690,7 @@ def router(
 async def _read_bounded(request: Request, limit: int) -> bytes:
     """The request body, or 413 as soon as it (or its declared length) exceeds ``limit`` bytes."""
     too_large = HTTPException(
-        status.HTTP_413_REQUEST_ENTITY_TOO_LARGE, detail=f"the body must be at most {limit} bytes"
+        status.HTTP_413_CONTENT_TOO_LARGE, detail=f"the body must be at most {limit} bytes"
     )
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:

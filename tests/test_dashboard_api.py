@@ -5,6 +5,7 @@ page's own files, and the tracking calls the experiments and leaderboard routes 
 from __future__ import annotations
 
 import csv
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -68,6 +69,7 @@ class Setup:
     bare_run: str  # no feature_importance.csv
     idle_experiment_id: str  # watched, no runs, never ranked
     watcher: Watcher
+    prefix: str  # the rule watches f"{prefix}_*"
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +105,7 @@ def setup(mlflow_server: ServerHandle, tmp_path_factory: pytest.TempPathFactory)
     api = run_in_thread(app, bind_socket("127.0.0.1", 0))
     http = httpx.Client(base_url=api.url, timeout=60)
     ordered = [run_id for _, run_id in sorted(made, reverse=True)]
-    yield Setup(http, client, exp_id, name, ordered, rows, bare, idle_id, watcher)
+    yield Setup(http, client, exp_id, name, ordered, rows, bare, idle_id, watcher, prefix)
     http.close()
     api.stop()
 
@@ -127,7 +129,9 @@ def test_experiments_lists_each_watched_experiment_with_rule_metric_leader_and_c
     assert main["leader"]["value"] == pytest.approx(0.3 + 11 / 50)
     assert main["leader"]["url"] == f"{UI}/#/experiments/{setup.experiment_id}/runs/{setup.runs[0]}"
     assert main["ranked_at"].endswith("Z")
-    assert main["metric_keys"][:2] == ["avg_test_r2", "avg_test_rmse"]
+    assert "metric_keys" not in main  # the Rank dialog asks GET .../metric-keys for them
+    keys = setup.http.get(f"/api/experiments/{setup.experiment_id}/metric-keys").json()["metric_keys"]
+    assert keys[:2] == ["avg_test_r2", "avg_test_rmse"]
     idle = by_id[setup.idle_experiment_id]
     assert idle["leader"] is None
     assert idle["ranked_runs"] == 0
@@ -171,6 +175,128 @@ def test_leaderboard_after_ranking_by_another_metric_names_that_metric(setup: Se
     listed = {e["experiment_id"]: e for e in setup.http.get("/api/experiments").json()}
     assert listed[exp_id]["metric"] == "avg_test_rmse"
     assert listed[exp_id]["ascending"] is True
+
+
+def wait_job(http: httpx.Client, job_id: str, timeout: float = 120) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        job = http.get(f"/api/jobs/{job_id}").json()
+        if job["status"] in ("finished", "failed") or time.monotonic() > deadline:
+            return job
+        time.sleep(0.3)
+
+
+def test_an_experiment_renamed_out_of_every_rule_is_no_longer_listed(setup: Setup) -> None:
+    """Its old board (tags of a rule that no longer matches it) does not keep it on the page."""
+    client = setup.client
+    exp_id = client.create_experiment(f"{setup.prefix}_renamed")
+    make_run(client, exp_id, "only", {"avg_test_r2": 0.5})
+    assert setup.watcher.run_pass().ok
+    listed = {e["experiment_id"]: e for e in setup.http.get("/api/experiments").json()}
+    assert listed[exp_id]["rule"] == "dash"
+    client.rename_experiment(exp_id, f"elsewhere_{uuid4().hex[:6]}")
+    listed = {e["experiment_id"]: e for e in setup.http.get("/api/experiments").json()}
+    assert exp_id not in listed
+    assert setup.experiment_id in listed
+
+
+def test_metric_keys_are_the_union_over_the_board_and_the_newest_finished_runs(setup: Setup) -> None:
+    """Keys only a board runner-up or only an unranked run has are offered, not just the leader's."""
+    client = setup.client
+    name = f"keys_{uuid4().hex[:8]}"
+    exp_id = client.create_experiment(name)
+    make_run(client, exp_id, "leader", {"avg_test_r2": 0.9})
+    make_run(client, exp_id, "second", {"avg_test_r2": 0.5, "avg_test_mae": 0.2})
+    make_run(client, exp_id, "unranked", {"val_loss": 0.7})
+    r = setup.http.post("/models/rank", params={"experiment_name": name, "top_n": 2}, headers=AUTH)
+    assert r.status_code == 200, r.text
+    r = setup.http.get(f"/api/experiments/{exp_id}/metric-keys")
+    assert r.status_code == 200, r.text
+    assert r.json()["metric_keys"] == ["avg_test_mae", "avg_test_r2", "val_loss"]
+    idle = setup.http.get(f"/api/experiments/{setup.idle_experiment_id}/metric-keys")
+    assert idle.status_code == 200, idle.text
+    assert idle.json()["metric_keys"] == []
+    assert setup.http.get("/api/experiments/987654321/metric-keys").status_code == 404
+
+
+@pytest.mark.parametrize(
+    "bad_id",
+    ["\u00b2", "99999999999999999999999", "\u0661\u0662", "\u0661", "a" * 5000, "1 ", "-1"],
+    ids=["superscript", "over_int64", "arabic_digits", "arabic_one", "5000_chars", "space", "minus"],
+)
+def test_ids_mlflow_would_reject_answer_404_naming_the_id_before_any_tracking_call(
+    setup: Setup, bad_id: str
+) -> None:
+    paths = [
+        f"/api/experiments/{bad_id}/leaderboard",
+        f"/api/experiments/{bad_id}/importance",
+        f"/api/experiments/{bad_id}/metric-keys",
+    ]
+    if not bad_id.isdigit() or not bad_id.isascii():
+        paths.append(f"/api/runs/{bad_id}/importance")
+    for path in paths:
+        r = setup.http.get(path)
+        assert r.status_code == 404, (path[:80], r.status_code, r.text[:300])
+        detail = r.json()["detail"]
+        assert bad_id[:50] in detail
+        assert len(detail) < 200
+    r = setup.http.post("/api/retrain", json={"run_id": bad_id[:64], "exclude": ["alpha"]}, headers=AUTH)
+    assert r.status_code == 404, r.text[:300]
+
+
+def test_retrain_refuses_a_body_over_a_megabyte_and_never_echoes_a_long_name(setup: Setup) -> None:
+    big = {"run_id": setup.runs[0], "exclude": ["x" * 2_000_000]}
+    r = setup.http.post("/api/retrain", json=big, headers=AUTH)
+    assert r.status_code == 413, r.text[:300]
+    assert len(r.text) < 300
+    long_name = "y" * 50_000
+    r = setup.http.post("/api/retrain", json={"run_id": setup.runs[0], "exclude": [long_name]}, headers=AUTH)
+    assert r.status_code == 400
+    assert "y" * 90 in r.json()["detail"]
+    assert len(r.text) < 400
+
+
+def test_retrain_refuses_a_boolean_threshold(setup: Setup) -> None:
+    r = setup.http.post("/api/retrain", json={"run_id": setup.runs[0], "drop_below": True}, headers=AUTH)
+    assert r.status_code == 400, r.text
+    assert r.json()["detail"].startswith("drop_below: Input should be a valid number"), r.text
+
+
+def test_a_negative_threshold_reaches_the_trainer_as_one_argument(setup: Setup) -> None:
+    """-5e-05 is a value of --drop-below, not an option: the trainer reads the run (and says it
+    is not a trainer trial) instead of dying on its command line."""
+    r = setup.http.post("/api/retrain", json={"run_id": setup.runs[2], "drop_below": -5e-05}, headers=AUTH)
+    assert r.status_code == 202, r.text
+    job = wait_job(setup.http, r.json()["job_id"])
+    assert job["status"] == "failed", job
+    assert "not a trainer trial" in job["log_tail"], job["log_tail"]
+    assert "expected one argument" not in job["log_tail"]
+
+
+def test_posts_from_a_page_of_another_origin_are_refused_403(setup: Setup) -> None:
+    """What a foreign page's fetch(..., {mode: "no-cors"}) sends is refused before the token or
+    the body is looked at; the page's own origin and header-less clients (curl) still work."""
+    name = f"csrf_{uuid4().hex[:8]}"
+    make_run(setup.client, setup.client.create_experiment(name), "one", {"avg_test_r2": 0.5})
+    for headers in ({"Origin": "http://evil.example"}, {"Origin": "null"}, {"Sec-Fetch-Site": "cross-site"}):
+        for url in (f"/models/rank?experiment_name={name}", "/api/retrain"):
+            r = setup.http.post(
+                url, json={"run_id": setup.runs[0], "exclude": ["eps"]}, headers={**AUTH, **headers}
+            )
+            assert r.status_code == 403, (url, headers, r.text)
+            assert "cross-origin" in r.json()["detail"]
+    own = setup.http.base_url
+    same = {"Origin": f"{own.scheme}://{own.host}:{own.port}", "Sec-Fetch-Site": "same-origin"}
+    ranked = setup.http.post(
+        "/models/rank", params={"experiment_name": name, "top_n": 5}, headers={**AUTH, **same}
+    )
+    assert ranked.status_code == 200, ranked.text
+    bad = setup.http.post(
+        "/api/retrain", json={"run_id": setup.runs[0], "exclude": []}, headers={**AUTH, **same}
+    )
+    assert bad.status_code == 400, bad.text  # reached the route
+    plain = setup.http.post("/models/rank", params={"experiment_name": name, "top_n": 5}, headers=AUTH)
+    assert plain.status_code == 200, plain.text
 
 
 @pytest.mark.parametrize("which", ["unknown", "not_a_number", "never_ranked"])
@@ -339,6 +465,10 @@ def test_the_page_and_its_files_come_from_the_package_with_a_strict_csp(setup: S
         assert kind in r.headers["content-type"]
     assert setup.http.get("/static/index.html").status_code == 404
     assert setup.http.get("/static/..%2Fapi.py").status_code == 404
+    # every link and asset of the page is its own (the API docs page loads a CDN's swagger)
+    refs = re.findall(r'(?:href|src)="([^"]*)"', page.text)
+    assert refs, page.text[:300]
+    assert [ref for ref in refs if not ref.startswith(("/static/", "#", "data:"))] == []
 
 
 def test_experiments_and_leaderboard_stay_within_3_tracking_calls_on_a_large_experiment(
@@ -365,6 +495,10 @@ def test_experiments_and_leaderboard_stay_within_3_tracking_calls_on_a_large_exp
             board = http.get(f"/api/experiments/{exp_id}/leaderboard")
             assert board.status_code == 200
             calls_board = len(proxy.tracking_calls())
+            proxy.reset()
+            keys = http.get(f"/api/experiments/{exp_id}/metric-keys")
+            assert keys.status_code == 200
+            calls_keys = len(proxy.tracking_calls())
     finally:
         api.stop()
     assert [m["value"] for m in board.json()["models"]] == sorted(
@@ -372,3 +506,5 @@ def test_experiments_and_leaderboard_stay_within_3_tracking_calls_on_a_large_exp
     )[:10]
     assert calls_list <= 3, proxy.requests
     assert calls_board <= 3, proxy.requests
+    assert calls_keys <= 3, proxy.requests
+    assert keys.json()["metric_keys"] == ["avg_test_r2"]

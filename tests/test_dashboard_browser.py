@@ -177,10 +177,16 @@ def shot(page: Any, name: str, full_page: bool = True) -> None:
 
 
 def test_the_experiments_list_shows_each_experiments_leader(stack: Stack) -> None:
+    """... and the page loads nothing from anywhere but the watcher."""
     page = stack.page
+    requested: list[str] = []
+    page.on("request", lambda r: requested.append(r.url))
     page.goto(stack.base + "/")
     row = page.locator(f"[data-testid=experiment-row][data-experiment-id='{stack.experiment_id}']")
     row.wait_for()
+    page.wait_for_load_state("networkidle")
+    assert requested
+    assert [u for u in requested if not u.startswith((stack.base + "/", "data:"))] == []
     leader_id = ranked_order(stack.client, stack.experiment_id)[0]
     leader = stack.client.get_run(leader_id)
     cell = row.locator("[data-testid=experiment-leader]")
@@ -225,6 +231,10 @@ def test_rank_top_models_by_another_metric_asks_for_the_token_once_and_retags_ml
     dialog = page.get_by_test_id("rank-dialog")
     dialog.wait_for()
     assert page.get_by_test_id("rank-experiment").input_value() == stack.experiment_name
+    page.wait_for_function(
+        "name => document.getElementById('rank-metrics').dataset.experiment === name",
+        arg=stack.experiment_name,
+    )
     options = page.locator("#rank-metrics option").evaluate_all("os => os.map(o => o.value)")
     assert "avg_test_rmse" in options  # offered from the experiment's own metric keys
     page.get_by_test_id("rank-metric").fill("avg_test_rmse")
@@ -254,6 +264,27 @@ def test_rank_top_models_by_another_metric_asks_for_the_token_once_and_retags_ml
     page.keyboard.press("Escape")
 
 
+def test_the_header_buttons_prefill_the_experiment_on_screen_when_deep_linked(stack: Stack) -> None:
+    """Opened straight at /#/experiments/<id> (not the list's first experiment)."""
+    page = stack.page
+    page.goto("about:blank")
+    page.goto(stack.base + f"/#/experiments/{stack.experiment_id}")
+    page.locator("[data-testid=board-row]").first.wait_for()
+    first = httpx.get(f"{stack.base}/api/experiments", timeout=30).json()[0]["experiment_name"]
+    assert first != stack.experiment_name  # else this would not tell the two apart
+    page.get_by_test_id("open-rank").click()
+    page.get_by_test_id("rank-dialog").wait_for()
+    assert page.get_by_test_id("rank-experiment").input_value() == stack.experiment_name
+    page.keyboard.press("Escape")
+    page.goto("about:blank")
+    page.goto(stack.base + f"/#/experiments/{stack.experiment_id}")
+    page.locator("[data-testid=board-row]").first.wait_for()
+    page.get_by_test_id("open-retrain").click()
+    page.get_by_test_id("retrain-dialog").wait_for()
+    assert page.get_by_test_id("retrain-experiment").input_value() == stack.experiment_name
+    page.keyboard.press("Escape")
+
+
 def test_retrain_two_ticked_features_makes_a_new_run_linked_from_the_page(stack: Stack) -> None:
     page = stack.page
     source_id = ranked_order(stack.client, stack.experiment_id)[0]
@@ -262,10 +293,21 @@ def test_retrain_two_ticked_features_makes_a_new_run_linked_from_the_page(stack:
     page.get_by_test_id("open-retrain").click()
     page.get_by_test_id("retrain-dialog").wait_for()
     page.get_by_test_id("retrain-experiment").fill(stack.experiment_name)
-    page.get_by_test_id("retrain-run-id").fill(source_id)
+    # features of another run first: editing the Run ID drops them, so no submit mixes two runs
+    other_id = ranked_order(stack.client, stack.experiment_id)[1]
+    page.get_by_test_id("retrain-run-id").fill(other_id)
     page.get_by_test_id("retrain-load").click()
     rows = page.locator("[data-testid=feature-row]")
     rows.first.wait_for()
+    assert page.get_by_test_id("retrain-shown-run").get_attribute("data-run-id") == other_id
+    page.get_by_test_id("retrain-threshold").fill("100")
+    page.get_by_test_id("retrain-threshold").fill("0.001")
+    page.get_by_test_id("retrain-run-id").fill(source_id)
+    assert rows.count() == 0
+    assert page.get_by_test_id("retrain-submit").is_disabled()
+    page.get_by_test_id("retrain-load").click()
+    rows.first.wait_for()
+    assert page.get_by_test_id("retrain-shown-run").get_attribute("data-run-id") == source_id
     assert rows.count() == int(source.data.params["total_features"])
     submit = page.get_by_test_id("retrain-submit")
 
@@ -309,6 +351,8 @@ def test_retrain_two_ticked_features_makes_a_new_run_linked_from_the_page(stack:
     page.get_by_test_id("job-log").scroll_into_view_if_needed()
     shot(page, "dashboard-retrain.png", full_page=False)
     new_id = link.get_attribute("data-run-id")
+    job_id = page.get_by_test_id("job").get_attribute("data-job-id")
+    assert httpx.get(f"{stack.base}/api/jobs/{job_id}", timeout=30).json()["run_id"] == source_id
     new = stack.client.get_run(new_id)
     assert new.data.tags["retrained_from"] == source_id
     assert int(new.data.params["total_features"]) == total - 2
@@ -318,6 +362,86 @@ def test_retrain_two_ticked_features_makes_a_new_run_linked_from_the_page(stack:
     page.get_by_test_id("run-title").wait_for()
     assert page.get_by_test_id("run-title").inner_text() == new.info.run_name
     assert page.locator("[data-testid=importance-row]").count() == total - 2
+
+    # the job stays on the page after the dialog closed and after a reload
+    page.reload()
+    page.get_by_test_id("run-title").wait_for()
+    job_row = page.locator(f"[data-testid=jobs-row][data-job-id='{job_id}']")
+    job_row.wait_for()
+    assert job_row.get_attribute("data-status") == "finished"
+    assert source_id in job_row.inner_text()
+    assert job_row.get_by_test_id("jobs-new-run").inner_text() == new_id
+    job_row.scroll_into_view_if_needed()
+    shot(page, "dashboard-jobs.png", full_page=False)
+
+
+def test_a_narrow_screen_never_scrolls_sideways_and_bad_input_is_named(stack: Stack) -> None:
+    """360 px wide: tables scroll inside their box, the breadcrumb wraps; a malformed address
+    shows "not found"; a Top N of 0 is refused with a message."""
+    page = stack.page
+    errors: list[str] = []
+
+    def on_error(error: object) -> None:
+        errors.append(str(error))
+
+    page.on("pageerror", on_error)
+    run_id = ranked_order(stack.client, stack.experiment_id)[0]
+    # a long name without spaces (as sweeps name experiments) in the breadcrumb and title
+    long_name = f"wf_xgboost_SAMPLE_f150_tr3m_te1m_walk_forward_{uuid4().hex}"
+    long_id = stack.client.create_experiment(long_name)
+    make_run(stack.client, long_id, "only", {"avg_test_r2": 0.5})
+    ranked = httpx.post(
+        f"{stack.base}/models/rank",
+        params={"experiment_name": long_name, "top_n": 1},
+        headers={"Authorization": f"Bearer {TOKEN}"},
+        timeout=60,
+    )
+    assert ranked.status_code == 200, ranked.text
+    page.set_viewport_size({"width": 360, "height": 800})
+    try:
+        for hash_, ready in (
+            ("#/", "[data-testid=experiments-table]"),
+            (f"#/experiments/{stack.experiment_id}", "[data-testid=across-table]"),
+            (f"#/experiments/{long_id}", "[data-testid=board-table]"),
+            (f"#/runs/{run_id}", "[data-testid=importance-chart] svg"),
+        ):
+            page.goto(stack.base + "/" + hash_)
+            page.locator(ready).wait_for()
+            width = page.evaluate(
+                "[document.documentElement.scrollWidth, document.documentElement.clientWidth]"
+            )
+            assert width[0] <= width[1], (hash_, width)
+        page.get_by_test_id("open-retrain").click()  # on a run's page: that run's features
+        table = page.get_by_test_id("feature-table")
+        table.wait_for()
+        box = page.locator(".table-scroll:has([data-testid=feature-table])")
+        inside = box.bounding_box()
+        dialog = page.get_by_test_id("retrain-dialog").bounding_box()
+        assert inside is not None
+        assert dialog is not None
+        assert inside["x"] + inside["width"] <= dialog["x"] + dialog["width"]
+        assert box.evaluate("b => getComputedStyle(b).overflowX") == "auto"
+        reach = box.evaluate(
+            "b => { b.scrollLeft = b.scrollWidth; return b.scrollLeft + b.clientWidth >= b.scrollWidth; }"
+        )
+        assert reach  # every column can be scrolled to
+        page.keyboard.press("Escape")
+
+        page.goto(stack.base + "/#/experiments/%E0%A4%A")
+        page.get_by_test_id("not-found").wait_for()
+        assert errors == []
+    finally:
+        page.set_viewport_size({"width": 1360, "height": 900})
+        page.remove_listener("pageerror", on_error)
+
+    page.goto(stack.base + f"/#/experiments/{stack.experiment_id}")
+    page.locator("[data-testid=across-row]").first.wait_for()
+    before = page.locator("[data-testid=across-row]").count()
+    top_n = page.get_by_test_id("across-top-n")
+    top_n.fill("0")
+    top_n.dispatch_event("change")
+    assert "whole number from 1 to 200" in page.get_by_test_id("across-error").inner_text()
+    assert page.locator("[data-testid=across-row]").count() == before
 
 
 def features_of(stack: Stack, run_id: str) -> list[dict[str, Any]]:

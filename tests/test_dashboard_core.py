@@ -17,6 +17,7 @@ from watcher.dashboard import (
     sorted_metric_keys,
 )
 from watcher.detect import STATE_TAG, ExperimentState, fingerprint
+from watcher.jobs import Job
 from watcher.model import RunRecord
 from watcher.ranking import Candidate
 from watcher.settings import RuleConfig, WatcherSettings
@@ -129,3 +130,23 @@ def test_across_leaders_averages_over_the_runs_that_have_each_feature() -> None:
     assert by["b"]["mean_importance"] == pytest.approx(0.4)
     assert by["c"] == {"feature": "c", "mean_importance": 0.9, "mean_rank": 3.0, "runs": 1}
     assert across_leaders([]) == []
+
+
+@pytest.mark.parametrize(
+    ("exclude", "drop_below"),
+    [(("-delta", "beta"), None), (None, -5e-05), (None, 0.001)],
+    ids=["feature_starting_with_minus", "negative_threshold", "threshold"],
+)
+def test_a_jobs_command_line_reads_back_as_the_same_request_in_the_trainers_parser(
+    exclude: tuple[str, ...] | None, drop_below: float | None
+) -> None:
+    """Values starting with '-' stay values: argparse would otherwise take them for options."""
+    from trainer.cli import build_parser
+
+    job = Job("j", "abc123", exclude, drop_below, created_at=0.0)
+    cmd = job.command("python")
+    assert cmd[:4] == ["python", "-m", "trainer", "retrain"]
+    args = build_parser().parse_args(cmd[3:])
+    assert args.run_id == "abc123"
+    assert args.exclude == (",".join(exclude) if exclude else None)
+    assert args.drop_below == drop_below

@@ -14,14 +14,15 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated
+from urllib.parse import urlsplit
 
 import structlog
 import uvicorn
-from fastapi import Depends, FastAPI, HTTPException, Query, status
+from fastapi import Depends, FastAPI, HTTPException, Query, Request, status
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -100,6 +101,32 @@ def rank_response(board: Leaderboard) -> RankResponse:
     )
 
 
+def _netloc(host: str, scheme: str) -> str:
+    """``host[:port]`` lower-cased, without the scheme's default port."""
+    host = host.strip().lower()
+    default = {"http": ":80", "https": ":443"}.get(scheme, "")
+    return host[: -len(default)] if default and host.endswith(default) else host
+
+
+def foreign_origin(headers: Mapping[str, str], scheme: str) -> str | None:
+    """Why a POST comes from a page of another origin, or None when it does not.
+
+    Browsers name the page's origin in ``Origin`` on every POST (even ``mode: "no-cors"``,
+    which needs no CORS preflight), or at least ``Sec-Fetch-Site``; curl and scripts send
+    neither and are let through (the token, when set, still applies).
+    """
+    host = _netloc(headers.get("host", ""), scheme)
+    origin = headers.get("origin")
+    if origin is not None:
+        parts = urlsplit(origin.strip())
+        if origin.strip() == "null" or not parts.netloc or _netloc(parts.netloc, parts.scheme) != host:
+            return f"Origin {origin[:100]!r} is not this server ({host})"
+        return None
+    if headers.get("sec-fetch-site", "").lower() == "cross-site":
+        return "Sec-Fetch-Site: cross-site"
+    return None
+
+
 def _iso(ts: float | None) -> str | None:
     if ts is None:
         return None
@@ -126,6 +153,20 @@ def create_app(
         summary="Leaderboards of MLflow experiments, kept current by the Podium sidecar.",
         version="0.1.0",
     )
+
+    @app.middleware("http")
+    async def same_origin_posts(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        """A page on another site must not rank or retrain through a visitor's browser."""
+        if request.method == "POST":
+            why = foreign_origin(request.headers, request.url.scheme)
+            if why is not None:
+                log.warning("api_cross_origin_refused", path=request.url.path, reason=why)
+                return JSONResponse(
+                    {"detail": f"cross-origin POST refused: {why}"}, status_code=status.HTTP_403_FORBIDDEN
+                )
+        return await call_next(request)
 
     def require_token(
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],

@@ -17,6 +17,7 @@ from __future__ import annotations
 import collections
 import csv
 import math
+import re
 import tempfile
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -29,13 +30,13 @@ from typing import Any
 import structlog
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
 from fastapi.responses import FileResponse, JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, ValidationError
 
 from watcher.detect import STATE_TAG, ExperimentState, fingerprint
 from watcher.errors import TrackingError
 from watcher.jobs import Job, JobRunner, QueueFull
 from watcher.mlflow_io import EXPERIMENT_BATCH, MlflowTracking
-from watcher.model import MAX_TOP_N, RunRecord
+from watcher.model import MAX_TOP_N, ExperimentRecord, RunRecord
 from watcher.settings import WatcherSettings
 
 log = structlog.get_logger("watcher")
@@ -55,6 +56,19 @@ MAIN_PARAMS = (
     "max_leaves",
 )
 CSV_CACHE_SIZE = 512
+# Ids MLflow can look up: anything else is answered 404 here, before a tracking call (MLflow
+# rejects ``²`` or a 5000-character id with a server error, and reads an Arabic-Indic one as 1).
+EXPERIMENT_ID = re.compile(r"[0-9]{1,19}")
+MAX_EXPERIMENT_ID = 2**63 - 1
+RUN_ID = re.compile(r"[0-9A-Za-z][0-9A-Za-z_-]{0,63}")  # MLflow also wants an alphanumeric first
+# POST /api/retrain bodies are a run id and a list of names: a megabyte is plenty.
+MAX_BODY_BYTES = 1_000_000
+# How much of a name from a request an error message repeats.
+ECHO_CHARS = 100
+# The newest finished runs whose metric keys the Rank dialog offers, beside the board's.
+METRIC_KEY_RUNS = 100
+# The rule name of boards made by POST /models/rank (on demand, for any experiment).
+ON_DEMAND_RULE = "api"
 STATIC = resources.files("watcher") / "static"
 STATIC_FILES = {"app.css": "text/css; charset=utf-8", "app.js": "text/javascript; charset=utf-8"}
 # Everything the page loads comes from this server; data is never run as code.
@@ -157,6 +171,20 @@ def finite(value: float | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
 
 
+def short(text: str, limit: int = ECHO_CHARS) -> str:
+    """``text`` as an error message may repeat it: at most ``limit`` characters."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def valid_experiment_id(experiment_id: str) -> bool:
+    """ASCII digits within MLflow's 64-bit ids (``str.isdigit`` also takes superscripts and Arabic-Indic digits)."""
+    return bool(EXPERIMENT_ID.fullmatch(experiment_id)) and int(experiment_id) <= MAX_EXPERIMENT_ID
+
+
+def valid_run_id(run_id: str) -> bool:
+    return bool(RUN_ID.fullmatch(run_id))
+
+
 def quote_all(values: Iterable[str]) -> str:
     """A list for MLflow's ``IN (...)``: ids are hex, but quote safely anyway."""
     return ", ".join("'" + v.replace("'", "") + "'" for v in values)
@@ -234,7 +262,7 @@ class RetrainRequest(BaseModel):
 
     run_id: str = Field(min_length=1, max_length=64)
     exclude: list[str] | None = None
-    drop_below: float | None = None
+    drop_below: StrictFloat | None = None  # strict: ``true`` is not the number 1
 
 
 def check_retrain(
@@ -250,13 +278,13 @@ def check_retrain(
         known = set(features)
         unknown = [name for name in request.exclude if name not in known]
         if unknown:
-            raise ValueError(f"exclude: run {request.run_id} has no feature {unknown[0]!r}")
+            raise ValueError(f"exclude: run {request.run_id} has no feature {short(unknown[0])!r}")
         if set(request.exclude) >= known:
             raise ValueError(f"exclude: dropping all {len(known)} features leaves nothing to train on")
         awkward = [name for name in request.exclude if "," in name or name != name.strip()]
         if awkward:
             raise ValueError(
-                f"exclude: feature {awkward[0]!r} cannot be passed to the trainer's --exclude "
+                f"exclude: feature {short(awkward[0])!r} cannot be passed to the trainer's --exclude "
                 "(a comma or surrounding spaces); use drop_below instead"
             )
         return list(dict.fromkeys(request.exclude)), None
@@ -347,6 +375,22 @@ def router(
     importance_cache = _CsvCache(tracking)
     ui = settings.ui_base_url
 
+    def find_experiment(experiment_id: str) -> ExperimentRecord:
+        """The active experiment, or 404 naming the id (checked before MLflow sees it)."""
+        exp = tracking.get_experiment(experiment_id) if valid_experiment_id(experiment_id) else None
+        if exp is None:
+            raise HTTPException(
+                status.HTTP_404_NOT_FOUND, detail=f"no experiment with id {short(experiment_id)!r}"
+            )
+        return exp
+
+    def find_run(run_id: str) -> RunRecord:
+        """The active run, or 404 naming the id (checked before MLflow sees it)."""
+        run = tracking.get_run(run_id) if valid_run_id(run_id) else None
+        if run is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no run with id {short(run_id)!r}")
+        return run
+
     # -- the page ------------------------------------------------------------------------------
 
     @api.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
@@ -366,14 +410,15 @@ def router(
 
     @api.get("/api/experiments", tags=["dashboard"])
     def experiments() -> list[dict[str, Any]]:
-        """Every experiment a rule watches or the watcher ranked, with its leader and counts."""
+        """Every experiment a rule watches now or that was ranked on demand, with its leader and counts."""
         try:
             listed = tracking.search_experiments()
             shown = []
             for exp in sorted(listed, key=lambda e: e.name):
                 board = kept_board(exp.tags)
                 rule = settings.rule_for(exp.name)
-                if rule is None and board is None:
+                # A board a rule left behind (the experiment was renamed out of it) is not listed.
+                if rule is None and (board is None or board.rule != ON_DEMAND_RULE):
                     continue
                 shown.append((exp, rule, board))
             leader_ids = {b.entries[0][0]: e.experiment_id for e, _, b in shown if b and b.entries}
@@ -386,13 +431,6 @@ def router(
                     f"attributes.run_id IN ({quote_all(run_id for run_id, _ in chunk)})",
                 )
                 leaders.update({r.run_id: r for r in found})
-            unranked = [e.experiment_id for e, _, b in shown if not (b and b.entries)]
-            keys_of: dict[str, set[str]] = collections.defaultdict(set)
-            if unranked:
-                for run in tracking.search_runs(
-                    unranked[:EXPERIMENT_BATCH], "attributes.status = 'FINISHED'", limit=100
-                ):
-                    keys_of[run.experiment_id].update(run.metrics)
         except TrackingError as e:
             raise _tracking_failed(e, "experiments") from e
         out = []
@@ -411,7 +449,6 @@ def router(
                     "value": value,
                     "url": run_url(ui, exp.experiment_id, run_id),
                 }
-            keys = leader_run.metrics if leader_run else keys_of.get(exp.experiment_id, set())
             out.append(
                 {
                     "experiment_id": exp.experiment_id,
@@ -424,7 +461,6 @@ def router(
                     "unranked_runs": board.unranked_runs if board else 0,
                     "leader": leader,
                     "ranked_at": iso_ms(board.seen_ms) if board else None,
-                    "metric_keys": sorted_metric_keys(keys),
                 }
             )
         return out
@@ -433,11 +469,7 @@ def router(
     def leaderboard(experiment_id: str) -> dict[str, Any]:
         """The experiment's kept board: rank, run, value, production candidate, main hyperparameters."""
         try:
-            exp = tracking.get_experiment(experiment_id) if experiment_id.isdigit() else None
-            if exp is None:
-                raise HTTPException(
-                    status.HTTP_404_NOT_FOUND, detail=f"no experiment with id {experiment_id!r}"
-                )
+            exp = find_experiment(experiment_id)
             board = kept_board(exp.tags)
             if board is None or not board.entries:
                 raise HTTPException(
@@ -487,15 +519,35 @@ def router(
             "models": models,
         }
 
+    @api.get("/api/experiments/{experiment_id}/metric-keys", tags=["dashboard"])
+    def metric_keys(experiment_id: str) -> dict[str, Any]:
+        """The metric keys the Rank dialog offers: those of the kept board's runs and of the
+        newest finished runs (at most three tracking calls whatever the experiment's size)."""
+        try:
+            exp = find_experiment(experiment_id)
+            board = kept_board(exp.tags)
+            keys: set[str] = set()
+            if board is not None and board.entries:
+                for run in tracking.search_runs(
+                    [experiment_id], f"attributes.run_id IN ({quote_all(i for i, _ in board.entries)})"
+                ):
+                    keys.update(run.metrics)
+            # MLflow's default order is newest first: one page, no ordered scan.
+            for run in tracking.search_runs(
+                [experiment_id], "attributes.status = 'FINISHED'", limit=METRIC_KEY_RUNS
+            ):
+                keys.update(run.metrics)
+        except TrackingError as e:
+            raise _tracking_failed(e, "metric_keys") from e
+        return {"experiment_id": experiment_id, "metric_keys": sorted_metric_keys(keys)}
+
     # -- importance ---------------------------------------------------------------------------------
 
     @api.get("/api/runs/{run_id}/importance", tags=["dashboard"])
     def run_importance(run_id: str) -> dict[str, Any]:
         """A run's features from its feature_importance.csv: permutation mean and std, SHAP."""
         try:
-            run = tracking.get_run(run_id) if run_id.isalnum() else None
-            if run is None:
-                raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no run with id {run_id!r}")
+            run = find_run(run_id)
             rows = importance_cache.get(run_id)
         except TrackingError as e:
             raise _tracking_failed(e, "run_importance") from e
@@ -531,11 +583,7 @@ def router(
     ) -> dict[str, Any]:
         """The features that matter across the top N runs: mean importance and mean rank."""
         try:
-            exp = tracking.get_experiment(experiment_id) if experiment_id.isdigit() else None
-            if exp is None:
-                raise HTTPException(
-                    status.HTTP_404_NOT_FOUND, detail=f"no experiment with id {experiment_id!r}"
-                )
+            exp = find_experiment(experiment_id)
             board = kept_board(exp.tags)
             if board is None or not board.entries:
                 raise HTTPException(
@@ -576,6 +624,7 @@ def router(
             400: {"description": "Bad body, unknown feature, nothing or everything to drop"},
             401: {"description": "Missing or wrong bearer token"},
             404: {"description": "Unknown run"},
+            413: {"description": "The body is larger than a megabyte"},
             415: {"description": "The body is not declared as JSON"},
             429: {"description": "The job queue is full"},
         },
@@ -589,8 +638,9 @@ def router(
                 status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
                 detail="the body must be JSON (Content-Type: application/json)",
             )
+        raw = await _read_bounded(request, MAX_BODY_BYTES)
         try:
-            body = RetrainRequest.model_validate_json(await request.body())
+            body = RetrainRequest.model_validate_json(raw)
         except ValidationError as e:
             first = e.errors()[0]
             where = ".".join(str(p) for p in first.get("loc", ())) or "body"
@@ -599,9 +649,7 @@ def router(
 
     def _queue_retrain(body: RetrainRequest) -> JSONResponse:
         try:
-            run = tracking.get_run(body.run_id) if body.run_id.isalnum() else None
-            if run is None:
-                raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no run with id {body.run_id!r}")
+            run = find_run(body.run_id)
             rows = importance_cache.get(body.run_id)
         except TrackingError as e:
             raise _tracking_failed(e, "retrain") from e
@@ -637,6 +685,24 @@ def router(
         return [job_view(j, ui) for j in jobs.recent()]
 
     return api
+
+
+async def _read_bounded(request: Request, limit: int) -> bytes:
+    """The request body, or 413 as soon as it (or its declared length) exceeds ``limit`` bytes."""
+    too_large = HTTPException(
+        status.HTTP_413_CONTENT_TOO_LARGE, detail=f"the body must be at most {limit} bytes"
+    )
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 async def _run_sync(fn: Callable[[], JSONResponse]) -> JSONResponse:

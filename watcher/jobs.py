@@ -1,6 +1,6 @@
 """Retrain jobs of the training dashboard: one at a time, from a bounded queue.
 
-A job runs ``python -m trainer retrain --run-id R --exclude a,b`` (or ``--drop-below X``) as a
+A job runs ``python -m trainer retrain --run-id=R --exclude=a,b`` (or ``--drop-below=X``) as a
 child process of the daemon, with the daemon's tracking URI in its environment: the watcher
 never imports the trainer. The child's output is kept line by line (bounded per job) so the
 page can show its tail while it runs and after it ended. The trainer prints
@@ -68,11 +68,13 @@ class Job:
     lines: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=KEEP_LINES))
 
     def command(self, python: str) -> list[str]:
-        cmd = [python, "-m", "trainer", "retrain", "--run-id", self.run_id]
+        # One argv item per option ("--exclude=a,b"): a value starting with "-" (a threshold of
+        # -5e-05, a feature named "-delta") would otherwise be read by argparse as an option.
+        cmd = [python, "-m", "trainer", "retrain", f"--run-id={self.run_id}"]
         if self.exclude is not None:
-            cmd += ["--exclude", ",".join(self.exclude)]
+            cmd.append(f"--exclude={','.join(self.exclude)}")
         if self.drop_below is not None:
-            cmd += ["--drop-below", repr(self.drop_below)]
+            cmd.append(f"--drop-below={self.drop_below!r}")
         return cmd
 
     def log_tail(self, lines: int = TAIL_LINES) -> str:

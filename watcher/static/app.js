@@ -161,17 +161,38 @@
     });
   }
 
+  // The experiment (and run) on screen: what the header's buttons pre-fill.
+  let onScreen = null;
+
   async function route() {
     const hash = window.location.hash || "#/";
-    const parts = hash.replace(/^#\/?/, "").split("/").map(decodeURIComponent);
+    onScreen = null;
     clear(view()).appendChild(h("div", { class: "loading" }, "Loading…"));
+    refreshJobs();
+    let parts;
+    try {
+      parts = hash.replace(/^#\/?/, "").split("/").map(decodeURIComponent);
+    } catch (e) {  // a malformed %-escape (URIError)
+      showNotFound(hash);
+      return;
+    }
     try {
       if (parts[0] === "experiments" && parts[1]) await showExperiment(parts[1]);
       else if (parts[0] === "runs" && parts[1]) await showRun(parts[1]);
-      else await showExperiments();
+      else if (!parts[0] || (parts[0] === "experiments" && parts.length <= 2)) await showExperiments();
+      else showNotFound(hash);
     } catch (e) {
-      clear(view()).appendChild(h("div", { class: "error", "data-testid": "view-error" }, e.message));
+      if (e instanceof HttpError && e.status === 404) showNotFound(hash, e.message);
+      else clear(view()).appendChild(h("div", { class: "error", "data-testid": "view-error" }, e.message));
     }
+  }
+
+  function showNotFound(hash, message) {
+    crumbs({ text: "Experiments", href: "#/" }, { text: "not found" });
+    const root = clear(view());
+    root.appendChild(h("h1", { "data-testid": "not-found" }, "Not found"));
+    root.appendChild(h("div", { class: "panel empty" },
+      message || `Nothing is at ${hash}.`, " ", h("a", { href: "#/" }, "Back to the experiments")));
   }
 
   // ---- view: experiments ------------------------------------------------------------------------
@@ -211,6 +232,8 @@
   async function showExperiment(experimentId) {
     const board = await getJson(`/api/experiments/${encodeURIComponent(experimentId)}/leaderboard`);
     crumbs({ text: "Experiments", href: "#/" }, { text: board.experiment_name });
+    onScreen = { experiment_id: board.experiment_id, experiment_name: board.experiment_name, metric: board.metric,
+      ascending: board.ascending, top_n: board.top_n, run_id: board.models[0] ? board.models[0].run_id : "" };
     const root = clear(view());
     root.appendChild(h("h1", { "data-testid": "experiment-title" }, board.experiment_name));
     root.appendChild(h("p", { class: "sub" },
@@ -259,10 +282,17 @@
   async function showAcross(panel, experimentId, topN) {
     const input = h("input", { type: "number", min: 1, max: 200, value: topN, "data-testid": "across-top-n" });
     const body = h("div", {}, h("div", { class: "loading" }, "Reading the leaders' importance…"));
-    input.addEventListener("change", () => loadAcross(body, experimentId, Number(input.value) || 10));
+    const problem = h("p", { class: "error", hidden: true, role: "alert", "data-testid": "across-error" });
+    input.addEventListener("change", () => {
+      const n = Number(input.value);
+      const ok = Number.isInteger(n) && n >= 1 && n <= 200 && input.value.trim() !== "";
+      showError(problem, ok ? "" : "Top N runs must be a whole number from 1 to 200.");
+      if (ok) loadAcross(body, experimentId, n);
+    });
     clear(panel).appendChild(h("div", { class: "panel-head" },
       h("h2", {}, "Features that matter across the leaders"),
       h("label", { class: "inline" }, "Top N runs", input)));
+    panel.appendChild(problem);
     panel.appendChild(h("p", { class: "hint" }, "Mean permutation importance over the top N runs of the leaderboard (runs without the feature are left out), and the feature's mean rank in them."));
     panel.appendChild(body);
     await loadAcross(body, experimentId, topN);
@@ -297,6 +327,8 @@
     crumbs({ text: "Experiments", href: "#/" },
       exp ? { text: exp.experiment_name, href: `#/experiments/${encodeURIComponent(exp.experiment_id)}` } : { text: `experiment ${data.experiment_id}` },
       { text: data.run_name || runId });
+    onScreen = exp ? { experiment_id: exp.experiment_id, experiment_name: exp.experiment_name, metric: exp.metric,
+      ascending: exp.ascending, top_n: exp.top_n, run_id: runId } : { experiment_name: "", run_id: runId };
     const root = clear(view());
     root.appendChild(h("h1", { "data-testid": "run-title" }, data.run_name || runId));
     root.appendChild(h("p", { class: "sub" }, h("span", { class: "mono" }, runId), " · ", data.status,
@@ -429,17 +461,31 @@
 
   function guessAscending(metric) { return /(rmse|mae|mse|loss|error)/i.test(metric); }
 
-  function fillMetrics(experimentName) {
+  const FALLBACK_METRICS = ["avg_test_r2", "avg_test_rmse", "avg_test_mae", "avg_train_rmse", "num_folds"];
+  let metricsFor = null;  // the experiment whose metric keys the list shows (or is loading)
+
+  /** The metric list: the keys of the experiment's board runs and newest finished runs. */
+  async function fillMetrics(experimentName) {
     const exp = experimentByName(experimentName);
-    const keys = exp && exp.metric_keys && exp.metric_keys.length ? exp.metric_keys : ["avg_test_r2", "avg_test_rmse", "avg_test_mae", "avg_train_rmse", "num_folds"];
-    const list = clear($("rank-metrics"));
+    const list = $("rank-metrics");
+    metricsFor = experimentName;
+    let keys = FALLBACK_METRICS;
+    if (exp) {
+      try {
+        const data = await getJson(`/api/experiments/${encodeURIComponent(exp.experiment_id)}/metric-keys`);
+        if (data.metric_keys.length) keys = data.metric_keys;
+      } catch (e) { /* any name can still be typed */ }
+    }
+    if (metricsFor !== experimentName) return;  // another experiment was picked meanwhile
+    clear(list);
     for (const k of keys) list.appendChild(h("option", { value: k }));
+    list.dataset.experiment = experimentName;
   }
 
   async function openRank(experimentName, metric, ascending, topN) {
     await loadExperiments().catch(() => null);
     $("rank-experiment").value = experimentName || (experimentsCache[0] ? experimentsCache[0].experiment_name : "");
-    fillMetrics($("rank-experiment").value);
+    fillMetrics($("rank-experiment").value);  // not awaited: the dialog opens at once
     $("rank-metric").value = metric || "avg_test_r2";
     $("rank-direction").value = String(ascending === undefined || ascending === null ? guessAscending($("rank-metric").value) : ascending);
     if (topN) $("rank-top-n").value = topN;
@@ -484,6 +530,8 @@
   // ---- 🔄 Retrain Existing Model ----------------------------------------------------------------
 
   let retrainFeatures = [];
+  let loadedRun = null;  // the run whose features the table shows: the one a submit retrains
+  let featureLoads = 0;  // bumps with each load, so a slow answer for an earlier run is dropped
   let pollTimer = null;
   let shownJob = null;
 
@@ -495,6 +543,7 @@
     clear($("retrain-features"));
     clear($("retrain-job"));
     retrainFeatures = [];
+    loadedRun = null;
     updateCount();
     $("retrain-dialog").showModal();
     await fillRuns();
@@ -521,18 +570,34 @@
     clear($("retrain-job"));
     const box = clear($("retrain-features"));
     retrainFeatures = [];
+    loadedRun = null;
+    const load = ++featureLoads;
     updateCount();
     if (!runId) { showError($("retrain-error"), "Pick a run or enter a run ID."); return; }
     box.appendChild(h("div", { class: "loading" }, "Reading the run's feature_importance.csv…"));
     try {
       const data = await getJson(`/api/runs/${encodeURIComponent(runId)}/importance`);
+      if (load !== featureLoads) return;
       retrainFeatures = data.features.map((f) => ({ ...f, checkbox: null }));
+      loadedRun = data.run_id;
       renderFeatureTable(data);
       applyThreshold();
     } catch (e) {
+      if (load !== featureLoads) return;
       clear(box);
       showError($("retrain-error"), e.message);
     }
+  }
+
+  /** The Run ID field no longer names the run shown: drop its features until they are loaded. */
+  function runIdEdited() {
+    if (loadedRun === null || $("retrain-run-id").value.trim() === loadedRun) return;
+    featureLoads += 1;
+    retrainFeatures = [];
+    loadedRun = null;
+    clear($("retrain-features")).appendChild(h("p", { class: "small", "data-testid": "retrain-stale" },
+      "The run ID changed: press Show features (or Enter) to load that run's features."));
+    updateCount();
   }
 
   function renderFeatureTable(data) {
@@ -549,7 +614,8 @@
         h("td", { class: "num mono" }, fmt(f.importance_std)),
         h("td", { class: "num mono" }, fmt(f.shap_importance)));
     });
-    box.appendChild(h("p", { class: "small" }, `${data.run_name || data.run_id}: ${data.features.length} features. Tick the ones to drop.`));
+    box.appendChild(h("p", { class: "small", "data-testid": "retrain-shown-run", "data-run-id": data.run_id },
+      `${data.run_name || data.run_id} (${data.run_id}): ${data.features.length} features. Tick the ones to drop.`));
     box.appendChild(h("div", { class: "table-scroll" }, h("table", { "data-testid": "feature-table" },
       h("thead", {}, h("tr", {}, h("th", {}, "Drop"), h("th", {}, "#"), h("th", {}, "Feature"), h("th", { class: "num" }, "Importance"), h("th", { class: "num" }, "± std"), h("th", { class: "num" }, "SHAP"))),
       h("tbody", {}, rows))));
@@ -589,12 +655,14 @@
   async function submitRetrain(event) {
     event.preventDefault();
     const exclude = ticked();
-    if (!exclude.length || exclude.length === retrainFeatures.length) { updateCount(); return; }
+    const runId = loadedRun;
+    if (!runId || !exclude.length || exclude.length === retrainFeatures.length) { updateCount(); return; }
     showError($("retrain-error"), "");
     $("retrain-submit").disabled = true;
     try {
-      const job = await post("/api/retrain", { run_id: $("retrain-run-id").value.trim(), exclude });
+      const job = await post("/api/retrain", { run_id: runId, exclude });
       renderJob(job);
+      refreshJobs();
       watchJob(job.job_id);
     } catch (e) {
       showError($("retrain-error"), e.message);
@@ -608,7 +676,7 @@
       try {
         const job = await getJson(`/api/jobs/${encodeURIComponent(jobId)}`);
         renderJob(job);
-        if (job.status === "finished" || job.status === "failed") { stopPolling(); updateCount(); }
+        if (job.status === "finished" || job.status === "failed") { stopPolling(); updateCount(); refreshJobs(); }
       } catch (e) {
         stopPolling();
         showError($("retrain-error"), e.message);
@@ -629,7 +697,7 @@
       if (job.new_run_url) links.push(" · ", h("a", { href: job.new_run_url, target: "_blank", rel: "noopener noreferrer" }, "open in MLflow ↗"));
     }
     const label = { queued: "queued", running: "running…", finished: "finished", failed: "failed" }[job.status] || job.status;
-    box.appendChild(h("div", { class: "job", "data-testid": "job", "data-status": job.status },
+    box.appendChild(h("div", { class: "job", "data-testid": "job", "data-status": job.status, "data-job-id": job.job_id },
       h("div", { class: "job-head" },
         h("strong", {}, "Retrain job "), h("span", { class: "mono small" }, job.job_id),
         h("span", { class: `badge status-${job.status}`, "data-testid": "job-status" }, label),
@@ -644,6 +712,41 @@
     }
   }
 
+  // ---- recent retrain jobs (GET /api/jobs), below every view -----------------------------------
+
+  let jobsTimer = null;
+
+  async function refreshJobs() {
+    if (jobsTimer !== null) { clearTimeout(jobsTimer); jobsTimer = null; }
+    let jobs;
+    try { jobs = await getJson("/api/jobs"); } catch (e) { return; }
+    renderJobs(jobs);
+    if (jobs.some((j) => j.status === "queued" || j.status === "running")) jobsTimer = setTimeout(refreshJobs, 2 * POLL_MS);
+  }
+
+  function renderJobs(jobs) {
+    const panel = clear($("jobs"));
+    panel.hidden = !jobs.length;
+    if (!jobs.length) return;
+    const label = { queued: "queued", running: "running…", finished: "finished", failed: "failed" };
+    panel.appendChild(h("div", { class: "panel-head" }, h("h2", {}, "Recent retrain jobs"),
+      h("span", { class: "small" }, "Kept by the watcher until it restarts.")));
+    panel.appendChild(h("div", { class: "table-wrap" }, h("table", { "data-testid": "jobs-table" },
+      h("thead", {}, h("tr", {}, h("th", {}, "Status"), h("th", {}, "Run"), h("th", {}, "Dropped"), h("th", {}, "New run"),
+        h("th", {}, "Started"), h("th", {}, "Ended"))),
+      h("tbody", {}, jobs.map((j) => h("tr", { "data-testid": "jobs-row", "data-job-id": j.job_id, "data-status": j.status },
+        h("td", {}, h("span", { class: `badge status-${j.status}` }, label[j.status] || j.status),
+          j.error ? h("div", { class: "small" }, j.error) : null),
+        h("td", {}, h("a", { href: `#/runs/${encodeURIComponent(j.run_id)}`, class: "mono small" }, j.run_id)),
+        h("td", { class: "small" }, j.exclude ? `${j.exclude.length} feature${j.exclude.length === 1 ? "" : "s"}` : `below ${j.drop_below}`),
+        h("td", {}, j.new_run_id
+          ? [h("a", { href: `#/runs/${encodeURIComponent(j.new_run_id)}`, class: "mono small", "data-testid": "jobs-new-run" }, j.new_run_id),
+            j.new_run_url ? [" ", h("a", { href: j.new_run_url, target: "_blank", rel: "noopener noreferrer", class: "small" }, "MLflow ↗")] : null]
+          : "—"),
+        h("td", { class: "small" }, when(j.started_at || j.created_at)),
+        h("td", { class: "small" }, when(j.ended_at))))))));
+  }
+
   // ---- wiring -------------------------------------------------------------------------------------
 
   function wire() {
@@ -651,14 +754,12 @@
       for (const button of dialog.querySelectorAll("[data-close]")) button.addEventListener("click", () => dialog.close());
     }
     $("open-rank").addEventListener("click", () => {
-      const m = window.location.hash.match(/^#\/experiments\/([^/]+)/);
-      const exp = m ? experimentsCache.find((e) => e.experiment_id === decodeURIComponent(m[1])) : null;
+      const exp = onScreen;
       openRank(exp ? exp.experiment_name : "", exp ? exp.metric : null, exp ? exp.ascending : null, exp ? exp.top_n : null);
     });
     $("open-retrain").addEventListener("click", () => {
-      const m = window.location.hash.match(/^#\/experiments\/([^/]+)/);
-      const exp = m ? experimentsCache.find((e) => e.experiment_id === decodeURIComponent(m[1])) : null;
-      openRetrain(exp ? exp.experiment_name : "", "");
+      const exp = onScreen;
+      openRetrain(exp ? exp.experiment_name : "", exp && window.location.hash.startsWith("#/runs/") ? exp.run_id : "");
     });
     $("rank-form").addEventListener("submit", submitRank);
     $("rank-experiment").addEventListener("change", () => fillMetrics($("rank-experiment").value));
@@ -670,6 +771,8 @@
       if ($("retrain-run-pick").value) { $("retrain-run-id").value = $("retrain-run-pick").value; loadFeatures(); }
     });
     $("retrain-load").addEventListener("click", loadFeatures);
+    $("retrain-run-id").addEventListener("input", runIdEdited);
+    $("retrain-run-id").addEventListener("change", () => { if ($("retrain-run-id").value.trim() !== loadedRun) loadFeatures(); });
     $("retrain-run-id").addEventListener("keydown", (e) => { if (e.key === "Enter") { e.preventDefault(); loadFeatures(); } });
     $("retrain-threshold").addEventListener("input", applyThreshold);
     $("retrain-dialog").addEventListener("close", () => {

@@ -36,7 +36,7 @@ from watcher.detect import STATE_TAG, ExperimentState, fingerprint
 from watcher.errors import TrackingError
 from watcher.jobs import Job, JobRunner, QueueFull
 from watcher.mlflow_io import EXPERIMENT_BATCH, MlflowTracking
-from watcher.model import MAX_TOP_N, ExperimentRecord, RunRecord
+from watcher.model import MAX_TOP_N, ON_DEMAND_RULE, ExperimentRecord, RunRecord
 from watcher.settings import WatcherSettings
 
 log = structlog.get_logger("watcher")
@@ -67,8 +67,6 @@ MAX_BODY_BYTES = 1_000_000
 ECHO_CHARS = 100
 # The newest finished runs whose metric keys the Rank dialog offers, beside the board's.
 METRIC_KEY_RUNS = 100
-# The rule name of boards made by POST /models/rank (on demand, for any experiment).
-ON_DEMAND_RULE = "api"
 STATIC = resources.files("watcher") / "static"
 STATIC_FILES = {"app.css": "text/css; charset=utf-8", "app.js": "text/javascript; charset=utf-8"}
 # Everything the page loads comes from this server; data is never run as code.

@@ -13,6 +13,8 @@ TRUE = "true"
 # The largest top_n a rule or POST /models/rank may ask for: the watcher keeps the board (the
 # top N and runners-up) in one experiment tag of at most 20,000 characters, 200 runs at most.
 MAX_TOP_N = 200
+# The rule name of boards made on demand by POST /models/rank (any experiment, no webhooks).
+ON_DEMAND_RULE = "api"
 
 
 AlertKind = Literal["failed", "stalled"]

@@ -22,7 +22,7 @@ from watcher.detect import STATE_TAG
 from watcher.engine import Reader, and_filters, metric_ref, number_literal, watched_experiments
 from watcher.errors import ExperimentNotFound, NoRankedRuns, WatcherError
 from watcher.mlflow_io import MlflowTracking
-from watcher.model import Handler, Leaderboard, Rule, WatchedExperiment
+from watcher.model import ON_DEMAND_RULE, Handler, Leaderboard, Rule, WatchedExperiment
 from watcher.planner import ExperimentPlan
 from watcher.settings import RuleConfig, WatcherSettings
 
@@ -260,7 +260,7 @@ class Watcher:
             owner = self.settings.rule_for(exp.name)
             same_ranking = owner is not None and (owner.metric, owner.ascending) == (metric, ascending)
             rule = RuleConfig(
-                name="api",
+                name=ON_DEMAND_RULE,
                 experiments=[experiment_name],
                 metric=metric,
                 ascending=ascending,

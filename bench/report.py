@@ -129,12 +129,12 @@ def first_ranking_section(backends: dict[str, Any]) -> list[str]:
         "estimated on it; no scan, no ordered search), then the guide's way on the same runs, side by side "
         "through the same counting proxy. The boards are asserted equal, and the tags identical to a full "
         "ranking's (the guide's `model_rank`, `top_10`, `production_candidate` on exactly its runs; its "
-        "rewrite changes nothing). The ranked/unranked counts are then completed by paged counts "
+        "rewrite changes nothing; compared where the table says *board and tags*). The ranked/unranked counts are then completed by paged counts "
         "(5 pages of 1,000 runs per pass) in the passes that follow; then a pass with nothing new.",
         "",
         "| backend | runs | watcher: calls, runs read, time | guide: calls, runs read, time | less time "
-        "| count passes after: passes, calls, time | idle pass after |",
-        "|---|---|---|---|---|---|---|",
+        "| same as the guide's | count passes after: passes, calls, time | idle pass after |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for b, res in backends.items():
         for n, r in res["rerank"].items():
@@ -151,7 +151,8 @@ def first_ranking_section(backends: dict[str, Any]) -> list[str]:
             idle = r["idle_pass"]
             out.append(
                 f"| {BACKEND_NAMES[b]} | {int(n):,} | {f['calls']['total']}, {f.get('runs_read', 0):,}, "
-                f"{_ms(f['seconds'])} | {guide} | {ratio} | {count} | "
+                f"{_ms(f['seconds'])} | {guide} | {ratio} | {'board and tags' if f.get('tags_identical') else 'board'} "
+                f"| {count} | "
                 f"{idle['calls']['total']} calls ({idle['calls']['writes']} writes), {_ms(idle['seconds'])} |"
             )
     out += ["", "Watcher calls of a first ranking, by endpoint:", ""]

@@ -45,9 +45,9 @@ RANK_TAGS = ("model_rank", f"top_{TOP_N}", "production_candidate")
 @dataclass
 class Plan:
     sizes: tuple[int, ...] = (1_000, 10_000, 50_000)
-    reps: tuple[int, ...] = (3, 3, 1)  # per size: re-rank repetitions per scenario
+    reps: tuple[int, ...] = (3, 2, 1)  # per size: re-rank repetitions per scenario
     idle_experiments: int = 100
-    idle_runs: int = 100
+    idle_runs: int = 10
     idle_reps: int = 5
 
 
@@ -315,8 +315,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--backends", default=",".join(BACKENDS))
     parser.add_argument("--sizes", default="1000,10000,50000")
-    parser.add_argument("--reps", default="3,3,1")
-    parser.add_argument("--idle", default="100x100", help="EXPERIMENTSxRUNS for the idle pass (0x0: none)")
+    parser.add_argument("--reps", default="3,2,1")
+    parser.add_argument("--idle", default="100x10", help="EXPERIMENTSxRUNS for the idle pass (0x0: none)")
     parser.add_argument("--idle-reps", type=int, default=5)
     parser.add_argument("--out", default="watcher")
     args = parser.parse_args(argv)

@@ -11,7 +11,9 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import random
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -43,16 +45,50 @@ RANK_TAGS = ("model_rank", f"top_{TOP_N}", "production_candidate")
 @dataclass
 class Plan:
     sizes: tuple[int, ...] = (1_000, 10_000, 50_000)
-    reps: tuple[int, ...] = (3, 3, 1)  # per size: re-rank repetitions per scenario
+    reps: tuple[int, ...] = (3, 2, 1)  # per size: re-rank repetitions per scenario
     idle_experiments: int = 100
-    idle_runs: int = 100
+    idle_runs: int = 10
     idle_reps: int = 5
 
 
-class CountingTracking(MlflowTracking):
-    """The watcher's adapter, also counting the runs its searches return (rows read)."""
+def search_kind(filter_string: str) -> str:
+    """Which of the watcher's searches a filter is (for the per-search cost in a pass)."""
+    if filter_string.startswith("tags.model_rank LIKE"):
+        return "holder check"
+    if filter_string.startswith("tags."):
+        return "orphan tags"
+    if "RUNNING" in filter_string:
+        return "running runs"
+    if filter_string.startswith("attributes.end_time >"):
+        return "ended after watermark"
+    if "metrics.`" in filter_string:
+        return "threshold"
+    return "other"
 
-    runs_read = 0
+
+class CountingTracking(MlflowTracking):
+    """The watcher's adapter, also counting the runs its searches return (rows read) and the
+    wall time of each kind of search (the holder check's cost, inside the same pass)."""
+
+    def __init__(self, tracking_uri: str) -> None:
+        super().__init__(tracking_uri)
+        self.runs_read = 0
+        self.searches: dict[str, dict[str, float]] = {}
+
+    def _searched(self, kind: str, seconds: float, runs: int) -> None:
+        row = self.searches.setdefault(kind, {"calls": 0, "seconds": 0.0, "runs": 0})
+        row["calls"] += 1
+        row["seconds"] += seconds
+        row["runs"] += runs
+
+    def search_runs(
+        self, experiment_ids: Sequence[str], filter_string: str = "", **kwargs: Any
+    ) -> list[RunRecord]:
+        runs, seconds = timed(
+            lambda: super(CountingTracking, self).search_runs(experiment_ids, filter_string, **kwargs)
+        )
+        self._searched(search_kind(filter_string), seconds, len(runs))
+        return runs
 
     def iter_runs(self, *args: Any, **kwargs: Any) -> Iterator[RunRecord]:
         for run in super().iter_runs(*args, **kwargs):
@@ -60,8 +96,9 @@ class CountingTracking(MlflowTracking):
             yield run
 
     def search_page(self, *args: Any, **kwargs: Any) -> tuple[list[RunRecord], str | None]:
-        runs, token = super().search_page(*args, **kwargs)
+        (runs, token), seconds = timed(lambda: super(CountingTracking, self).search_page(*args, **kwargs))
         self.runs_read += len(runs)
+        self._searched("page (sample or count)", seconds, len(runs))
         return runs, token
 
 
@@ -88,6 +125,7 @@ def measured_pass(watcher: Watcher, proxy: Proxy) -> dict[str, Any]:
     tracking = watcher.tracking
     assert isinstance(tracking, CountingTracking)
     tracking.runs_read = 0
+    tracking.searches = {}
     proxy.reset()
     result, seconds = timed(watcher.run_pass)
     if not result.ok:
@@ -98,6 +136,7 @@ def measured_pass(watcher: Watcher, proxy: Proxy) -> dict[str, Any]:
         "calls": calls.as_dict(),
         "tag_writes": result.tag_writes,
         "runs_read": tracking.runs_read,
+        "searches": tracking.searches,
     }
 
 
@@ -141,10 +180,13 @@ def idle_benchmark(proxy: Proxy, plan: Plan) -> dict[str, Any]:
 def guide_wanted(scenario: str, rep: int, n_runs: int) -> bool:
     """The guide's way does the same work wherever the new run lands (every page, sort, 23
     set_tag calls), so on big experiments it is rerun only in the lead scenario, to keep the whole
-    benchmark within ~20 minutes; its median then serves both scenarios."""
+    benchmark within ~20 minutes; its median then serves both scenarios. Above 10,000 runs the
+    guide's run beside the first ranking (same experiment, one run fewer) serves the re-ranks."""
+    if n_runs > 10_000:
+        return False
     if scenario == "lead" or n_runs <= 1_000:
         return True
-    return n_runs <= 10_000 and rep == 0
+    return rep == 0
 
 
 def rerank_benchmark(
@@ -160,9 +202,8 @@ def rerank_benchmark(
     first = measured_pass(watcher, proxy)
     # The first ranking against the guide's way on the same runs, side by side: the boards
     # must be equal (the guide rewrites the same tags, so the watcher's next pass stays idle).
-    first_board = sorted(
-        (int(t["model_rank"]), r) for r, t in holders(direct, experiment_id).items() if "model_rank" in t
-    )
+    first_tags = holders(direct, experiment_id)
+    first_board = sorted((int(t["model_rank"]), r) for r, t in first_tags.items() if "model_rank" in t)
     proxy.reset()
     guide_first, guide_seconds = timed(
         lambda: rank_top_models(counted, name, METRIC, TOP_N, False, CANDIDATES)
@@ -174,6 +215,19 @@ def rerank_benchmark(
     }
     if [r for _, r in first_board] != [m["run_id"] for m in guide_first["models"]]:
         raise AssertionError(f"{name}: first ranking {first_board} != the guide's board")
+    # Tags identical to a full ranking's: exactly the guide's tags on exactly its runs, and the
+    # guide's rewrite of them changes nothing.
+    full_ranking = {
+        m["run_id"]: {
+            "model_rank": str(m["rank"]),
+            f"top_{TOP_N}": "true",
+            **({"production_candidate": "true"} if m["rank"] <= CANDIDATES else {}),
+        }
+        for m in guide_first["models"]
+    }
+    if first_tags != full_ranking or holders(direct, experiment_id) != full_ranking:
+        raise AssertionError(f"{name}: first ranking's tags {first_tags} != a full ranking's {full_ranking}")
+    first["tags_identical"] = True
     # The ranked/unranked counts are completed by a paged count in the passes that follow.
     counting = []
     while json.loads(direct.get_experiment(experiment_id).tags.get(STATE_TAG, "{}")).get("counting"):
@@ -245,7 +299,7 @@ def run_backend(backend: str, plan: Plan) -> dict[str, Any]:
             counted = MlflowClient(proxy.url)
             out: dict[str, Any] = {
                 "fill_seconds": fill_seconds,
-                "idle": idle_benchmark(proxy, plan),
+                "idle": idle_benchmark(proxy, plan) if plan.idle_experiments else None,
                 "rerank": {},
             }
             for n, reps in zip(plan.sizes, plan.reps, strict=True):
@@ -261,8 +315,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--backends", default=",".join(BACKENDS))
     parser.add_argument("--sizes", default="1000,10000,50000")
-    parser.add_argument("--reps", default="3,3,1")
-    parser.add_argument("--idle", default="100x100", help="EXPERIMENTSxRUNS for the idle pass")
+    parser.add_argument("--reps", default="3,2,1")
+    parser.add_argument("--idle", default="100x10", help="EXPERIMENTSxRUNS for the idle pass (0x0: none)")
     parser.add_argument("--idle-reps", type=int, default=5)
     parser.add_argument("--out", default="watcher")
     args = parser.parse_args(argv)
@@ -275,9 +329,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         idle_runs=n_runs,
         idle_reps=args.idle_reps,
     )
-    results: dict[str, Any] = {"machine": common.machine(), "plan": plan.__dict__, "backends": {}}
+    results: dict[str, Any] = {
+        "machine": common.machine(),
+        "plan": plan.__dict__,
+        "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "backends": {},
+    }
     for backend in args.backends.split(","):
         results["backends"][backend] = run_backend(backend, plan)
+    results["finished"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    results["loadavg_at_end"] = os.getloadavg()[0]
     path = common.save(args.out, results)
     log(f"wrote {path}")
 

@@ -44,18 +44,54 @@ def _endpoints(calls: dict[str, Any]) -> str:
     return ", ".join(f"{k} ×{v}" for k, v in calls["by_endpoint"].items())
 
 
-def machine_section(m: dict[str, Any]) -> list[str]:
-    return [
+def machine_section(m: dict[str, Any], runs: Sequence[dict[str, Any]] = ()) -> list[str]:
+    out = [
         "## Machine",
         "",
         f"- CPU: {m['cpu']}, {m['cores']} cores; {m['memory_gb']} GB RAM; {m['os']}",
         f"- Python {m['python']}, MLflow {m['mlflow']}, XGBoost {m['xgboost']}, scikit-learn {m['sklearn']}, "
         f"SQLAlchemy {m['sqlalchemy']}",
         f"- PostgreSQL {m['postgresql']} (127.0.0.1), sqlite {m['sqlite']}",
-        f"- Load average when the watcher benchmark started: {m['loadavg_at_start']:.1f} "
-        "(a shared machine; ratios are measured side by side, so load hits both sides)",
-        "",
     ]
+    for r in runs:
+        end = f", {r['loadavg_at_end']:.1f} at the end" if r.get("loadavg_at_end") is not None else ""
+        when = f"{r['started']} – {r['finished']}: " if r.get("started") else ""
+        out.append(
+            f"- Watcher benchmark run ({when}{', '.join(f'{n:,}' for n in r['sizes'])} runs"
+            f"{', idle grid' if r['idle'] else ''}): load average {r['loadavg_at_start']:.1f} at the start{end} "
+            "(a shared machine; ratios are measured side by side, so load hits both sides)"
+        )
+    if not runs:
+        out.append(f"- Load average when the watcher benchmark started: {m['loadavg_at_start']:.1f}")
+    return [*out, ""]
+
+
+def merged_watcher() -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+    """``watcher.json`` plus the sizes of any ``watcher_*.json`` (e.g. a separate 50,000-run
+    run), and one line per run for the machine section; each size's figures come from one run."""
+    main = _load("watcher")
+    if main is None:
+        return None, []
+    extras = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("watcher_*.json"))]
+    runs = []
+    for w in [main, *extras]:
+        sizes = sorted({int(n) for res in w["backends"].values() for n in res["rerank"]})
+        runs.append(
+            {
+                "started": w.get("started"),
+                "finished": w.get("finished"),
+                "loadavg_at_start": w["machine"]["loadavg_at_start"],
+                "loadavg_at_end": w.get("loadavg_at_end"),
+                "sizes": sizes,
+                "idle": any(res.get("idle") for res in w["backends"].values()),
+            }
+        )
+    for w in extras:
+        for b, res in w["backends"].items():
+            target = main["backends"].setdefault(b, {"idle": None, "rerank": {}})
+            for n, r in res["rerank"].items():
+                target["rerank"].setdefault(n, r)
+    return main, runs
 
 
 def _ordered(w: dict[str, Any]) -> dict[str, Any]:
@@ -69,64 +105,138 @@ def _ordered(w: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+HOLDERS = "holder check"
+
+
+def _search(p: dict[str, Any], kind: str, field: str) -> float:
+    return float(p.get("searches", {}).get(kind, {}).get(field, 0))
+
+
+def _holder_cell(p: dict[str, Any]) -> str:
+    """The holder check of one pass: runs it returned, its time and share of the pass."""
+    if HOLDERS not in p.get("searches", {}):
+        return "–"
+    t = _search(p, HOLDERS, "seconds")
+    return f"{_search(p, HOLDERS, 'runs'):,.0f} runs, {_ms(t)} ({t / p['seconds']:.0%})"
+
+
+def first_ranking_section(backends: dict[str, Any]) -> list[str]:
+    out = [
+        "## Watcher: first ranking vs the guide's way",
+        "",
+        "One experiment of N finished runs without ranking tags, one watcher pass (the first ranking: an "
+        "unordered page of 200 runs, then threshold searches `metrics.avg_test_r2 >= cutoff` from cutoffs "
+        "estimated on it; no scan, no ordered search), then the guide's way on the same runs, side by side "
+        "through the same counting proxy. The boards are asserted equal, and the tags identical to a full "
+        "ranking's (the guide's `model_rank`, `top_10`, `production_candidate` on exactly its runs; its "
+        "rewrite changes nothing; compared where the table says *board and tags*). The ranked/unranked counts are then completed by paged counts "
+        "(5 pages of 1,000 runs per pass) in the passes that follow; then a pass with nothing new.",
+        "",
+        "| backend | runs | watcher: calls, runs read, time | guide: calls, runs read, time | less time "
+        "| same as the guide's | count passes after: passes, calls, time | idle pass after |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for b, res in backends.items():
+        for n, r in res["rerank"].items():
+            f = r["first_pass"]
+            g = f.get("guide")
+            counts = f.get("count_passes", [])
+            guide = f"{g['calls']['total']}, {g['runs_read']:,}, {_ms(g['seconds'])}" if g else "–"
+            ratio = _ratio(g["seconds"], f["seconds"]) if g else "–"
+            count = (
+                f"{len(counts)}, {sum(c['calls']['total'] for c in counts)}, {_ms(sum(c['seconds'] for c in counts))}"
+                if counts
+                else "0"
+            )
+            idle = r["idle_pass"]
+            out.append(
+                f"| {BACKEND_NAMES[b]} | {int(n):,} | {f['calls']['total']}, {f.get('runs_read', 0):,}, "
+                f"{_ms(f['seconds'])} | {guide} | {ratio} | {'board and tags' if f.get('tags_identical') else 'board'} "
+                f"| {count} | "
+                f"{idle['calls']['total']} calls ({idle['calls']['writes']} writes), {_ms(idle['seconds'])} |"
+            )
+    out += ["", "Watcher calls of a first ranking, by endpoint:", ""]
+    for b, res in backends.items():
+        for n, r in res["rerank"].items():
+            f = r["first_pass"]
+            searches = "; ".join(
+                f"{k} ×{v['calls']:.0f} ({v['runs']:,.0f} runs, {_ms(v['seconds'])})"
+                for k, v in sorted(f.get("searches", {}).items())
+            )
+            out.append(
+                f"- {BACKEND_NAMES[b]}, {int(n):,} runs: {_endpoints(f['calls'])}"
+                + (f". Searches: {searches}" if searches else "")
+            )
+    return [*out, ""]
+
+
 def watcher_sections(w: dict[str, Any]) -> list[str]:
     plan = w["plan"]
     backends = _ordered(w)
-    out = ["## Watcher: idle pass", ""]
+    out = first_ranking_section(backends)
+    idle_backends = {b: res for b, res in backends.items() if res.get("idle")}
+    out += ["## Watcher: idle pass", ""]
+    if idle_backends:
+        out += [
+            f"{plan['idle_experiments']} experiments × {plan['idle_runs']} finished runs, all watched by one "
+            "rule; a first pass ranks them all, then passes with nothing new. *Right after* is the pass that "
+            "follows the first pass; the others are the ones after it. Calls are exact (counting proxy); the "
+            "holder check (`tags.model_rank LIKE '%'` over the batch of 100 experiments, every pass) is timed "
+            "inside the pass.",
+            "",
+            "| backend | first pass (ranks all): calls, time | right after: calls (reads / writes), time "
+            f"| next {plan['idle_reps'] - 1} passes: calls, median time | endpoints | holder check (right after) |",
+            "|---|---|---|---|---|---|",
+        ]
+        for b, res in idle_backends.items():
+            idle = res["idle"]
+            passes = idle["idle_passes"]
+            first, after, rest = idle["first_pass"], passes[0], passes[1:]
+            rest_calls = sorted({p["calls"]["total"] for p in rest})
+            out.append(
+                f"| {BACKEND_NAMES[b]} | {first['calls']['total']}, {_ms(first['seconds'])} "
+                f"| {after['calls']['total']} ({after['calls']['reads']} / {after['calls']['writes']}), "
+                f"{_ms(after['seconds'])} | {'–'.join(str(c) for c in rest_calls) or '–'}, "
+                f"{_ms(median([p['seconds'] for p in rest]))} | {_endpoints(after['calls'])} | {_holder_cell(after)} |"
+            )
+        out.append("")
+    sizes = list(next(iter(backends.values()))["rerank"])
     out += [
-        f"{plan['idle_experiments']} experiments × {plan['idle_runs']} finished runs, all watched by one "
-        "rule and ranked by a first pass; then passes with nothing new. Calls are exact (counting proxy); "
-        f"time is the median of {plan['idle_reps']} passes.",
+        "The pass with nothing new over one experiment of each size (the pass after its count passes), "
+        "calls and time, and the holder check's share:",
         "",
-        "| backend | idle pass: calls (reads / writes) | endpoints | median wall time | first pass (ranks all): calls, time |",
-        "|---|---|---|---|---|",
-    ]
-    for b, res in backends.items():
-        idle = res["idle"]
-        passes = idle["idle_passes"]
-        first = idle["first_pass"]
-        out.append(
-            f"| {BACKEND_NAMES[b]} | {passes[0]['calls']['total']} "
-            f"({passes[0]['calls']['reads']} / {passes[0]['calls']['writes']}) | {_endpoints(passes[0]['calls'])} "
-            f"| {_ms(median([p['seconds'] for p in passes]))} | {first['calls']['total']}, {_ms(first['seconds'])} |"
-        )
-    out += [
-        "",
-        "The idle pass over one experiment of each size below costs the same (calls whatever the runs):",
-        "",
-        "| backend | "
-        + " | ".join(f"{int(n):,} runs" for n in next(iter(backends.values()))["rerank"])
-        + " |",
-        "|---|" + "---|" * len(next(iter(backends.values()))["rerank"]),
+        "| backend | " + " | ".join(f"{int(n):,} runs" for n in sizes) + " |",
+        "|---|" + "---|" * len(sizes),
     ]
     for b, res in backends.items():
         cells = [
-            f"{r['idle_pass']['calls']['total']} calls, {_ms(r['idle_pass']['seconds'])}"
+            f"{r['idle_pass']['calls']['total']} calls, {_ms(r['idle_pass']['seconds'])}; holder check "
+            f"{_holder_cell(r['idle_pass'])}"
             for r in res["rerank"].values()
         ]
         out.append(f"| {BACKEND_NAMES[b]} | " + " | ".join(cells) + " |")
     out += ["", "## Watcher: re-rank after one new run, vs the guide's way", ""]
     out += [
-        "One experiment of N finished runs, ranked once by the watcher (first pass). Then, repeatedly: one "
+        "The experiment above, ranked and counted. Then, repeatedly: one "
         "new finished run is logged (uncounted), one watcher pass runs, then the guide's way ranks the same "
         "experiment (`get_experiment_by_name`, every page of 1,000 runs, sort in Python, `set_tag` ×23). "
         "*lead*: the new run has the best value (all ranks shift); *off board*: it is worse than the 10th. "
         "Both boards are checked against the expected one after each step. Reads/writes are exact "
-        "calls per re-rank; *runs read* is how many runs the searches returned; times are medians; "
-        "*changed runs* counts the runs whose ranking tags changed (the floor for writes).",
+        "calls per re-rank, the holder check included; *runs read* is how many runs the searches returned; "
+        "times are medians; *changed runs* counts the runs whose ranking tags changed (the floor for writes).",
         "",
     ]
     for b, res in backends.items():
         out += [
             f"### {BACKEND_NAMES[b]}",
             "",
-            "| runs | new run | reps | watcher reads / writes | watcher time | changed runs | guide reads / writes "
-            "| guide time (n) | runs read: watcher / guide | fewer read calls | less time |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
+            "| runs | new run | reps | watcher reads / writes | watcher time | holder check | changed runs "
+            "| guide reads / writes | guide time (n) | runs read: watcher / guide | fewer read calls | less time |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for n, r in res["rerank"].items():
             # The guide does the same work wherever the new run lands: one median per size.
-            g_rows = [x for x in r["lead"] + r["off_board"] if x.get("guide")]
+            g_rows, g_n = _guide_rows(r)
             g_t = median([x["guide"]["seconds"] for x in g_rows])
             g_reads = median([x["guide"]["calls"]["reads"] for x in g_rows])
             for scenario in ("lead", "off_board"):
@@ -135,14 +245,16 @@ def watcher_sections(w: dict[str, Any]) -> list[str]:
                     continue
                 w_t = median([x["watcher"]["seconds"] for x in rows])
                 w_reads = median([x["watcher"]["calls"]["reads"] for x in rows])
+                h_t = median([_search(x["watcher"], HOLDERS, "seconds") for x in rows])
+                h_runs = median([_search(x["watcher"], HOLDERS, "runs") for x in rows])
                 out.append(
                     f"| {int(n):,} | {scenario.replace('_', ' ')} | {len(rows)} | "
                     f"{_calls(rows, 'watcher', 'reads')} / {_calls(rows, 'watcher', 'writes')} | {_ms(w_t)} | "
+                    f"{h_runs:,.0f} runs, {_ms(h_t)} | "
                     f"{_changed(rows)} | {_calls(g_rows, 'guide', 'reads')} / {_calls(g_rows, 'guide', 'writes')} "
-                    f"| {_ms(g_t)} ({len(g_rows)}) | {_runs_read(rows, g_rows)} | {_ratio(g_reads, w_reads)} "
+                    f"| {_ms(g_t)} ({g_n}) | {_runs_read(rows, g_rows)} | {_ratio(g_reads, w_reads)} "
                     f"| {_ratio(g_t, w_t)} |"
                 )
-        first = {n: r["first_pass"] for n, r in res["rerank"].items()}
         out += [
             "",
             "Watcher calls per re-rank: "
@@ -152,22 +264,18 @@ def watcher_sections(w: dict[str, Any]) -> list[str]:
             )
             + ".",
             "",
-            "First ranking (threshold searches from a sample, no scan) against the guide's way, "
-            "side by side, same board: "
-            + "; ".join(
-                f"{int(n):,} runs: {f['calls']['total']} calls, {_ms(f['seconds'])}, {f.get('runs_read', 0):,} runs read"
-                + (
-                    f" vs guide {_ms(f['guide']['seconds'])} ({_ratio(f['guide']['seconds'], f['seconds'])})"
-                    if f.get("guide")
-                    else ""
-                )
-                for n, f in first.items()
-            )
-            + ".",
-            "",
         ]
     out += growth_section(backends)
     return out
+
+
+def _guide_rows(r: dict[str, Any]) -> tuple[list[dict[str, Any]], str]:
+    """The guide's re-rank runs of one size, or (where it was not rerun) its run beside the
+    first ranking, which does the same work on one run fewer."""
+    rows = [x for x in r["lead"] + r["off_board"] if x.get("guide")]
+    if rows:
+        return rows, str(len(rows))
+    return [{"guide": r["first_pass"]["guide"]}], "first ranking's"
 
 
 def _runs_read(rows: Sequence[dict[str, Any]], g_rows: Sequence[dict[str, Any]]) -> str:
@@ -201,7 +309,7 @@ def growth_section(backends: dict[str, Any]) -> list[str]:
                 series.setdefault(key, {}).setdefault("t", []).append((int(n), t))
                 calls = median([x["watcher"]["calls"]["total"] for x in rows])
                 series[key].setdefault("c", []).append((int(n), calls))
-            g_rows = [x for x in r["lead"] + r["off_board"] if x.get("guide")]
+            g_rows, _ = _guide_rows(r)
             g_t = median([x["guide"]["seconds"] for x in g_rows])
             g_c = median([x["guide"]["calls"]["total"] for x in g_rows])
             key = f"guide's way ({BACKEND_NAMES[b]})"
@@ -295,11 +403,11 @@ def trainer_section(t: dict[str, Any]) -> list[str]:
 
 
 def render() -> str:
-    w, t = _load("watcher"), _load("trainer")
+    (w, runs), t = merged_watcher(), _load("trainer")
     lines: list[str] = [BEGIN, ""]
     m = (w or t or {}).get("machine")
     if m:
-        lines += machine_section(m)
+        lines += machine_section(m, runs)
     if w:
         lines += watcher_sections(w)
     if t:

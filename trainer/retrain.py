@@ -33,7 +33,7 @@ import structlog
 from trainer import data
 from trainer.config import HYPERPARAMETERS, TrainerConfig, load_config
 from trainer.errors import InputError, TrainingError
-from trainer.executor import InlineExecutor
+from trainer.executor import ExecutorFactory, local_executor
 from trainer.importance import IMPORTANCE_CSV, PERMUTATION_JSON, SKIPPED_TAG
 from trainer.sweep import (
     TrialTask,
@@ -249,6 +249,7 @@ def retrain(
     drop_below: float | None,
     exclude: Sequence[str],
     tracking_uri: str | None = None,
+    executor_factory: ExecutorFactory = local_executor,
 ) -> RetrainResult:
     """Train one new trial of run ``run_id``'s experiment without the dropped features."""
     check_request(drop_below, exclude)  # before any MLflow call
@@ -301,24 +302,31 @@ def retrain(
             upload.mkdir()
             _write_dropped(upload / DROPPED_CSV, plan, scores)
             tracking.log_artifacts(artifact_uri, upload)
-            executor = InlineExecutor(
+            executor = executor_factory(
+                1,
                 init_worker,
                 (WorkerContext(subset, config, tracking.uri, source.experiment_id, params, quiet=False),),
+                env={"MLFLOW_TRACKING_URI": tracking.uri, "PODIUM_EXPERIMENT_ID": source.experiment_id},
             )
             index = int(source.tags.get("trial_index", "0") or 0)
             seed = int(source.params["trial_seed"])
-            outcome = executor.submit(
-                execute, TrialTask(index, new_run_id, artifact_uri, hyperparameters, seed)
-            ).result()
+            try:
+                outcome = executor.submit(
+                    execute, TrialTask(index, new_run_id, artifact_uri, hyperparameters, seed)
+                ).result()
+            finally:
+                executor.shutdown()
         except BaseException:  # the trial itself marks its run; this is for what comes before it
             mark_ended(tracking, new_run_id, "FAILED")
             raise
     return RetrainResult(source, new_run_id, outcome.status, plan, outcome.metrics, outcome.error)
 
 
-def main(args: argparse.Namespace) -> int:
+def main(args: argparse.Namespace, executor_factory: ExecutorFactory = local_executor) -> int:
     exclude = parse_exclude(args.exclude)
-    result = retrain(args.run_id, drop_below=args.drop_below, exclude=exclude)
+    result = retrain(
+        args.run_id, drop_below=args.drop_below, exclude=exclude, executor_factory=executor_factory
+    )
     if result.status != "FINISHED":
         raise TrainingError(f"retraining run {args.run_id} failed in run {result.run_id}: {result.error}")
     before = result.source.metrics.get("avg_test_r2", math.nan)

@@ -14,7 +14,6 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -28,13 +27,16 @@ from trainer import data
 from trainer.config import TrainerConfig, sample_trial
 from trainer.data import Dataset
 from trainer.errors import InputError, TrackingError, TrainingError, describe
-from trainer.executor import Executor, local_executor
+from trainer.executor import ExecutorFactory, local_executor
 from trainer.importance import feature_params
 from trainer.splits import NotEnoughMonths, walk_forward_splits
 from trainer.tracking import Tracking, example_frame, params_of, quiet_mlflow
 from trainer.train import Prepared, TrialResult, run_trial
 
 log = structlog.get_logger(__name__)
+
+# Tag of a run its worker could not end itself (the worker died): why it is FAILED.
+FAILURE_TAG = "failure_reason"
 
 
 @dataclass(frozen=True)
@@ -234,7 +236,7 @@ def run_sweep(
     *,
     tracking_uri: str | None = None,
     progress: bool | None = None,
-    executor_factory: Callable[[int, Callable[..., None], tuple[Any, ...]], Executor] = local_executor,
+    executor_factory: ExecutorFactory = local_executor,
 ) -> SweepSummary:
     """Run ``config.trials`` trials; InputError before any run exists if the input is bad."""
     started = time.perf_counter()
@@ -271,7 +273,13 @@ def run_sweep(
     )
     outcomes: list[TrialOutcome] = []
     in_flight: dict[Future[TrialOutcome], TrialTask] = {}
-    executor = executor_factory(jobs, init_worker, (context,))
+    # what a worker on another machine needs to log its trial where the driver would
+    env = {
+        "MLFLOW_TRACKING_URI": tracking.uri,
+        "PODIUM_EXPERIMENT_ID": experiment_id,
+        "PODIUM_SWEEP_ID": sweep_id,
+    }
+    executor = executor_factory(jobs, init_worker, (context,), env=env)
     try:
         for index in range(config.trials):
             while len(in_flight) >= executor.slots:
@@ -334,8 +342,8 @@ def _collect(
         except BrokenProcessPool as e:
             mark_ended(tracking, task.run_id, "FAILED")
             raise TrainingError(f"a trial process died while running trial_{task.index}") from e
-        except Exception as e:
-            mark_ended(tracking, task.run_id, "FAILED")
+        except Exception as e:  # the worker could not end the run (it died): say why on the run
+            mark_ended(tracking, task.run_id, "FAILED", reason=describe(e))
             outcome = TrialOutcome(task.index, task.run_id, "FAILED", task.hyperparameters, error=describe(e))
         outcomes.append(outcome)
         r2 = outcome.metrics.get("avg_test_r2", math.nan)
@@ -363,10 +371,12 @@ def _ended_by_worker(future: Future[TrialOutcome]) -> bool:
     return future.done() and not future.cancelled() and future.exception() is None
 
 
-def mark_ended(tracking: Tracking, run_id: str, status: str) -> None:
-    """Mark a run FAILED or KILLED; a tracking error here is logged, not raised (one is already
-    on its way)."""
+def mark_ended(tracking: Tracking, run_id: str, status: str, reason: str | None = None) -> None:
+    """Mark a run FAILED or KILLED (with tag ``failure_reason`` when given); a tracking error here
+    is logged, not raised (one is already on its way)."""
     try:
+        if reason:
+            tracking.log_batch(run_id, {}, [], {FAILURE_TAG: reason[:5000]})
         tracking.terminate(run_id, status)
     except TrackingError as e:
         log.error("run_not_marked", run_id=run_id, status=status, error=str(e))

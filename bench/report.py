@@ -287,6 +287,115 @@ def trainer_section(t: dict[str, Any]) -> list[str]:
     return out
 
 
+def _same(checks: Sequence[dict[str, Any]], versus: str) -> str:
+    if not checks:
+        return ""
+    same = all(c["same"] for c in checks)
+    worst = max(c["max_rel_diff"] for c in checks)
+    compared = sum(c["compared"] for c in checks)
+    return (
+        f"Same numbers: **{'yes' if same else 'NO'}** — {len(checks)} runs compared trial by trial with "
+        f"{versus}, {compared} metric values in all, largest relative difference {worst:.1e}."
+    )
+
+
+def ray_section(r: dict[str, Any]) -> list[str]:
+    med = r["median_trials_per_minute"]
+    rows = r["sweeps"]
+    out = [
+        "## Trainer: `--backend ray` vs `--backend local`",
+        "",
+        f"The built-in sample, default trial settings, {r['trials']} trials per sweep, sides alternating, "
+        "one `mlflow server` (sqlite). Ray sweeps join one local Ray cluster with 2 CPUs started once "
+        f"({r['cluster_start_seconds']:.0f} s, not counted); trials/min over the whole sweep (data loading, "
+        "worker start-up, the driver's connect included). Load average at the start: "
+        f"{r['machine']['loadavg_at_start']:.1f} on 2 cores shared with other work.",
+        "",
+        "| jobs | local trials/min | Ray trials/min | Ray / local |",
+        "|---|---|---|---|",
+    ]
+    jobs_list = sorted({row["jobs"] for row in rows if row["side"] == "local"})
+    for jobs in jobs_list:
+        local, ray = med[f"local_j{jobs}"], med[f"ray_j{jobs}"]
+        out.append(f"| {jobs} | {local:.2f} | {ray:.2f} | {_ratio(ray, local)} |")
+    if len(jobs_list) >= 2:
+        lo, hi = jobs_list[0], jobs_list[-1]
+        gain_local = med[f"local_j{hi}"] / med[f"local_j{lo}"]
+        gain_ray = med[f"ray_j{hi}"] / med[f"ray_j{lo}"]
+        out += ["", f"Gain from {lo} to {hi} workers: local {gain_local:.2f}×, Ray {gain_ray:.2f}×."]
+    own = [row for row in rows if row["side"] == "ray_own_cluster"]
+    for row in own:
+        out += [
+            "",
+            f"A Ray sweep that starts and stops its own local Ray (no address), jobs={row['jobs']}: "
+            f"{row['trials_per_minute']:.2f} trials/min ({row['seconds']:.0f} s).",
+        ]
+    out += ["", _same(r.get("checks", []), "the first local sweep's"), ""]
+    return out
+
+
+def optuna_section(o: dict[str, Any]) -> list[str]:
+    rows = o["sweeps"]
+    base = next(row for row in rows if row["side"] == "optuna")
+    out = [
+        "## Trainer: Podium vs Optuna with MLflowCallback",
+        "",
+        f"Optuna {o['optuna']} with optuna-integration's `MLflowCallback` and `track_in_mlflow`, the same "
+        "walk-forward objective logging the same content (per-fold metrics with step = fold, averages, "
+        "`importance_*`, the importance files and charts, SHAP, the model with signature), Podium's sampled "
+        f"hyperparameters enqueued; {o['trials']} trials per side, one `mlflow server` (sqlite) behind the counting proxy. "
+        "`track_in_mlflow` holds a lock for the whole objective, so Optuna's `n_jobs` cannot run trials in "
+        "parallel: it runs with one.",
+        "",
+        "| side | processes | trials/min | vs Optuna | tracking calls per trial (+ per sweep) | artifact requests |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        label = "Optuna + MLflowCallback" if row["side"] == "optuna" else "Podium"
+        out.append(
+            f"| {label} | {row['jobs']} | {row['trials_per_minute']:.2f} | "
+            f"{_ratio(row['trials_per_minute'], base['trials_per_minute'])} | "
+            f"{row['per_trial_calls']:g} (+{row['sweep_calls']}) | {row['artifact_requests']} |"
+        )
+    out += ["", f"- Optuna's calls: {_endpoints(base['calls'])}"]
+    out += ["", _same(o.get("checks", []), "Optuna's"), ""]
+    return out
+
+
+def profile_section(p: dict[str, Any]) -> list[str]:
+    parts = p["parts_seconds"]
+    total = p["profiled_seconds"] + p["process_start_seconds"]
+    names = {
+        "xgboost_train": "XGBoost training (`xgboost.train`)",
+        "xgboost_predict": "XGBoost prediction (fold scores, permutation importance, SHAP, signature)",
+        "data": "data: loading, checks, each window's `QuantileDMatrix`",
+        "importance_outside_xgboost": "importance outside XGBoost (shuffles, R², split paths, tables)",
+        "logging_outside_xgboost": "logging: model, batch, artifacts, charts",
+        "other": "the rest (run creation, sweep loop, fold scores in NumPy)",
+    }
+    out = [
+        "## Trainer: where a sweep's time goes",
+        "",
+        f"One `--jobs 1` sweep of {p['trials']} trials on the built-in sample under cProfile "
+        f"({p['profiled_seconds']:.1f} s; the same sweep unprofiled: {p['unprofiled_seconds']:.1f} s), plus "
+        f"process start (a fresh interpreter importing the trainer, {p['process_start_seconds']:.1f} s).",
+        "",
+        "| part | seconds | share |",
+        "|---|---|---|",
+    ]
+    for key, label in names.items():
+        out.append(f"| {label} | {parts[key]:.1f} | {parts[key] / total:.0%} |")
+    out.append(
+        f"| process start | {p['process_start_seconds']:.1f} | {p['process_start_seconds'] / total:.0%} |"
+    )
+    out += [
+        "",
+        f"Outside XGBoost's own training and prediction: **{p['outside_xgboost_share']:.0%}** of the wall time.",
+        "",
+    ]
+    return out
+
+
 def render() -> str:
     w, t = _load("watcher"), _load("trainer")
     lines: list[str] = [BEGIN, ""]
@@ -297,6 +406,10 @@ def render() -> str:
         lines += watcher_sections(w)
     if t:
         lines += trainer_section(t)
+    for name, section in (("ray", ray_section), ("optuna", optuna_section), ("profile", profile_section)):
+        found = _load(name)
+        if found:
+            lines += section(found)
     lines.append(END)
     return "\n".join(lines)
 

@@ -198,3 +198,36 @@ def test_unreachable_ray_cluster_exits_2_naming_the_address(tmp_path: Path) -> N
     assert f"cannot reach the Ray cluster at {address}" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not store.exists()
+
+
+def test_workers_get_the_drivers_mlflow_settings_but_not_its_credentials(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """runtime_env carries MLFLOW_* client settings and the sweep's own values, never a secret."""
+    from trainer.ray_executor import worker_env
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "7")
+    monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", "s3cret")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "s3cret")
+    monkeypatch.setenv("UNRELATED", "x")
+    env = worker_env({"MLFLOW_TRACKING_URI": "http://mlflow:5000", "PODIUM_SWEEP_ID": "abc"})
+    assert env["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "7"
+    assert env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+    assert env["PODIUM_SWEEP_ID"] == "abc"
+    assert "s3cret" not in env.values()
+    assert "UNRELATED" not in env
+
+
+@pytest.mark.parametrize(
+    ("address", "message"),
+    [
+        ("10.0.0.1:http", "'http' is not a port number"),
+        ("ray://127.0.0.1:1", "cannot reach the Ray cluster at ray://127.0.0.1:1"),
+    ],
+)
+def test_a_bad_or_closed_address_is_an_input_error_naming_it(address: str, message: str) -> None:
+    from trainer.errors import InputError
+    from trainer.ray_executor import check_reachable
+
+    with pytest.raises(InputError, match=message):
+        check_reachable(address, timeout=2)

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import resource
 import tempfile
 import time
 from collections.abc import Sequence
@@ -144,10 +146,34 @@ def run_optuna(config: TrainerConfig, ds: Dataset, tracking_uri: str, experiment
     study.optimize(objective_for(config, ds, callback), n_trials=config.trials, callbacks=[callback])
 
 
+def _cpu_seconds(server_pid: int | None) -> float:
+    """CPU time of this process, its finished children (worker pools) and the server's tree."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)  # includes servers only once they exit
+    total = own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+    if server_pid is not None:
+        tick = os.sysconf("SC_CLK_TCK")
+        for pid in [server_pid, *_children(server_pid)]:
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--trials", type=int, default=4)
     parser.add_argument("--jobs", default="1,2", help="Podium --jobs values to measure")
+    parser.add_argument("--reps", type=int, default=1)
     parser.add_argument("--out", default="optuna")
     args = parser.parse_args(argv)
     common.quiet_logs()
@@ -158,15 +184,21 @@ def main(argv: Sequence[str] | None = None) -> None:
         "sweeps": [],
     }
     ds = data.load(None)
-    sides = [("optuna", 1), *(("podium", int(j)) for j in args.jobs.split(","))]
+    podium = [("podium", int(j)) for j in args.jobs.split(",")]
+    # alternate: Optuna, Podium..., then Podium... and Optuna again when --reps 2
+    sides = [("optuna", 1), *podium]
+    if args.reps > 1:
+        sides += [*podium[::-1], ("optuna", 1)]
     with running_server("sqlite") as server:
         proxy = Proxy(server.url)
         proxy.timeout = 600.0
         try:
-            for side, jobs in sides:
-                name = f"bench_optuna_{side}_j{jobs}"
+            server_pid = server.handle.proc.pid if server.handle.proc else None
+            for i, (side, jobs) in enumerate(sides):
+                name = f"bench_optuna_{side}_j{jobs}_{i}"
                 config = load_config(None, {"trials": args.trials, "jobs": jobs, "experiment": name})
                 proxy.reset()
+                cpu0 = _cpu_seconds(server_pid)
                 started = time.perf_counter()
                 if side == "optuna":
                     run_optuna(config, ds, proxy.url, name)
@@ -177,6 +209,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                     if summary.failed:
                         raise RuntimeError(f"{name}: {summary.failed[0].error}")
                 seconds = time.perf_counter() - started
+                cpu = _cpu_seconds(server_pid) - cpu0
                 calls = Calls.of(proxy.tracking_calls())
                 sweep_calls = sum(v for k, v in calls.by_endpoint.items() if " experiments/" in k)
                 row = {
@@ -185,6 +218,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                     "experiment": name,
                     "seconds": seconds,
                     "trials_per_minute": args.trials / seconds * 60,
+                    "cpu_seconds": cpu,
+                    "trials_per_cpu_minute": args.trials / cpu * 60,
                     "calls": calls.as_dict(),
                     "sweep_calls": sweep_calls,
                     "per_trial_calls": (calls.total - sweep_calls) / args.trials,
@@ -193,14 +228,17 @@ def main(argv: Sequence[str] | None = None) -> None:
                 results["sweeps"].append(row)
                 log(
                     f"{side} jobs={jobs}: {row['trials_per_minute']:.2f} trials/min, "
+                    f"{row['trials_per_cpu_minute']:.2f} per CPU-minute, "
                     f"{row['per_trial_calls']:.1f} calls per trial (+{sweep_calls})"
                 )
         finally:
             proxy.close()
         client = MlflowClient(server.url)
-        optuna_runs = latest_metrics(client, "bench_optuna_optuna_j1")
+        optuna_runs = latest_metrics(client, "bench_optuna_optuna_j1_0")
         checks = []
-        for row in results["sweeps"][1:]:
+        for row in results["sweeps"]:
+            if row["side"] != "podium":
+                continue
             podium = latest_metrics(client, row["experiment"])
             for index in range(args.trials):
                 theirs = {k: v for k, v in optuna_runs[str(index)].items() if k != "avg_test_r2_objective"}

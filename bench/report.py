@@ -400,6 +400,10 @@ def profile_section(p: dict[str, Any]) -> list[str]:
         "",
         f"Outside XGBoost's own training and prediction: **{p['outside_xgboost_share']:.0%}** of the wall time.",
         "",
+        "Per trial, with the once-per-sweep costs (data, process start) set apart — what a longer sweep "
+        f"tends to: **{p.get('steady_state_outside_xgboost_share', float('nan')):.0%}** outside XGBoost. "
+        f"XGBoost's time by phase: {', '.join(f'{k} {v:.1f} s' for k, v in p.get('xgboost_by_phase_seconds', {}).items())}.",
+        "",
     ]
     return out
 

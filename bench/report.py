@@ -374,17 +374,16 @@ def profile_section(p: dict[str, Any]) -> list[str]:
     parts = p["parts_seconds"]
     total = p["profiled_seconds"] + p["process_start_seconds"]
     names = {
-        "xgboost_train": "XGBoost training (`xgboost.train`)",
-        "xgboost_predict": "XGBoost prediction (fold scores, permutation importance, SHAP, signature)",
+        "xgboost": "XGBoost's own training and prediction (`xgboost.train`, `Booster` predicts)",
         "data": "data: loading, checks, each window's `QuantileDMatrix`",
         "importance_outside_xgboost": "importance outside XGBoost (shuffles, R², split paths, tables)",
         "logging_outside_xgboost": "logging: model, batch, artifacts, charts",
-        "other": "the rest (run creation, sweep loop, fold scores in NumPy)",
+        "other": "the rest (run creation, the sweep loop, fold scores)",
     }
     out = [
         "## Trainer: where a sweep's time goes",
         "",
-        f"One `--jobs 1` sweep of {p['trials']} trials on the built-in sample under cProfile "
+        f"One `--jobs 1` sweep of {p['trials']} trials on the built-in sample under pyinstrument "
         f"({p['profiled_seconds']:.1f} s; the same sweep unprofiled: {p['unprofiled_seconds']:.1f} s), plus "
         f"process start (a fresh interpreter importing the trainer, {p['process_start_seconds']:.1f} s).",
         "",

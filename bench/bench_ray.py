@@ -77,6 +77,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                     "experiment": name,
                     "seconds": seconds,
                     "trials_per_minute": args.trials / seconds * 60,
+                    # a trial's own compute (training, scores, importance), logging apart
+                    "trial_seconds_median": median([o.seconds for o in summary.outcomes]),
                 }
                 results["sweeps"].append(row)
                 log(f"{side} jobs={jobs}: {row['trials_per_minute']:.2f} trials/min ({seconds:.1f} s)")

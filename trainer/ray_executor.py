@@ -110,6 +110,11 @@ class TrialActor:
     """One Ray worker: the initializer once, then one task at a time (made remote at run time)."""
 
     def __init__(self, initializer: Callable[..., None], initargs: tuple[Any, ...]) -> None:
+        # Ray forwards a worker's output to the driver: report only problems, as a local pool
+        # worker does (with one job the sweep leaves logging to the process it runs in)
+        import structlog
+
+        structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
         initializer(*initargs)
 
     def run(self, fn: Callable[[Any], Any], task: Any) -> Any:

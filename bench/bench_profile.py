@@ -35,10 +35,10 @@ XGBOOST = {
     ("xgboost/core.py", "predict"),
 }
 PHASES = {
-    ("trainer/sweep.py", "load_checked"): "data",
+    ("trainer/prepare.py", "load_checked"): "data",
     ("trainer/train.py", "matrix"): "data",
     ("trainer/importance.py", "for_trial"): "importance",
-    ("trainer/sweep.py", "_log"): "logging",
+    ("trainer/worker.py", "_log"): "logging",
 }
 
 
@@ -129,7 +129,10 @@ def main(argv: Sequence[str] | None = None) -> None:
 def _process_start() -> float:
     """A fresh interpreter importing what a sweep imports."""
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-c", "import trainer.cli, trainer.sweep, mlflow.xgboost"], check=True)
+    subprocess.run(
+        [sys.executable, "-c", "import trainer.cli, trainer.sweep, trainer.worker, mlflow.xgboost"],
+        check=True,
+    )
     return time.perf_counter() - t0
 
 

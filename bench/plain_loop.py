@@ -55,7 +55,7 @@ def run_trial(config: TrainerConfig, ds: Dataset, index: int, experiment_id: str
     wf = config.walk_forward
     hp = sample_trial(config.search_space, config.seed, index)
     seed = config.seed + index
-    folds = walk_forward_splits(ds.times, wf.train_months, wf.test_months, wf.window)
+    folds = walk_forward_splits(ds.times, wf.train_months, wf.test_months, wf.window, wf.min_test_rows)
     logged: dict[str, float] = {}
 
     def log_metric(key: str, value: float, step: int = 0) -> None:
@@ -63,7 +63,7 @@ def run_trial(config: TrainerConfig, ds: Dataset, index: int, experiment_id: str
         logged[key if step == 0 and not key.startswith(("train_", "test_")) else f"{key}@{step}"] = value
 
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"trial_{index}"):
-        mlflow.log_params({**{k: str(v) for k, v in hp.items()}, "symbol": config.symbol})
+        mlflow.log_params({**{k: str(v) for k, v in hp.items()}, "symbol": config.resolved_symbol()})
         per_fold: dict[str, list[float]] = {}
         last: tuple[XGBRegressor, np.ndarray, np.ndarray] | None = None
         for fold in folds:

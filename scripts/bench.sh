@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run every benchmark and write the figures into BENCHMARKS.md (about 20 minutes on 2 cores).
+# Run every benchmark and write the figures into BENCHMARKS.md (about 25 minutes on 2 cores).
 # Needs PostgreSQL at 127.0.0.1:5432 (user postgres, trust auth) for the PostgreSQL-backed runs.
 # Usage: scripts/bench.sh [--quick]   (--quick: small sizes, one repetition; a smoke test)
 set -euo pipefail
@@ -8,7 +8,9 @@ PY=.venv/bin/python
 [ -x "$PY" ] || bash scripts/setup.sh dev
 "$PY" -m pip install -q -e '.[dev,bench]'   # Optuna and pyinstrument, for the comparisons
 export PYTHONUNBUFFERED=1
+dashboard_args=()
 if [ "${1:-}" = "--quick" ]; then
+  dashboard_args=(--runs 1000 --reps 2)
   "$PY" -m bench.bench_watcher --sizes 200,1000 --reps 1,1 --idle 10x20 --idle-reps 2
   "$PY" -m bench.bench_trainer --trials 2 --reps 1 --jobs 1
   "$PY" -m bench.bench_ray --trials 2
@@ -22,4 +24,5 @@ else
   "$PY" -m bench.bench_profile --trials 3
 fi
 "$PY" bench/bench_importance.py --markdown | tee bench/results/importance.md
+"$PY" -m bench.bench_dashboard --markdown "${dashboard_args[@]}" | tee bench/results/dashboard.md
 "$PY" -m bench.report

@@ -1,7 +1,16 @@
 #!/usr/bin/env bash
 # Set up the dev environment and run the whole test suite (real MLflow servers on sqlite and
-# PostgreSQL at 127.0.0.1:5432; see tests/conftest.py).
+# PostgreSQL at 127.0.0.1:5432; see tests/conftest.py). The dashboard's browser tests drive the
+# system's Chromium (/usr/bin/chromium): install it with apt-get when it is missing (never
+# `playwright install`, which downloads a browser of its own).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if [ ! -x /usr/bin/chromium ]; then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  # The emoji font only makes the dialogs' buttons (🏆, 🔄) readable in the screenshots.
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium fonts-noto-color-emoji >/dev/null
+fi
 bash scripts/setup.sh dev
 exec .venv/bin/python -m pytest -q --durations=15 --cov --cov-report=term:skip-covered "$@"

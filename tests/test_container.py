@@ -368,6 +368,11 @@ def test_image_command_serves_healthz_ranks_and_exits_0_on_sigterm(image, daemon
         assert ranked.status_code == 200, ranked.text
         assert [m["run_id"] for m in ranked.json()["models"]] == [run_ids[1], run_ids[2]]
         assert MlflowClient(sqlite_server.url).get_run(run_ids[1]).data.tags["model_rank"] == "1"
+        # The training dashboard's files ship inside the wheel (package data).
+        page = httpx.get(f"{url}/", timeout=30)
+        assert page.status_code == 200
+        assert "Rank Top Models" in page.text
+        assert httpx.get(f"{url}/static/app.js", timeout=30).status_code == 200
 
         auth = {"Authorization": f"Bearer {secret}"}
         unknown = {"experiment_name": f"missing_{uuid4().hex[:8]}"}

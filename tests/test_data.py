@@ -116,13 +116,21 @@ def _write(tmp_path: Path, frame: pd.DataFrame, name: str = "d.csv") -> Path:
         ("missing_file", {}, "does not exist"),
         ("not_a_table", {}, "cannot read data file"),
         ("wrong_suffix", {}, "neither CSV"),
-        ("no_time_column", {}, "no time column 'timestamp'"),
-        ("bad_time", {}, "time column 'timestamp'"),
+        ("no_time_column", {}, "has no time column: none is named timestamp, time, datetime, date, ts"),
+        ("several_time_columns", {}, "several time columns ('timestamp', 'Date')"),
+        ("named_time_column_missing", {"time_column": "when"}, "no time column 'when'"),
+        ("bad_time", {}, "time column 'timestamp' in"),
         ("duplicate_time", {}, "duplicate timestamp"),
         ("missing_target", {"target": "nope"}, "no target column 'nope'"),
         ("text_target", {"target": "y"}, "target column 'y'"),
-        ("no_ohlcv", {}, "lacks OHLCV column(s) volume"),
-        ("text_close", {}, "OHLCV column 'close'"),
+        (
+            "bad_feature_value",
+            {"target": "close"},
+            "feature column 'open' in {path} is not numeric: '1,5' in row 9",
+        ),
+        ("no_ohlcv", {}, "lacks OHLCV column(s) close"),
+        ("two_close_columns", {}, "several close columns ('close', 'Close')"),
+        ("text_close", {}, "OHLCV column 'close' in"),
         ("empty", {}, "has no rows"),
         ("too_short_for_features", {}, "OHLCV mode needs more than 170"),
     ],
@@ -143,22 +151,37 @@ def test_bad_input_names_file_and_column(
         path.write_text("x")
     elif case == "no_time_column":
         path = _write(tmp_path, bars.rename(columns={"timestamp": "t"}))
+    elif case == "several_time_columns":
+        path = _write(tmp_path, bars.assign(Date=bars["timestamp"].dt.date))
+    elif case == "named_time_column_missing":
+        path = _write(tmp_path, bars)
     elif case == "bad_time":
         frame = bars.astype({"timestamp": str})
         frame.loc[5, "timestamp"] = "yesterday-ish"
         path = _write(tmp_path, frame)
+        expected = (
+            "time column 'timestamp' in {path} has a value that is not a time: 'yesterday-ish' in row 6"
+        )
     elif case == "duplicate_time":
         path = _write(tmp_path, pd.concat([bars, bars.iloc[[3]]]))
     elif case == "missing_target":
         path = _write(tmp_path, bars)
+    elif case == "bad_feature_value":
+        frame = bars.astype({"open": str})
+        frame.loc[8, "open"] = "1,5"
+        path = _write(tmp_path, frame)
     elif case == "text_target":
         path = _write(tmp_path, bars.assign(y=["up", "down"] * 100))
     elif case == "no_ohlcv":
-        path = _write(tmp_path, bars.drop(columns="volume"))
+        path = _write(tmp_path, bars.drop(columns="close"))
+    elif case == "two_close_columns":
+        path = _write(tmp_path, bars.assign(Close=bars["close"]))
     elif case == "text_close":
         frame = bars.astype({"close": str})
         frame.loc[7, "close"] = "n/a?"
-        path = _write(tmp_path, frame)
+        path = _write(tmp_path, frame.sample(frac=1.0, random_state=1))  # rows out of order
+        row = list(frame.sample(frac=1.0, random_state=1).index).index(7) + 1
+        expected = f"OHLCV column 'close' in {{path}} is not numeric: 'n/a?' in row {row}"
     elif case == "too_short_for_features":
         path = _write(tmp_path, bars.iloc[:100])
     else:
@@ -166,6 +189,91 @@ def test_bad_input_names_file_and_column(
     with pytest.raises(InputError) as info:
         data.load(path, **kwargs)  # type: ignore[arg-type]
     message = str(info.value)
-    assert expected in message
+    assert expected.format(path=path) in message
     assert str(path) in message
     assert "\n" not in message
+
+
+def test_a_pandas_index_is_the_time_column_and_ohlcv_may_be_capitalised(tmp_path: Path) -> None:
+    """`df.to_csv()` of bars indexed by time, columns Open..Close and no volume: the unnamed first
+    column is the time, and the volume features are left out."""
+    bars = _bars().set_index("timestamp").drop(columns="volume").rename(columns=str.capitalize)
+    bars.index.name = None
+    path = tmp_path / "fx.csv"
+    bars.to_csv(path)
+    assert path.read_text().startswith(",Open,High,Low,Close\n")
+    loaded = data.load(path)
+    assert loaded.time_column == "Unnamed: 0"
+    assert loaded.mode == "ohlcv"
+    assert not [n for n in loaded.feature_names if "volume" in n]
+    assert "hour_sin" in loaded.feature_names
+    assert loaded.bar_interval == "1h"
+
+
+def test_a_parquet_time_index_is_the_time_column(tmp_path: Path) -> None:
+    """A Parquet file that kept its DatetimeIndex (named or not) gives that index as the time column."""
+    bars = _bars().set_index("timestamp")
+    for name in (None, "Datetime"):
+        bars.index.name = name
+        path = tmp_path / f"{name}.parquet"
+        bars.to_parquet(path)
+        assert data.load(path).time_column == ("" if name is None else "Datetime")
+
+
+def test_an_unnamed_first_column_of_numbers_is_not_a_time_column(tmp_path: Path) -> None:
+    """`to_csv()` of a frame with a plain row index: that index is no time column, `Date` is."""
+    frame = _bars().rename(columns={"timestamp": "Date"})
+    path = tmp_path / "rows.csv"
+    frame.to_csv(path)
+    assert data.load(path).time_column == "Date"
+
+
+@pytest.mark.parametrize(
+    ("freq", "business", "interval"),
+    [
+        ("h", False, "1h"),
+        ("15min", False, "15min"),
+        ("D", False, "1d"),
+        ("D", True, "1d"),
+        ("W", False, "1w"),
+    ],
+)
+def test_bar_interval_is_the_median_step(freq: str, business: bool, interval: str) -> None:
+    """Weekends and gaps do not change the interval: the median step decides."""
+    times = pd.date_range("2024-01-01", periods=400, freq=freq)
+    if business:
+        times = times[times.day_of_week < 5]
+    assert data.bar_interval(times.to_numpy(dtype="datetime64[ns]")) == interval
+
+
+def test_daily_bars_get_no_hour_features_and_constant_columns_are_dropped(tmp_path: Path) -> None:
+    """On business-day bars the hour is never engineered and is_weekend (always 0) is dropped."""
+    bars = _bars(400)
+    bars["timestamp"] = pd.bdate_range("2022-01-03", periods=400)
+    path = _write(tmp_path, bars, "daily.csv")
+    loaded = data.load(path)
+    assert not [n for n in loaded.feature_names if n.startswith("hour")]
+    assert loaded.dropped_constant == ("is_weekend",)
+    assert "is_weekend" not in loaded.feature_names
+    assert loaded.X.shape[1] == len(loaded.feature_names)
+    assert loaded.bar_interval == "1d"
+
+
+def test_target_mode_drops_constant_columns(tmp_path: Path) -> None:
+    """A feature column with one value (or none) is dropped; every one constant is an error."""
+    frame = pd.DataFrame(
+        {
+            "time": pd.date_range("2024-01-01", periods=30, freq="D"),
+            "a": np.arange(30.0),
+            "same": 1.0,
+            "empty": np.nan,
+            "y": np.arange(30.0),
+        }
+    )
+    path = _write(tmp_path, frame)
+    loaded = data.load(path, target="y")
+    assert loaded.feature_names == ["a"]
+    assert loaded.dropped_constant == ("same", "empty")
+    path = _write(tmp_path, frame.drop(columns="a"), "flat.csv")
+    with pytest.raises(InputError, match="every feature is constant"):
+        data.load(path, target="y")

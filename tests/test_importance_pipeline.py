@@ -85,13 +85,14 @@ def test_a_sample_trial_shows_its_importance_in_params_metrics_and_artifacts(
 def test_too_few_held_out_rows_skip_importance_and_the_trial_still_finishes(
     sqlite_uri: str, tmp_path: Path
 ) -> None:
-    """Weekly rows give ~4 held-out rows a month: a warning, tag importance_skipped, no importance."""
+    """Weekly rows give ~4 held-out rows a month (folds allowed by min_test_rows 1): a warning,
+    tag importance_skipped, no importance."""
     path = write_linear_csv(tmp_path / "weekly.csv", periods=40, freq="W")
     config = TrainerConfig.model_validate(
         {
             **SMALL,
             "data": {"path": str(path), "target": "y"},
-            "walk_forward": {"train_months": 3, "test_months": 1},
+            "walk_forward": {"train_months": 3, "test_months": 1, "min_test_rows": 1},
         }
     )
 

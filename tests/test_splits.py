@@ -9,7 +9,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trainer.splits import NotEnoughMonths, latest_window, month_span, walk_forward_splits
+from trainer.splits import (
+    NotEnoughMonths,
+    default_min_rows,
+    latest_window,
+    month_span,
+    plan_folds,
+    walk_forward_splits,
+)
 
 
 def hourly(start: str, end: str) -> np.ndarray:
@@ -115,6 +122,112 @@ def test_latest_window_is_last_train_months_or_everything() -> None:
     assert latest_window(times, 12) == slice(0, len(times))
 
 
+def daily(start: str, end: str, business: bool = False) -> np.ndarray:
+    days = np.arange(np.datetime64(start, "D"), np.datetime64(end, "D"), np.timedelta64(1, "D"))
+    if business:
+        days = days[np.is_busday(days)]
+    return days.astype("datetime64[ns]")
+
+
+def _without(times: np.ndarray, month_text: str) -> np.ndarray:
+    return times[times.astype("datetime64[M]") != month(month_text)]
+
+
+@pytest.mark.parametrize(
+    ("case", "times", "train", "test", "min_test_rows", "used", "skipped"),
+    [
+        # 2024-01-01 00:00 to 2025-03-01 00:00 inclusive: March is one row, not a fold
+        (
+            "partial_last_month_hourly",
+            hourly("2024-01-01T00", "2025-03-01T01"),
+            3,
+            1,
+            None,
+            [f"2024-{m:02d}" for m in range(4, 13)] + ["2025-01", "2025-02"],
+            ["2025-03"],
+        ),
+        # January is one day: a one-month training window of one row is not a fold
+        (
+            "partial_first_month_daily",
+            daily("2024-01-31", "2024-06-01"),
+            1,
+            1,
+            None,
+            ["2024-03", "2024-04", "2024-05"],
+            ["2024-02"],
+        ),
+        # no rows in April: its test window and May's training window are empty
+        (
+            "missing_month_hourly",
+            _without(hourly("2024-01-01T00", "2024-07-01T00"), "2024-04"),
+            1,
+            1,
+            None,
+            ["2024-02", "2024-03", "2024-06"],
+            ["2024-04", "2024-05"],
+        ),
+        # business days over three years: every month is a full window
+        (
+            "daily_business_days",
+            daily("2021-01-01", "2024-01-01", business=True),
+            3,
+            1,
+            None,
+            [str(m) for m in np.arange(month("2021-04"), month("2024-01"))],
+            [],
+        ),
+        # May holds exactly 10 rows, the default minimum (half the median of 30 and 10 is 10)
+        (
+            "exactly_at_default_min",
+            daily("2024-01-01", "2024-05-11"),
+            3,
+            1,
+            None,
+            ["2024-04", "2024-05"],
+            [],
+        ),
+        ("exactly_at_given_min", daily("2024-01-01", "2024-05-11"), 3, 1, 10, ["2024-04", "2024-05"], []),
+        ("one_below_given_min", daily("2024-01-01", "2024-05-11"), 3, 1, 11, ["2024-04"], ["2024-05"]),
+    ],
+)
+def test_fold_selection_table(
+    case: str,
+    times: np.ndarray,
+    train: int,
+    test: int,
+    min_test_rows: int | None,
+    used: list[str],
+    skipped: list[str],
+) -> None:
+    """Which calendar windows become folds, and which are skipped for too few rows."""
+    plan = plan_folds(times, train, test, "rolling", min_test_rows)
+    assert [str(f.test_start) for f in plan.folds] == used
+    assert [str(w.test_start) for w in plan.skipped] == skipped
+    assert [f.index for f in plan.folds] == list(range(len(used)))
+    assert all(f.n_test >= plan.min_test_rows for f in plan.folds)
+    if min_test_rows is not None:
+        assert plan.min_test_rows == min_test_rows
+    for window in plan.skipped:
+        assert str(window.test_start) in window.reason
+
+
+def test_default_min_rows_is_ten_or_half_the_median() -> None:
+    """The default threshold: the larger of 10 and half the median non-empty window."""
+    assert default_min_rows([744, 720, 744, 1]) == 366  # median 732
+    assert default_min_rows([21, 20, 22]) == 10
+    assert default_min_rows([4, 4, 0]) == 10
+    assert default_min_rows([]) == 10
+
+
+def test_no_fold_left_says_what_a_test_window_needs() -> None:
+    """When every window is below min_test_rows, the error says the threshold and the largest window."""
+    times = daily("2024-01-01", "2024-06-01")
+    with pytest.raises(NotEnoughMonths) as info:
+        plan_folds(times, 3, 1, "rolling", 40)
+    assert (info.value.min_test_rows, info.value.largest_test, info.value.rows) == (40, 31, len(times))
+    assert "needs at least 40 rows (min_test_rows), the largest has 31" in str(info.value)
+
+
 @st.composite
 def timelines(draw: st.DrawFn) -> np.ndarray:
     start = draw(st.integers(0, 2000))  # days after 2020-01-01
@@ -135,18 +248,22 @@ def timelines(draw: st.DrawFn) -> np.ndarray:
     window=st.sampled_from(["rolling", "expanding"]),
 )
 def test_walk_forward_properties(times: np.ndarray, train: int, test: int, window: str) -> None:
-    """No test row is before or inside its training window; test windows touch, never overlap."""
+    """No test row is before or inside its training window; test windows touch, never overlap;
+    every candidate window is used or skipped, and a used one has enough rows."""
     try:
-        folds = walk_forward_splits(times, train, test, window)  # type: ignore[arg-type]
+        plan = plan_folds(times, train, test, window)  # type: ignore[arg-type]
     except NotEnoughMonths as e:
         available = e.available
         folds = []
     else:
         available = month_span(times)[1]
+        folds = plan.folds
+        assert len(folds) + len(plan.skipped) == (available - train) // test  # every candidate window
+        assert folds == walk_forward_splits(times, train, test, window)  # type: ignore[arg-type]
     assert available == month_span(times)[1]
     for fold in folds:
-        assert fold.n_train > 0
-        assert fold.n_test > 0
+        assert fold.n_train >= 10
+        assert fold.n_test >= max(10, plan.min_test_rows)
         assert times[fold.train].max() < times[fold.test].min()
         assert fold.train.stop <= fold.test.start
         assert fold.train_end == fold.test_start
@@ -161,6 +278,6 @@ def test_walk_forward_properties(times: np.ndarray, train: int, test: int, windo
         assert start >= end  # no overlap
         assert (start - end) % np.timedelta64(test, "M") == np.timedelta64(
             0, "M"
-        )  # only empty windows skipped
+        )  # only whole windows skipped
     tested = [row for f in folds for row in range(f.test.start, f.test.stop)]
     assert len(tested) == len(set(tested))

@@ -82,6 +82,36 @@ def test_bad_option_exits_2_naming_it(
         ("trials: 0\n", "trials: Input should be greater than or equal to 1"),
         ("seed: -1\n", "seed: Input should be greater than or equal to 0"),
         ("importance: {seed: -3}\n", "importance.seed: Input should be greater than or equal to 0"),
+        (
+            "search_space:\n  n_estimators: 50\n  subsample: {type: float, low: 0.5, high: 1.5}\n",
+            "search_space.subsample.high: 1.5 is not a number > 0 and <= 1",
+        ),
+        (
+            "search_space:\n  n_estimators: 50\n  learning_rate: 0\n",
+            "search_space.learning_rate: value 0 is not a number > 0",
+        ),
+        (
+            "search_space:\n  n_estimators: 50\n  max_depth: {type: int, low: -1, high: 3}\n",
+            "search_space.max_depth.low: -1 is not a whole number >= 0",
+        ),
+        (
+            "search_space:\n  n_estimators: 0\n",
+            "search_space.n_estimators: value 0 is not a whole number >= 1",
+        ),
+        (
+            "search_space:\n  n_estimators: 9\n  colsample_bytree: {type: choice, values: [0.5, 0]}\n",
+            "search_space.colsample_bytree: value 0 is not a number > 0 and <= 1",
+        ),
+        (
+            "search_space:\n  n_estimators: 9\n  reg_alpha: {type: float, low: -0.1, high: 1}\n",
+            "search_space.reg_alpha.low: -0.1 is not a number >= 0",
+        ),
+        (
+            "search_space:\n  n_estimators: 9\n  gamma: -2\n  min_child_weight: -1\n",
+            "search_space.gamma: value -2 is not a number >= 0",
+        ),
+        ("xgboost: {objective: 'binary:logistic'}\n", "xgboost.objective: Input should be"),
+        ("walk_forward: {min_test_rows: 0}\n", "walk_forward.min_test_rows: Input should be greater"),
     ],
 )
 def test_bad_config_exits_2_naming_file_and_key(
@@ -114,6 +144,11 @@ def test_missing_config_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixtu
         ("text_target", "target column 'label' in"),
         ("duplicates", "duplicate timestamp"),
         ("too_little", "need 4 calendar months, the usable rows cover 2 (2023-01 .. 2023-02)"),
+        ("no_time_column", "has no time column: none is named timestamp, time, datetime, date, ts"),
+        ("several_time_columns", "several time columns ('timestamp', 'ts')"),
+        ("bad_time_value", "a value that is not a time: 'soon' in row 4"),
+        ("bad_number", "OHLCV column 'Close' in"),
+        ("min_test_rows_too_high", "a test window of 1 month(s) needs at least 5000 rows"),
     ],
 )
 def test_bad_data_exits_2_with_one_message_and_no_run(
@@ -138,6 +173,23 @@ def test_bad_data_exits_2_with_one_message_and_no_run(
         argv += ["--target", "label"]
     elif case == "duplicates":
         pd.concat([frame, frame.iloc[[10]]]).to_csv(bars_csv, index=False)
+    elif case == "no_time_column":
+        frame.rename(columns={"timestamp": "moment"}).to_csv(bars_csv, index=False)
+    elif case == "several_time_columns":
+        frame.assign(ts=frame["timestamp"]).to_csv(bars_csv, index=False)
+    elif case == "bad_time_value":
+        frame.assign(timestamp=frame["timestamp"].where(frame.index != 3, "soon")).to_csv(
+            bars_csv, index=False
+        )
+    elif case == "bad_number":
+        frame = frame.rename(columns={"close": "Close"}).astype({"Close": str})
+        frame.loc[99, "Close"] = "12,5"
+        frame.to_csv(bars_csv, index=False)
+        expected += f" {bars_csv} is not numeric: '12,5' in row 100"
+    elif case == "min_test_rows_too_high":
+        bars = data.sample_bars(n_bars=24 * 130)
+        bars.to_csv(bars_csv, index=False)
+        argv += ["--min-test-rows", "5000"]
     code, err = _run(argv, capsys)
     assert code == 2
     line = _error_line(err)

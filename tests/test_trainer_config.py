@@ -6,7 +6,16 @@ from pathlib import Path
 
 import pytest
 
-from trainer.config import Choice, FloatRange, IntRange, TrainerConfig, load_config, sample_trial
+from trainer.config import (
+    DOMAINS,
+    Choice,
+    FloatRange,
+    IntRange,
+    TrainerConfig,
+    domain_problem,
+    load_config,
+    sample_trial,
+)
 from trainer.errors import InputError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -72,3 +81,35 @@ def test_sampled_values_stay_in_their_ranges() -> None:
     assert all(0.01 <= d["learning_rate"] <= 0.1 for d in draws)
     assert {d["subsample"] for d in draws} == {0.5}
     assert {d["grow_policy"] for d in draws} == {"depthwise", "lossguide"}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "symbol"),
+    [
+        ({}, "SAMPLE"),
+        ({"data.path": "/data/EURUSD.csv"}, "EURUSD"),
+        ({"data.path": "/data/BRK.B daily.parquet"}, "BRK_B_daily"),
+        ({"data.path": "/data/日本.csv"}, "DATA"),
+        ({"data.path": "/data/EURUSD.csv", "symbol": "EUR/USD"}, "EUR_USD"),
+    ],
+)
+def test_symbol_is_the_option_else_the_file_stem(overrides: dict[str, str], symbol: str) -> None:
+    """--symbol wins, else the data file's stem, else SAMPLE; always a legal experiment-name part."""
+    config = load_config(None, overrides)
+    assert config.resolved_symbol() == symbol
+    assert config.experiment_name(12) == f"wf_xgboost_{symbol}_f12_tr3m_te1m"
+
+
+def test_a_bare_value_in_the_search_space_is_fixed() -> None:
+    """`subsample: 0.8` draws 0.8 in every trial."""
+    config = load_config(None, {"search_space": {"n_estimators": 20, "subsample": 0.8}})
+    assert {sample_trial(config.search_space, 1, i)["subsample"] for i in range(5)} == {0.8}
+    assert {sample_trial(config.search_space, 1, i)["n_estimators"] for i in range(5)} == {20}
+
+
+def test_the_default_search_space_is_inside_xgboosts_domains() -> None:
+    """Every documented range passes its own domain check (the check is not vacuous: see the CLI tests)."""
+    space = TrainerConfig().search_space
+    assert set(space) <= set(DOMAINS)
+    assert all(domain_problem(name, dist) is None for name, dist in space.items())
+    assert domain_problem("subsample", FloatRange(low=0.5, high=1.01)) is not None

@@ -31,7 +31,8 @@ from tests.test_trainer_tracking import (
     SMALL_YAML,
 )
 from trainer.config import load_config
-from trainer.sweep import FAILURE_TAG, run_sweep
+from trainer.sweep import run_sweep
+from trainer.worker import FAILURE_TAG
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 

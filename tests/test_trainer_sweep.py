@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import re
 import threading
 from collections.abc import Callable
@@ -23,7 +24,8 @@ from tests.support.mlflow_server import ServerHandle
 from tests.support.trainer_data import write_linear_csv
 from trainer import cli, data
 from trainer.config import TrainerConfig, sample_trial
-from trainer.sweep import load_checked, run_sweep
+from trainer.prepare import load_checked
+from trainer.sweep import print_summary, run_sweep
 from trainer.train import Prepared, run_trial
 
 # Small and fast: three 6-month folds, shallow short trees, one permutation repeat.
@@ -99,11 +101,17 @@ def test_trial_failing_midway_is_marked_failed_and_the_cli_exits_1(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """A trial that raises inside XGBoost ends as a FAILED run, never RUNNING; `train` exits 1."""
-    space = {**SMALL["search_space"], "grow_policy": {"type": "choice", "values": ["no-such-policy"]}}
+    """A trial that raises inside XGBoost ends as a FAILED run, never RUNNING; `train` exits 1.
+
+    Poisson regression is a valid setting that XGBoost refuses only once it sees the target:
+    the sample's returns are negative."""
     experiment = fresh_experiment()
     path = tmp_path / "failing.yaml"
-    path.write_text(yaml.safe_dump({**SMALL, "trials": 1, "search_space": space, "experiment": experiment}))
+    path.write_text(
+        yaml.safe_dump(
+            {**SMALL, "trials": 1, "xgboost": {"objective": "count:poisson"}, "experiment": experiment}
+        )
+    )
     monkeypatch.setenv("MLFLOW_TRACKING_URI", sqlite_server.url)
     try:
         code = cli.main(["train", "--config", str(path), "--no-progress"])
@@ -210,3 +218,85 @@ def test_trials_in_one_process_reuse_each_windows_training_matrix(tmp_path: Path
     built = [prepared.matrix(rows) for rows in windows]
     run_trial(prepared, 1, sample_trial(config.search_space, config.seed, 1), 1)
     assert all(prepared.matrix(rows) is matrix for rows, matrix in zip(windows, built, strict=True))
+
+
+def _target_csv(path: Path, times: pd.DatetimeIndex, y: np.ndarray | None = None) -> Path:
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"when": times})
+    for i in range(3):
+        frame[f"x{i}"] = rng.normal(size=len(times))
+    frame["y"] = frame["x0"] + rng.normal(scale=0.1, size=len(times)) if y is None else y
+    frame.to_csv(path, index=False)
+    return path
+
+
+def test_a_partial_last_month_is_no_fold_and_the_trial_scores(sqlite_uri: str, tmp_path: Path) -> None:
+    """Hourly rows up to 2025-03-01 00:00: March's one row is skipped, not a NaN fold; the
+    trial has a finite avg_test_r2 and importance from the latest kept fold."""
+    path = _target_csv(tmp_path / "when.csv", pd.date_range("2024-01-01", "2025-03-01", freq="h"))
+    config = small_config(
+        trials=1,
+        data={"path": str(path), "target": "y", "time_column": "when"},
+        walk_forward={"train_months": 3, "test_months": 1},
+    )
+    summary = run_sweep(config, progress=False)
+    (outcome,) = summary.finished
+    run = mlflow.MlflowClient(sqlite_uri).get_run(outcome.run_id)
+    assert run.data.metrics["num_folds"] == 11
+    assert run.data.params["folds_skipped"] == "1"
+    assert run.data.params["min_test_rows"] == "366"  # half the median test window, 732 rows
+    assert run.data.params["bar_interval"] == "1h"
+    assert np.isfinite(run.data.metrics["avg_test_r2"])
+    assert "importance_skipped" not in run.data.tags
+    assert summary.experiment_name == "wf_xgboost_when_f3_tr3m_te1m"
+
+
+def test_an_undefined_fold_score_is_nan_for_that_fold_only(sqlite_uri: str, tmp_path: Path) -> None:
+    """A test window whose target is constant logs test_r2 NaN at its step; the average is over
+    the other folds and stays finite."""
+    times = pd.date_range("2024-01-01", periods=240, freq="D")
+    rng = np.random.default_rng(1)
+    y = rng.normal(size=len(times))
+    y[(times >= "2024-05-01") & (times < "2024-06-01")] = 0.5
+    path = _target_csv(tmp_path / "constant_may.csv", times, y)
+    config = small_config(
+        trials=1,
+        data={"path": str(path), "target": "y", "time_column": "when"},
+        walk_forward={"train_months": 3, "test_months": 1},
+        importance={"enabled": False},
+    )
+    (outcome,) = run_sweep(config, progress=False).finished
+    client = mlflow.MlflowClient(sqlite_uri)
+    history = {m.step: m.value for m in client.get_metric_history(outcome.run_id, "test_r2")}
+    may = 1  # folds test April, May, June, July, August
+    assert np.isnan(history[may])
+    finite = [v for step, v in history.items() if step != may]
+    assert all(np.isfinite(finite))
+    logged = client.get_run(outcome.run_id).data.metrics["avg_test_r2"]
+    assert logged == pytest.approx(np.mean(finite))
+    assert np.isfinite(client.get_run(outcome.run_id).data.metrics["avg_test_rmse"])
+
+
+def test_trials_without_a_finite_score_are_listed_apart_with_the_reason(
+    sqlite_uri: str, tmp_path: Path
+) -> None:
+    """A target constant in every test window: no trial is shown as the best; the table lists
+    them apart and says why."""
+    times = pd.date_range("2024-01-01", periods=240, freq="D")
+    y = np.where(times.month <= 3, np.arange(len(times)) % 7, 1.0)  # varies only before any test window
+    path = _target_csv(tmp_path / "flat.csv", times, y.astype(float))
+    config = small_config(
+        data={"path": str(path), "target": "y", "time_column": "when"},
+        walk_forward={"train_months": 3, "test_months": 1},
+        importance={"enabled": False},
+    )
+    summary = run_sweep(config, progress=False)
+    assert len(summary.finished) == 2
+    assert summary.best(5) == []
+    out = io.StringIO()
+    print_summary(summary, 5, out)
+    text = out.getvalue()
+    assert "Best" not in text
+    assert "nan" not in text.lower()
+    assert "Not ranked (2 without a finite avg_test_r2):" in text
+    assert "test R² is undefined on all 5 folds" in text

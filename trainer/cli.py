@@ -4,7 +4,7 @@ exit codes (0 ok, 1 training or tracking failed, 2 bad usage, config or input da
 from __future__ import annotations
 
 import argparse
-import logging
+import math
 import os
 import signal
 import sys
@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from trainer.errors import InputError, TrackingError, TrainingError
+from trainer.logs import configure_logging
 
 if TYPE_CHECKING:
     from trainer.executor import ExecutorFactory
@@ -59,14 +60,28 @@ def build_parser() -> argparse.ArgumentParser:
         "--data", metavar="PATH", type=Path, help="CSV or Parquet file (default: the built-in sample)"
     )
     train.add_argument("--target", metavar="COL", help="predict this column from every other numeric column")
-    train.add_argument("--time-column", metavar="COL", help="name of the time column (default: timestamp)")
-    train.add_argument("--symbol", metavar="SYM", help="symbol in the experiment name and params")
+    train.add_argument(
+        "--time-column",
+        metavar="COL",
+        help="the time column (default: the one named timestamp, time, datetime, date or ts in any "
+        "case, or an unnamed first column of times)",
+    )
+    train.add_argument(
+        "--symbol", metavar="SYM", help="symbol in the experiment name and params (default: the file's stem)"
+    )
     train.add_argument("--trials", metavar="N", type=_positive, help="number of trials")
     train.add_argument("--train-months", metavar="M", type=_positive, help="months in each training window")
     train.add_argument(
         "--test-months", metavar="M", type=_positive, help="months in each test window (the step)"
     )
     train.add_argument("--window", choices=("rolling", "expanding"), help="training window kind")
+    train.add_argument(
+        "--min-test-rows",
+        metavar="N",
+        type=_positive,
+        help="a test window with fewer rows is not a fold (default: the larger of 10 and half the "
+        "median test window)",
+    )
     train.add_argument(
         "--experiment",
         metavar="NAME",
@@ -119,6 +134,7 @@ TRAIN_OVERRIDES = {
     "train_months": "walk_forward.train_months",
     "test_months": "walk_forward.test_months",
     "window": "walk_forward.window",
+    "min_test_rows": "walk_forward.min_test_rows",
     "experiment": "experiment",
     "seed": "seed",
     "jobs": "jobs",
@@ -126,24 +142,6 @@ TRAIN_OVERRIDES = {
     "backend": "backend",
     "ray_address": "ray_address",
 }
-
-
-def _stderr_logger(*args: Any) -> structlog.PrintLogger:
-    # looked up per logger, so a replaced sys.stderr (tests, redirection) is honoured
-    return structlog.PrintLogger(sys.stderr)
-
-
-def configure_logging(level: int = logging.INFO) -> None:
-    structlog.configure(
-        processors=[
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="%H:%M:%S"),
-            structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty()),
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=_stderr_logger,
-        cache_logger_on_first_use=False,
-    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -157,9 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _train(args)
         if args.command == "sample-data":
             return _sample(args)
-        from trainer import retrain
-
-        return retrain.main(args, executor_factory(args.backend or "local", args.ray_address))
+        return _retrain(args)
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
@@ -192,6 +188,30 @@ def _train(args: argparse.Namespace) -> int:
     summary = run_sweep(config, progress=False if args.no_progress else None, executor_factory=factory)
     print_summary(summary, config.top, sys.stdout)
     return EXIT_OK if not summary.failed else EXIT_FAILED
+
+
+def _retrain(args: argparse.Namespace) -> int:
+    from trainer.retrain import parse_exclude, retrain
+
+    signal.signal(signal.SIGTERM, _interrupt)
+    factory = executor_factory(args.backend or "local", args.ray_address)
+    result = retrain(
+        args.run_id, drop_below=args.drop_below, exclude=parse_exclude(args.exclude), executor_factory=factory
+    )
+    if result.status != "FINISHED":
+        raise TrainingError(f"retraining run {args.run_id} failed in run {result.run_id}: {result.error}")
+    before = result.source.metrics.get("avg_test_r2", math.nan)
+    after = result.metrics.get("avg_test_r2", math.nan)
+    total = len(result.plan.kept) + len(result.plan.dropped)
+    names = ", ".join(name for name, _ in result.plan.dropped[:10])
+    more = f" and {len(result.plan.dropped) - 10} more" if len(result.plan.dropped) > 10 else ""
+    print(
+        f"Retrained run {args.run_id} as run {result.run_id} (experiment {result.source.experiment_id}): "
+        f"{total} -> {len(result.plan.kept)} features, dropped {names}{more}\n"
+        f"avg_test_r2 {before:.5f} -> {after:.5f}",
+        file=sys.stdout,
+    )
+    return EXIT_OK
 
 
 def _sample(args: argparse.Namespace) -> int:

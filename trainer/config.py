@@ -7,14 +7,16 @@ An unknown key anywhere is an error that names the key and the file.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import numpy as np
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from trainer.errors import InputError
+from trainer.keys import clean_name
 
 # Search-space names (XGBoost's scikit-learn spelling, logged as params) -> native xgb.train
 # parameter names. ``n_estimators`` becomes ``num_boost_round``.
@@ -34,6 +36,74 @@ HYPERPARAMETERS: dict[str, str] = {
     "max_delta_step": "max_delta_step",
     "grow_policy": "grow_policy",
 }
+
+
+SAMPLE_SYMBOL = "SAMPLE"
+
+
+@dataclass(frozen=True)
+class Domain:
+    """Where XGBoost accepts a hyperparameter: ``low``/``high`` bounds (open or closed), whole
+    numbers only (``integer``), or one of ``values``."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    integer: bool = False
+    values: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        if self.values:
+            return "one of " + ", ".join(self.values)
+        low = "" if self.low is None else f"{'>' if self.low_open else '>='} {self.low:g}"
+        high = "" if self.high is None else f"<= {self.high:g}"
+        kind = "a whole number " if self.integer else "a number "
+        return kind + " and ".join(part for part in (low, high) if part)
+
+    def problem(self, value: object) -> str | None:
+        """What is wrong with ``value`` (None: it is inside the domain)."""
+        if self.values:
+            return None if value in self.values else f"{value!r} is not {self.describe()}"
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return f"{value!r} is not {self.describe()}"
+        if self.integer and not float(value).is_integer():
+            return f"{value!r} is not {self.describe()}"
+        if not math.isfinite(value):
+            return f"{value!r} is not {self.describe()}"
+        below = self.low is not None and (value <= self.low if self.low_open else value < self.low)
+        above = self.high is not None and value > self.high
+        return f"{value!r} is not {self.describe()}" if below or above else None
+
+
+_FRACTION = Domain(low=0, high=1, low_open=True)
+_NON_NEGATIVE = Domain(low=0)
+DOMAINS: dict[str, Domain] = {
+    "n_estimators": Domain(low=1, integer=True),
+    "max_depth": Domain(low=0, integer=True),
+    "max_leaves": Domain(low=0, integer=True),
+    "learning_rate": Domain(low=0, high=1, low_open=True),
+    "subsample": _FRACTION,
+    "colsample_bytree": _FRACTION,
+    "colsample_bylevel": _FRACTION,
+    "colsample_bynode": _FRACTION,
+    "min_child_weight": _NON_NEGATIVE,
+    "reg_lambda": _NON_NEGATIVE,
+    "reg_alpha": _NON_NEGATIVE,
+    "gamma": _NON_NEGATIVE,
+    "max_delta_step": _NON_NEGATIVE,
+    "grow_policy": Domain(values=("depthwise", "lossguide")),
+}
+# XGBoost's objectives for a real-valued target (the trainer predicts a number per row).
+Objective = Literal[
+    "reg:squarederror",
+    "reg:squaredlogerror",
+    "reg:pseudohubererror",
+    "reg:absoluteerror",
+    "reg:quantileerror",
+    "reg:gamma",
+    "reg:tweedie",
+    "count:poisson",
+]
 
 
 class _Strict(BaseModel):
@@ -75,6 +145,29 @@ class Choice(_Strict):
     values: list[int | float | str] = Field(min_length=1)
 
 
+def domain_problem(name: str, dist: IntRange | FloatRange | Choice) -> str | None:
+    """Why ``search_space.{name}`` can draw a value XGBoost refuses (None: it cannot)."""
+    domain = DOMAINS.get(name)
+    if domain is None:
+        return None
+    key = f"search_space.{name}"
+    if isinstance(dist, Choice):
+        for value in dist.values:
+            problem = domain.problem(value)
+            if problem:
+                return f"{key}: value {problem}"
+        return None
+    if domain.values:
+        return f"{key}: must be a choice, {domain.describe()}"
+    if domain.integer and isinstance(dist, FloatRange):
+        return f"{key}: {name} takes whole numbers; use type: int"
+    for bound in ("low", "high"):
+        problem = domain.problem(getattr(dist, bound))
+        if problem:
+            return f"{key}.{bound}: {problem}"
+    return None
+
+
 def _check_range(low: float, high: float, log: bool) -> None:
     if low > high:
         raise ValueError(f"low ({low}) must not be above high ({high})")
@@ -101,19 +194,21 @@ def _default_space() -> dict[str, Distribution]:
 class DataConfig(_Strict):
     path: Path | None = None
     target: str | None = None
-    time_column: str = "timestamp"
+    time_column: str | None = None  # None: found by name, or an unnamed first column of times
 
 
 class WalkForwardConfig(_Strict):
     train_months: int = Field(default=3, ge=1)
     test_months: int = Field(default=1, ge=1)
     window: Literal["rolling", "expanding"] = "rolling"
+    # None: the larger of 10 and half the median test window's rows
+    min_test_rows: int | None = Field(default=None, ge=1)
 
 
 class XGBoostConfig(_Strict):
     """Fixed XGBoost settings shared by every trial (not searched)."""
 
-    objective: str = "reg:squarederror"
+    objective: Objective = "reg:squarederror"
     tree_method: Literal["hist", "approx"] = "hist"
     max_bin: int = Field(default=64, ge=2)
     nthread: int = Field(default=1, ge=1)
@@ -130,7 +225,7 @@ class ImportanceConfig(_Strict):
 
 
 class TrainerConfig(_Strict):
-    symbol: str = Field(default="SAMPLE", min_length=1)
+    symbol: str | None = Field(default=None, min_length=1)  # None: the data file's stem
     trials: int = Field(default=24, ge=1)
     seed: int = Field(default=42, ge=0)  # numpy's seeds are non-negative
     jobs: int = Field(default=2, ge=1)
@@ -144,6 +239,17 @@ class TrainerConfig(_Strict):
     importance: ImportanceConfig = ImportanceConfig()
     search_space: dict[str, Distribution] = Field(default_factory=_default_space)
 
+    @field_validator("search_space", mode="before")
+    @classmethod
+    def _fixed_values(cls, value: Any) -> Any:
+        """``subsample: 0.8`` is shorthand for a choice of one value."""
+        if not isinstance(value, dict):
+            return value
+        return {
+            name: {"type": "choice", "values": [dist]} if isinstance(dist, int | float | str) else dist
+            for name, dist in value.items()
+        }
+
     @model_validator(mode="after")
     def _known_hyperparameters(self) -> TrainerConfig:
         unknown = sorted(set(self.search_space) - set(HYPERPARAMETERS))
@@ -153,13 +259,30 @@ class TrainerConfig(_Strict):
             )
         if "n_estimators" not in self.search_space:
             raise ValueError("search_space needs n_estimators")
+        for name in sorted(self.search_space):
+            problem = domain_problem(name, self.search_space[name])
+            if problem:
+                raise ValueError(problem)
         return self
+
+    def resolved_symbol(self) -> str:
+        """``symbol``, else the data file's stem, else SAMPLE; made a legal experiment-name part."""
+        if self.symbol is not None:
+            return symbol_of(self.symbol)
+        if self.data.path is not None:
+            return symbol_of(self.data.path.stem)
+        return SAMPLE_SYMBOL
 
     def experiment_name(self, n_features: int) -> str:
         if self.experiment:
             return self.experiment
         wf = self.walk_forward
-        return f"wf_xgboost_{self.symbol}_f{n_features}_tr{wf.train_months}m_te{wf.test_months}m"
+        return f"wf_xgboost_{self.resolved_symbol()}_f{n_features}_tr{wf.train_months}m_te{wf.test_months}m"
+
+
+def symbol_of(text: str) -> str:
+    """``text`` as letters, digits and underscores (``EUR/USD`` -> ``EUR_USD``); never empty."""
+    return clean_name(text) or "DATA"
 
 
 def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> TrainerConfig:

@@ -1,7 +1,9 @@
 """Features engineered from OHLCV bars, and the next-bar return they predict.
 
 Every feature uses only bars up to and including its own row, and its name says what it is
-(windows are counted in bars). ``ret_lag_1`` is the log return of the bar just closed,
+(windows are counted in bars). Without a volume column the volume features are left out;
+calendar features are made only for the parts of the date that vary over the data (no hour
+of day on daily bars). ``ret_lag_1`` is the log return of the bar just closed,
 ``ret_lag_2`` the one before it, and so on. The target is the log return of the next bar.
 """
 
@@ -11,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 OHLCV = ("open", "high", "low", "close", "volume")
+PRICES = OHLCV[:4]  # volume is optional
 TARGET = "next_return"
 
 RETURN_LAGS = 24
@@ -34,11 +37,18 @@ def _rsi(ret: pd.Series, n: int) -> pd.Series:
 
 
 def engineer(bars: pd.DataFrame, times: pd.Series) -> pd.DataFrame:
-    """About 150 named features for each bar; ``bars`` holds float OHLCV columns, rows sorted.
+    """About 150 named features for each bar; ``bars`` holds float OHLC (and optionally
+    volume) columns, rows sorted.
 
     The result has the same row order (a fresh RangeIndex); warm-up rows contain NaN.
     """
-    o, h, low, c, v = (bars[k].astype("float64").reset_index(drop=True) for k in OHLCV)
+    o, h, low, c = (bars[k].astype("float64").reset_index(drop=True) for k in PRICES)
+    has_volume = "volume" in bars.columns
+    v = (
+        bars["volume"].astype("float64").reset_index(drop=True)
+        if has_volume
+        else pd.Series(np.nan, index=c.index)
+    )
     t = pd.DatetimeIndex(pd.to_datetime(times)).tz_localize(None)
     ret = np.log(_safe_div(c, c.shift(1)))
     log_v = np.log1p(v.clip(lower=0))
@@ -57,9 +67,10 @@ def engineer(bars: pd.DataFrame, times: pd.Series) -> pd.DataFrame:
         f[f"close_zscore_{w}"] = _safe_div(c - sma, std_c)
         f[f"volatility_{w}"] = ret.rolling(w).std()
         f[f"range_mean_{w}"] = bar_range.rolling(w).mean()
-        vol_mean = v.rolling(w).mean()
-        f[f"volume_z_{w}"] = _safe_div(v - vol_mean, v.rolling(w).std())
-        f[f"volume_ratio_{w}"] = _safe_div(v, vol_mean)
+        if has_volume:
+            vol_mean = v.rolling(w).mean()
+            f[f"volume_z_{w}"] = _safe_div(v - vol_mean, v.rolling(w).std())
+            f[f"volume_ratio_{w}"] = _safe_div(v, vol_mean)
         lo_w, hi_w = low.rolling(w).min(), h.rolling(w).max()
         f[f"stoch_pos_{w}"] = _safe_div(c - lo_w, hi_w - lo_w)
     for w in WINDOWS[:-1]:
@@ -90,27 +101,37 @@ def engineer(bars: pd.DataFrame, times: pd.Series) -> pd.DataFrame:
     f["upper_wick"] = _safe_div(h - body_top, c)
     f["lower_wick"] = _safe_div(body_bottom - low, c)
     f["range_z_24"] = _safe_div(bar_range - bar_range.rolling(24).mean(), bar_range.rolling(24).std())
-    f["log_volume"] = log_v
-    f["volume_trend_24_168"] = np.log(_safe_div(v.rolling(24).mean(), v.rolling(168).mean()))
-    f["volume_change_1"] = log_v.diff()
+    if has_volume:
+        f["log_volume"] = log_v
+        f["volume_trend_24_168"] = np.log(_safe_div(v.rolling(24).mean(), v.rolling(168).mean()))
+        f["volume_change_1"] = log_v.diff()
 
     hour = pd.Series(t.hour + t.minute / 60.0, dtype="float64")
     dow = pd.Series(t.day_of_week, dtype="float64")
+    day = pd.Series(t.day, dtype="float64")
     month = pd.Series(t.month, dtype="float64")
-    f["hour"] = hour
-    f["hour_sin"] = np.sin(2 * np.pi * hour / 24)
-    f["hour_cos"] = np.cos(2 * np.pi * hour / 24)
-    f["day_of_week"] = dow
-    f["dow_sin"] = np.sin(2 * np.pi * dow / 7)
-    f["dow_cos"] = np.cos(2 * np.pi * dow / 7)
-    f["is_weekend"] = (dow >= 5).astype("float64")
-    f["day_of_month"] = pd.Series(t.day, dtype="float64")
-    f["month"] = month
-    f["month_sin"] = np.sin(2 * np.pi * month / 12)
-    f["month_cos"] = np.cos(2 * np.pi * month / 12)
+    if _varies(hour):
+        f["hour"] = hour
+        f["hour_sin"] = np.sin(2 * np.pi * hour / 24)
+        f["hour_cos"] = np.cos(2 * np.pi * hour / 24)
+    if _varies(dow):
+        f["day_of_week"] = dow
+        f["dow_sin"] = np.sin(2 * np.pi * dow / 7)
+        f["dow_cos"] = np.cos(2 * np.pi * dow / 7)
+        f["is_weekend"] = (dow >= 5).astype("float64")
+    if _varies(day):
+        f["day_of_month"] = day
+    if _varies(month):
+        f["month"] = month
+        f["month_sin"] = np.sin(2 * np.pi * month / 12)
+        f["month_cos"] = np.cos(2 * np.pi * month / 12)
 
     out = pd.DataFrame(f)
     return out.replace([np.inf, -np.inf], np.nan).astype("float32")
+
+
+def _varies(values: pd.Series) -> bool:
+    return bool(values.nunique(dropna=True) > 1)
 
 
 def next_return(close: pd.Series) -> pd.Series:

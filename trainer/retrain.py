@@ -14,15 +14,18 @@ Deciding what to drop (``plan_drop``) is pure; everything a user can get wrong i
 
 from __future__ import annotations
 
-import argparse
+import contextlib
 import csv
 import dataclasses
 import difflib
 import json
 import math
+import os
+import signal
 import sys
 import tempfile
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,19 +35,12 @@ import structlog
 
 from trainer import data
 from trainer.config import HYPERPARAMETERS, TrainerConfig, load_config
-from trainer.errors import InputError, TrainingError
+from trainer.errors import InputError
 from trainer.executor import ExecutorFactory, local_executor
 from trainer.importance import IMPORTANCE_CSV, PERMUTATION_JSON, SKIPPED_TAG
-from trainer.sweep import (
-    TrialTask,
-    WorkerContext,
-    execute,
-    init_worker,
-    load_checked,
-    mark_ended,
-    static_params,
-)
+from trainer.prepare import prepare, static_params
 from trainer.tracking import LoggedRun, Tracking, quiet_mlflow
+from trainer.worker import TrialTask, WorkerContext, execute, init_worker, mark_ended
 
 log = structlog.get_logger(__name__)
 
@@ -186,10 +182,11 @@ def config_of(run: LoggedRun, importance_settings: dict[str, Any]) -> TrainerCon
         "walk_forward.test_months": params["test_months"],
         "data.path": None if source.startswith("builtin:") else source,
         "data.target": params.get("target") if params["data_mode"] == "target" else None,
-        "data.time_column": params.get("time_column", "timestamp"),
+        "data.time_column": params.get("time_column"),
     }
     optional = {
         "window": "walk_forward.window",
+        "min_test_rows": "walk_forward.min_test_rows",
         "sweep_seed": "seed",
         "objective": "xgboost.objective",
         "tree_method": "xgboost.tree_method",
@@ -243,6 +240,29 @@ def _importance_of(tracking: Tracking, run: LoggedRun, tmp: Path) -> tuple[dict[
     return scores, settings
 
 
+@contextlib.contextmanager
+def _killed_on_sigterm(tracking: Tracking, run_id: str) -> Iterator[None]:
+    """While the new run trains, SIGTERM ends it KILLED and exits at once (128 + 15).
+
+    Raising KeyboardInterrupt from the signal instead could surface inside XGBoost's C++
+    callbacks, which then fail the run or abort the process.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def end_killed(signum: int, frame: object) -> None:
+        mark_ended(tracking, run_id, "KILLED")
+        print(f"interrupted: run {run_id} ended KILLED", file=sys.stderr, flush=True)
+        os._exit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, end_killed)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def retrain(
     run_id: str,
     *,
@@ -264,9 +284,10 @@ def retrain(
         scores, settings = _importance_of(tracking, source, tmp)
         config = config_of(source, settings)
         try:
-            dataset = load_checked(config)
+            inputs = prepare(config)
         except InputError as e:
             raise InputError(f"cannot reload the data of run {run_id}: {e}") from e
+        dataset = inputs.dataset
         unknown = [name for name in scores if name not in set(dataset.feature_names)]
         if unknown:
             raise InputError(
@@ -279,7 +300,7 @@ def retrain(
         subset = dataclasses.replace(
             dataset, X=np.ascontiguousarray(dataset.X[:, columns]), feature_names=list(plan.kept)
         )
-        params = static_params(config, subset)
+        params = static_params(config, dataclasses.replace(inputs, dataset=subset))
         params["dropped_features"] = ",".join(name for name, _ in plan.dropped)
         if drop_below is not None:
             params["drop_below"] = repr(drop_below)
@@ -290,6 +311,7 @@ def retrain(
         }
         run_name = f"{source.run_name or run_id[:8]}_retrained"
         new_run_id, artifact_uri = tracking.create_run(source.experiment_id, run_name, tags)
+        print(f"new_run_id={new_run_id}", flush=True)  # machine-readable: the dashboard's jobs read it
         log.info(
             "retrain_started",
             source_run_id=run_id,
@@ -298,46 +320,26 @@ def retrain(
             dropped=len(plan.dropped),
         )
         try:
-            upload = tmp / "upload"
-            upload.mkdir()
-            _write_dropped(upload / DROPPED_CSV, plan, scores)
-            tracking.log_artifacts(artifact_uri, upload)
-            executor = executor_factory(
-                1,
-                init_worker,
-                (WorkerContext(subset, config, tracking.uri, source.experiment_id, params, quiet=False),),
-                env={"MLFLOW_TRACKING_URI": tracking.uri, "PODIUM_EXPERIMENT_ID": source.experiment_id},
-            )
-            index = int(source.tags.get("trial_index", "0") or 0)
-            seed = int(source.params["trial_seed"])
-            try:
-                outcome = executor.submit(
-                    execute, TrialTask(index, new_run_id, artifact_uri, hyperparameters, seed)
-                ).result()
-            finally:
-                executor.shutdown()
-        except BaseException:  # the trial itself marks its run; this is for what comes before it
-            mark_ended(tracking, new_run_id, "FAILED")
+            with _killed_on_sigterm(tracking, new_run_id):
+                upload = tmp / "upload"
+                upload.mkdir()
+                _write_dropped(upload / DROPPED_CSV, plan, scores)
+                tracking.log_artifacts(artifact_uri, upload)
+                executor = executor_factory(
+                    1,
+                    init_worker,
+                    (WorkerContext(subset, config, tracking.uri, source.experiment_id, params, quiet=False),),
+                    env={"MLFLOW_TRACKING_URI": tracking.uri, "PODIUM_EXPERIMENT_ID": source.experiment_id},
+                )
+                index = int(source.tags.get("trial_index", "0") or 0)
+                seed = int(source.params["trial_seed"])
+                try:
+                    outcome = executor.submit(
+                        execute, TrialTask(index, new_run_id, artifact_uri, hyperparameters, seed)
+                    ).result()
+                finally:
+                    executor.shutdown()
+        except BaseException as e:  # the trial itself marks its run; this is for what comes before it
+            mark_ended(tracking, new_run_id, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
             raise
     return RetrainResult(source, new_run_id, outcome.status, plan, outcome.metrics, outcome.error)
-
-
-def main(args: argparse.Namespace, executor_factory: ExecutorFactory = local_executor) -> int:
-    exclude = parse_exclude(args.exclude)
-    result = retrain(
-        args.run_id, drop_below=args.drop_below, exclude=exclude, executor_factory=executor_factory
-    )
-    if result.status != "FINISHED":
-        raise TrainingError(f"retraining run {args.run_id} failed in run {result.run_id}: {result.error}")
-    before = result.source.metrics.get("avg_test_r2", math.nan)
-    after = result.metrics.get("avg_test_r2", math.nan)
-    total = len(result.plan.kept) + len(result.plan.dropped)
-    names = ", ".join(name for name, _ in result.plan.dropped[:10])
-    more = f" and {len(result.plan.dropped) - 10} more" if len(result.plan.dropped) > 10 else ""
-    print(
-        f"Retrained run {args.run_id} as run {result.run_id} (experiment {result.source.experiment_id}): "
-        f"{total} -> {len(result.plan.kept)} features, dropped {names}{more}\n"
-        f"avg_test_r2 {before:.5f} -> {after:.5f}",
-        file=sys.stdout,
-    )
-    return 0

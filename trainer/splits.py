@@ -5,10 +5,16 @@ on the ``test_months`` months that start ``train_months + k * test_months`` mont
 first month, so consecutive test windows touch without overlapping. Its training window is
 the ``train_months`` months just before the test window (``rolling``) or everything from the
 first month on (``expanding``). Rows must be sorted by time; ranges are half-open slices.
+
+A window too short to say anything is not a fold: a test window with fewer than
+``min_test_rows`` rows (by default the larger of 10 and half the median test window), so a
+partial last month never becomes a one-row fold, and a training window with fewer than the
+larger of 10 and half the median ``rolling`` training window (a partial first month).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -18,18 +24,51 @@ Window = Literal["rolling", "expanding"]
 WINDOWS: tuple[Window, ...] = ("rolling", "expanding")
 
 
-class NotEnoughMonths(ValueError):
-    """The data covers fewer calendar months than one fold needs."""
+# Below this many rows no window is a fold, whatever the median says.
+MIN_WINDOW_ROWS = 10
 
-    def __init__(self, needed: int, available: int, first: str, last: str) -> None:
+
+class NotEnoughMonths(ValueError):
+    """No fold is left: too few calendar months, or every window has too few rows.
+
+    ``min_test_rows`` is the threshold that was applied (0 when the months alone fell short)
+    and ``largest_test`` the most rows any test window had.
+    """
+
+    def __init__(
+        self,
+        needed: int,
+        available: int,
+        first: str,
+        last: str,
+        *,
+        rows: int = 0,
+        min_test_rows: int = 0,
+        largest_test: int = 0,
+        min_train_rows: int = 0,
+        largest_train: int = 0,
+    ) -> None:
         self.needed = needed
         self.available = available
         self.first = first
         self.last = last
-        super().__init__(
-            f"one fold needs {needed} calendar months of data, "
-            f"the data covers {available} ({first} .. {last})"
-        )
+        self.rows = rows
+        self.min_test_rows = min_test_rows
+        self.largest_test = largest_test
+        self.min_train_rows = min_train_rows
+        self.largest_train = largest_train
+        if min_test_rows and largest_test >= min_test_rows:
+            detail = (
+                f"its training window needs at least {min_train_rows} rows, the largest has {largest_train}"
+            )
+        elif min_test_rows:
+            detail = (
+                f"each test window needs at least {min_test_rows} rows (min_test_rows), "
+                f"the largest has {largest_test}"
+            )
+        else:
+            detail = f"the data covers {available} ({first} .. {last})"
+        super().__init__(f"one fold needs {needed} calendar months of data, {detail}")
 
 
 @dataclass(frozen=True)
@@ -53,6 +92,34 @@ class Fold:
         return self.test.stop - self.test.start
 
 
+@dataclass(frozen=True)
+class SkippedWindow:
+    """A candidate fold that was not used, and why."""
+
+    test_start: np.datetime64
+    n_train: int
+    n_test: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class FoldPlan:
+    """The folds used, the candidates skipped, and the thresholds that decided it."""
+
+    folds: list[Fold]
+    skipped: list[SkippedWindow]
+    min_test_rows: int
+    min_train_rows: int
+
+
+def default_min_rows(window_rows: list[int]) -> int:
+    """The larger of 10 and half the median of the non-empty windows' row counts."""
+    filled = sorted(n for n in window_rows if n > 0)
+    if not filled:
+        return MIN_WINDOW_ROWS
+    return max(MIN_WINDOW_ROWS, math.floor(float(np.median(filled)) / 2))
+
+
 def _months(times: np.ndarray) -> np.ndarray:
     return np.asarray(times, dtype="datetime64[ns]").astype("datetime64[M]")
 
@@ -70,44 +137,90 @@ def _row(times_ns: np.ndarray, month: np.datetime64) -> int:
     return int(np.searchsorted(times_ns, month.astype("datetime64[ns]"), side="left"))
 
 
-def walk_forward_splits(
+def plan_folds(
     times: np.ndarray,
     train_months: int,
     test_months: int,
     window: Window = "rolling",
-) -> list[Fold]:
-    """All folds whose train and test windows lie inside the months that ``times`` touch.
+    min_test_rows: int | None = None,
+) -> FoldPlan:
+    """Every fold whose windows lie inside the months ``times`` touch and hold enough rows.
 
-    Folds with no training or no test rows (a gap in the data) are left out, so fold indices
-    stay consecutive. Raises ``NotEnoughMonths`` when not even one fold fits.
+    ``min_test_rows`` None: the default (``default_min_rows`` of the test windows). Fold
+    indices stay consecutive over the folds used. Raises ``NotEnoughMonths`` when no fold is
+    left.
     """
     if train_months < 1 or test_months < 1:
         raise ValueError("train_months and test_months must be >= 1")
     if window not in WINDOWS:
         raise ValueError(f"window must be one of {WINDOWS}, not {window!r}")
+    if min_test_rows is not None and min_test_rows < 1:
+        raise ValueError("min_test_rows must be >= 1")
     times_ns = np.asarray(times, dtype="datetime64[ns]")
     first, n_months = month_span(times_ns)
     needed = train_months + test_months
+    last = first + np.timedelta64(n_months - 1, "M")
     if n_months < needed:
-        last = first + np.timedelta64(n_months - 1, "M")
-        raise NotEnoughMonths(needed, n_months, str(first), str(last))
+        raise NotEnoughMonths(needed, n_months, str(first), str(last), rows=len(times_ns))
 
-    folds: list[Fold] = []
+    candidates = []  # (test_start, test_end, train_start, train rows, rolling train rows, test rows)
     k = 0
     while train_months + (k + 1) * test_months <= n_months:
         test_start = first + np.timedelta64(train_months + k * test_months, "M")
         test_end = test_start + np.timedelta64(test_months, "M")
-        train_end = test_start
-        train_start = first if window == "expanding" else train_end - np.timedelta64(train_months, "M")
-        train = slice(_row(times_ns, train_start), _row(times_ns, train_end))
+        rolling_start = test_start - np.timedelta64(train_months, "M")
+        train_start = first if window == "expanding" else rolling_start
+        train = slice(_row(times_ns, train_start), _row(times_ns, test_start))
+        rolling = slice(_row(times_ns, rolling_start), train.stop)
         test = slice(_row(times_ns, test_start), _row(times_ns, test_end))
-        if train.stop > train.start and test.stop > test.start:
-            folds.append(Fold(len(folds), train_start, train_end, test_start, test_end, train, test))
+        candidates.append((test_start, test_end, train_start, train, rolling, test))
         k += 1
+    test_threshold = (
+        default_min_rows([c[5].stop - c[5].start for c in candidates])
+        if min_test_rows is None
+        else min_test_rows
+    )
+    train_threshold = default_min_rows([c[4].stop - c[4].start for c in candidates])
+
+    folds: list[Fold] = []
+    skipped: list[SkippedWindow] = []
+    for test_start, test_end, train_start, train, _, test in candidates:
+        n_train, n_test = train.stop - train.start, test.stop - test.start
+        reason = None
+        if n_test < test_threshold:
+            reason = (
+                f"test window from {test_start} has {n_test} rows, fewer than min_test_rows {test_threshold}"
+            )
+        elif n_train < train_threshold:
+            reason = f"training window before {test_start} has {n_train} rows, fewer than {train_threshold}"
+        if reason is not None:
+            skipped.append(SkippedWindow(test_start, n_train, n_test, reason))
+            continue
+        folds.append(Fold(len(folds), train_start, test_start, test_start, test_end, train, test))
     if not folds:
-        last = first + np.timedelta64(n_months - 1, "M")
-        raise NotEnoughMonths(needed, n_months, str(first), str(last))
-    return folds
+        raise NotEnoughMonths(
+            needed,
+            n_months,
+            str(first),
+            str(last),
+            rows=len(times_ns),
+            min_test_rows=test_threshold,
+            largest_test=max((c[5].stop - c[5].start for c in candidates), default=0),
+            min_train_rows=train_threshold,
+            largest_train=max((c[3].stop - c[3].start for c in candidates), default=0),
+        )
+    return FoldPlan(folds, skipped, test_threshold, train_threshold)
+
+
+def walk_forward_splits(
+    times: np.ndarray,
+    train_months: int,
+    test_months: int,
+    window: Window = "rolling",
+    min_test_rows: int | None = None,
+) -> list[Fold]:
+    """The folds of ``plan_folds`` (the ones used)."""
+    return plan_folds(times, train_months, test_months, window, min_test_rows).folds
 
 
 def latest_window(times: np.ndarray, train_months: int, window: Window = "rolling") -> slice:

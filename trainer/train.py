@@ -16,24 +16,11 @@ import xgboost as xgb
 from trainer.config import HYPERPARAMETERS, TrainerConfig
 from trainer.data import Dataset
 from trainer.importance import ImportanceReport, for_trial
+from trainer.scoring import PARTS, SCORES, average, scores, unscored_reason
 from trainer.splits import Fold, latest_window, walk_forward_splits
 
-SCORES = ("r2", "rmse", "mae")
-PARTS = ("train", "test")
 # Rows of the input example logged with the model.
 EXAMPLE_ROWS = 5
-
-
-def scores(y: np.ndarray, pred: np.ndarray) -> dict[str, float]:
-    """R², RMSE and MAE of ``pred`` against ``y`` (R² is NaN for a constant ``y``)."""
-    err = y - pred
-    sse = float(np.dot(err, err))
-    sst = float(np.sum((y - y.mean()) ** 2))
-    return {
-        "r2": 1.0 - sse / sst if sst > 0 else float("nan"),
-        "rmse": float(np.sqrt(sse / len(y))),
-        "mae": float(np.mean(np.abs(err))),
-    }
 
 
 @dataclass(frozen=True)
@@ -59,14 +46,17 @@ class TrialResult:
     importance_skipped: str | None = None
 
     def averages(self) -> dict[str, float]:
-        """``avg_{part}_{score}`` over folds and ``num_folds``."""
+        """``avg_{part}_{score}`` over the folds where the score is defined, and ``num_folds``."""
         out: dict[str, float] = {}
         for part in PARTS:
             for score in SCORES:
-                values = [getattr(f, part)[score] for f in self.folds]
-                out[f"avg_{part}_{score}"] = float(np.mean(values))
+                out[f"avg_{part}_{score}"] = average(getattr(f, part)[score] for f in self.folds)
         out["num_folds"] = float(len(self.folds))
         return out
+
+    def unscored_reason(self) -> str | None:
+        """Why ``avg_test_r2`` is not finite, or None."""
+        return unscored_reason([f.test["r2"] for f in self.folds])
 
     def fold_series(self) -> list[tuple[str, float, int]]:
         """``({part}_{score}, value, fold index)`` for every fold, for a per-fold curve."""
@@ -86,7 +76,7 @@ class Prepared:
         self.dataset = dataset
         self.config = config
         self.folds: list[Fold] = walk_forward_splits(
-            dataset.times, wf.train_months, wf.test_months, wf.window
+            dataset.times, wf.train_months, wf.test_months, wf.window, wf.min_test_rows
         )
         self.final: slice = latest_window(dataset.times, wf.train_months, wf.window)
         self.fixed: dict[str, Any] = {

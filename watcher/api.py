@@ -1,6 +1,7 @@
 """The watcher's HTTP API: health, Prometheus metrics and the guide's `POST /models/rank`.
 
-Every route lives in this module (a dashboard will be served beside them later). The app is a
+The API's routes live in this module; the training dashboard (the page at `/` and its `/api/*`
+routes, `watcher.dashboard`) is included beside them, behind the same token. The app is a
 thin shell: ranking goes through `Watcher.rank_now`, the same code the scheduled passes use.
 `serve_in_thread` runs it with uvicorn in a thread of the daemon, beside the scheduler.
 """
@@ -26,8 +27,9 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 
-from watcher import metrics
+from watcher import dashboard, metrics
 from watcher.errors import ConfigError, ExperimentNotFound, NoRankedRuns, TrackingError
+from watcher.jobs import JobRunner
 from watcher.model import MAX_TOP_N  # the kept board's size: a larger top_n could not be tagged
 
 if TYPE_CHECKING:
@@ -108,9 +110,17 @@ def _iso(ts: float | None) -> str | None:
 
 
 def create_app(
-    watcher: Watcher, *, token: str | None = None, clock: Callable[[], float] = time.time
+    watcher: Watcher,
+    *,
+    token: str | None = None,
+    clock: Callable[[], float] = time.time,
+    jobs: JobRunner | None = None,
 ) -> FastAPI:
-    """The FastAPI app over one `Watcher`. With `token`, POST routes need `Authorization: Bearer`."""
+    """The FastAPI app over one `Watcher`. With `token`, POST routes need `Authorization: Bearer`.
+
+    `jobs` runs the dashboard's retrain jobs (default: a runner on the watcher's tracking URI);
+    it is kept in `app.state.jobs`, and `ApiServer.stop()` stops it.
+    """
     app = FastAPI(
         title="Podium watcher",
         summary="Leaderboards of MLflow experiments, kept current by the Podium sidecar.",
@@ -194,6 +204,10 @@ def create_app(
         log.info("api_ranked", experiment_name=experiment_name, metric=metric, top_n=top_n)
         return rank_response(board)
 
+    if jobs is None:
+        jobs = JobRunner(watcher.tracking.tracking_uri).start()
+    app.state.jobs = jobs
+    app.include_router(dashboard.router(watcher.tracking, watcher.settings, jobs, require_token))
     return app
 
 
@@ -259,6 +273,7 @@ class ApiServer:
     thread: threading.Thread
     host: str
     port: int
+    jobs: JobRunner | None = None
 
     @property
     def url(self) -> str:
@@ -266,7 +281,9 @@ class ApiServer:
         return f"http://{host}:{self.port}"
 
     def stop(self, timeout: float = GRACEFUL_SHUTDOWN_S + 2) -> None:
-        """Stop serving (uvicorn closes the socket); idempotent."""
+        """End a running retrain job (its run ends KILLED), then stop serving; idempotent."""
+        if self.jobs is not None:
+            self.jobs.stop()
         self.server.should_exit = True
         self.thread.join(timeout)
         if self.thread.is_alive():  # connections that outlived the graceful window
@@ -307,7 +324,7 @@ def run_in_thread(app: FastAPI, sock: socket.socket) -> ApiServer:
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="podium-api", daemon=True)
     host, port = sock.getsockname()[:2]
-    api = ApiServer(server, thread, str(host), int(port))
+    api = ApiServer(server, thread, str(host), int(port), getattr(app.state, "jobs", None))
     thread.start()
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     while not server.started:

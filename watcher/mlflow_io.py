@@ -211,6 +211,40 @@ class MlflowTracking:
             raise
         return True
 
+    # -- training dashboard: reads (watcher.dashboard) ---------------------------------------
+    # Kept in one block; each call goes through _call, so it is counted like the others.
+
+    def get_experiment(self, experiment_id: str) -> ExperimentRecord | None:
+        """An active experiment by id, with its tags; None when unknown or deleted."""
+        try:
+            exp = self._call("get_experiment", self._client.get_experiment, experiment_id)
+        except TrackingError as e:
+            if isinstance(e.__cause__, MlflowException) and _is_missing(e.__cause__):
+                return None
+            raise
+        if exp is None or exp.lifecycle_stage != "active":
+            return None
+        return _experiment(exp)
+
+    def get_run(self, run_id: str) -> RunRecord | None:
+        """One run by id (any status); None when no active run has that id."""
+        try:
+            run = self._call("get_run", self._client.get_run, run_id)
+        except TrackingError as e:
+            if isinstance(e.__cause__, MlflowException) and _is_missing(e.__cause__):
+                return None
+            raise
+        if run.info.lifecycle_stage != "active":
+            return None
+        return _run(run)
+
+    def download_run_file(self, run_id: str, name: str, dst_dir: str) -> str | None:
+        """Download a top-level artifact file of a run into ``dst_dir``; None if it has none."""
+        listing = self._call("list_artifacts", self._client.list_artifacts, run_id)
+        if name not in {a.path for a in listing if not a.is_dir}:
+            return None
+        return str(self._call("download_artifacts", self._client.download_artifacts, run_id, name, dst_dir))
+
 
 def _experiment(exp: Experiment) -> ExperimentRecord:
     return ExperimentRecord(experiment_id=str(exp.experiment_id), name=exp.name, tags=dict(exp.tags or {}))

@@ -1,0 +1,371 @@
+"""The training dashboard in a real browser (Debian's Chromium driven by Playwright), against a
+real `python -m watcher` daemon and a real `mlflow server` holding a small trainer sweep.
+
+One server, one daemon and one browser for the whole module; the tests run in file order (the
+last one stops the daemon). The screenshots in docs/ (shown in README) are taken here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from uuid import uuid4
+
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from mlflow import MlflowClient
+from mlflow.entities import RunStatus
+
+from tests.support.mlflow_server import ServerHandle, free_port
+from tests.support.watcher_runs import make_run
+
+pytestmark = [pytest.mark.server, pytest.mark.slow]
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+TOKEN = "browser-token"
+EVIL = "<img src=x onerror=alert(1)>"
+EVIL_FEATURE = "<b>bold</b>"
+WAIT_MS = 150_000
+SWEEP_CONFIG = """
+trials: 4
+jobs: 1
+seed: 7
+walk_forward: {train_months: 3, test_months: 1}
+importance: {n_repeats: 2, seed: 3}
+search_space:
+  n_estimators: {type: int, low: 20, high: 40}
+  max_depth: {type: int, low: 2, high: 4}
+  learning_rate: {type: float, low: 0.1, high: 0.3}
+"""
+
+
+def write_data(path: Path, days: int = 240) -> Path:
+    """Daily rows; y depends on three features, the other nine are noise."""
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(
+        {"timestamp": pd.date_range("2024-01-01", periods=days, freq="D").strftime("%Y-%m-%d")}
+    )
+    names = ["sig a", "sig_b", "mom_5", *(f"noise_{i}" for i in range(9))]
+    for name in names:
+        frame[name] = rng.normal(size=days)
+    frame["y"] = 2 * frame["sig a"] + frame["sig_b"] - 0.5 * frame["mom_5"] + rng.normal(scale=0.3, size=days)
+    frame.to_csv(path, index=False)
+    return path
+
+
+@dataclass
+class Stack:
+    base: str  # the daemon's URL
+    client: MlflowClient
+    experiment_id: str
+    experiment_name: str
+    evil_experiment_id: str
+    evil_experiment_name: str
+    daemon: subprocess.Popen[str]
+    daemon_log: Path
+    page: Any
+
+
+def ranked_order(client: MlflowClient, experiment_id: str) -> list[str]:
+    runs = client.search_runs([experiment_id], "tags.model_rank LIKE '%'")
+    return [r.info.run_id for r in sorted(runs, key=lambda r: int(r.data.tags["model_rank"]))]
+
+
+def wait_healthy(url: str, proc: subprocess.Popen[str], log: Path) -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"the daemon exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                return
+        time.sleep(0.3)
+    raise AssertionError(f"the daemon did not turn healthy:\n{log.read_text()[-3000:]}")
+
+
+@pytest.fixture(scope="module")
+def stack(sqlite_server: ServerHandle, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: scripts/test.sh installs it (apt-get install -y chromium)")
+    from playwright.sync_api import sync_playwright
+
+    tmp = tmp_path_factory.mktemp("dash-browser")
+    client = MlflowClient(sqlite_server.url)
+    prefix = f"dashui_{uuid4().hex[:6]}"
+    name = f"{prefix}_sweep"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": sqlite_server.url, "PODIUM_DASH_TOKEN": TOKEN}
+    (tmp / "trainer.yaml").write_text(SWEEP_CONFIG, encoding="utf-8")
+    train = subprocess.run(
+        [
+            sys.executable, "-m", "trainer", "train", "--config", str(tmp / "trainer.yaml"),
+            "--data", str(write_data(tmp / "data.csv")), "--target", "y", "--experiment", name, "--no-progress",
+        ],
+        env=env, capture_output=True, text=True, timeout=600, cwd=tmp,
+    )  # fmt: skip
+    assert train.returncode == 0, train.stderr[-3000:]
+    experiment_id = client.get_experiment_by_name(name).experiment_id
+
+    # An experiment whose names are HTML: they must show as text.
+    evil_name = f"{prefix}_<i>esc</i>"
+    evil_id = client.create_experiment(evil_name)
+    evil_run = make_run(client, evil_id, EVIL, {"avg_test_r2": 0.5})
+    make_run(client, evil_id, "plain", {"avg_test_r2": 0.4})
+    with (tmp / "feature_importance.csv").open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["rank", "feature", "importance_mean", "importance_std", "shap_importance"])
+        writer.writerow([1, EVIL_FEATURE, 0.2, 0.01, 0.3])
+        writer.writerow([2, EVIL, 0.1, 0.02, 0.1])
+    client.log_artifact(evil_run, str(tmp / "feature_importance.csv"))
+
+    port = free_port()
+    config = {
+        "poll_interval_seconds": 3600,  # one pass at start; the tests' rankings stay put
+        "ui_base_url": sqlite_server.url,
+        "http": {"enabled": True, "host": "127.0.0.1", "port": port, "token_env": "PODIUM_DASH_TOKEN"},
+        "rules": [
+            {"name": "dash", "experiments": [f"{prefix}_*"], "metric": "avg_test_r2", "top_n": 10, "trigger": "run_finished"}
+        ],
+    }  # fmt: skip
+    (tmp / "watcher.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    log_path = tmp / "daemon.log"
+    with log_path.open("w") as log:
+        daemon = subprocess.Popen(
+            [sys.executable, "-m", "watcher", "--config", str(tmp / "watcher.yaml"), "--log-format", "json"],
+            env=env, stdout=log, stderr=subprocess.STDOUT, text=True, cwd=tmp,
+        )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(base, daemon, log_path)
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1360, "height": 900})
+            page.set_default_timeout(30_000)
+            yield Stack(base, client, experiment_id, name, evil_id, evil_name, daemon, log_path, page)
+            browser.close()
+    finally:
+        if daemon.poll() is None:
+            daemon.send_signal(signal.SIGTERM)
+            try:
+                daemon.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                daemon.kill()
+
+
+def shot(page: Any, name: str, full_page: bool = True) -> None:
+    DOCS.mkdir(exist_ok=True)
+    page.screenshot(path=str(DOCS / name), full_page=full_page)
+
+
+def test_the_experiments_list_shows_each_experiments_leader(stack: Stack) -> None:
+    page = stack.page
+    page.goto(stack.base + "/")
+    row = page.locator(f"[data-testid=experiment-row][data-experiment-id='{stack.experiment_id}']")
+    row.wait_for()
+    leader_id = ranked_order(stack.client, stack.experiment_id)[0]
+    leader = stack.client.get_run(leader_id)
+    cell = row.locator("[data-testid=experiment-leader]")
+    assert leader.info.run_name in cell.inner_text()
+    assert f"{leader.data.metrics['avg_test_r2']:.5f}" in cell.inner_text()
+    shot(page, "dashboard-experiments.png", full_page=False)
+
+
+def test_opening_an_experiment_shows_its_board_in_rank_order(stack: Stack) -> None:
+    page = stack.page
+    page.goto(stack.base + "/")
+    page.locator(f"[data-testid=experiment-row][data-experiment-id='{stack.experiment_id}'] a").click()
+    page.locator("[data-testid=board-row]").first.wait_for()
+    shown = page.locator("[data-testid=board-row]").evaluate_all("rows => rows.map(r => r.dataset.runId)")
+    assert shown == ranked_order(stack.client, stack.experiment_id)
+    assert page.locator("[data-testid=candidate]").count() == 3
+    mlflow_link = page.locator("[data-testid=mlflow-link]").first.get_attribute("href")
+    assert mlflow_link == f"{stack.client.tracking_uri}/#/experiments/{stack.experiment_id}/runs/{shown[0]}"
+    page.locator("[data-testid=across-row]").first.wait_for()
+    assert page.locator("[data-testid=across-row] td").nth(1).inner_text() == "sig a"  # the planted signal
+    shot(page, "dashboard-leaderboard.png")
+
+
+def test_a_runs_importance_is_a_chart_with_std_and_shap(stack: Stack) -> None:
+    page = stack.page
+    page.locator("[data-testid=board-run]").first.click()
+    page.locator("[data-testid=importance-chart] svg").wait_for()
+    rows = page.locator("[data-testid=importance-row]").count()
+    assert rows == 12
+    # one permutation bar and one SHAP bar per feature, a whisker for each std
+    assert page.locator("[data-testid=importance-chart] rect.bar-perm").count() == 12
+    assert page.locator("[data-testid=importance-chart] rect.bar-shap").count() == 12
+    assert page.locator("[data-testid=importance-chart] line.whisker").count() > 0
+    shot(page, "dashboard-importance.png")
+
+
+def test_rank_top_models_by_another_metric_asks_for_the_token_once_and_retags_mlflow(stack: Stack) -> None:
+    page = stack.page
+    page.goto(stack.base + f"/#/experiments/{stack.experiment_id}")
+    page.locator("[data-testid=board-row]").first.wait_for()
+    page.get_by_test_id("open-rank").click()
+    dialog = page.get_by_test_id("rank-dialog")
+    dialog.wait_for()
+    assert page.get_by_test_id("rank-experiment").input_value() == stack.experiment_name
+    options = page.locator("#rank-metrics option").evaluate_all("os => os.map(o => o.value)")
+    assert "avg_test_rmse" in options  # offered from the experiment's own metric keys
+    page.get_by_test_id("rank-metric").fill("avg_test_rmse")
+    page.get_by_test_id("rank-direction").select_option("true")
+    page.get_by_test_id("rank-top-n").fill("3")
+    page.get_by_test_id("rank-submit").click()
+
+    token = page.get_by_test_id("token-dialog")
+    token.wait_for()
+    page.get_by_test_id("token-input").fill("wrong")
+    page.get_by_test_id("token-submit").click()
+    page.locator("#token-error").wait_for()  # refused: asked again, saying so
+    assert "refused" in page.locator("#token-error").inner_text()
+    page.get_by_test_id("token-input").fill(TOKEN)
+    page.get_by_test_id("token-submit").click()
+
+    page.locator("[data-testid=rank-row]").first.wait_for()
+    shown = page.locator("[data-testid=rank-row]").evaluate_all("rows => rows.map(r => r.dataset.runId)")
+    runs = stack.client.search_runs([stack.experiment_id], "attributes.status = 'FINISHED'")
+    by_rmse = [r.info.run_id for r in sorted(runs, key=lambda r: r.data.metrics["avg_test_rmse"])]
+    assert shown == by_rmse[:3]
+    assert ranked_order(stack.client, stack.experiment_id) == by_rmse[:3]
+    for run_id in by_rmse[:3]:
+        assert stack.client.get_run(run_id).data.tags["top_3"] == "true"
+    assert page.evaluate("sessionStorage.getItem('podium.token')") == TOKEN
+    shot(page, "dashboard-rank.png", full_page=False)
+    page.keyboard.press("Escape")
+
+
+def test_retrain_two_ticked_features_makes_a_new_run_linked_from_the_page(stack: Stack) -> None:
+    page = stack.page
+    source_id = ranked_order(stack.client, stack.experiment_id)[0]
+    source = stack.client.get_run(source_id)
+    page.goto(stack.base + "/")
+    page.get_by_test_id("open-retrain").click()
+    page.get_by_test_id("retrain-dialog").wait_for()
+    page.get_by_test_id("retrain-experiment").fill(stack.experiment_name)
+    page.get_by_test_id("retrain-run-id").fill(source_id)
+    page.get_by_test_id("retrain-load").click()
+    rows = page.locator("[data-testid=feature-row]")
+    rows.first.wait_for()
+    assert rows.count() == int(source.data.params["total_features"])
+    submit = page.get_by_test_id("retrain-submit")
+
+    # the threshold pre-ticks what is below it; nothing ticked or everything ticked cannot be sent
+    page.get_by_test_id("retrain-threshold").fill("-100")
+    assert page.locator("[data-testid=feature-row] input:checked").count() == 0
+    assert submit.is_disabled()
+    page.get_by_test_id("retrain-threshold").fill("100")
+    assert page.locator("[data-testid=feature-row] input:checked").count() == rows.count()
+    assert submit.is_disabled()
+    assert "nothing to train on" in page.get_by_test_id("retrain-count").inner_text()
+    page.get_by_test_id("retrain-threshold").fill("0.001")
+    below = [
+        f
+        for f in features_of(stack, source_id)
+        if f["importance_mean"] is not None and f["importance_mean"] < 0.001
+    ]
+    assert page.locator("[data-testid=feature-row] input:checked").count() == len(below)
+
+    page.get_by_test_id("retrain-threshold").fill("-100")
+    names = rows.locator("[data-testid=feature-name]").all_inner_texts()
+    drop = names[-2:]  # the two weakest
+    for index in (len(names) - 2, len(names) - 1):
+        rows.nth(index).locator("input").check()
+    total = len(names)
+    assert f"{total - 2} remain" in page.get_by_test_id("retrain-count").inner_text()
+    assert submit.is_enabled()
+    submit.click()
+
+    # while it runs: status and a growing log tail, and the new run as soon as it exists
+    page.locator("[data-testid=job][data-status=running]").wait_for(timeout=WAIT_MS)
+    page.wait_for_function(
+        "() => (document.querySelector('[data-testid=job-log]') || {}).textContent.includes('new_run_id=')",
+        timeout=WAIT_MS,
+    )
+    link = page.get_by_test_id("new-run-link")
+    link.wait_for(timeout=WAIT_MS)
+    page.locator("[data-testid=job][data-status=finished]").wait_for(timeout=WAIT_MS)
+    assert not page.get_by_test_id("token-dialog").is_visible()  # the token was asked for once
+    assert page.get_by_test_id("job-log").inner_text()
+    page.get_by_test_id("job-log").scroll_into_view_if_needed()
+    shot(page, "dashboard-retrain.png", full_page=False)
+    new_id = link.get_attribute("data-run-id")
+    new = stack.client.get_run(new_id)
+    assert new.data.tags["retrained_from"] == source_id
+    assert int(new.data.params["total_features"]) == total - 2
+    assert set(new.data.params["dropped_features"].split(",")) == set(drop)
+    assert RunStatus.to_string(RunStatus.from_string(new.info.status)) == "FINISHED"
+    link.click()
+    page.get_by_test_id("run-title").wait_for()
+    assert page.get_by_test_id("run-title").inner_text() == new.info.run_name
+    assert page.locator("[data-testid=importance-row]").count() == total - 2
+
+
+def features_of(stack: Stack, run_id: str) -> list[dict[str, Any]]:
+    return httpx.get(f"{stack.base}/api/runs/{run_id}/importance", timeout=30).json()["features"]
+
+
+def test_names_from_mlflow_render_as_text_never_as_html(stack: Stack) -> None:
+    page = stack.page
+    alerts: list[str] = []
+    page.on("dialog", lambda d: (alerts.append(d.message), d.dismiss()))
+    page.goto(stack.base + "/")
+    row = page.locator(f"[data-testid=experiment-row][data-experiment-id='{stack.evil_experiment_id}']")
+    row.wait_for()
+    assert row.locator("[data-testid=experiment-name]").inner_text() == stack.evil_experiment_name
+    assert EVIL in row.locator("[data-testid=experiment-leader]").inner_text()
+    row.locator("a").click()
+    page.locator("[data-testid=board-run]").first.wait_for()
+    assert page.get_by_test_id("experiment-title").inner_text() == stack.evil_experiment_name
+    assert page.locator("[data-testid=board-run]").first.inner_text() == EVIL
+    page.locator("[data-testid=board-run]").first.click()
+    page.locator("[data-testid=importance-row]").first.wait_for()
+    assert page.locator("[data-testid=feature-name]").all_inner_texts() == [EVIL_FEATURE, EVIL]
+    assert page.locator("main img, main b, main i").count() == 0
+    page.wait_for_timeout(300)
+    assert alerts == []
+
+
+def test_sigterm_ends_a_running_job_killed_and_the_daemon_exits_0(stack: Stack) -> None:
+    """Last: stops the module's daemon."""
+    source_id = ranked_order(stack.client, stack.experiment_id)[0]
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    r = httpx.post(
+        f"{stack.base}/api/retrain", json={"run_id": source_id, "drop_below": 0.001}, headers=headers
+    )
+    if r.status_code == 400:  # no feature below 0.001 in this run: drop the weakest by name
+        weakest = features_of(stack, source_id)[-1]["feature"]
+        r = httpx.post(
+            f"{stack.base}/api/retrain", json={"run_id": source_id, "exclude": [weakest]}, headers=headers
+        )
+    assert r.status_code == 202, r.text
+    job_id = r.json()["job_id"]
+    deadline = time.monotonic() + 120
+    while (job := httpx.get(f"{stack.base}/api/jobs/{job_id}").json())["new_run_id"] is None:
+        assert job["status"] in ("queued", "running"), job
+        assert time.monotonic() < deadline, job
+        time.sleep(0.2)
+    stack.daemon.send_signal(signal.SIGTERM)
+    assert stack.daemon.wait(timeout=90) == 0, stack.daemon_log.read_text()[-3000:]
+    run = stack.client.get_run(job["new_run_id"])
+    assert RunStatus.to_string(RunStatus.from_string(run.info.status)) == "KILLED"
+    assert '"retrain_job_stopping"' in stack.daemon_log.read_text()

@@ -1,0 +1,149 @@
+"""The one place a trial runs, for ``train`` and ``retrain`` alike.
+
+An executor calls ``init_worker`` once per worker (building the data's folds and matrices for
+every trial that worker runs) and ``execute`` per trial. A trial trains, logs the model, logs
+params + metrics + tags in one batch, uploads the importance files and marks its run FINISHED,
+or FAILED if anything went wrong. Its run was created by the caller just before the task was
+handed over, so no queued run sits RUNNING.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from trainer.config import TrainerConfig
+from trainer.data import Dataset
+from trainer.errors import TrackingError, TrainingError, describe
+from trainer.logs import configure_logging
+from trainer.tracking import Tracking, example_frame, params_of, quiet_mlflow
+from trainer.train import Prepared, TrialResult, run_trial
+
+log = structlog.get_logger(__name__)
+
+FINISHED, FAILED, KILLED = "FINISHED", "FAILED", "KILLED"
+# Tag of a run its worker could not end itself (the worker died): why it is FAILED.
+FAILURE_TAG = "failure_reason"
+
+
+@dataclass(frozen=True)
+class WorkerContext:
+    """Everything a worker needs that does not change between trials (sent once per worker)."""
+
+    dataset: Dataset
+    config: TrainerConfig
+    tracking_uri: str
+    experiment_id: str
+    static_params: dict[str, str]
+    quiet: bool = True
+
+
+@dataclass(frozen=True)
+class TrialTask:
+    index: int
+    run_id: str
+    artifact_uri: str
+    hyperparameters: dict[str, Any]
+    seed: int
+
+
+@dataclass(frozen=True)
+class TrialOutcome:
+    """What came back from a trial. ``unscored`` says why a FINISHED trial has no finite
+    ``avg_test_r2`` (None when it has one)."""
+
+    index: int
+    run_id: str
+    status: str  # FINISHED | FAILED
+    hyperparameters: dict[str, Any]
+    metrics: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+    error: str | None = None
+    unscored: str | None = None
+
+
+class _Worker:
+    def __init__(self, context: WorkerContext) -> None:
+        self.context = context
+        self.prepared = Prepared(context.dataset, context.config)
+        self.tracking = Tracking(context.tracking_uri)
+
+    def run(self, task: TrialTask) -> TrialOutcome:
+        try:
+            result = run_trial(self.prepared, task.index, task.hyperparameters, task.seed)
+            self._log(task, result)
+        except Exception as e:
+            self._fail(task)
+            return TrialOutcome(task.index, task.run_id, FAILED, task.hyperparameters, error=describe(e))
+        except BaseException:  # interrupted: leave no RUNNING run behind
+            self._fail(task)
+            raise
+        return TrialOutcome(
+            task.index,
+            task.run_id,
+            FINISHED,
+            task.hyperparameters,
+            metrics=result.averages(),
+            seconds=result.seconds,
+            unscored=result.unscored_reason(),
+        )
+
+    def _log(self, task: TrialTask, result: TrialResult) -> None:
+        ctx = self.context
+        ds = ctx.dataset
+        self.tracking.log_model(
+            ctx.experiment_id, task.run_id, result.model, example_frame(result.example, ds.feature_names)
+        )
+        params = {**ctx.static_params, **params_of(result.hyperparameters), "trial_seed": str(task.seed)}
+        metrics = [(k, v, 0) for k, v in result.averages().items()] + result.fold_series()
+        tags = {"trial_index": str(task.index)}
+        report = result.importance
+        if report is not None:
+            params.update(report.params())
+            metrics += [(k, v, 0) for k, v in report.metrics().items()]
+            with tempfile.TemporaryDirectory(prefix="podium-importance-") as tmp:
+                report.write_artifacts(Path(tmp))
+                self.tracking.log_artifacts(task.artifact_uri, Path(tmp))
+        elif result.importance_skipped:
+            tags["importance_skipped"] = result.importance_skipped
+        self.tracking.log_batch(task.run_id, params, metrics, tags)
+        self.tracking.terminate(task.run_id, FINISHED)
+
+    def _fail(self, task: TrialTask) -> None:
+        # the caller logs trial_failed with the outcome; here the run is only marked
+        mark_ended(self.tracking, task.run_id, FAILED)
+
+
+_worker: _Worker | None = None
+
+
+def init_worker(context: WorkerContext) -> None:
+    """Executor initializer: build the per-process data, folds and matrices once."""
+    global _worker
+    if context.quiet:
+        configure_logging(logging.WARNING)
+    quiet_mlflow()
+    _worker = _Worker(context)
+
+
+def execute(task: TrialTask) -> TrialOutcome:
+    """Executor task: one trial, end to end."""
+    if _worker is None:
+        raise TrainingError("worker used before init_worker")
+    return _worker.run(task)
+
+
+def mark_ended(tracking: Tracking, run_id: str, status: str, reason: str | None = None) -> None:
+    """Mark a run FAILED or KILLED (with tag ``failure_reason`` when given); a tracking error here
+    is logged, not raised (one is already on its way)."""
+    try:
+        if reason:
+            tracking.log_batch(run_id, {}, [], {FAILURE_TAG: reason[:5000]})
+        tracking.terminate(run_id, status)
+    except TrackingError as e:
+        log.error("run_not_marked", run_id=run_id, status=status, error=str(e))

@@ -1,0 +1,689 @@
+// Podium training dashboard. Plain browser JavaScript, no build step, no outside assets.
+// Every name that comes from MLflow (experiments, runs, features) is put on the page as text
+// (text nodes / textContent), never parsed as HTML.
+"use strict";
+
+(() => {
+  const TOKEN_KEY = "podium.token";
+  const SVG_NS = "http://www.w3.org/2000/svg";
+  const CHART_ROWS = 25;
+  const POLL_MS = 1000;
+
+  // ---- DOM helpers ----------------------------------------------------------------------------
+
+  /** An element; string/number children become text nodes; props: class, href, on*, data-*, others as attributes. */
+  function h(tag, props, ...children) {
+    const el = document.createElement(tag);
+    setProps(el, props);
+    append(el, children);
+    return el;
+  }
+
+  function s(tag, attrs, ...children) {
+    const el = document.createElementNS(SVG_NS, tag);
+    for (const [k, v] of Object.entries(attrs || {})) el.setAttribute(k, String(v));
+    append(el, children);
+    return el;
+  }
+
+  function setProps(el, props) {
+    for (const [k, v] of Object.entries(props || {})) {
+      if (v === null || v === undefined || v === false) continue;
+      if (k === "class") el.className = v;
+      else if (k === "href") el.setAttribute("href", safeHref(v));
+      else if (k.startsWith("on") && typeof v === "function") el.addEventListener(k.slice(2), v);
+      else el.setAttribute(k, v === true ? "" : String(v));
+    }
+  }
+
+  function append(el, children) {
+    for (const child of children.flat(Infinity)) {
+      if (child === null || child === undefined || child === false) continue;
+      el.appendChild(child instanceof Node ? child : document.createTextNode(String(child)));
+    }
+  }
+
+  /** Only http(s) links and the page's own #routes; anything else (javascript:, data:) becomes inert. */
+  function safeHref(url) {
+    const text = String(url);
+    if (text.startsWith("#/")) return text;
+    try {
+      const parsed = new URL(text, window.location.href);
+      if (parsed.protocol === "http:" || parsed.protocol === "https:") return parsed.href;
+    } catch (e) { /* fall through */ }
+    return "#/";
+  }
+
+  function clear(el) { while (el.firstChild) el.removeChild(el.firstChild); return el; }
+  const $ = (id) => document.getElementById(id);
+
+  function fmt(value, digits = 5) {
+    if (value === null || value === undefined || Number.isNaN(value)) return "—";
+    const n = Number(value);
+    if (n !== 0 && Math.abs(n) < 1e-3) return n.toExponential(2);
+    return n.toFixed(digits);
+  }
+
+  function when(iso) {
+    if (!iso) return "—";
+    const d = new Date(iso);
+    return Number.isNaN(d.getTime()) ? iso : d.toLocaleString();
+  }
+
+  function rankBadge(rank) { return h("span", { class: `rank r${rank}` }, rank); }
+  function direction(ascending) { return ascending ? "lower is better" : "higher is better"; }
+
+  function showError(el, message) {
+    el.textContent = message;
+    el.hidden = !message;
+  }
+
+  // ---- HTTP -------------------------------------------------------------------------------------
+
+  class HttpError extends Error {
+    constructor(status, message) { super(message); this.status = status; }
+  }
+
+  async function getJson(url) {
+    const r = await fetch(url, { headers: { Accept: "application/json" } });
+    return parse(r);
+  }
+
+  async function parse(r) {
+    let body = null;
+    try { body = await r.json(); } catch (e) { body = null; }
+    if (!r.ok) {
+      let detail = body && body.detail !== undefined ? body.detail : r.statusText;
+      if (Array.isArray(detail)) detail = detail.map((d) => `${(d.loc || []).join(".")}: ${d.msg}`).join("; ");
+      throw new HttpError(r.status, `${r.status}: ${detail}`);
+    }
+    return body;
+  }
+
+  /** POST with the bearer token; on 401 asks for the token (once per tab) and tries again. */
+  async function post(url, body) {
+    for (let attempt = 0; attempt < 3; attempt += 1) {
+      const headers = { Accept: "application/json" };
+      if (body !== undefined) headers["Content-Type"] = "application/json";
+      const token = sessionStorage.getItem(TOKEN_KEY);
+      if (token) headers.Authorization = `Bearer ${token}`;
+      const r = await fetch(url, { method: "POST", headers, body: body === undefined ? undefined : JSON.stringify(body) });
+      if (r.status !== 401) return parse(r);
+      sessionStorage.removeItem(TOKEN_KEY);
+      const given = await askToken(token ? "That token was refused; try again." : "");
+      if (!given) throw new HttpError(401, "401: this action needs the watcher's bearer token");
+      sessionStorage.setItem(TOKEN_KEY, given);
+    }
+    throw new HttpError(401, "401: the token was refused");
+  }
+
+  function askToken(message) {
+    const dialog = $("token-dialog");
+    const input = $("token-input");
+    input.value = "";
+    showError($("token-error"), message);
+    return new Promise((resolve) => {
+      const done = () => {
+        dialog.removeEventListener("close", done);
+        resolve(dialog.returnValue === "ok" ? input.value.trim() : "");
+      };
+      dialog.returnValue = "";
+      dialog.addEventListener("close", done);
+      dialog.showModal();
+      input.focus();
+    });
+  }
+
+  // ---- shared data ------------------------------------------------------------------------------
+
+  let experimentsCache = [];
+
+  async function loadExperiments() {
+    experimentsCache = await getJson("/api/experiments");
+    const list = clear($("experiment-names"));
+    for (const e of experimentsCache) list.appendChild(h("option", { value: e.experiment_name }));
+    return experimentsCache;
+  }
+
+  function experimentByName(name) {
+    return experimentsCache.find((e) => e.experiment_name === name) || null;
+  }
+
+  // ---- routing ----------------------------------------------------------------------------------
+
+  const view = () => $("view");
+
+  function crumbs(...parts) {
+    const nav = clear($("crumbs"));
+    parts.forEach((part, i) => {
+      if (i) nav.appendChild(h("span", { class: "sep" }, "›"));
+      nav.appendChild(part.href ? h("a", { href: part.href }, part.text) : h("span", {}, part.text));
+    });
+  }
+
+  async function route() {
+    const hash = window.location.hash || "#/";
+    const parts = hash.replace(/^#\/?/, "").split("/").map(decodeURIComponent);
+    clear(view()).appendChild(h("div", { class: "loading" }, "Loading…"));
+    try {
+      if (parts[0] === "experiments" && parts[1]) await showExperiment(parts[1]);
+      else if (parts[0] === "runs" && parts[1]) await showRun(parts[1]);
+      else await showExperiments();
+    } catch (e) {
+      clear(view()).appendChild(h("div", { class: "error", "data-testid": "view-error" }, e.message));
+    }
+  }
+
+  // ---- view: experiments ------------------------------------------------------------------------
+
+  async function showExperiments() {
+    crumbs({ text: "Experiments" });
+    const experiments = await loadExperiments();
+    const root = clear(view());
+    root.appendChild(h("h1", {}, "Experiments"));
+    root.appendChild(h("p", { class: "sub" }, "Every experiment a rule watches or the watcher ranked, with its current leader. Open one for its leaderboard and the features that matter."));
+    if (!experiments.length) {
+      root.appendChild(h("div", { class: "panel empty" }, "No watched experiment yet. Train a sweep, or rank any experiment with 🏆 Rank Top Models."));
+      return;
+    }
+    const rows = experiments.map((e) => {
+      const open = () => { window.location.hash = `#/experiments/${encodeURIComponent(e.experiment_id)}`; };
+      return h("tr", { class: "clickable", onclick: open, "data-testid": "experiment-row", "data-experiment-id": e.experiment_id },
+        h("td", {}, h("a", { href: `#/experiments/${encodeURIComponent(e.experiment_id)}`, class: "runname", "data-testid": "experiment-name" }, e.experiment_name)),
+        h("td", {}, e.rule || "—"),
+        h("td", {}, e.metric ? h("span", {}, h("code", {}, e.metric), " ", h("span", { class: "small" }, e.ascending ? "↓ lower is better" : "↑ higher is better")) : "—"),
+        h("td", { "data-testid": "experiment-leader" }, e.leader
+          ? [h("span", { class: "runname" }, e.leader.run_name || e.leader.run_id), " ", h("span", { class: "small mono" }, fmt(e.leader.value))]
+          : h("span", { class: "badge muted" }, "not ranked yet")),
+        h("td", { class: "num" }, e.ranked_runs),
+        h("td", { class: "num" }, e.unranked_runs),
+        h("td", { class: "small" }, when(e.ranked_at)));
+    });
+    root.appendChild(h("div", { class: "panel table-wrap" },
+      h("table", { "data-testid": "experiments-table" },
+        h("thead", {}, h("tr", {}, h("th", {}, "Experiment"), h("th", {}, "Rule"), h("th", {}, "Metric"), h("th", {}, "Leader"),
+          h("th", { class: "num" }, "Ranked"), h("th", { class: "num" }, "Unranked"), h("th", {}, "Last ranked run"))),
+        h("tbody", {}, rows))));
+  }
+
+  // ---- view: one experiment -----------------------------------------------------------------------
+
+  async function showExperiment(experimentId) {
+    const board = await getJson(`/api/experiments/${encodeURIComponent(experimentId)}/leaderboard`);
+    crumbs({ text: "Experiments", href: "#/" }, { text: board.experiment_name });
+    const root = clear(view());
+    root.appendChild(h("h1", { "data-testid": "experiment-title" }, board.experiment_name));
+    root.appendChild(h("p", { class: "sub" },
+      `Ranked by `, h("code", {}, board.metric || "?"), ` (${direction(board.ascending)}), rule ${board.rule}.`));
+    const leader = board.models[0];
+    root.appendChild(h("div", { class: "cards" },
+      card("Leader", leader ? leader.run_name : "—"),
+      card(`Best ${board.metric || "value"}`, leader ? fmt(leader.value) : "—"),
+      card("Ranked runs", board.ranked_runs),
+      card("Unranked runs", board.unranked_runs),
+      card("Last ranked run", when(board.ranked_at))));
+    root.appendChild(h("div", { class: "buttons left" },
+      h("button", { type: "button", onclick: () => openRank(board.experiment_name, board.metric, board.ascending, board.top_n) }, "🏆 Rank again…"),
+      h("button", { type: "button", onclick: () => openRetrain(board.experiment_name, leader ? leader.run_id : "") }, "🔄 Retrain the leader…")));
+
+    const paramKeys = [];
+    for (const m of board.models) for (const k of Object.keys(m.params || {})) if (!paramKeys.includes(k)) paramKeys.push(k);
+    const rows = board.models.map((m) => h("tr", { "data-testid": "board-row", "data-run-id": m.run_id },
+      h("td", {}, rankBadge(m.rank)),
+      h("td", {},
+        h("a", { href: `#/runs/${encodeURIComponent(m.run_id)}`, class: "runname", "data-testid": "board-run" }, m.run_name || m.run_id),
+        m.retrained_from ? [" ", h("span", { class: "badge run" }, "retrained")] : null,
+        h("div", { class: "small mono" }, m.run_id)),
+      h("td", { class: "num mono" }, fmt(m.value)),
+      h("td", {}, m.production_candidate ? h("span", { class: "badge", "data-testid": "candidate" }, "★ production candidate") : ""),
+      h("td", { class: "num" }, m.total_features === null || m.total_features === undefined ? "—" : m.total_features),
+      h("td", { class: "params" }, paramKeys.filter((k) => k in m.params).map((k) => h("span", {}, `${k}=${m.params[k]}`))),
+      h("td", { class: "nowrap" }, m.url ? h("a", { href: m.url, target: "_blank", rel: "noopener noreferrer", "data-testid": "mlflow-link" }, "MLflow ↗") : "")));
+    root.appendChild(h("div", { class: "panel" },
+      h("div", { class: "panel-head" }, h("h2", {}, `Leaderboard · top ${board.top_n}`),
+        h("span", { class: "small" }, "Click a run for its feature importance.")),
+      h("div", { class: "table-wrap" }, h("table", { "data-testid": "board-table" },
+        h("thead", {}, h("tr", {}, h("th", {}, "Rank"), h("th", {}, "Run"), h("th", { class: "num" }, board.metric || "value"),
+          h("th", {}, ""), h("th", { class: "num" }, "Features"), h("th", {}, "Hyperparameters"), h("th", {}, ""))),
+        h("tbody", {}, rows)))));
+
+    const across = h("div", { class: "panel", "data-testid": "across-panel" });
+    root.appendChild(across);
+    await showAcross(across, experimentId, Math.min(10, board.models.length || 10));
+  }
+
+  function card(key, value) {
+    return h("div", { class: "card" }, h("div", { class: "k" }, key), h("div", { class: "v" }, value));
+  }
+
+  async function showAcross(panel, experimentId, topN) {
+    const input = h("input", { type: "number", min: 1, max: 200, value: topN, "data-testid": "across-top-n" });
+    const body = h("div", {}, h("div", { class: "loading" }, "Reading the leaders' importance…"));
+    input.addEventListener("change", () => loadAcross(body, experimentId, Number(input.value) || 10));
+    clear(panel).appendChild(h("div", { class: "panel-head" },
+      h("h2", {}, "Features that matter across the leaders"),
+      h("label", { class: "inline" }, "Top N runs", input)));
+    panel.appendChild(h("p", { class: "hint" }, "Mean permutation importance over the top N runs of the leaderboard (runs without the feature are left out), and the feature's mean rank in them."));
+    panel.appendChild(body);
+    await loadAcross(body, experimentId, topN);
+  }
+
+  async function loadAcross(body, experimentId, topN) {
+    try {
+      const data = await getJson(`/api/experiments/${encodeURIComponent(experimentId)}/importance?top_n=${topN}`);
+      clear(body);
+      if (!data.features.length) {
+        body.appendChild(h("div", { class: "empty" }, "None of these runs has a feature_importance.csv."));
+        return;
+      }
+      const shown = data.features.slice(0, CHART_ROWS);
+      body.appendChild(h("div", { class: "two" },
+        h("div", { class: "chart", "data-testid": "across-chart" }, barChart(shown.map((f) => ({ label: f.feature, value: f.mean_importance })), "Mean importance")),
+        h("div", { class: "table-scroll" }, h("table", { "data-testid": "across-table" },
+          h("thead", {}, h("tr", {}, h("th", {}, "#"), h("th", {}, "Feature"), h("th", { class: "num" }, "Mean imp."), h("th", { class: "num" }, "Mean rank"), h("th", { class: "num" }, "Runs"))),
+          h("tbody", {}, data.features.map((f, i) => h("tr", { "data-testid": "across-row" },
+            h("td", {}, i + 1), h("td", { class: "mono" }, f.feature), h("td", { class: "num mono" }, fmt(f.mean_importance)),
+            h("td", { class: "num" }, f.mean_rank.toFixed(1)), h("td", { class: "num" }, `${f.runs}/${data.runs.length}`))))))));
+    } catch (e) {
+      clear(body).appendChild(h("div", { class: "error" }, e.message));
+    }
+  }
+
+  // ---- view: one run's importance ----------------------------------------------------------------
+
+  async function showRun(runId) {
+    const data = await getJson(`/api/runs/${encodeURIComponent(runId)}/importance`);
+    const exp = experimentsCache.find((e) => e.experiment_id === data.experiment_id) || (await loadExperiments()).find((e) => e.experiment_id === data.experiment_id);
+    crumbs({ text: "Experiments", href: "#/" },
+      exp ? { text: exp.experiment_name, href: `#/experiments/${encodeURIComponent(exp.experiment_id)}` } : { text: `experiment ${data.experiment_id}` },
+      { text: data.run_name || runId });
+    const root = clear(view());
+    root.appendChild(h("h1", { "data-testid": "run-title" }, data.run_name || runId));
+    root.appendChild(h("p", { class: "sub" }, h("span", { class: "mono" }, runId), " · ", data.status,
+      data.retrained_from ? [" · retrained from ", h("a", { href: `#/runs/${encodeURIComponent(data.retrained_from)}`, class: "mono" }, data.retrained_from)] : null,
+      data.url ? [" · ", h("a", { href: data.url, target: "_blank", rel: "noopener noreferrer" }, "open in MLflow ↗")] : null));
+    const metrics = data.metrics || {};
+    root.appendChild(h("div", { class: "cards" },
+      card("Features", data.total_features),
+      ...["avg_test_r2", "avg_test_rmse", "avg_test_mae", "avg_train_r2"].filter((k) => k in metrics).map((k) => card(k, fmt(metrics[k])))));
+    root.appendChild(h("div", { class: "buttons left" },
+      h("button", { type: "button", onclick: () => openRetrain(exp ? exp.experiment_name : "", runId) }, "🔄 Retrain without weak features…")));
+
+    const shown = data.features.slice(0, CHART_ROWS);
+    root.appendChild(h("div", { class: "panel" },
+      h("div", { class: "panel-head" }, h("h2", {}, "Feature importance"),
+        h("span", { class: "small" }, data.features.length > CHART_ROWS ? `top ${CHART_ROWS} of ${data.features.length} features` : `${data.features.length} features`)),
+      h("div", { class: "legend" },
+        h("span", {}, h("span", { class: "swatch perm" }), "Permutation importance (mean ± std, drop in R² on held-out rows)"),
+        h("span", {}, h("span", { class: "swatch shap" }), "SHAP (mean |SHAP value|)")),
+      h("div", { class: "chart", "data-testid": "importance-chart" }, importanceChart(shown))));
+    root.appendChild(h("div", { class: "panel" }, h("h2", {}, "All features"),
+      h("div", { class: "table-scroll" }, h("table", { "data-testid": "importance-table" },
+        h("thead", {}, h("tr", {}, h("th", {}, "#"), h("th", {}, "Feature"), h("th", { class: "num" }, "Importance"), h("th", { class: "num" }, "± std"), h("th", { class: "num" }, "SHAP"))),
+        h("tbody", {}, data.features.map((f) => h("tr", { "data-testid": "importance-row" },
+          h("td", {}, f.rank), h("td", { class: "mono", "data-testid": "feature-name" }, f.feature),
+          h("td", { class: "num mono" }, fmt(f.importance_mean)), h("td", { class: "num mono" }, fmt(f.importance_std)),
+          h("td", { class: "num mono" }, fmt(f.shap_importance)))))))));
+  }
+
+  // ---- charts (SVG) ----------------------------------------------------------------------------
+
+  function labelWidth(labels) {
+    const longest = labels.reduce((m, l) => Math.max(m, String(l).length), 0);
+    return Math.min(260, Math.max(90, longest * 7 + 12));
+  }
+
+  function clip(text, width) {
+    const max = Math.floor(width / 7);
+    const t = String(text);
+    return t.length > max ? `${t.slice(0, max - 1)}…` : t;
+  }
+
+  function scale(min, max, width) {
+    const lo = Math.min(0, min);
+    const hi = Math.max(0, max) || 1;
+    return (v) => ((v - lo) / (hi - lo)) * width;
+  }
+
+  /** Permutation mean with a ±std whisker on the left, SHAP on the right; one row per feature. */
+  function importanceChart(features) {
+    const rowH = 22;
+    const labelW = labelWidth(features.map((f) => f.feature));
+    const panelW = 330;
+    const gap = 48;
+    const top = 28;
+    const width = labelW + panelW * 2 + gap + 20;
+    const height = top + features.length * rowH + 26;
+    const perm = features.map((f) => f.importance_mean || 0);
+    const lows = features.map((f) => (f.importance_mean || 0) - (f.importance_std || 0));
+    const highs = features.map((f) => (f.importance_mean || 0) + (f.importance_std || 0));
+    const xp = scale(Math.min(...lows, 0), Math.max(...highs, 0), panelW);
+    const shapMax = Math.max(...features.map((f) => f.shap_importance || 0), 0);
+    const xs = scale(0, shapMax, panelW);
+    const svg = s("svg", { viewBox: `0 0 ${width} ${height}`, width, height, role: "img", "aria-label": "Feature importance chart" });
+    const x0 = labelW;
+    const x1 = labelW + panelW + gap;
+    svg.appendChild(s("text", { x: x0, y: 14, class: "head" }, "Permutation importance"));
+    svg.appendChild(s("text", { x: x1, y: 14, class: "head" }, "SHAP"));
+    features.forEach((f, i) => {
+      const y = top + i * rowH;
+      const mean = perm[i];
+      const title = s("title", {}, `${f.feature}: importance ${fmt(f.importance_mean)} ± ${fmt(f.importance_std)}, SHAP ${fmt(f.shap_importance)}`);
+      svg.appendChild(s("text", { x: labelW - 8, y: y + 15, "text-anchor": "end" }, clip(f.feature, labelW - 10), title));
+      const zp = xp(0);
+      const xm = xp(mean);
+      svg.appendChild(s("rect", { x: x0 + Math.min(zp, xm), y: y + 4, width: Math.max(1, Math.abs(xm - zp)), height: rowH - 8, rx: 3, class: "bar-perm" }, s("title", {}, `${f.feature}: ${fmt(mean)}`)));
+      if (f.importance_std) {
+        const a = x0 + xp(lows[i]);
+        const b = x0 + xp(highs[i]);
+        const cy = y + rowH / 2;
+        svg.appendChild(s("line", { x1: a, x2: b, y1: cy, y2: cy, class: "whisker" }));
+        svg.appendChild(s("line", { x1: a, x2: a, y1: cy - 4, y2: cy + 4, class: "whisker" }));
+        svg.appendChild(s("line", { x1: b, x2: b, y1: cy - 4, y2: cy + 4, class: "whisker" }));
+      }
+      const sv = f.shap_importance || 0;
+      svg.appendChild(s("rect", { x: x1, y: y + 4, width: Math.max(1, xs(sv) - xs(0)), height: rowH - 8, rx: 3, class: "bar-shap" }, s("title", {}, `${f.feature}: SHAP ${fmt(sv)}`)));
+    });
+    const bottom = top + features.length * rowH;
+    svg.appendChild(s("line", { x1: x0 + xp(0), x2: x0 + xp(0), y1: top - 2, y2: bottom, class: "zero" }));
+    svg.appendChild(s("line", { x1: x1, x2: x1, y1: top - 2, y2: bottom, class: "zero" }));
+    axis(svg, xp, x0, bottom, Math.min(...lows, 0), Math.max(...highs, 0));
+    axis(svg, xs, x1, bottom, 0, shapMax);
+    return svg;
+  }
+
+  function axis(svg, x, offset, y, lo, hi) {
+    const ticks = [[lo, "start"], [(lo + hi) / 2, "middle"], [hi, "end"]];
+    for (const [v, anchor] of ticks) {
+      svg.appendChild(s("text", { x: offset + x(v), y: y + 16, "text-anchor": anchor, class: "axis" }, fmt(v, 4)));
+    }
+  }
+
+  function barChart(items, heading) {
+    const rowH = 22;
+    const labelW = labelWidth(items.map((i) => i.label));
+    const panelW = 360;
+    const top = 24;
+    const width = labelW + panelW + 20;
+    const height = top + items.length * rowH + 26;
+    const values = items.map((i) => i.value || 0);
+    const x = scale(Math.min(...values, 0), Math.max(...values, 0), panelW);
+    const svg = s("svg", { viewBox: `0 0 ${width} ${height}`, width, height, role: "img", "aria-label": heading });
+    svg.appendChild(s("text", { x: labelW, y: 14, class: "head" }, heading));
+    items.forEach((item, i) => {
+      const y = top + i * rowH;
+      svg.appendChild(s("text", { x: labelW - 8, y: y + 15, "text-anchor": "end" }, clip(item.label, labelW - 10), s("title", {}, item.label)));
+      const z = x(0);
+      const xv = x(values[i]);
+      svg.appendChild(s("rect", { x: labelW + Math.min(z, xv), y: y + 4, width: Math.max(1, Math.abs(xv - z)), height: rowH - 8, rx: 3, class: "bar-perm" }, s("title", {}, `${item.label}: ${fmt(values[i])}`)));
+    });
+    const bottom = top + items.length * rowH;
+    svg.appendChild(s("line", { x1: labelW + x(0), x2: labelW + x(0), y1: top - 2, y2: bottom, class: "zero" }));
+    axis(svg, x, labelW, bottom, Math.min(...values, 0), Math.max(...values, 0));
+    return svg;
+  }
+
+  // ---- 🏆 Rank Top Models -----------------------------------------------------------------------
+
+  let ranked = false;  // re-render the view behind the dialog once it closes
+
+  function guessAscending(metric) { return /(rmse|mae|mse|loss|error)/i.test(metric); }
+
+  function fillMetrics(experimentName) {
+    const exp = experimentByName(experimentName);
+    const keys = exp && exp.metric_keys && exp.metric_keys.length ? exp.metric_keys : ["avg_test_r2", "avg_test_rmse", "avg_test_mae", "avg_train_rmse", "num_folds"];
+    const list = clear($("rank-metrics"));
+    for (const k of keys) list.appendChild(h("option", { value: k }));
+  }
+
+  async function openRank(experimentName, metric, ascending, topN) {
+    await loadExperiments().catch(() => null);
+    $("rank-experiment").value = experimentName || (experimentsCache[0] ? experimentsCache[0].experiment_name : "");
+    fillMetrics($("rank-experiment").value);
+    $("rank-metric").value = metric || "avg_test_r2";
+    $("rank-direction").value = String(ascending === undefined || ascending === null ? guessAscending($("rank-metric").value) : ascending);
+    if (topN) $("rank-top-n").value = topN;
+    showError($("rank-error"), "");
+    clear($("rank-result"));
+    $("rank-dialog").showModal();
+  }
+
+  async function submitRank(event) {
+    event.preventDefault();
+    const params = new URLSearchParams({
+      experiment_name: $("rank-experiment").value.trim(),
+      metric: $("rank-metric").value.trim(),
+      top_n: $("rank-top-n").value,
+      ascending: $("rank-direction").value,
+    });
+    showError($("rank-error"), "");
+    const result = clear($("rank-result"));
+    result.appendChild(h("div", { class: "loading" }, "Ranking…"));
+    $("rank-submit").disabled = true;
+    try {
+      const body = await post(`/models/rank?${params.toString()}`);
+      clear(result);
+      result.appendChild(h("p", { class: "small", "data-testid": "rank-summary" },
+        `Ranked by ${body.metric}: ${body.total_ranked} runs tagged top_${body.top_n}; best ${fmt(body.summary.best_value)}, worst ${fmt(body.summary.worst_value)}.`));
+      result.appendChild(h("div", { class: "table-scroll" }, h("table", { "data-testid": "rank-table" },
+        h("thead", {}, h("tr", {}, h("th", {}, "Rank"), h("th", {}, "Run"), h("th", {}, "Run ID"), h("th", { class: "num" }, body.metric))),
+        h("tbody", {}, body.models.map((m) => h("tr", { "data-testid": "rank-row", "data-run-id": m.run_id },
+          h("td", {}, rankBadge(m.rank), m.rank <= 3 ? [" ", h("span", { class: "badge" }, "★")] : null),
+          h("td", { class: "runname" }, m.run_name || ""),
+          h("td", { class: "mono small" }, m.run_id),
+          h("td", { class: "num mono" }, fmt(m.value))))))));
+      ranked = true;
+    } catch (e) {
+      clear(result);
+      showError($("rank-error"), e.message);
+    } finally {
+      $("rank-submit").disabled = false;
+    }
+  }
+
+  // ---- 🔄 Retrain Existing Model ----------------------------------------------------------------
+
+  let retrainFeatures = [];
+  let pollTimer = null;
+  let shownJob = null;
+
+  async function openRetrain(experimentName, runId) {
+    await loadExperiments().catch(() => null);
+    $("retrain-experiment").value = experimentName || "";
+    $("retrain-run-id").value = runId || "";
+    showError($("retrain-error"), "");
+    clear($("retrain-features"));
+    clear($("retrain-job"));
+    retrainFeatures = [];
+    updateCount();
+    $("retrain-dialog").showModal();
+    await fillRuns();
+    if (runId) await loadFeatures();
+  }
+
+  async function fillRuns() {
+    const pick = clear($("retrain-run-pick"));
+    pick.appendChild(h("option", { value: "" }, "— pick a ranked run —"));
+    const exp = experimentByName($("retrain-experiment").value.trim());
+    if (!exp || !exp.leader) return;
+    try {
+      const board = await getJson(`/api/experiments/${encodeURIComponent(exp.experiment_id)}/leaderboard`);
+      for (const m of board.models) {
+        pick.appendChild(h("option", { value: m.run_id }, `#${m.rank} ${m.run_name || m.run_id} (${fmt(m.value)})`));
+      }
+      pick.value = board.models.some((m) => m.run_id === $("retrain-run-id").value) ? $("retrain-run-id").value : "";
+    } catch (e) { /* the run id field still works */ }
+  }
+
+  async function loadFeatures() {
+    const runId = $("retrain-run-id").value.trim();
+    showError($("retrain-error"), "");
+    clear($("retrain-job"));
+    const box = clear($("retrain-features"));
+    retrainFeatures = [];
+    updateCount();
+    if (!runId) { showError($("retrain-error"), "Pick a run or enter a run ID."); return; }
+    box.appendChild(h("div", { class: "loading" }, "Reading the run's feature_importance.csv…"));
+    try {
+      const data = await getJson(`/api/runs/${encodeURIComponent(runId)}/importance`);
+      retrainFeatures = data.features.map((f) => ({ ...f, checkbox: null }));
+      renderFeatureTable(data);
+      applyThreshold();
+    } catch (e) {
+      clear(box);
+      showError($("retrain-error"), e.message);
+    }
+  }
+
+  function renderFeatureTable(data) {
+    const box = clear($("retrain-features"));
+    const rows = retrainFeatures.map((f) => {
+      const checkbox = h("input", { type: "checkbox", "data-feature-index": retrainFeatures.indexOf(f), "aria-label": `drop ${f.feature}` });
+      checkbox.addEventListener("change", updateCount);
+      f.checkbox = checkbox;
+      return h("tr", { "data-testid": "feature-row" },
+        h("td", {}, checkbox),
+        h("td", {}, f.rank),
+        h("td", { class: "mono", "data-testid": "feature-name" }, f.feature),
+        h("td", { class: "num mono" }, fmt(f.importance_mean)),
+        h("td", { class: "num mono" }, fmt(f.importance_std)),
+        h("td", { class: "num mono" }, fmt(f.shap_importance)));
+    });
+    box.appendChild(h("p", { class: "small" }, `${data.run_name || data.run_id}: ${data.features.length} features. Tick the ones to drop.`));
+    box.appendChild(h("div", { class: "table-scroll" }, h("table", { "data-testid": "feature-table" },
+      h("thead", {}, h("tr", {}, h("th", {}, "Drop"), h("th", {}, "#"), h("th", {}, "Feature"), h("th", { class: "num" }, "Importance"), h("th", { class: "num" }, "± std"), h("th", { class: "num" }, "SHAP"))),
+      h("tbody", {}, rows))));
+  }
+
+  function applyThreshold() {
+    const threshold = Number($("retrain-threshold").value);
+    for (const f of retrainFeatures) {
+      if (f.checkbox) f.checkbox.checked = Number.isFinite(threshold) && f.importance_mean !== null && f.importance_mean < threshold;
+    }
+    updateCount();
+  }
+
+  function ticked() { return retrainFeatures.filter((f) => f.checkbox && f.checkbox.checked).map((f) => f.feature); }
+
+  function updateCount() {
+    const count = $("retrain-count");
+    const submit = $("retrain-submit");
+    const total = retrainFeatures.length;
+    const dropping = ticked().length;
+    count.classList.remove("warn");
+    if (!total) { count.textContent = ""; submit.disabled = true; return; }
+    if (dropping === 0) {
+      count.textContent = `Tick at least one feature to drop (all ${total} remain).`;
+      count.classList.add("warn");
+      submit.disabled = true;
+    } else if (dropping === total) {
+      count.textContent = `Dropping all ${total} features leaves nothing to train on.`;
+      count.classList.add("warn");
+      submit.disabled = true;
+    } else {
+      count.textContent = `Dropping ${dropping} of ${total} features: ${total - dropping} remain.`;
+      submit.disabled = pollTimer !== null;
+    }
+  }
+
+  async function submitRetrain(event) {
+    event.preventDefault();
+    const exclude = ticked();
+    if (!exclude.length || exclude.length === retrainFeatures.length) { updateCount(); return; }
+    showError($("retrain-error"), "");
+    $("retrain-submit").disabled = true;
+    try {
+      const job = await post("/api/retrain", { run_id: $("retrain-run-id").value.trim(), exclude });
+      renderJob(job);
+      watchJob(job.job_id);
+    } catch (e) {
+      showError($("retrain-error"), e.message);
+      updateCount();
+    }
+  }
+
+  function watchJob(jobId) {
+    stopPolling();
+    pollTimer = setInterval(async () => {
+      try {
+        const job = await getJson(`/api/jobs/${encodeURIComponent(jobId)}`);
+        renderJob(job);
+        if (job.status === "finished" || job.status === "failed") { stopPolling(); updateCount(); }
+      } catch (e) {
+        stopPolling();
+        showError($("retrain-error"), e.message);
+      }
+    }, POLL_MS);
+  }
+
+  function stopPolling() {
+    if (pollTimer !== null) clearInterval(pollTimer);
+    pollTimer = null;
+  }
+
+  function renderJob(job) {
+    const box = clear($("retrain-job"));
+    const links = [];
+    if (job.new_run_id) {
+      links.push(h("a", { href: `#/runs/${encodeURIComponent(job.new_run_id)}`, "data-testid": "new-run-link", "data-run-id": job.new_run_id, onclick: () => $("retrain-dialog").close() }, `new run ${job.new_run_id}`));
+      if (job.new_run_url) links.push(" · ", h("a", { href: job.new_run_url, target: "_blank", rel: "noopener noreferrer" }, "open in MLflow ↗"));
+    }
+    const label = { queued: "queued", running: "running…", finished: "finished", failed: "failed" }[job.status] || job.status;
+    box.appendChild(h("div", { class: "job", "data-testid": "job", "data-status": job.status },
+      h("div", { class: "job-head" },
+        h("strong", {}, "Retrain job "), h("span", { class: "mono small" }, job.job_id),
+        h("span", { class: `badge status-${job.status}`, "data-testid": "job-status" }, label),
+        job.status === "finished" ? h("span", {}, "✔ ", ...links) : links.length ? h("span", { class: "small" }, ...links) : null),
+      job.error ? h("div", { class: "error" }, job.error) : null,
+      h("pre", { "data-testid": "job-log" }, job.log_tail || "(no output yet)")));
+    const pre = box.querySelector("pre");
+    pre.scrollTop = pre.scrollHeight;
+    if (shownJob !== job.job_id) {  // bring a new job into view once; later updates leave the scroll alone
+      shownJob = job.job_id;
+      box.scrollIntoView({ block: "end" });
+    }
+  }
+
+  // ---- wiring -------------------------------------------------------------------------------------
+
+  function wire() {
+    for (const dialog of document.querySelectorAll("dialog")) {
+      for (const button of dialog.querySelectorAll("[data-close]")) button.addEventListener("click", () => dialog.close());
+    }
+    $("open-rank").addEventListener("click", () => {
+      const m = window.location.hash.match(/^#\/experiments\/([^/]+)/);
+      const exp = m ? experimentsCache.find((e) => e.experiment_id === decodeURIComponent(m[1])) : null;
+      openRank(exp ? exp.experiment_name : "", exp ? exp.metric : null, exp ? exp.ascending : null, exp ? exp.top_n : null);
+    });
+    $("open-retrain").addEventListener("click", () => {
+      const m = window.location.hash.match(/^#\/experiments\/([^/]+)/);
+      const exp = m ? experimentsCache.find((e) => e.experiment_id === decodeURIComponent(m[1])) : null;
+      openRetrain(exp ? exp.experiment_name : "", "");
+    });
+    $("rank-form").addEventListener("submit", submitRank);
+    $("rank-experiment").addEventListener("change", () => fillMetrics($("rank-experiment").value));
+    $("rank-metric").addEventListener("change", () => { $("rank-direction").value = String(guessAscending($("rank-metric").value)); });
+    $("rank-dialog").addEventListener("close", () => { if (ranked) { ranked = false; route(); } });
+    $("retrain-form").addEventListener("submit", submitRetrain);
+    $("retrain-experiment").addEventListener("change", fillRuns);
+    $("retrain-run-pick").addEventListener("change", () => {
+      if ($("retrain-run-pick").value) { $("retrain-run-id").value = $("retrain-run-pick").value; loadFeatures(); }
+    });
+    $("retrain-load").addEventListener("click", loadFeatures);
+    $("retrain-run-id").addEventListener("keydown", (e) => { if (e.key === "Enter") { e.preventDefault(); loadFeatures(); } });
+    $("retrain-threshold").addEventListener("input", applyThreshold);
+    $("retrain-dialog").addEventListener("close", () => {
+      stopPolling();
+      if (window.location.hash.startsWith("#/experiments/")) route();
+    });
+    $("token-form").addEventListener("submit", (e) => {
+      e.preventDefault();
+      if (!$("token-input").value.trim()) return;
+      $("token-dialog").close("ok");
+    });
+    window.addEventListener("hashchange", route);
+    route();
+  }
+
+  document.addEventListener("DOMContentLoaded", wire);
+})();

@@ -198,6 +198,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 name = f"bench_optuna_{side}_j{jobs}_{i}"
                 config = load_config(None, {"trials": args.trials, "jobs": jobs, "experiment": name})
                 proxy.reset()
+                load_before = os.getloadavg()[0]
                 cpu0 = _cpu_seconds(server_pid)
                 started = time.perf_counter()
                 if side == "optuna":
@@ -220,6 +221,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                     "trials_per_minute": args.trials / seconds * 60,
                     "cpu_seconds": cpu,
                     "trials_per_cpu_minute": args.trials / cpu * 60,
+                    "load_average_before": load_before,
+                    "load_average_after": os.getloadavg()[0],
                     "calls": calls.as_dict(),
                     "sweep_calls": sweep_calls,
                     "per_trial_calls": (calls.total - sweep_calls) / args.trials,

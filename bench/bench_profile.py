@@ -15,6 +15,7 @@ fresh interpreter. The unprofiled wall time of the same sweep is reported beside
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import time
@@ -77,9 +78,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     results: dict[str, Any] = {"machine": common.machine(), "trials": args.trials}
     with running_server("sqlite") as server:
         config = load_config(None, {"trials": args.trials, "jobs": 1, "experiment": "bench_profile_plain"})
-        t0 = time.perf_counter()
+        results["load_average_before"] = os.getloadavg()[0]
+        c0, t0 = time.process_time(), time.perf_counter()
         run_sweep(config, tracking_uri=server.url, progress=False)
         results["unprofiled_seconds"] = time.perf_counter() - t0
+        results["unprofiled_cpu_seconds"] = time.process_time() - c0
         config = load_config(None, {"trials": args.trials, "jobs": 1, "experiment": "bench_profile"})
         profiler = Profiler(interval=0.002)
         t0 = time.perf_counter()
@@ -87,6 +90,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         run_sweep(config, tracking_uri=server.url, progress=False)
         profiler.stop()
         wall = time.perf_counter() - t0
+        results["load_average_after"] = os.getloadavg()[0]
     spent = attribute(profiler.last_session.root_frame())
     start = _process_start()
     xgb = {k.split(":", 1)[1]: v for k, v in spent.items() if k.startswith("xgboost:")}

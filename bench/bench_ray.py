@@ -32,7 +32,7 @@ from trainer.sweep import run_sweep
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--trials", type=int, default=4)
+    parser.add_argument("--trials", type=int, default=16)
     parser.add_argument("--reps", type=int, default=1)
     parser.add_argument("--jobs", default="1,2")
     parser.add_argument("--out", default="ray")
@@ -66,9 +66,12 @@ def main(argv: Sequence[str] | None = None) -> None:
                     factory = ray_factory(cluster.address)
                 elif side == "ray_own_cluster":
                     factory = ray_factory(None)
+                load_before = os.getloadavg()[0]
+                cpu0 = _cpu()
                 t0 = time.perf_counter()
                 summary = run_sweep(config, tracking_uri=server.url, progress=False, executor_factory=factory)
                 seconds = time.perf_counter() - t0
+                cpu = _cpu() - cpu0
                 if summary.failed:
                     raise RuntimeError(f"{name}: trials failed: {summary.failed[0].error}")
                 row = {
@@ -77,11 +80,19 @@ def main(argv: Sequence[str] | None = None) -> None:
                     "experiment": name,
                     "seconds": seconds,
                     "trials_per_minute": args.trials / seconds * 60,
+                    # this process and its reaped children (local pool workers, an own local Ray);
+                    # the shared cluster's actors are not children: their CPU is not in it
+                    "cpu_seconds": cpu,
+                    "load_average_before": load_before,
+                    "load_average_after": os.getloadavg()[0],
                     # a trial's own compute (training, scores, importance), logging apart
                     "trial_seconds_median": median([o.seconds for o in summary.outcomes]),
                 }
                 results["sweeps"].append(row)
-                log(f"{side} jobs={jobs}: {row['trials_per_minute']:.2f} trials/min ({seconds:.1f} s)")
+                log(
+                    f"{side} jobs={jobs}: {row['trials_per_minute']:.2f} trials/min ({seconds:.1f} s, "
+                    f"CPU {cpu:.1f} s, load {load_before:.1f} -> {row['load_average_after']:.1f})"
+                )
         finally:
             cluster.stop()
         client = MlflowClient(server.url)
@@ -107,6 +118,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     results["median_trials_per_minute"] = summary_rows
     log(f"medians: {summary_rows}")
     log(f"wrote {common.save(args.out, results)}")
+
+
+def _cpu() -> float:
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
 
 
 if __name__ == "__main__":

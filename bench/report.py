@@ -323,6 +323,20 @@ def ray_section(r: dict[str, Any]) -> list[str]:
         gain_local = med[f"local_j{hi}"] / med[f"local_j{lo}"]
         gain_ray = med[f"ray_j{hi}"] / med[f"ray_j{lo}"]
         out += ["", f"Gain from {lo} to {hi} workers: local {gain_local:.2f}×, Ray {gain_ray:.2f}×."]
+    if all("cpu_seconds" in row for row in rows):
+        out += [
+            "",
+            "Every sweep, in the order run (CPU: this process and its reaped children, so local pool "
+            "workers and an own local Ray count, the shared cluster's actors do not):",
+            "",
+            "| side | jobs | wall s | trials/min | CPU s | load average before → after |",
+            "|---|---|---|---|---|---|",
+        ]
+        out += [
+            f"| {row['side']} | {row['jobs']} | {row['seconds']:.1f} | {row['trials_per_minute']:.2f} | "
+            f"{row['cpu_seconds']:.1f} | {row['load_average_before']:.1f} → {row['load_average_after']:.1f} |"
+            for row in rows
+        ]
     own = [row for row in rows if row["side"] == "ray_own_cluster"]
     for row in own:
         out += [
@@ -385,7 +399,13 @@ def profile_section(p: dict[str, Any]) -> list[str]:
         "",
         f"One `--jobs 1` sweep of {p['trials']} trials on the built-in sample under pyinstrument "
         f"({p['profiled_seconds']:.1f} s; the same sweep unprofiled: {p['unprofiled_seconds']:.1f} s), plus "
-        f"process start (a fresh interpreter importing the trainer, {p['process_start_seconds']:.1f} s).",
+        f"process start (a fresh interpreter importing the trainer, {p['process_start_seconds']:.1f} s)."
+        + (
+            f" The unprofiled sweep used {p['unprofiled_cpu_seconds']:.1f} s of CPU in this process; load "
+            f"average {p['load_average_before']:.1f} before, {p['load_average_after']:.1f} after."
+            if "unprofiled_cpu_seconds" in p
+            else ""
+        ),
         "",
         "| part | seconds | share |",
         "|---|---|---|",

@@ -11,7 +11,7 @@ id); local workers inherit this process's environment and ignore it.
 from __future__ import annotations
 
 import multiprocessing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Any, Protocol, TypeVar
 
@@ -91,6 +91,21 @@ def local_executor(
     if jobs <= 1:
         return InlineExecutor(initializer, initargs)
     return ProcessExecutor(jobs, initializer, initargs)
+
+
+def prestart(factory: ExecutorFactory, jobs: int, imports: Sequence[str]) -> None:
+    """Let a factory that can start its workers now (Ray: connect, create the actors and import
+    ``imports`` in them) do so, before the initializer's arguments exist; local ones cannot."""
+    start = getattr(factory, "prestart", None)
+    if start is not None:
+        start(jobs, imports)
+
+
+def discard_prestarted(factory: ExecutorFactory) -> None:
+    """Free what ``prestart`` started when no executor follows (bad input, interrupted)."""
+    discard = getattr(factory, "discard", None)
+    if discard is not None:
+        discard()
 
 
 def for_backend(backend: str, ray_address: str | None = None) -> ExecutorFactory:

@@ -23,10 +23,19 @@ STARTUP_TIMEOUT_S = 180.0
 
 @dataclass
 class RayCluster:
-    address: str
     proc: subprocess.Popen[str]
+    log_path: Path
     # What a driver needs to join: Ray 2.5x clusters require a token (RAY_AUTH_TOKEN).
     env: dict[str, str] = field(default_factory=dict)
+    _address: str = ""
+
+    @property
+    def address(self) -> str:
+        """The cluster's GCS address; waits for the helper to print it (Ray starts meanwhile, so
+        a session's other servers can start beside it)."""
+        if not self._address:
+            self._address = _read_address(self)
+        return self._address
 
     def stop(self) -> None:
         if self.proc.poll() is not None:
@@ -75,7 +84,7 @@ def descendants(root: int) -> list[int]:
 
 
 def start_cluster(num_cpus: int, log_path: Path) -> RayCluster:
-    """Start the helper and wait for the cluster's address (its first stdout line)."""
+    """Start the helper; its first stdout line (read by ``RayCluster.address``) is the address."""
     log = open(log_path, "ab")  # noqa: SIM115 - the child process owns the handle
     auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
     proc = subprocess.Popen(
@@ -87,19 +96,24 @@ def start_cluster(num_cpus: int, log_path: Path) -> RayCluster:
         env={**os.environ, **auth},
         start_new_session=True,
     )
-    assert proc.stdout is not None
+    return RayCluster(proc, log_path, auth)
+
+
+def _read_address(cluster: RayCluster) -> str:
     import selectors
 
+    proc = cluster.proc
+    assert proc.stdout is not None
     with selectors.DefaultSelector() as sel:
         sel.register(proc.stdout, selectors.EVENT_READ)
         if not sel.select(timeout=STARTUP_TIMEOUT_S):
-            RayCluster("", proc, auth).stop()
-            raise RuntimeError(f"Ray did not start within {STARTUP_TIMEOUT_S:.0f} s; see {log_path}")
+            cluster.stop()
+            raise RuntimeError(f"Ray did not start within {STARTUP_TIMEOUT_S:.0f} s; see {cluster.log_path}")
     address = proc.stdout.readline().strip()
     if not address:
         proc.wait(timeout=30)
-        raise RuntimeError(f"Ray failed to start; log:\n{log_path.read_text()[-3000:]}")
-    return RayCluster(address, proc, auth)
+        raise RuntimeError(f"Ray failed to start; log:\n{cluster.log_path.read_text()[-3000:]}")
+    return address
 
 
 def _serve(num_cpus: int) -> None:

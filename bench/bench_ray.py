@@ -36,6 +36,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--reps", type=int, default=1)
     parser.add_argument("--jobs", default="1,2")
     parser.add_argument("--out", default="ray")
+    parser.add_argument("--ray-first", action="store_true", help="each rep's first pair starts with Ray")
+    parser.add_argument(
+        "--no-own-cluster", action="store_true", help="skip the sweep that starts its own local Ray"
+    )
     args = parser.parse_args(argv)
     common.quiet_logs()
     jobs_list = [int(j) for j in args.jobs.split(",")]
@@ -49,6 +53,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         workdir = server.workdir
         started = time.perf_counter()
         cluster = start_cluster(max(jobs_list), Path(workdir) / "ray.log")
+        assert cluster.address  # waits until the cluster is up
         results["cluster_start_seconds"] = time.perf_counter() - started
         os.environ.update(cluster.env)  # the driver joins with the cluster's token
         try:
@@ -56,8 +61,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             for rep in range(args.reps):
                 for jobs in jobs_list:
                     pair = [("local", jobs), ("ray", jobs)]
-                    sides += [(s, j) for s, j in (pair if rep % 2 == 0 else pair[::-1])]
-            sides.append(("ray_own_cluster", max(jobs_list)))
+                    sides += [(s, j) for s, j in (pair if (rep + args.ray_first) % 2 == 0 else pair[::-1])]
+            if not args.no_own_cluster:
+                sides.append(("ray_own_cluster", max(jobs_list)))
             for i, (side, jobs) in enumerate(sides):
                 name = f"bench_ray_{side}_j{jobs}_{i}"
                 config = load_config(None, {"trials": args.trials, "jobs": jobs, "experiment": name})

@@ -306,8 +306,14 @@ def ray_section(r: dict[str, Any]) -> list[str]:
         "## Trainer: `--backend ray` vs `--backend local`",
         "",
         f"The built-in sample, default trial settings, {r['trials']} trials per sweep, sides alternating, "
-        "one `mlflow server` (sqlite). Ray sweeps join one local Ray cluster with 2 CPUs started once "
-        f"({r['cluster_start_seconds']:.0f} s, not counted); trials/min over the whole sweep (data loading, "
+        "one `mlflow server` (sqlite). Ray sweeps join one local Ray cluster with "
+        f"{max(row['jobs'] for row in rows)} CPU(s) started once "
+        + (
+            f"({r['cluster_start_seconds']:.0f} s, not counted)"
+            if r["cluster_start_seconds"] >= 1
+            else "(not counted)"
+        )
+        + "; trials/min over the whole sweep (data loading, "
         "worker start-up, the driver's connect included). Load average at the start: "
         f"{r['machine']['loadavg_at_start']:.1f} on 2 cores shared with other work.",
         "",

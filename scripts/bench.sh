@@ -19,7 +19,7 @@ if [ "${1:-}" = "--quick" ]; then
 else
   "$PY" -m bench.bench_watcher
   "$PY" -m bench.bench_trainer
-  "$PY" -m bench.bench_ray --trials 8
+  "$PY" -m bench.bench_ray --trials 16
   "$PY" -m bench.bench_optuna --trials 3 --reps 2
   "$PY" -m bench.bench_profile --trials 3
 fi

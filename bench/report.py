@@ -402,6 +402,152 @@ def trainer_section(t: dict[str, Any]) -> list[str]:
     return out
 
 
+def _same(checks: Sequence[dict[str, Any]], versus: str) -> str:
+    if not checks:
+        return ""
+    same = all(c["same"] for c in checks)
+    worst = max(c["max_rel_diff"] for c in checks)
+    compared = sum(c["compared"] for c in checks)
+    return (
+        f"Same numbers: **{'yes' if same else 'NO'}** — {len(checks)} runs compared trial by trial with "
+        f"{versus}, {compared} metric values in all, largest relative difference {worst:.1e}."
+    )
+
+
+def ray_section(r: dict[str, Any]) -> list[str]:
+    med = r["median_trials_per_minute"]
+    rows = r["sweeps"]
+    out = [
+        "## Trainer: `--backend ray` vs `--backend local`",
+        "",
+        f"The built-in sample, default trial settings, {r['trials']} trials per sweep, sides alternating, "
+        "one `mlflow server` (sqlite). Ray sweeps join one local Ray cluster with "
+        f"{max(row['jobs'] for row in rows)} CPU(s) started once "
+        + (
+            f"({r['cluster_start_seconds']:.0f} s, not counted)"
+            if r["cluster_start_seconds"] >= 1
+            else "(not counted)"
+        )
+        + "; trials/min over the whole sweep (data loading, "
+        "worker start-up, the driver's connect included). Load average at the start: "
+        f"{r['machine']['loadavg_at_start']:.1f} on 2 cores shared with other work.",
+        "",
+        "| jobs | local trials/min | Ray trials/min | Ray / local |",
+        "|---|---|---|---|",
+    ]
+    jobs_list = sorted({row["jobs"] for row in rows if row["side"] == "local"})
+    for jobs in jobs_list:
+        local, ray = med[f"local_j{jobs}"], med[f"ray_j{jobs}"]
+        out.append(f"| {jobs} | {local:.2f} | {ray:.2f} | {_ratio(ray, local)} |")
+    if len(jobs_list) >= 2:
+        lo, hi = jobs_list[0], jobs_list[-1]
+        gain_local = med[f"local_j{hi}"] / med[f"local_j{lo}"]
+        gain_ray = med[f"ray_j{hi}"] / med[f"ray_j{lo}"]
+        out += ["", f"Gain from {lo} to {hi} workers: local {gain_local:.2f}×, Ray {gain_ray:.2f}×."]
+    if all("cpu_seconds" in row for row in rows):
+        out += [
+            "",
+            "Every sweep, in the order run (CPU: this process and its reaped children, so local pool "
+            "workers and an own local Ray count, the shared cluster's actors do not):",
+            "",
+            "| side | jobs | wall s | trials/min | CPU s | load average before → after |",
+            "|---|---|---|---|---|---|",
+        ]
+        out += [
+            f"| {row['side']} | {row['jobs']} | {row['seconds']:.1f} | {row['trials_per_minute']:.2f} | "
+            f"{row['cpu_seconds']:.1f} | {row['load_average_before']:.1f} → {row['load_average_after']:.1f} |"
+            for row in rows
+        ]
+    own = [row for row in rows if row["side"] == "ray_own_cluster"]
+    for row in own:
+        out += [
+            "",
+            f"A Ray sweep that starts and stops its own local Ray (no address), jobs={row['jobs']}: "
+            f"{row['trials_per_minute']:.2f} trials/min ({row['seconds']:.0f} s).",
+        ]
+    out += ["", _same(r.get("checks", []), "the first local sweep's"), ""]
+    return out
+
+
+def optuna_section(o: dict[str, Any]) -> list[str]:
+    rows = o["sweeps"]
+    base = next(row for row in rows if row["side"] == "optuna")
+    out = [
+        "## Trainer: Podium vs Optuna with MLflowCallback",
+        "",
+        f"Optuna {o['optuna']} with optuna-integration's `MLflowCallback` and `track_in_mlflow`, the same "
+        "walk-forward objective logging the same content (per-fold metrics with step = fold, averages, "
+        "`importance_*`, the importance files and charts, SHAP, the model with signature), Podium's sampled "
+        f"hyperparameters enqueued; {o['trials']} trials per side, one `mlflow server` (sqlite) behind the counting proxy. "
+        "`track_in_mlflow` holds a lock for the whole objective, so Optuna's `n_jobs` cannot run trials in "
+        "parallel: it runs with one.",
+        "",
+        "| side | processes | trials/min (median) | vs Optuna | trials per CPU-minute | vs Optuna "
+        "| tracking calls per trial (+ per sweep) | artifact requests |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault((row["side"], row["jobs"]), []).append(row)
+    base_tpm = median([r["trials_per_minute"] for r in groups[("optuna", 1)]])
+    base_cpu = median([r.get("trials_per_cpu_minute", float("nan")) for r in groups[("optuna", 1)]])
+    for (side, jobs), group in sorted(groups.items(), key=lambda kv: (kv[0][0] != "optuna", kv[0][1])):
+        label = "Optuna + MLflowCallback" if side == "optuna" else "Podium"
+        tpm = median([r["trials_per_minute"] for r in group])
+        cpu = median([r.get("trials_per_cpu_minute", float("nan")) for r in group])
+        row = group[0]
+        out.append(
+            f"| {label} | {jobs} | {tpm:.2f} | {_ratio(tpm, base_tpm)} | {cpu:.2f} | {_ratio(cpu, base_cpu)} | "
+            f"{row['per_trial_calls']:g} (+{row['sweep_calls']}) | {row['artifact_requests']} |"
+        )
+    out += ["", f"- Optuna's calls: {_endpoints(base['calls'])}"]
+    out += ["", _same(o.get("checks", []), "Optuna's"), ""]
+    return out
+
+
+def profile_section(p: dict[str, Any]) -> list[str]:
+    parts = p["parts_seconds"]
+    total = p["profiled_seconds"] + p["process_start_seconds"]
+    names = {
+        "xgboost": "XGBoost's own training and prediction (`xgboost.train`, `Booster` predicts)",
+        "data": "data: loading, checks, each window's `QuantileDMatrix`",
+        "importance_outside_xgboost": "importance outside XGBoost (shuffles, R², split paths, tables)",
+        "logging_outside_xgboost": "logging: model, batch, artifacts, charts",
+        "other": "the rest (run creation, the sweep loop, fold scores)",
+    }
+    out = [
+        "## Trainer: where a sweep's time goes",
+        "",
+        f"One `--jobs 1` sweep of {p['trials']} trials on the built-in sample under pyinstrument "
+        f"({p['profiled_seconds']:.1f} s; the same sweep unprofiled: {p['unprofiled_seconds']:.1f} s), plus "
+        f"process start (a fresh interpreter importing the trainer, {p['process_start_seconds']:.1f} s)."
+        + (
+            f" The unprofiled sweep used {p['unprofiled_cpu_seconds']:.1f} s of CPU in this process; load "
+            f"average {p['load_average_before']:.1f} before, {p['load_average_after']:.1f} after."
+            if "unprofiled_cpu_seconds" in p
+            else ""
+        ),
+        "",
+        "| part | seconds | share |",
+        "|---|---|---|",
+    ]
+    for key, label in names.items():
+        out.append(f"| {label} | {parts[key]:.1f} | {parts[key] / total:.0%} |")
+    out.append(
+        f"| process start | {p['process_start_seconds']:.1f} | {p['process_start_seconds'] / total:.0%} |"
+    )
+    out += [
+        "",
+        f"Outside XGBoost's own training and prediction: **{p['outside_xgboost_share']:.0%}** of the wall time.",
+        "",
+        "Per trial, with the once-per-sweep costs (data, process start) set apart — what a longer sweep "
+        f"tends to: **{p.get('steady_state_outside_xgboost_share', float('nan')):.0%}** outside XGBoost. "
+        f"XGBoost's time by phase: {', '.join(f'{k} {v:.1f} s' for k, v in p.get('xgboost_by_phase_seconds', {}).items())}.",
+        "",
+    ]
+    return out
+
+
 def render() -> str:
     (w, runs), t = merged_watcher(), _load("trainer")
     lines: list[str] = [BEGIN, ""]
@@ -412,6 +558,10 @@ def render() -> str:
         lines += watcher_sections(w)
     if t:
         lines += trainer_section(t)
+    for name, section in (("ray", ray_section), ("optuna", optuna_section), ("profile", profile_section)):
+        found = _load(name)
+        if found:
+            lines += section(found)
     lines.append(END)
     return "\n".join(lines)
 

@@ -6,15 +6,22 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
 [ -x "$PY" ] || bash scripts/setup.sh dev
+"$PY" -m pip install -q -e '.[dev,bench]'   # Optuna and pyinstrument, for the comparisons
 export PYTHONUNBUFFERED=1
 dashboard_args=()
 if [ "${1:-}" = "--quick" ]; then
   dashboard_args=(--runs 1000 --reps 2)
   "$PY" -m bench.bench_watcher --sizes 200,1000 --reps 1,1 --idle 10x20 --idle-reps 2
   "$PY" -m bench.bench_trainer --trials 2 --reps 1 --jobs 1
+  "$PY" -m bench.bench_ray --trials 2
+  "$PY" -m bench.bench_optuna --trials 2
+  "$PY" -m bench.bench_profile --trials 2
 else
   "$PY" -m bench.bench_watcher
   "$PY" -m bench.bench_trainer
+  "$PY" -m bench.bench_ray --trials 16
+  "$PY" -m bench.bench_optuna --trials 3 --reps 2
+  "$PY" -m bench.bench_profile --trials 3
 fi
 "$PY" bench/bench_importance.py --markdown | tee bench/results/importance.md
 "$PY" -m bench.bench_dashboard --markdown "${dashboard_args[@]}" | tee bench/results/dashboard.md

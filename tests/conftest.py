@@ -30,6 +30,7 @@ from tests.support.mlflow_server import (
     sqlite_uri as _sqlite_uri,
 )
 from tests.support.proxy import Proxy
+from tests.support.ray_cluster import RayCluster, start_cluster
 
 
 @pytest.fixture(autouse=True)
@@ -107,3 +108,11 @@ def counting_proxy() -> Iterator[Callable[[str], Proxy]]:
     yield make
     for proxy in proxies:
         proxy.close()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayCluster]:
+    """One real local Ray cluster (2 CPUs) for the session; sweeps connect to its address."""
+    cluster = start_cluster(2, tmp_path_factory.mktemp("ray") / "ray.log")
+    yield cluster
+    cluster.stop()

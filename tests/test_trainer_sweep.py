@@ -155,7 +155,9 @@ class _BreaksOnSecondSubmit:
 
     slots = 2
 
-    def __init__(self, jobs: int, initializer: Callable[..., None], initargs: tuple[Any, ...]) -> None:
+    def __init__(
+        self, jobs: int, initializer: Callable[..., None], initargs: tuple[Any, ...], **_: Any
+    ) -> None:
         initializer(*initargs)
         self._pool = ThreadPoolExecutor(max_workers=1)
         self._broken = threading.Event()

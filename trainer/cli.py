@@ -5,16 +5,20 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from trainer.errors import InputError, TrackingError, TrainingError
 from trainer.logs import configure_logging
+
+if TYPE_CHECKING:
+    from trainer.executor import ExecutorFactory
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -85,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--seed", metavar="S", type=_seed, help="seed of the trial sampler")
     train.add_argument("--jobs", metavar="J", type=_positive, help="trials run in parallel processes")
+    _add_backend_options(train)
     train.add_argument("--top", metavar="N", type=_positive, help="rows in the final table of best trials")
     train.add_argument("--no-progress", action="store_true", help="plain log lines, no progress bar")
 
@@ -94,11 +99,30 @@ def build_parser() -> argparse.ArgumentParser:
         "--drop-below", metavar="X", type=float, help="drop features whose importance is below X"
     )
     retrain.add_argument("--exclude", metavar="F1,F2,...", help="comma-separated features to drop")
+    _add_backend_options(retrain)
 
     sample = sub.add_parser("sample-data", help="write the built-in sample data set as CSV")
     sample.add_argument("--out", metavar="PATH", type=Path, required=True, help="CSV file to write")
     sample.add_argument("--seed", metavar="S", type=_seed, help="generate with another seed")
     return parser
+
+
+def _add_backend_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--backend", choices=("local", "ray"), help="where trials run: local processes or a Ray cluster"
+    )
+    parser.add_argument(
+        "--ray-address",
+        metavar="ADDR",
+        help="Ray cluster to run on (default: env RAY_ADDRESS, else a local Ray started for the sweep)",
+    )
+
+
+def executor_factory(backend: str, ray_address: str | None) -> ExecutorFactory:
+    """The executor of ``--backend``; for Ray the address falls back to ``RAY_ADDRESS``."""
+    from trainer.executor import for_backend
+
+    return for_backend(backend, ray_address or os.environ.get("RAY_ADDRESS") or None)
 
 
 TRAIN_OVERRIDES = {
@@ -115,6 +139,8 @@ TRAIN_OVERRIDES = {
     "seed": "seed",
     "jobs": "jobs",
     "top": "top",
+    "backend": "backend",
+    "ray_address": "ray_address",
 }
 
 
@@ -158,7 +184,8 @@ def _train(args: argparse.Namespace) -> int:
         overrides["data.path"] = str(overrides["data.path"])
     config = load_config(args.config, overrides)
     signal.signal(signal.SIGTERM, _interrupt)
-    summary = run_sweep(config, progress=False if args.no_progress else None)
+    factory = executor_factory(config.backend, config.ray_address)
+    summary = run_sweep(config, progress=False if args.no_progress else None, executor_factory=factory)
     print_summary(summary, config.top, sys.stdout)
     return EXIT_OK if not summary.failed else EXIT_FAILED
 
@@ -167,7 +194,10 @@ def _retrain(args: argparse.Namespace) -> int:
     from trainer.retrain import parse_exclude, retrain
 
     signal.signal(signal.SIGTERM, _interrupt)
-    result = retrain(args.run_id, drop_below=args.drop_below, exclude=parse_exclude(args.exclude))
+    factory = executor_factory(args.backend or "local", args.ray_address)
+    result = retrain(
+        args.run_id, drop_below=args.drop_below, exclude=parse_exclude(args.exclude), executor_factory=factory
+    )
     if result.status != "FINISHED":
         raise TrainingError(f"retraining run {args.run_id} failed in run {result.run_id}: {result.error}")
     before = result.source.metrics.get("avg_test_r2", math.nan)

@@ -257,6 +257,8 @@ class TrainerConfig(_Strict):
     trials: int = Field(default=24, ge=1)
     seed: int = Field(default=42, ge=0)  # numpy's seeds are non-negative
     jobs: int = Field(default=2, ge=1)
+    backend: Literal["local", "ray"] = "local"
+    ray_address: str | None = None  # null: RAY_ADDRESS, else a local Ray started for the sweep
     experiment: str | None = None
     top: int = Field(default=5, ge=1)
     data: DataConfig = DataConfig()

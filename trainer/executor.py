@@ -2,13 +2,16 @@
 
 An executor is set up with a worker initializer (called once per worker with the context that
 does not change between trials) and then takes tasks. ``InlineExecutor`` runs them in this
-process (``--jobs 1``), ``ProcessExecutor`` in a pool of fresh (spawned) processes.
+process (``--jobs 1``), ``ProcessExecutor`` in a pool of fresh (spawned) processes,
+``trainer.ray_executor.RayExecutor`` in a pool of Ray actors (``--backend ray``). A factory also
+gets ``env``, the variables a worker on another machine needs (tracking URI, experiment, sweep
+id); local workers inherit this process's environment and ignore it.
 """
 
 from __future__ import annotations
 
 import multiprocessing
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Any, Protocol, TypeVar
 
@@ -66,8 +69,49 @@ class ProcessExecutor:
         self._pool.shutdown(wait=True, cancel_futures=cancel)
 
 
-def local_executor(jobs: int, initializer: Callable[..., None], initargs: tuple[Any, ...]) -> Executor:
+class ExecutorFactory(Protocol):
+    def __call__(
+        self,
+        jobs: int,
+        initializer: Callable[..., None],
+        initargs: tuple[Any, ...],
+        *,
+        env: Mapping[str, str] | None = None,
+    ) -> Executor: ...
+
+
+def local_executor(
+    jobs: int,
+    initializer: Callable[..., None],
+    initargs: tuple[Any, ...],
+    *,
+    env: Mapping[str, str] | None = None,
+) -> Executor:
     """``jobs`` == 1: inline; otherwise a process pool."""
     if jobs <= 1:
         return InlineExecutor(initializer, initargs)
     return ProcessExecutor(jobs, initializer, initargs)
+
+
+def prestart(factory: ExecutorFactory, jobs: int, imports: Sequence[str]) -> None:
+    """Let a factory that can start its workers now (Ray: connect, create the actors and import
+    ``imports`` in them) do so, before the initializer's arguments exist; local ones cannot."""
+    start = getattr(factory, "prestart", None)
+    if start is not None:
+        start(jobs, imports)
+
+
+def discard_prestarted(factory: ExecutorFactory) -> None:
+    """Free what ``prestart`` started when no executor follows (bad input, interrupted)."""
+    discard = getattr(factory, "discard", None)
+    if discard is not None:
+        discard()
+
+
+def for_backend(backend: str, ray_address: str | None = None) -> ExecutorFactory:
+    """The factory of ``--backend local|ray``; Ray's is checked now (installed, address reachable)."""
+    if backend == "ray":
+        from trainer.ray_executor import ray_factory
+
+        return ray_factory(ray_address)
+    return local_executor

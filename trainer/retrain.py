@@ -36,7 +36,7 @@ import structlog
 from trainer import data
 from trainer.config import HYPERPARAMETERS, TrainerConfig, load_config
 from trainer.errors import InputError
-from trainer.executor import InlineExecutor
+from trainer.executor import ExecutorFactory, discard_prestarted, local_executor, prestart
 from trainer.importance import IMPORTANCE_CSV, PERMUTATION_JSON, SKIPPED_TAG
 from trainer.prepare import prepare, static_params
 from trainer.tracking import LoggedRun, Tracking, quiet_mlflow
@@ -269,6 +269,7 @@ def retrain(
     drop_below: float | None,
     exclude: Sequence[str],
     tracking_uri: str | None = None,
+    executor_factory: ExecutorFactory = local_executor,
 ) -> RetrainResult:
     """Train one new trial of run ``run_id``'s experiment without the dropped features."""
     check_request(drop_below, exclude)  # before any MLflow call
@@ -282,58 +283,75 @@ def retrain(
         tmp = Path(tmp_name)
         scores, settings = _importance_of(tracking, source, tmp)
         config = config_of(source, settings)
+        # a backend that can (Ray) starts its worker now, beside the data's reloading
+        prestart(executor_factory, 1, (init_worker.__module__,))
         try:
-            inputs = prepare(config)
-        except InputError as e:
-            raise InputError(f"cannot reload the data of run {run_id}: {e}") from e
-        dataset = inputs.dataset
-        unknown = [name for name in scores if name not in set(dataset.feature_names)]
-        if unknown:
-            raise InputError(
-                f"the data of run {run_id} ({dataset.source}) no longer has its feature(s) "
-                f"{', '.join(repr(n) for n in unknown[:5])}"
-            )
-        features = [name for name in dataset.feature_names if name in scores]
-        plan = plan_drop(features, scores, drop_below=drop_below, exclude=exclude, run_id=run_id)
-        columns = [dataset.feature_names.index(name) for name in plan.kept]
-        subset = dataclasses.replace(
-            dataset, X=np.ascontiguousarray(dataset.X[:, columns]), feature_names=list(plan.kept)
-        )
-        params = static_params(config, dataclasses.replace(inputs, dataset=subset))
-        params["dropped_features"] = ",".join(name for name, _ in plan.dropped)
-        if drop_below is not None:
-            params["drop_below"] = repr(drop_below)
-        tags = {
-            **tracking.context_tags(),
-            RETRAINED_FROM_TAG: run_id,
-            "data_mode": subset.mode,
-        }
-        run_name = f"{source.run_name or run_id[:8]}_retrained"
-        new_run_id, artifact_uri = tracking.create_run(source.experiment_id, run_name, tags)
-        print(f"new_run_id={new_run_id}", flush=True)  # machine-readable: the dashboard's jobs read it
-        log.info(
-            "retrain_started",
-            source_run_id=run_id,
-            run_id=new_run_id,
-            features=len(plan.kept),
-            dropped=len(plan.dropped),
-        )
-        try:
-            with _killed_on_sigterm(tracking, new_run_id):
-                upload = tmp / "upload"
-                upload.mkdir()
-                _write_dropped(upload / DROPPED_CSV, plan, scores)
-                tracking.log_artifacts(artifact_uri, upload)
-                executor = InlineExecutor(
-                    init_worker,
-                    (WorkerContext(subset, config, tracking.uri, source.experiment_id, params, quiet=False),),
+            try:
+                inputs = prepare(config)
+            except InputError as e:
+                raise InputError(f"cannot reload the data of run {run_id}: {e}") from e
+            dataset = inputs.dataset
+            unknown = [name for name in scores if name not in set(dataset.feature_names)]
+            if unknown:
+                raise InputError(
+                    f"the data of run {run_id} ({dataset.source}) no longer has its feature(s) "
+                    f"{', '.join(repr(n) for n in unknown[:5])}"
                 )
-                index = int(source.tags.get("trial_index", "0") or 0)
-                seed = int(source.params["trial_seed"])
-                outcome = executor.submit(
-                    execute, TrialTask(index, new_run_id, artifact_uri, hyperparameters, seed)
-                ).result()
-        except BaseException as e:  # the trial itself marks its run; this is for what comes before it
-            mark_ended(tracking, new_run_id, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
-            raise
+            features = [name for name in dataset.feature_names if name in scores]
+            plan = plan_drop(features, scores, drop_below=drop_below, exclude=exclude, run_id=run_id)
+            columns = [dataset.feature_names.index(name) for name in plan.kept]
+            subset = dataclasses.replace(
+                dataset, X=np.ascontiguousarray(dataset.X[:, columns]), feature_names=list(plan.kept)
+            )
+            params = static_params(config, dataclasses.replace(inputs, dataset=subset))
+            params["dropped_features"] = ",".join(name for name, _ in plan.dropped)
+            if drop_below is not None:
+                params["drop_below"] = repr(drop_below)
+            tags = {
+                **tracking.context_tags(),
+                RETRAINED_FROM_TAG: run_id,
+                "data_mode": subset.mode,
+            }
+            run_name = f"{source.run_name or run_id[:8]}_retrained"
+            new_run_id, artifact_uri = tracking.create_run(source.experiment_id, run_name, tags)
+            print(f"new_run_id={new_run_id}", flush=True)  # machine-readable: the dashboard's jobs read it
+            log.info(
+                "retrain_started",
+                source_run_id=run_id,
+                run_id=new_run_id,
+                features=len(plan.kept),
+                dropped=len(plan.dropped),
+            )
+            try:
+                with _killed_on_sigterm(tracking, new_run_id):
+                    upload = tmp / "upload"
+                    upload.mkdir()
+                    _write_dropped(upload / DROPPED_CSV, plan, scores)
+                    tracking.log_artifacts(artifact_uri, upload)
+                    executor = executor_factory(
+                        1,
+                        init_worker,
+                        (
+                            WorkerContext(
+                                subset, config, tracking.uri, source.experiment_id, params, quiet=False
+                            ),
+                        ),
+                        env={
+                            "MLFLOW_TRACKING_URI": tracking.uri,
+                            "PODIUM_EXPERIMENT_ID": source.experiment_id,
+                        },
+                    )
+                    index = int(source.tags.get("trial_index", "0") or 0)
+                    seed = int(source.params["trial_seed"])
+                    try:
+                        outcome = executor.submit(
+                            execute, TrialTask(index, new_run_id, artifact_uri, hyperparameters, seed)
+                        ).result()
+                    finally:
+                        executor.shutdown()
+            except BaseException as e:  # the trial itself marks its run; this is for what comes before it
+                mark_ended(tracking, new_run_id, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+                raise
+        finally:
+            discard_prestarted(executor_factory)  # a no-op once the executor took the worker over
     return RetrainResult(source, new_run_id, outcome.status, plan, outcome.metrics, outcome.error)

@@ -12,7 +12,6 @@ import shutil
 import sys
 import time
 import uuid
-from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ from tqdm import tqdm
 
 from trainer.config import TrainerConfig, sample_trial
 from trainer.errors import TrainingError, describe
-from trainer.executor import Executor, local_executor
+from trainer.executor import ExecutorFactory, discard_prestarted, local_executor, prestart
 from trainer.prepare import prepare, static_params
 from trainer.tracking import Tracking, quiet_mlflow
 from trainer.worker import (
@@ -83,45 +82,57 @@ def run_sweep(
     *,
     tracking_uri: str | None = None,
     progress: bool | None = None,
-    executor_factory: Callable[[int, Callable[..., None], tuple[Any, ...]], Executor] = local_executor,
+    executor_factory: ExecutorFactory = local_executor,
 ) -> SweepSummary:
     """Run ``config.trials`` trials; InputError before any run exists if the input is bad."""
     started = time.perf_counter()
-    inputs = prepare(config)
-    dataset = inputs.dataset
-    quiet_mlflow()
-    tracking = Tracking(tracking_uri)
-    name = config.experiment_name(dataset.n_features)
-    experiment_id = tracking.ensure_experiment(name)
-    sweep_id = uuid.uuid4().hex[:12]
-    run_tags = {**tracking.context_tags(), "sweep_id": sweep_id, "data_mode": dataset.mode}
     jobs = min(config.jobs, config.trials)
-    # inline trials share this process's logging; worker processes report only problems
-    context = WorkerContext(
-        dataset, config, tracking.uri, experiment_id, static_params(config, inputs), quiet=jobs > 1
-    )
-    log.info(
-        "sweep_started",
-        experiment=name,
-        experiment_id=experiment_id,
-        tracking_uri=tracking.uri,
-        trials=config.trials,
-        jobs=jobs,
-        sweep_id=sweep_id,
-    )
-    show_bar = sys.stderr.isatty() if progress is None else progress
-    # an explicit size: tqdm reads 0 rows from some pseudo-terminals and then draws nothing
-    size = shutil.get_terminal_size((100, 24))
-    bar = tqdm(
-        total=config.trials,
-        unit="trial",
-        disable=not show_bar,
-        ncols=min(size.columns or 100, 120),
-        nrows=max(size.lines, 24),
-    )
-    outcomes: list[TrialOutcome] = []
-    in_flight: dict[Future[TrialOutcome], TrialTask] = {}
-    executor = executor_factory(jobs, init_worker, (context,))
+    # a backend that can (Ray) starts its workers now: their start overlaps the data's preparation
+    prestart(executor_factory, jobs, (init_worker.__module__,))
+    try:
+        inputs = prepare(config)
+        dataset = inputs.dataset
+        quiet_mlflow()
+        tracking = Tracking(tracking_uri)
+        name = config.experiment_name(dataset.n_features)
+        experiment_id = tracking.ensure_experiment(name)
+        sweep_id = uuid.uuid4().hex[:12]
+        run_tags = {**tracking.context_tags(), "sweep_id": sweep_id, "data_mode": dataset.mode}
+        # inline trials share this process's logging; worker processes report only problems
+        context = WorkerContext(
+            dataset, config, tracking.uri, experiment_id, static_params(config, inputs), quiet=jobs > 1
+        )
+        log.info(
+            "sweep_started",
+            experiment=name,
+            experiment_id=experiment_id,
+            tracking_uri=tracking.uri,
+            trials=config.trials,
+            jobs=jobs,
+            sweep_id=sweep_id,
+        )
+        show_bar = sys.stderr.isatty() if progress is None else progress
+        # an explicit size: tqdm reads 0 rows from some pseudo-terminals and then draws nothing
+        size = shutil.get_terminal_size((100, 24))
+        bar = tqdm(
+            total=config.trials,
+            unit="trial",
+            disable=not show_bar,
+            ncols=min(size.columns or 100, 120),
+            nrows=max(size.lines, 24),
+        )
+        outcomes: list[TrialOutcome] = []
+        in_flight: dict[Future[TrialOutcome], TrialTask] = {}
+        # what a worker on another machine needs to log its trial where the driver would
+        env = {
+            "MLFLOW_TRACKING_URI": tracking.uri,
+            "PODIUM_EXPERIMENT_ID": experiment_id,
+            "PODIUM_SWEEP_ID": sweep_id,
+        }
+        executor = executor_factory(jobs, init_worker, (context,), env=env)
+    except BaseException:
+        discard_prestarted(executor_factory)
+        raise
     try:
         for index in range(config.trials):
             while len(in_flight) >= executor.slots:
@@ -184,8 +195,8 @@ def _collect(
         except BrokenProcessPool as e:
             mark_ended(tracking, task.run_id, FAILED)
             raise TrainingError(f"a trial process died while running trial_{task.index}") from e
-        except Exception as e:
-            mark_ended(tracking, task.run_id, FAILED)
+        except Exception as e:  # the worker could not end the run (it died): say why on the run
+            mark_ended(tracking, task.run_id, FAILED, reason=describe(e))
             outcome = TrialOutcome(task.index, task.run_id, FAILED, task.hyperparameters, error=describe(e))
         outcomes.append(outcome)
         r2 = outcome.metrics.get("avg_test_r2", math.nan)

@@ -27,6 +27,8 @@ from trainer.train import Prepared, TrialResult, run_trial
 log = structlog.get_logger(__name__)
 
 FINISHED, FAILED, KILLED = "FINISHED", "FAILED", "KILLED"
+# Tag of a run its worker could not end itself (the worker died): why it is FAILED.
+FAILURE_TAG = "failure_reason"
 
 
 @dataclass(frozen=True)
@@ -136,10 +138,12 @@ def execute(task: TrialTask) -> TrialOutcome:
     return _worker.run(task)
 
 
-def mark_ended(tracking: Tracking, run_id: str, status: str) -> None:
-    """Mark a run FAILED or KILLED; a tracking error here is logged, not raised (one is already
-    on its way)."""
+def mark_ended(tracking: Tracking, run_id: str, status: str, reason: str | None = None) -> None:
+    """Mark a run FAILED or KILLED (with tag ``failure_reason`` when given); a tracking error here
+    is logged, not raised (one is already on its way)."""
     try:
+        if reason:
+            tracking.log_batch(run_id, {}, [], {FAILURE_TAG: reason[:5000]})
         tracking.terminate(run_id, status)
     except TrackingError as e:
         log.error("run_not_marked", run_id=run_id, status=status, error=str(e))

@@ -46,10 +46,11 @@ STATE_VERSION = 1
 # An experiment tag holds up to 20,000 characters; a board entry takes at most ~80. The board
 # always holds the whole top N, so top_n is capped at this size (settings and the API check it).
 MAX_BOARD = MAX_TOP_N
-# Announced run ids kept in the state (32 characters each, ~10,500 with quotes): only runs that
-# can still alert are kept (stalled runs still RUNNING), well inside the tag's 20,000 characters
-# with the board; past it a pass announces no more stalled runs until some end.
-MAX_ALERTED = 300
+# Announced run ids kept in the state (32 characters each): only runs that can still alert
+# (stalled runs still RUNNING) are kept, so this bounds how many stalled runs wait unannounced at
+# once; past it a pass announces no more until some end. Fits the tag's 20,000 characters with
+# the largest board.
+MAX_ALERTED = 100
 # The fingerprint of a state written before the experiment's first ranking (it records when
 # the rule first saw the experiment): the next pass still ranks it for the first time.
 UNRANKED = ""

@@ -287,3 +287,102 @@ def test_a_run_that_fails_or_stalls_after_the_rule_saw_the_experiment_is_announc
     for request in requests_to(receiver, "/hook"):
         assert verify(SECRET, request.headers, request.get_data())
     assert pending_summaries(server, exp_id) == []
+
+
+def finished_runs(client: MlflowClient, exp_id: str, values: list[float]) -> None:
+    for value in values:
+        run_id = client.create_run(exp_id).info.run_id
+        client.log_metric(run_id, "avg_test_r2", value)
+        client.set_terminated(run_id, "FINISHED")
+
+
+def alert_watcher(
+    server: ServerHandle, receiver: HTTPServer, experiments: list[str], trigger: str
+) -> tuple[Watcher, DeliveryWorker, list[float]]:
+    settings = make_settings(server.url, experiments[0], receiver.url_for("/hook"), None)
+    rule = settings.rules[0].model_copy(
+        update={
+            "experiments": experiments,
+            "alerts": ["failed", "stalled"],
+            "stalled_after_minutes": 1,
+            "trigger": trigger,
+        }
+    )
+    settings = settings.model_copy(update={"rules": [rule]})
+    tracking = MlflowTracking(server.url)
+    delivery = build_handlers(settings, tracking)
+    shift = [0.0]
+    watcher = Watcher(settings, tracking, delivery.handlers, clock=lambda: time.time() + shift[0])
+    return watcher, delivery.worker, shift
+
+
+def run_alerts(receiver: HTTPServer) -> list[dict[str, object]]:
+    found = [json.loads(r.get_data()) for r in requests_to(receiver, "/hook")]
+    return [e for e in found if str(e["event"]).startswith("run.")]
+
+
+def test_an_experiment_first_seen_while_a_run_is_running_announces_what_fails_or_stalls_later(
+    server: ServerHandle, receiver: HTTPServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """B waits for a RUNNING run when the rule first sees it: runs that fail meanwhile, and the
+    run that then stalls, are announced once each, like in A, which ranks at once."""
+    monkeypatch.setenv("PODIUM_TEST_SECRET", SECRET)
+    receiver.expect_request("/hook").respond_with_data("ok")
+    receiver.start()
+    client = MlflowClient(server.url)
+    tag = uuid4().hex[:8]
+    a_id = client.create_experiment(f"al_{tag}_A")
+    b_id = client.create_experiment(f"al_{tag}_B")
+    finished_runs(client, a_id, [0.1 * i for i in range(10)])
+    finished_runs(client, b_id, [0.05 * i for i in range(10)])
+    long_run = client.create_run(b_id, run_name="long").info.run_id
+    watcher, worker, shift = alert_watcher(server, receiver, [f"al_{tag}_*"], "experiment_finished")
+
+    assert watcher.run_pass().ok  # A ranks; B waits for its RUNNING run
+    assert client.get_experiment(b_id).tags.get("podium.state")  # B's first sight is kept
+    failed = {}
+    for exp_id in (a_id, b_id):
+        failed[exp_id] = client.create_run(exp_id, run_name="broken").info.run_id
+        client.set_terminated(failed[exp_id], "FAILED")
+    assert watcher.run_pass().ok
+    worker.drain()
+    shift[0] = 90.0  # the long run has been silent for 1.5 minutes by the watcher's clock
+    for _ in range(2):
+        assert watcher.run_pass().ok
+        worker.drain()
+
+    got = sorted((e["event"], e["run_id"]) for e in run_alerts(receiver))
+    want = sorted([("run.failed", failed[a_id]), ("run.failed", failed[b_id]), ("run.stalled", long_run)])
+    assert got == want
+    ranked = client.search_runs([b_id], "tags.model_rank = '1'")
+    assert [r.data.metrics["avg_test_r2"] for r in ranked] == [0.45]  # B ranked once it stalled
+
+
+def test_sixty_runs_stalling_at_once_are_each_announced_exactly_once(
+    server: ServerHandle, receiver: HTTPServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """More stalled runs than the outbox holds per webhook: each pass queues what fits, oldest
+    first, and leaves the rest for later passes; none is dropped, none announced twice."""
+    monkeypatch.setenv("PODIUM_TEST_SECRET", SECRET)
+    receiver.expect_request("/hook").respond_with_data("ok")
+    receiver.start()
+    client = MlflowClient(server.url)
+    name = f"flood_{uuid4().hex[:8]}"
+    exp_id = client.create_experiment(name)
+    finished_runs(client, exp_id, [0.5])
+    watcher, worker, shift = alert_watcher(server, receiver, [name], "run_finished")
+    assert watcher.run_pass().ok
+    worker.drain()
+    stuck = {client.create_run(exp_id, run_name=f"stuck{i:02d}").info.run_id for i in range(60)}
+
+    counts = []
+    for k in range(6):
+        shift[0] = 90.0 + 60.0 * k  # a stall check is due every pass
+        assert watcher.run_pass().ok
+        worker.drain()
+        counts.append(len(run_alerts(receiver)))
+    announced = [e["run_id"] for e in run_alerts(receiver)]
+    assert sorted(announced) == sorted(stuck)  # every run once: none dropped, none twice
+    assert counts[0] < 60  # spread over passes (the outbox holds 20 per webhook) ...
+    assert counts[-1] == 60  # ... then nothing more
+    assert pending_summaries(server, exp_id) == []

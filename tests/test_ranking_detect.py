@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
-from watcher.detect import MAX_ALERTED, MAX_BOARD, ExperimentState, board_size, fingerprint
+from watcher.detect import MAX_ALERTED, MAX_BOARD, UNRANKED, ExperimentState, board_size, fingerprint
 from watcher.model import MAX_TOP_N, RunRecord
-from watcher.planner import Observed, triage
+from watcher.planner import Observed, state_only, triage
 from watcher.ranking import Candidate
 from watcher.settings import RuleConfig
 
@@ -199,11 +201,51 @@ def test_failed_and_stalled_runs_are_announced_once_and_only_after_first_seen() 
     t = triage(rule, FP, ("1", "e"), s, seen, NOW_MS)
     assert [(a.kind, a.run_id) for a in t.alerts] == [("failed", "new"), ("stalled", "st")]
     assert (t.old_alerts_skipped, t.stalled) == (1, ("st",))
-    assert (t.action, set(t.alerted)) == ("advance", {"old", "new", "st"})
+    # Only the stalled run is remembered: the watermark now covers the failed ones.
+    assert (t.action, t.alerted) == ("advance", ("st",))
     again = triage(
         rule, FP, ("1", "e"), state(first_seen=seen_at, alerted=t.alerted, seen=t.seen), seen, NOW_MS
     )
     assert (again.alerts, again.action) == ((), "idle")
+    ended = triage(
+        rule,
+        FP,
+        ("1", "e"),
+        state(first_seen=seen_at, alerted=("st",), seen=t.seen),
+        Observed(running=()),
+        NOW_MS,
+    )
+    assert (ended.alerts, ended.alerted) == ((), ())  # it ended: it cannot stall again
+
+
+def test_alerts_beyond_the_outbox_room_wait_for_a_later_pass_oldest_first() -> None:
+    rule = RuleConfig(
+        name="r", experiments=["*"], metric="avg_test_r2", alerts=["stalled"], stalled_after_minutes=1
+    )
+    seen_at = NOW_MS - 60 * 60_000
+    runs = tuple(
+        RunRecord(f"s{i}", f"s{i}", "1", "RUNNING", NOW_MS - (30 - i) * 60_000, None) for i in range(5)
+    )
+    kept = state(first_seen=seen_at)
+    t = triage(rule, FP, ("1", "e"), kept, Observed(running=runs, alert_room=2), NOW_MS)
+    assert ([a.run_id for a in t.alerts], t.alerted, t.alerts_held) == (["s0", "s1"], ("s0", "s1"), 3)
+    t2 = triage(
+        rule, FP, ("1", "e"), replace(kept, alerted=t.alerted), Observed(running=runs, alert_room=19), NOW_MS
+    )
+    assert ([a.run_id for a in t2.alerts], t2.alerts_held) == (["s2", "s3", "s4"], 0)
+
+
+def test_an_experiment_first_seen_while_waiting_keeps_first_seen_and_still_ranks_first() -> None:
+    rule = RuleConfig(name="r", experiments=["*"], metric="avg_test_r2", trigger="experiment_finished")
+    live = RunRecord("live", "live", "1", "RUNNING", NOW_MS - 1000, None)
+    t = triage(rule, FP, ("1", "e"), None, Observed(running=(live,)), NOW_MS)
+    assert t.action == "pending"
+    stub = state_only(("1", "e"), rule, None, t).state
+    assert stub is not None
+    assert (stub.fingerprint, stub.first_seen, stub.seen, stub.board) == (UNRANKED, NOW_MS, NOW_MS, ())
+    again = ExperimentState.from_tag(stub.to_tag())
+    t2 = triage(rule, FP, ("1", "e"), again, Observed(running=()), NOW_MS + 5)
+    assert (t2.action, t2.reason, t2.first_seen) == ("full", "first", NOW_MS)
 
 
 def test_a_stalled_run_no_longer_holds_an_experiment_finished_ranking_back() -> None:

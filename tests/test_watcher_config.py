@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -262,3 +263,16 @@ def test_environment_overrides_a_key_of_one_rule(
     monkeypatch.setenv("WATCHER_RULES__7__TOP_N", "5")
     assert cli.main(["check-config", "--config", str(path)]) == 2
     assert "WATCHER_RULES__7__TOP_N: there is no rules[7]" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [["check-config"], ["--once"]], ids=["check-config", "once"])
+def test_an_empty_config_file_is_exit_2_unless_the_environment_gives_rules(
+    tmp_path: Path, command: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(tmp_path, "")
+    assert cli.main([*command, "--config", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.splitlines() == [err]
+    assert f"config file {path} has no rules" in err
+    monkeypatch.setenv("WATCHER_RULES", json.dumps([GOOD_RULE]))
+    assert [r.name for r in load_settings(path).rules] == ["wf-xgboost"]

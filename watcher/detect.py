@@ -18,7 +18,8 @@ or replaced watcher carries on where the last one stopped and two replicas conve
   are completed later by a paged count (``counting``: the page token to go on from, over runs
   that ended at or before ``count_upto``), a bounded number of pages per pass.
 - ``first_seen``: when the rule first saw the experiment (ms); only runs that fail or stall
-  after it are announced. ``alerted``: the runs announced already (newest last, bounded), so
+  after it are announced (a state holding only it is written while a first ranking waits;
+  fingerprint empty). ``alerted``: the stalled runs announced that are still RUNNING, so
   no run is announced twice, whichever replica sees it.
 
 Limits, by design of an O(1) idle pass: the holder check of every pass finds runs carrying
@@ -45,9 +46,14 @@ STATE_VERSION = 1
 # An experiment tag holds up to 20,000 characters; a board entry takes at most ~80. The board
 # always holds the whole top N, so top_n is capped at this size (settings and the API check it).
 MAX_BOARD = MAX_TOP_N
-# Announced run ids kept in the state (32 characters each): enough to cover every run that can
-# still be RUNNING or newly FAILED, and well inside the tag's 20,000 characters with the board.
+# Announced run ids kept in the state (32 characters each): only runs that can still alert
+# (stalled runs still RUNNING) are kept, so this bounds how many stalled runs wait unannounced at
+# once; past it a pass announces no more until some end. Fits the tag's 20,000 characters with
+# the largest board.
 MAX_ALERTED = 100
+# The fingerprint of a state written before the experiment's first ranking (it records when
+# the rule first saw the experiment): the next pass still ranks it for the first time.
+UNRANKED = ""
 
 
 def fingerprint(metric: str, ascending: bool, filter_string: str | None) -> str:

@@ -18,7 +18,7 @@ from decimal import Decimal
 
 import structlog
 
-from watcher.detect import STATE_TAG, ExperimentState, board_size, fingerprint
+from watcher.detect import MAX_ALERTED, STATE_TAG, UNRANKED, ExperimentState, board_size, fingerprint
 from watcher.mlflow_io import EXPERIMENT_BATCH, MlflowTracking, glob_to_like
 from watcher.model import (
     MODEL_RANK,
@@ -29,6 +29,7 @@ from watcher.model import (
     WatchedExperiment,
     top_tag,
 )
+from watcher.outbox import webhook_room
 from watcher.planner import (
     FINISHED,
     SAMPLE_SIZE,
@@ -156,7 +157,7 @@ class Reader:
         tracked = [
             e.experiment_id
             for e in exps
-            if (s := states[e.experiment_id]) is not None and s.fingerprint == fp
+            if (s := states[e.experiment_id]) is not None and s.fingerprint in (fp, UNRANKED)
         ]
         ids = [e.experiment_id for e in exps]
 
@@ -203,6 +204,11 @@ class Reader:
                 running=None if running_by is None else running_by.get(exp.experiment_id, ()),
                 advance_to=advance_to,
                 orphans=None if swept is None else swept.get(exp.experiment_id, ()),
+                alert_room=(
+                    webhook_room(exp.experiment_id, exp.tags, rule.notify)
+                    if rule.alerts and rule.notify
+                    else None
+                ),
             )
             t = triage(rule, fp, (exp.experiment_id, exp.name), state, observed, now_ms)
             if force_rank and t.action not in ("rerank", "full"):
@@ -231,6 +237,22 @@ class Reader:
                         experiment_name=exp.name,
                         runs=t.old_alerts_skipped,
                         reason="before_first_seen",
+                    )
+                if t.alerts_lost:
+                    log.warning(
+                        "alerts_not_announced",
+                        experiment_name=exp.name,
+                        runs=t.alerts_lost,
+                        reason="outbox_full",
+                    )
+                if t.alerts_held:
+                    log.warning(
+                        "alerts_held",
+                        experiment_name=exp.name,
+                        runs=t.alerts_held,
+                        queued=len(t.alerts),
+                        alerted=len(t.alerted),
+                        alerted_limit=MAX_ALERTED,
                     )
                 if t.action in ("rerank", "full"):
                     read = [*holders.get(exp.experiment_id, ()), *orphans.get(exp.experiment_id, ())]

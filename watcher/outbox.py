@@ -152,6 +152,32 @@ def is_outbox_tag(key: str) -> bool:
     return key.startswith((TAG_PREFIX, LEGACY_WEBHOOK_PREFIX)) or key == LEGACY_REGISTRY_TAG
 
 
+def webhook_room(
+    experiment_id: str,
+    tags: Mapping[str, str],
+    webhooks: Sequence[str],
+    *,
+    max_per_target: int = MAX_PER_TARGET,
+    reserve: int = 1,
+) -> int:
+    """How many more webhook entries an experiment can take for every one of ``webhooks``
+    before the bound drops one: the bound less the entries its tags hold for the fullest
+    webhook, less ``reserve`` (a leaderboard summary the same pass may queue). A pass that
+    queues no more than this loses no alert at queue time."""
+    held = dict.fromkeys(webhooks, 0)
+    for key, value in tags.items():
+        if not key.startswith((TAG_PREFIX, LEGACY_WEBHOOK_PREFIX)):
+            continue
+        try:
+            entry = parse_tag(experiment_id, key, value)
+        except (ValueError, KeyError, TypeError):
+            continue
+        if entry is not None and entry.kind == "webhook" and entry.target in held:
+            held[entry.target] += 1
+    fullest = max(held.values(), default=0)
+    return max(0, max_per_target - fullest - reserve)
+
+
 class Outbox:
     """Entries due, in flight and done, kept as experiment tags (see the module doc)."""
 

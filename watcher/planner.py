@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
 
-from watcher.detect import MAX_ALERTED, ExperimentState
+from watcher.detect import MAX_ALERTED, UNRANKED, ExperimentState
 from watcher.model import (
     Leaderboard,
     LeaderboardChanged,
@@ -69,6 +69,8 @@ class Observed:
     advance_to: int | None = None
     # Runs carrying ``top_{N}`` or ``production_candidate`` (None: not searched this pass).
     orphans: tuple[RunRecord, ...] | None = None
+    # Alerts the outbox has room for (None: no bound); the rest wait for a later pass.
+    alert_room: int | None = None
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,11 @@ class Triage:
     alerted: tuple[str, ...] = ()
     stalled: tuple[str, ...] = ()
     old_alerts_skipped: int = 0
+    # Alerts due but left for a later pass (no room in the outbox, or the state's alerted list
+    # is full): not remembered, so a later pass announces them.
+    alerts_held: int = 0
+    # Failed runs beyond the outbox's room: not announced (the watermark moves past them).
+    alerts_lost: int = 0
     first_seen: int | None = None
 
 
@@ -183,13 +190,14 @@ def triage(
     ranked, unranked = split_ranked(finished, rule.metric)
     new_seen = max([watermark, *(r.end_time or 0 for r in fresh)])
     first_seen = state.first_seen if state is not None and state.first_seen is not None else now_ms
+    ranked_before = state is not None and state.fingerprint != UNRANKED
 
     stalled = tuple(r for r in seen.running or () if is_stalled(r, now_ms, rule.stalled_after_minutes))
     still_running = [r for r in seen.running or () if r not in stalled]
 
+    running_ids = {r.run_id for r in seen.running} if seen.running is not None else None
     alerted = list(state.alerted) if state else []
     announced = set(alerted)
-    alerts: list[RunAlert] = []
     skipped = 0
     candidates: list[tuple[str, RunRecord, int | None]] = []
     if "failed" in rule.alerts:
@@ -199,14 +207,33 @@ def triage(
             active = last_activity(r)
             since = None if active is None else active + rule.stalled_after_minutes * 60_000
             candidates.append(("stalled", r, since))
+    due: list[tuple[str, RunRecord, int | None]] = []
     for kind, run, since in candidates:
         if run.run_id in announced:
             continue
-        announced.add(run.run_id)
-        alerted.append(run.run_id)
         if state is None or since is None or since < first_seen:
             skipped += 1  # it failed or stalled before the rule saw the experiment
             continue
+        due.append((kind, run, since))
+    # Failed runs first (the watermark moves past them), then stalled ones, oldest first.
+    due.sort(key=lambda c: (c[0] != "failed", c[2] or 0, c[1].run_id))
+    # Only runs that can still alert are remembered: a stalled run while it is RUNNING (it
+    # cannot stall again once ended; a failed run ended after the watermark this pass covers).
+    if running_ids is not None:
+        this_pass = {run.run_id for _, run, _ in candidates}
+        alerted = [r for r in alerted if r in running_ids or r in this_pass]
+    room = len(due) if seen.alert_room is None else max(0, seen.alert_room)
+    alerts: list[RunAlert] = []
+    held = lost = 0
+    for kind, run, _since in due:
+        if kind == "stalled" and (len(alerts) >= room or len(alerted) >= MAX_ALERTED):
+            held += 1  # announced by a later pass, once the outbox or the state has room
+            continue
+        if kind == "failed" and len(alerts) >= room:
+            lost += 1  # the watermark moves past it: more failures at once than the outbox holds
+            continue
+        if kind == "stalled":
+            alerted.append(run.run_id)
         alerts.append(
             RunAlert(
                 kind="failed" if kind == "failed" else "stalled",
@@ -227,14 +254,17 @@ def triage(
         "alerted": tuple(alerted[-MAX_ALERTED:]),
         "stalled": tuple(r.run_id for r in stalled),
         "old_alerts_skipped": skipped,
+        "alerts_held": held,
+        "alerts_lost": lost,
         "first_seen": first_seen,
     }
 
     wait = rule.trigger == "experiment_finished" and bool(still_running)
-    if state is None or state.fingerprint != fp:
+    if not ranked_before or state is None or state.fingerprint != fp:
+        reason = "rule" if ranked_before else "first"
         if wait:
-            return Triage("pending", "first" if state is None else "rule", **common)  # type: ignore[arg-type]
-        return Triage("full", "first" if state is None else "rule", **common)  # type: ignore[arg-type]
+            return Triage("pending", reason, **common)  # type: ignore[arg-type]
+        return Triage("full", reason, **common)  # type: ignore[arg-type]
     if not holders_agree(state, seen.holders, rule.metric):
         return Triage("rerank", "holders", **common)  # type: ignore[arg-type]
     if seen.orphans is not None and not orphans_agree(state, seen.orphans):
@@ -255,7 +285,31 @@ def triage(
 
 
 def state_only(exp: tuple[str, str], rule: Rule, state: ExperimentState | None, t: Triage) -> ExperimentPlan:
-    """The plan of an experiment that is not ranked this pass (idle, advance, pending)."""
+    """The plan of an experiment that is not ranked this pass (idle, advance, pending).
+
+    An experiment first seen while it waits gets a state that records only ``first_seen``
+    (fingerprint :data:`UNRANKED`, watermark at ``first_seen``): the next passes search what
+    ended after it (failed runs to announce) and still do the first ranking.
+    """
+    if state is None and t.action == "pending" and t.first_seen is not None:
+        state = ExperimentState(
+            rule=rule.name,
+            fingerprint=UNRANKED,
+            top_n=rule.top_n,
+            production_candidates=rule.production_candidates,
+            seen=t.first_seen,
+            first_seen=t.first_seen,
+        )
+        return ExperimentPlan(
+            exp[0],
+            exp[1],
+            rule.name,
+            t.action,
+            t.reason,
+            state=replace(state, seen=max(t.seen, t.first_seen), alerted=t.alerted),
+            alerts=t.alerts,
+            stalled=t.stalled,
+        )
     if state is None or t.action == "idle":
         return ExperimentPlan(
             exp[0], exp[1], rule.name, t.action, t.reason, alerts=t.alerts, stalled=t.stalled

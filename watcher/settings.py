@@ -211,6 +211,9 @@ def load_settings(
     except SettingsError as e:
         # pydantic-settings reads list and mapping values (WATCHER_RULES) as JSON.
         raise ConfigError(f"{config_path}: {_env_problem(e)}") from e
+    if not settings.rules:
+        # An empty file (or one without rules) would start a watcher that watches nothing.
+        raise ConfigError(f"config file {config_path} has no rules (add a 'rules' list or set WATCHER_RULES)")
     _check_references(settings, config_path)
     if check_filter is not None:
         for i, rule in enumerate(settings.rules):

@@ -16,7 +16,7 @@ from watcher.dashboard import (
     ranking_of,
     sorted_metric_keys,
 )
-from watcher.detect import STATE_TAG, ExperimentState, fingerprint
+from watcher.detect import STATE_TAG, UNRANKED, ExperimentState, fingerprint
 from watcher.jobs import Job
 from watcher.model import RunRecord
 from watcher.ranking import Candidate
@@ -52,6 +52,12 @@ def test_kept_board_reads_the_tagged_top_n_of_the_state_tag() -> None:
     assert (board.ranked_runs, board.unranked_runs, board.seen_ms) == (4, 1, 1234)
     assert kept_board({}) is None
     assert kept_board({STATE_TAG: "{not json"}) is None
+
+
+def test_an_experiment_waiting_for_its_first_ranking_has_no_board() -> None:
+    """A pass keeps a state (its first sighting) while the experiment waits for a RUNNING run."""
+    waiting = ExperimentState(rule="wf", fingerprint=UNRANKED, top_n=3, production_candidates=2, seen=55)
+    assert kept_board({STATE_TAG: waiting.to_tag()}) is None
 
 
 @pytest.mark.parametrize(

@@ -32,7 +32,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
 from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, ValidationError
 
-from watcher.detect import STATE_TAG, ExperimentState, fingerprint
+from watcher.detect import STATE_TAG, UNRANKED, ExperimentState, fingerprint
 from watcher.errors import TrackingError
 from watcher.jobs import Job, JobRunner, QueueFull
 from watcher.mlflow_io import EXPERIMENT_BATCH, MlflowTracking
@@ -100,9 +100,10 @@ class KeptBoard:
 
 
 def kept_board(tags: Mapping[str, str]) -> KeptBoard | None:
-    """The kept board from an experiment's tags; None when it was never ranked."""
+    """The kept board from an experiment's tags; None when it was never ranked (no state, or
+    the state a pass keeps while the experiment waits for its first ranking)."""
     state = ExperimentState.from_tag(tags.get(STATE_TAG))
-    if state is None:
+    if state is None or state.fingerprint == UNRANKED:
         return None
     return KeptBoard(
         rule=state.rule,

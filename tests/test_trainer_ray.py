@@ -272,3 +272,39 @@ def test_a_bad_or_closed_address_is_an_input_error_naming_it(address: str, messa
 
     with pytest.raises(InputError, match=message):
         check_reachable(address, timeout=2)
+
+
+def test_without_an_address_the_sweep_starts_its_own_ray_and_finishes(
+    sqlite_server: ServerHandle, small_config: Path
+) -> None:
+    """No --ray-address: the sweep starts a local Ray on the main thread (Ray's processes die
+    with the thread that forked them), runs the trial there and stops that Ray again."""
+    experiment = f"ray_own_{uuid4().hex[:8]}"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": sqlite_server.url}
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "trainer",
+            "train",
+            "--config",
+            str(small_config),
+            "--no-progress",
+            "--experiment",
+            experiment,
+            "--trials",
+            "1",
+            "--jobs",
+            "1",
+            "--backend",
+            "ray",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=small_config.parent,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert [r.info.status for r in _runs(sqlite_server, experiment)] == ["FINISHED"]

@@ -51,6 +51,8 @@ R = TypeVar("R")
 INSTALL_HINT = "pip install 'mlflow-podium[ray]'"
 # Seconds to wait for a cluster's port to answer before giving up (Ray itself retries for minutes).
 CONNECT_TIMEOUT_S = 10.0
+# How long the sweep waits for a cluster that accepted the TCP connect to answer as Ray.
+CLUSTER_WAIT_S = 60.0
 # Seconds ``shutdown(cancel=True)`` waits for killed trials to report back.
 CANCEL_WAIT_S = 30.0
 # Default ports: the GCS of ``ray start --head`` and the Ray Client server.
@@ -160,7 +162,15 @@ class _Started:
         self.actors: list[Any] = []
         self.owns_connection = False
         self.error: BaseException | None = None
-        # the connection (a local Ray takes seconds to start) runs beside the driver's work
+        if address is None:
+            # A local Ray starts on this (the main) thread: Ray starts its gcs_server and raylet
+            # with PR_SET_PDEATHSIG, which Linux sends when the *thread* that forked them ends,
+            # so a local Ray started from a short-lived thread dies with it.
+            ray = import_ray()
+            if not ray.is_initialized():
+                _connect(ray, jobs, None)
+                self.owns_connection = True
+        # connecting to a cluster and creating the actors run beside the driver's work
         self._thread = threading.Thread(target=self._start, name="ray-prestart", daemon=True)
         self._thread.start()
 
@@ -178,14 +188,23 @@ class _Started:
             self.error = e
 
     def result(self) -> _Started:
-        self._thread.join()
+        # An open port that is not a Ray cluster passes the TCP check, and ray.init then retries
+        # for ever: bound the wait.
+        self._thread.join(CLUSTER_WAIT_S)
+        if self._thread.is_alive():
+            raise InputError(
+                f"no Ray cluster answered at {self.address} within {CLUSTER_WAIT_S:.0f} s "
+                "(the port is open: is it a Ray head's GCS port?)"
+            )
         if self.error is not None:
             raise self.error
         return self
 
     def discard(self) -> None:
         """No executor followed (bad input, interrupted): free what was started."""
-        self._thread.join()
+        self._thread.join(CLUSTER_WAIT_S)
+        if self._thread.is_alive():
+            return  # still trying to reach a cluster that never answered: nothing to free
         ray = import_ray()
         for actor in self.actors:
             ray.kill(actor, no_restart=True)

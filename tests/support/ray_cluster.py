@@ -119,7 +119,10 @@ def _read_address(cluster: RayCluster) -> str:
 def _serve(num_cpus: int) -> None:
     import ray
 
-    context = ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING)
+    # address="local": always a new Ray, never one that a `ray start` on this machine left running
+    context = ray.init(
+        address="local", num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING
+    )
     print(context.address_info["gcs_address"], flush=True)
     sys.stdin.read()
     ray.shutdown()

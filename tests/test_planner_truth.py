@@ -12,6 +12,7 @@ the result changes nothing.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass
 
@@ -26,6 +27,7 @@ from watcher.planner import (
     board_from_search,
     counts_after_ranking,
     kept_cutoff,
+    ordered_search_proof,
     plan_board,
     triage,
 )
@@ -205,3 +207,51 @@ def test_one_pass_reaches_the_true_board_and_a_second_changes_nothing(
     assert current == truth(world, rule)
     _, changes = one_pass(world, rule, state)
     assert changes == 0
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_an_ordered_threshold_search_cut_at_its_limit_proves_only_the_true_board(data: st.DataObject) -> None:
+    """MLflow answers a threshold search ordered best first with its first ``limit`` rows, ties
+    in any order, NaN last (NaN may pass the filter: MLflow compares a stored 0). The board
+    that rows prove (or, when they prove nothing, the same search without a limit) is a prefix
+    of the true ranking of every run, at least ``top_n`` long whenever it is found."""
+    ascending = data.draw(st.booleans())
+    rule = RuleConfig(
+        name="r", experiments=["e"], metric=METRIC, ascending=ascending, top_n=data.draw(st.integers(1, 6))
+    )
+    pool = [0.1, 0.2, 0.3, 0.4, 0.5, math.inf, -math.inf, math.nan]
+    values = data.draw(st.lists(st.sampled_from(pool), min_size=1, max_size=40))
+    runs = [RunRecord(f"r{i:02d}", "", "1", FINISHED, i, 100 + i, {METRIC: v}) for i, v in enumerate(values)]
+    cutoff = data.draw(st.sampled_from([0.1, 0.2, 0.3, 0.4, 0.5]))
+
+    def admitted(v: float) -> bool:
+        if math.isnan(v):
+            v = 0.0
+        return v >= cutoff if not ascending else v <= cutoff
+
+    matching = [r for r in runs if admitted(r.metrics[METRIC])]
+    ties = data.draw(st.permutations(range(len(matching))))
+    tiebreak = {r.run_id: ties[i] for i, r in enumerate(matching)}
+
+    def server_order(r: RunRecord) -> tuple[bool, float, int]:
+        v = r.metrics[METRIC]
+        return (math.isnan(v), 0.0 if math.isnan(v) else (v if ascending else -v), tiebreak[r.run_id])
+
+    limit = data.draw(st.integers(1, 25))
+    rows = sorted(matching, key=server_order)[:limit]
+    proof = ordered_search_proof(rows, rule, cutoff, limit)
+    if proof is None:
+        proof = BoardSearch(tuple(matching), cutoff, False)
+    keep = board_size(rule.top_n)
+    found = board_from_search(proof, rule, keep)
+    truth = order(split_ranked(runs, METRIC)[0], ascending)
+    admitted_ranked = [c for c in truth if admitted(c.value)]
+    if found is None:
+        assert len(admitted_ranked) < rule.top_n or len(rows) == limit
+        return
+    board, _ = found
+    assert len(board) >= min(rule.top_n, keep)
+    assert [c.run_id for c in board] == [c.run_id for c in truth[: len(board)]]
+    if len(admitted_ranked) >= rule.top_n and len(rows) < limit:
+        assert len(board) == min(keep, len(admitted_ranked))

@@ -109,6 +109,30 @@ def test_hand_set_ranks_on_poor_and_failed_runs_are_removed_by_the_next_pass(
     assert podium_tags(client, exp_id) == true_board(client, exp_id)
 
 
+def test_once_removes_hand_set_top_n_and_candidate_tags_on_runs_without_model_rank(
+    mlflow_server: ServerHandle, client: MlflowClient, tmp_path: Path
+) -> None:
+    """`python -m watcher --once` with nothing new: a top_10 or production_candidate set by hand
+    on a run that holds no model_rank goes in that one pass (no later pass would come)."""
+    exp_id, name = new_experiment(client)
+    made = make_runs(client, exp_id, [0.3 + 0.01 * i for i in range(20)])
+    assert watcher_for(mlflow_server.url, rule(name)).run_pass().ok
+    client.set_tag(made[0].run_id, "top_10", "true")
+    client.set_tag(made[1].run_id, "production_candidate", "true")
+    config = tmp_path / "watcher.yaml"
+    config.write_text(yaml.safe_dump({"tracking_uri": mlflow_server.url, "rules": [rule(name)]}))
+    done = subprocess.run(
+        [sys.executable, "-m", "watcher", "--config", str(config), "--once", "--log-format", "json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"},
+    )
+    assert done.returncode == 0, done.stderr
+    assert podium_tags(client, exp_id) == true_board(client, exp_id)
+    assert made[0].run_id not in podium_tags(client, exp_id)
+
+
 def test_a_deleted_leader_is_replaced_at_once_and_a_restored_one_never_doubles_rank_1(
     mlflow_server: ServerHandle, client: MlflowClient
 ) -> None:
@@ -216,9 +240,10 @@ def test_the_pass_after_the_first_is_idle_across_interleaved_experiments(
 def test_a_first_ranking_finds_the_board_without_a_scan_and_counts_later(
     mlflow_server: ServerHandle, counting_proxy: Callable[[str], Proxy]
 ) -> None:
-    """More runs than the sample page: no ordered search and no page beyond the sample before
-    the tags are written; the tags equal a full ranking's (ties by end time); the counts are
-    completed by later passes, a bounded number of pages each."""
+    """More runs than the sample page: no page beyond the sample and no ordered search without
+    a threshold before the tags are written (the threshold searches are ordered on the server
+    and cut at the kept board plus one); the tags equal a full ranking's (ties by end time);
+    the counts are completed by later passes, a bounded number of pages each."""
     client = MlflowClient(mlflow_server.url)
     exp_id, name = new_experiment(client)
     values = [round(0.013 * ((i * 37) % 61), 3) for i in range(90)]  # shuffled, with ties
@@ -237,7 +262,16 @@ def test_a_first_ranking_finds_the_board_without_a_scan_and_counts_later(
         before_writes.append((path, json.loads(body or b"{}")))
     searches = [b for p, b in before_writes if p.endswith("/runs/search")]
     assert searches
-    assert all(not b.get("order_by") for b in searches)
+    ordered = [b for b in searches if b.get("order_by")]
+    assert ordered
+    for body in ordered:
+        filter_string = body.get("filter", "")
+        if body["order_by"] == ["attributes.end_time DESC"]:  # the sample
+            assert int(body["max_results"]) == 20, body
+        else:
+            assert body["order_by"] == [f"metrics.`{METRIC}` DESC"], body
+            assert f"metrics.`{METRIC}` >=" in filter_string, body
+            assert int(body["max_results"]) == 21, body
     for body in searches:
         filter_string = body.get("filter", "")
         # Holder and orphan-tag searches, threshold searches, the watermark search.

@@ -43,6 +43,7 @@ from watcher.planner import (
     counted_page,
     counts_after_ranking,
     kept_cutoff,
+    ordered_search_proof,
     plan_board,
     redundant_advance,
     sample_cutoffs,
@@ -312,7 +313,8 @@ class Reader:
         self, exp_id: str, rule: Rule, cutoff: float | None, keep: int
     ) -> tuple[BoardSearch, tuple[list, bool]]:
         """The board by threshold searches: from the kept cutoff if there is one, else from
-        cutoffs estimated on an unordered sample; a scan only when every estimate fails."""
+        cutoffs estimated on a sample of the runs that ended last (ordered searches cut at
+        ``keep + 1``); a scan only when every estimate fails."""
         finished = and_filters(FINISHED_FILTER, rule.filter)
         if cutoff is not None:
             found = BoardSearch(
@@ -324,21 +326,35 @@ class Reader:
             if board is not None:
                 return found, board
             log.info("board_refill_needed", known=len(found.runs))
-        sample, token = self.tracking.search_page([exp_id], finished, self.sample_size)
+        # The runs that ended last: the search's latest end time is the experiment's, so the
+        # watermark search after a first ranking finds only what ended during the pass.
+        sample, token = self.tracking.search_page(
+            [exp_id], finished, self.sample_size, order_by=["attributes.end_time DESC"]
+        )
         if token is None:
             found = BoardSearch(tuple(sample), None, True)
             board = board_from_search(found, rule, keep)
             assert board is not None
             return found, board
+        direction = "ASC" if rule.ascending else "DESC"
         for value in sample_cutoffs(sample, rule.metric, rule.ascending, keep):
-            found = BoardSearch(
-                tuple(self.tracking.search_runs([exp_id], and_filters(finished, threshold(rule, value)))),
-                value,
-                False,
+            # Ordered on the server and cut at keep + 1 rows: cheap on both backends (a
+            # threshold keeps the sort small), and it answers with the board, not every run
+            # above the cutoff.
+            search = and_filters(finished, threshold(rule, value))
+            rows = self.tracking.search_runs(
+                [exp_id], search, order_by=[f"{metric_ref(rule.metric)} {direction}"], limit=keep + 1
             )
-            board = board_from_search(found, rule, keep)
+            proof = ordered_search_proof(rows, rule, value, keep + 1)
+            board = board_from_search(proof, rule, keep) if proof is not None else None
+            if board is None and len(rows) > keep:
+                # The limit cut through ties or unrankable values: every run above the cutoff.
+                proof = BoardSearch(tuple(self.tracking.search_runs([exp_id], search)), value, False)
+                board = board_from_search(proof, rule, keep)
             if board is not None:
-                return found, board
+                assert proof is not None
+                # The sample's runs count as seen too: they hold the latest end time.
+                return BoardSearch((*sample, *proof.runs), proof.cutoff, False), board
         log.warning("board_scan_fallback", reason="sample_has_too_few_ranked_runs", sampled=len(sample))
         everything = {r.run_id: r for r in self.tracking.iter_runs([exp_id], finished, page_size=SCAN_PAGE)}
         found = BoardSearch(tuple(everything.values()), None, True)

@@ -194,9 +194,16 @@ class MlflowTracking:
                 return
 
     def search_page(
-        self, experiment_ids: Sequence[str], filter_string: str, page_size: int, token: str | None = None
+        self,
+        experiment_ids: Sequence[str],
+        filter_string: str,
+        page_size: int,
+        token: str | None = None,
+        *,
+        order_by: Sequence[str] | None = None,
     ) -> tuple[list[RunRecord], str | None]:
-        """One page of an unordered search and the token of the next page (None: the last)."""
+        """One page of a search (MLflow's default order unless ``order_by``) and the token of
+        the next page (None: the last)."""
         if not experiment_ids:
             return [], None
         page = self._call(
@@ -206,6 +213,7 @@ class MlflowTracking:
             filter_string=filter_string,
             run_view_type=ViewType.ACTIVE_ONLY,
             max_results=page_size,
+            order_by=list(order_by) if order_by else None,
             page_token=token,
         )
         return [_run(r) for r in page], page.token or None

@@ -103,10 +103,16 @@ class Watcher:
 
     # -- a pass ------------------------------------------------------------------------------
 
-    def run_pass(self, dry_run: bool = False) -> PassResult:
-        """Reconcile every watched experiment once; never raises (failures are in the result)."""
+    def run_pass(self, dry_run: bool = False, sweep_orphans: bool | None = None) -> PassResult:
+        """Reconcile every watched experiment once; never raises (failures are in the result).
+
+        ``sweep_orphans``: also search the ``top_{N}``/``production_candidate`` holders of
+        every watched experiment (two calls per batch). None leaves it to the daemon's clock
+        (every ``ORPHAN_SWEEP_SECONDS``); a one-off pass (``--once``) asks for it, since no
+        later pass will put a hand-set tag right.
+        """
         with self._lock:
-            return self._run_pass(dry_run)
+            return self._run_pass(dry_run, sweep_orphans)
 
     def _stall_checks(self, now: float) -> dict[str, bool]:
         due = {}
@@ -119,7 +125,7 @@ class Watcher:
                 self._stall_checked[rule.name] = now
         return due
 
-    def _run_pass(self, dry_run: bool) -> PassResult:
+    def _run_pass(self, dry_run: bool, sweep_orphans: bool | None) -> PassResult:
         pass_id = uuid.uuid4().hex[:12]
         started = self.clock()
         wall = time.perf_counter()
@@ -136,7 +142,9 @@ class Watcher:
                 self._call_handlers("on_pass_start")
             try:
                 watched = watched_experiments(self.settings, self.tracking)
-                sweep = started - self._orphans_swept >= ORPHAN_SWEEP_SECONDS
+                sweep = sweep_orphans
+                if sweep is None:
+                    sweep = started - self._orphans_swept >= ORPHAN_SWEEP_SECONDS
                 plans = self.reader.plan_pass(
                     self.settings, watched, int(started * 1000), self._stall_checks(started), sweep
                 )

@@ -386,3 +386,48 @@ def test_sixty_runs_stalling_at_once_are_each_announced_exactly_once(
     assert counts[0] < 60  # spread over passes (the outbox holds 20 per webhook) ...
     assert counts[-1] == 60  # ... then nothing more
     assert pending_summaries(server, exp_id) == []
+
+
+def test_more_runs_failing_at_once_than_the_outbox_holds_are_each_announced_once_oldest_first(
+    server: ServerHandle, receiver: HTTPServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """45 runs fail at the same millisecond while the receiver is down: a pass queues what
+    the outbox holds (20 per webhook), the rest wait behind the state's cursor although the
+    watermark moved past them; once the receiver is back, later passes announce them as the
+    outbox drains, in (end_time, run_id) order, every run exactly once."""
+    monkeypatch.setenv("PODIUM_TEST_SECRET", SECRET)
+    client = MlflowClient(server.url)
+    name = f"failflood_{uuid4().hex[:8]}"
+    exp_id = client.create_experiment(name)
+    finished_runs(client, exp_id, [0.5])
+    settings = make_settings(server.url, name, receiver.url_for("/hook"), None, max_attempts=1)
+    rule = settings.rules[0].model_copy(update={"alerts": ["failed"]})
+    settings = settings.model_copy(update={"rules": [rule]})
+    delivery = build_handlers(settings, MlflowTracking(server.url))
+    watcher = Watcher(settings, MlflowTracking(server.url), delivery.handlers)
+    assert watcher.run_pass().ok  # the rule sees the experiment; its summary waits (receiver down)
+    assert delivery.worker.drain() == {"webhooks_failed": 1}
+
+    runs = [client.create_run(exp_id, run_name=f"broken{i:02d}").info.run_id for i in range(45)]
+    ended_at = int(time.time() * 1000) + 1
+    for run_id in runs:
+        client.set_terminated(run_id, "FAILED", end_time=ended_at)
+    for _ in range(2):  # the outbox fills, then stays full
+        assert watcher.run_pass().ok
+        delivery.worker.drain()
+    state = json.loads(client.get_experiment(exp_id).tags["podium.state"])
+    assert state.get("alert_cursor") == [ended_at, sorted(runs)[18]]  # 18 queued beside the summary
+    assert state["seen"] == ended_at
+
+    receiver.expect_request("/hook").respond_with_data("ok")
+    receiver.start()
+    for _ in range(5):
+        assert watcher.run_pass().ok
+        delivery.worker.drain()
+    announced = [e["run_id"] for e in run_alerts(receiver)]
+    assert announced == sorted(runs)  # each once, oldest first (ties by run id)
+    assert {e["event"] for e in run_alerts(receiver)} == {"run.failed"}
+    assert pending_summaries(server, exp_id) == []
+    assert json.loads(client.get_experiment(exp_id).tags["podium.state"])["alert_cursor"] is None
+    summaries = [r for r in requests_to(receiver, "/hook") if b"leaderboard.changed" in r.get_data()]
+    assert len(summaries) == 1  # the first summary, sent once; no FINISHED run counted again

@@ -309,12 +309,13 @@ def test_failed_runs_beyond_the_outbox_room_wait_behind_a_cursor_and_are_announc
     assert (again.alerts, again.action) == ((), "idle")
 
 
-def test_a_state_tag_without_a_cursor_reads_as_none_and_a_huge_backlog_is_let_go() -> None:
+def test_a_state_tag_without_cursor_or_digest_reads_as_none_and_a_huge_backlog_is_let_go() -> None:
     old = json.loads(state(first_seen=1).to_tag())
-    del old["alert_cursor"]  # a tag written before the cursor existed
+    del old["alert_cursor"], old["announced"]  # a tag written before both existed
     back = ExperimentState.from_tag(json.dumps(old))
     assert back is not None
-    assert (back.alert_cursor, back.search_after) == (None, 100)
+    assert (back.alert_cursor, back.search_after, back.announced) == (None, 100, None)
+    assert ExperimentState.from_tag(replace(back, announced="ab12").to_tag()).announced == "ab12"  # type: ignore[union-attr]
 
     rule = RuleConfig(name="r", experiments=["*"], metric="avg_test_r2", alerts=["failed"])
     flood = tuple(

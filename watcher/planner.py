@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
 
-from watcher.detect import MAX_ALERTED, UNRANKED, ExperimentState
+from watcher.detect import MAX_ALERTED, UNRANKED, ExperimentState, board_digest
 from watcher.model import (
     ON_DEMAND_RULE,
     Leaderboard,
@@ -452,6 +452,8 @@ def plan_board(
     orphan-tag searches): the tags they carry now are what the plan changes. Runs of the kept
     board that no search returned (deleted, or behind the cutoff now) are planned with the
     tags the last ranking gave them, so a holder that lost only ``model_rank`` is cleaned too.
+    A config rule's board becomes the state's ``announced`` digest; an API ranking
+    (:data:`ON_DEMAND_RULE`) keeps the rule's.
     """
     exp_id, exp_name = exp
     current: dict[str, dict[str, str]] = {}
@@ -491,6 +493,11 @@ def plan_board(
         first_seen=t.first_seen,
         alerted=t.alerted,
         alert_cursor=t.alert_cursor,
+        announced=(
+            (state.announced if state is not None else None)
+            if rule.name == ON_DEMAND_RULE
+            else board_digest([e.run_id for e in entries])
+        ),
     )
     action: Action = "full" if t.action == "full" else "rerank"
     return ExperimentPlan(
@@ -501,7 +508,7 @@ def plan_board(
         t.reason,
         changes=tuple(changes),
         state=_if_changed(new_state, state),
-        event=leaderboard_event(leaderboard, state),
+        event=leaderboard_event(leaderboard, state, against_announced=rule.name != ON_DEMAND_RULE),
         board=leaderboard,
         alerts=t.alerts,
         stalled=t.stalled,
@@ -541,12 +548,26 @@ def counted_page(
     )
 
 
-def leaderboard_event(board: Leaderboard, previous: ExperimentState | None) -> LeaderboardChanged | None:
-    """The change against the last pass's board, or None when the top N is the same."""
-    old = [c.run_id for c in previous.holders()] if previous is not None else []
+def leaderboard_event(
+    board: Leaderboard, previous: ExperimentState | None, *, against_announced: bool = True
+) -> LeaderboardChanged | None:
+    """The change against the last board, or None when the top N is the same.
+
+    ``against_announced`` (a config rule's pass): when the state keeps the digest of what the
+    rule last announced, the board is compared with that, so an API ranking under another
+    ``top_n`` in between reshapes the tags but posts no summary of its own; entered and left
+    are then counted against the kept board's first ``top_n``. Otherwise (an older state, or
+    the API's own ranking) against the runs the last ranking tagged.
+    """
     new = [e.run_id for e in board.entries]
-    if old == new and previous is not None and previous.top_n == board.top_n:
-        return None
+    if against_announced and previous is not None and previous.announced is not None:
+        if previous.announced == board_digest(new):
+            return None
+        old = [c.run_id for c in previous.board[: board.top_n]]
+    else:
+        old = [c.run_id for c in previous.holders()] if previous is not None else []
+        if old == new and previous is not None and previous.top_n == board.top_n:
+            return None
     if not old and not new:
         return None
     return LeaderboardChanged(

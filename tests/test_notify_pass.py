@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from uuid import uuid4
 
+import httpx
 import mlflow
 import pytest
 import yaml
@@ -18,6 +19,7 @@ from tests.support.mlflow_server import ServerHandle
 from tests.test_notify import SECRET, Sleeps, verify
 from tests.test_notify_handler import requests_to
 from tests.test_registry import log_run, predict
+from watcher.api import bind_socket, create_app, run_in_thread
 from watcher.cli import build_handlers, main
 from watcher.delivery import DeliveryWorker
 from watcher.mlflow_io import MlflowRegistry, MlflowTracking
@@ -386,3 +388,113 @@ def test_sixty_runs_stalling_at_once_are_each_announced_exactly_once(
     assert counts[0] < 60  # spread over passes (the outbox holds 20 per webhook) ...
     assert counts[-1] == 60  # ... then nothing more
     assert pending_summaries(server, exp_id) == []
+
+
+def test_more_runs_failing_at_once_than_the_outbox_holds_are_each_announced_once_oldest_first(
+    server: ServerHandle, receiver: HTTPServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """45 runs fail at the same millisecond while the receiver is down: a pass queues what
+    the outbox holds (20 per webhook), the rest wait behind the state's cursor although the
+    watermark moved past them; once the receiver is back, later passes announce them as the
+    outbox drains, in (end_time, run_id) order, every run exactly once."""
+    monkeypatch.setenv("PODIUM_TEST_SECRET", SECRET)
+    client = MlflowClient(server.url)
+    name = f"failflood_{uuid4().hex[:8]}"
+    exp_id = client.create_experiment(name)
+    finished_runs(client, exp_id, [0.5])
+    settings = make_settings(server.url, name, receiver.url_for("/hook"), None, max_attempts=1)
+    rule = settings.rules[0].model_copy(update={"alerts": ["failed"]})
+    settings = settings.model_copy(update={"rules": [rule]})
+    delivery = build_handlers(settings, MlflowTracking(server.url))
+    watcher = Watcher(settings, MlflowTracking(server.url), delivery.handlers)
+    assert watcher.run_pass().ok  # the rule sees the experiment; its summary waits (receiver down)
+    assert delivery.worker.drain() == {"webhooks_failed": 1}
+
+    runs = [client.create_run(exp_id, run_name=f"broken{i:02d}").info.run_id for i in range(45)]
+    ended_at = int(time.time() * 1000) + 1
+    for run_id in runs:
+        client.set_terminated(run_id, "FAILED", end_time=ended_at)
+    for _ in range(2):  # the outbox fills, then stays full
+        assert watcher.run_pass().ok
+        delivery.worker.drain()
+    state = json.loads(client.get_experiment(exp_id).tags["podium.state"])
+    assert state.get("alert_cursor") == [ended_at, sorted(runs)[18]]  # 18 queued beside the summary
+    assert state["seen"] == ended_at
+
+    receiver.expect_request("/hook").respond_with_data("ok")
+    receiver.start()
+    for _ in range(5):
+        assert watcher.run_pass().ok
+        delivery.worker.drain()
+    announced = [e["run_id"] for e in run_alerts(receiver)]
+    assert announced == sorted(runs)  # each once, oldest first (ties by run id)
+    assert {e["event"] for e in run_alerts(receiver)} == {"run.failed"}
+    assert pending_summaries(server, exp_id) == []
+    assert json.loads(client.get_experiment(exp_id).tags["podium.state"])["alert_cursor"] is None
+    summaries = [r for r in requests_to(receiver, "/hook") if b"leaderboard.changed" in r.get_data()]
+    assert len(summaries) == 1  # the first summary, sent once; no FINISHED run counted again
+
+
+def test_an_api_ranking_with_another_top_n_posts_no_false_summary_and_a_real_change_once(
+    server: ServerHandle, receiver: HTTPServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rule ranks a top 10 and announces it; POST /models/rank tags a top 3 in between.
+    The next pass puts the top 10 back and posts nothing (it is what the rule announced); a
+    better run afterwards is announced once, as the change against the rule's board."""
+    monkeypatch.setenv("PODIUM_TEST_SECRET", SECRET)
+    receiver.expect_request("/hook").respond_with_data("ok")
+    receiver.start()
+    client = MlflowClient(server.url)
+    name = f"apirank_{uuid4().hex[:8]}"
+    exp_id = client.create_experiment(name)
+    finished_runs(client, exp_id, [0.5 + i / 100 for i in range(12)])
+    settings = make_settings(server.url, name, receiver.url_for("/hook"), None)
+    settings = settings.model_copy(update={"rules": [settings.rules[0].model_copy(update={"top_n": 10})]})
+    delivery = build_handlers(settings, MlflowTracking(server.url))
+    watcher = Watcher(settings, MlflowTracking(server.url), delivery.handlers)
+    api = run_in_thread(create_app(watcher), bind_socket("127.0.0.1", 0))
+
+    def summaries() -> list[dict[str, object]]:
+        found = [json.loads(r.get_data()) for r in requests_to(receiver, "/hook")]
+        return [e for e in found if e["event"] == "leaderboard.changed"]
+
+    def top(n: int) -> list[str]:
+        runs = client.search_runs([exp_id], f"tags.top_{n} = 'true'")
+        return [r.info.run_id for r in sorted(runs, key=lambda r: int(r.data.tags["model_rank"]))]
+
+    try:
+        assert watcher.run_pass().ok
+        delivery.worker.drain()
+        assert len(summaries()) == 1
+        announced = top(10)
+        assert len(announced) == 10
+
+        with httpx.Client(base_url=api.url, timeout=60) as http:
+            r = http.post(
+                "/models/rank",
+                params={"experiment_name": name, "metric": "avg_test_r2", "top_n": 3, "ascending": "false"},
+            )
+        assert r.status_code == 200, r.text
+        assert [m["run_id"] for m in r.json()["models"]] == announced[:3]
+        assert top(3) == announced[:3]
+        assert top(10) == []
+
+        back = watcher.run_pass()
+        assert back.ok
+        assert [(o.action, o.reason) for o in back.outcomes] == [("rerank", "reshaped")]
+        delivery.worker.drain()
+        assert top(10) == announced  # the rule's board is back ...
+        assert len(summaries()) == 1  # ... and it is what the rule announced: no summary
+
+        better = client.create_run(exp_id).info.run_id
+        client.log_metric(better, "avg_test_r2", 0.99)
+        client.set_terminated(better, "FINISHED")
+        for _ in range(2):
+            assert watcher.run_pass().ok
+            delivery.worker.drain()
+    finally:
+        api.stop()
+    assert len(summaries()) == 2  # the real change, once
+    change = summaries()[1]["changes"]
+    assert change == {"new_leader": True, "entered": [better], "left": [announced[-1]]}
+    assert top(10) == [better, *announced[:9]]

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import pytest
 
 from watcher.detect import MAX_ALERTED, MAX_BOARD, UNRANKED, ExperimentState, board_size, fingerprint
 from watcher.model import MAX_TOP_N, RunRecord
-from watcher.planner import Observed, state_only, triage
+from watcher.planner import MAX_FAILED_WAITING, Observed, state_only, triage
 from watcher.ranking import Candidate
 from watcher.settings import RuleConfig
 
@@ -279,3 +280,51 @@ def test_a_first_ranking_joins_the_common_watermark_unless_a_run_needs_the_next_
     assert align_watermark(counting, [run("late", "FAILED", 160, None)], 300, rule).seen == 100
     everything = state(board=board, complete=True)
     assert align_watermark(everything, [run("low", "FINISHED", 120, 0.1)], 300, rule).seen == 100
+
+
+def test_failed_runs_beyond_the_outbox_room_wait_behind_a_cursor_and_are_announced_once() -> None:
+    """Five runs fail at once (two share an end time) with room for two: the rest wait behind
+    the cursor, oldest first by (end_time, run_id); the next pass finds them again although
+    the watermark moved past them, counts no FINISHED run twice, and clears the cursor."""
+    rule = RuleConfig(name="r", experiments=["*"], metric="avg_test_r2", alerts=["failed"])
+    kept = state(first_seen=150, seen=200)
+    ends = {"f0": 300, "f1": 301, "f3": 302, "f2": 302, "f4": 303}
+    failed = tuple(RunRecord(r, r, "1", "FAILED", 250, end) for r, end in ends.items())
+    done = RunRecord("ok", "ok", "1", "FINISHED", 250, 304, {"avg_test_r2": 0.5})
+    t = triage(rule, FP, ("1", "e"), kept, Observed(ended=(*failed, done), alert_room=2), NOW_MS)
+    assert [a.run_id for a in t.alerts] == ["f0", "f1"]
+    assert (t.alert_cursor, t.alerts_held, t.alerts_lost, t.seen, t.new_ranked) == ((302, "f2"), 3, 0, 304, 1)
+    after = replace(kept, seen=t.seen, alert_cursor=t.alert_cursor)
+    assert after.search_after == 301  # the batch search reaches back to the cursor's end time
+    assert ExperimentState.from_tag(after.to_tag()) == after
+
+    full = triage(rule, FP, ("1", "e"), after, Observed(ended=(*failed, done), alert_room=0), NOW_MS)
+    assert (full.alerts, full.alert_cursor, full.action) == ((), (302, "f2"), "idle")
+    rest = triage(rule, FP, ("1", "e"), after, Observed(ended=(*failed, done), alert_room=19), NOW_MS)
+    assert [a.run_id for a in rest.alerts] == ["f2", "f3", "f4"]
+    assert (rest.alert_cursor, rest.new_ranked, rest.seen, rest.action) == (None, 0, 304, "advance")
+    cleared = replace(after, alert_cursor=rest.alert_cursor)
+    assert cleared.search_after == 304
+    again = triage(rule, FP, ("1", "e"), cleared, Observed(ended=(done,), alert_room=19), NOW_MS)
+    assert (again.alerts, again.action) == ((), "idle")
+
+
+def test_a_state_tag_without_cursor_or_digest_reads_as_none_and_a_huge_backlog_is_let_go() -> None:
+    old = json.loads(state(first_seen=1).to_tag())
+    del old["alert_cursor"], old["announced"]  # a tag written before both existed
+    back = ExperimentState.from_tag(json.dumps(old))
+    assert back is not None
+    assert (back.alert_cursor, back.search_after, back.announced) == (None, 100, None)
+    assert ExperimentState.from_tag(replace(back, announced="ab12").to_tag()).announced == "ab12"  # type: ignore[union-attr]
+
+    rule = RuleConfig(name="r", experiments=["*"], metric="avg_test_r2", alerts=["failed"])
+    flood = tuple(
+        RunRecord(f"f{i:05d}", "", "1", "KILLED", 150, 200 + i) for i in range(MAX_FAILED_WAITING + 20)
+    )
+    t = triage(rule, FP, ("1", "e"), state(first_seen=1), Observed(ended=flood, alert_room=19), NOW_MS)
+    assert (len(t.alerts), t.alerts_lost, t.alerts_held, t.alert_cursor) == (
+        19,
+        MAX_FAILED_WAITING + 1,
+        0,
+        None,
+    )

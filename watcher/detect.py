@@ -21,6 +21,13 @@ or replaced watcher carries on where the last one stopped and two replicas conve
   after it are announced (a state holding only it is written while a first ranking waits;
   fingerprint empty). ``alerted``: the stalled runs announced that are still RUNNING, so
   no run is announced twice, whichever replica sees it.
+- ``alert_cursor``: ``[end_time, run_id]`` of the first failed run to announce that did not
+  fit the outbox (None: every one is queued). The batch search reaches back to its end time
+  while it is set, and the runs at or after it (in ``(end_time, run_id)`` order) that ended
+  unsuccessfully are due again; the watermark still moves, so nothing is counted twice.
+- ``announced``: a digest of the run ids, in order, of the top N the rule last planned its
+  summary from. An API ranking (another ``top_n``) leaves it as it is, so the rule's next
+  pass posts ``leaderboard.changed`` only when its own board differs from that one.
 
 Limits, by design of an O(1) idle pass: the holder check of every pass finds runs carrying
 ``model_rank``; a ``top_{N}`` or ``production_candidate`` tag on a run without ``model_rank``
@@ -35,6 +42,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -62,6 +70,11 @@ def fingerprint(metric: str, ascending: bool, filter_string: str | None) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def board_digest(run_ids: Sequence[str]) -> str:
+    """A short digest of a leaderboard's run ids in rank order (what a summary announced)."""
+    return hashlib.sha256("\n".join(run_ids).encode()).hexdigest()[:16]
+
+
 def board_size(top_n: int) -> int:
     """How many runs the kept board holds: the top N and as many runners-up (at least 10)."""
     return min(MAX_BOARD, top_n + max(top_n, 10))
@@ -84,6 +97,16 @@ class ExperimentState:
     count_upto: int = 0
     first_seen: int | None = None
     alerted: tuple[str, ...] = ()
+    alert_cursor: tuple[int, str] | None = None
+    announced: str | None = None
+
+    @property
+    def search_after(self) -> int:
+        """The end time the batch search starts after: the watermark, or just before the
+        first failed run still to announce."""
+        if self.alert_cursor is None:
+            return self.seen
+        return min(self.seen, self.alert_cursor[0] - 1)
 
     def to_tag(self) -> str:
         return json.dumps(
@@ -103,6 +126,8 @@ class ExperimentState:
                 "count_upto": self.count_upto,
                 "first_seen": self.first_seen,
                 "alerted": list(self.alerted[-MAX_ALERTED:]),
+                "alert_cursor": None if self.alert_cursor is None else list(self.alert_cursor),
+                "announced": self.announced,
                 # Run names are left out (searches return them fresh): a board of MAX_BOARD
                 # entries then fits an experiment tag whatever the names.
                 "board": [[c.run_id, c.value, c.end_time] for c in self.board],
@@ -141,6 +166,8 @@ class ExperimentState:
                 count_upto=int(data.get("count_upto") or 0),
                 first_seen=_opt_int(data.get("first_seen")),
                 alerted=tuple(str(r) for r in data.get("alerted") or ()),
+                alert_cursor=_opt_cursor(data.get("alert_cursor")),  # absent in older tags
+                announced=_opt_str(data.get("announced")),
             )
         except (ValueError, TypeError, KeyError, IndexError):
             return None
@@ -167,6 +194,10 @@ class ExperimentState:
 
 def _opt_int(value: Any) -> int | None:
     return None if value is None else int(value)
+
+
+def _opt_cursor(value: Any) -> tuple[int, str] | None:
+    return None if value is None else (int(value[0]), str(value[1]))
 
 
 def _opt_str(value: Any) -> str | None:

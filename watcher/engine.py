@@ -32,6 +32,7 @@ from watcher.model import (
 from watcher.outbox import webhook_room
 from watcher.planner import (
     FINISHED,
+    MAX_FAILED_WAITING,
     SAMPLE_SIZE,
     BoardSearch,
     ExperimentPlan,
@@ -155,10 +156,13 @@ class Reader:
         experiment of the batch, not only of those it re-ranks."""
         fp = fingerprint(rule.metric, rule.ascending, rule.filter)
         states = {e.experiment_id: ExperimentState.from_tag(e.tags.get(STATE_TAG)) for e in exps}
+        # Experiments whose runs the batch search covers: those this rule ranks (or first saw),
+        # and any with failed runs still to announce (their cursor survives a rule change).
         tracked = [
             e.experiment_id
             for e in exps
-            if (s := states[e.experiment_id]) is not None and s.fingerprint in (fp, UNRANKED)
+            if (s := states[e.experiment_id]) is not None
+            and (s.fingerprint in (fp, UNRANKED) or s.alert_cursor is not None)
         ]
         ids = [e.experiment_id for e in exps]
 
@@ -166,16 +170,25 @@ class Reader:
         # says, so with failed alerts the batch search drops it and FINISHED news is searched
         # again with it (only when there is news).
         drop_filter = bool(rule.filter) and "failed" in rule.alerts
+        # The search reaches back to the alert cursor of an experiment with failed runs still
+        # to announce; FINISHED runs at or before a watermark are left out by the triage.
         ended: list[RunRecord] = []
-        low = min((states[i].seen for i in tracked), default=0)  # type: ignore[union-attr]
+        kept = {i: s for i in tracked if (s := states[i]) is not None}
+        low = min((s.search_after for s in kept.values()), default=0)
         if tracked:
             ended = self.tracking.search_runs(
                 tracked, and_filters(f"attributes.end_time > {low}", None if drop_filter else rule.filter)
             )
-            if drop_filter and any(r.status == FINISHED for r in ended):
-                with_news = sorted({r.experiment_id for r in ended if r.status == FINISHED})
+            news = {
+                r.experiment_id
+                for r in ended
+                if r.status == FINISHED and (r.end_time or 0) > kept[r.experiment_id].seen
+            }
+            if drop_filter and news:
+                news_low = min(kept[i].seen for i in news)
                 matching = self.tracking.search_runs(
-                    with_news, and_filters(FINISHED_FILTER, f"attributes.end_time > {low}", rule.filter)
+                    sorted(news),
+                    and_filters(FINISHED_FILTER, f"attributes.end_time > {news_low}", rule.filter),
                 )
                 ended = [r for r in ended if r.status != FINISHED] + matching
         holders = by_experiment(self.tracking.search_runs(ids, f"tags.{MODEL_RANK} LIKE '%'"))
@@ -245,6 +258,7 @@ class Reader:
                         experiment_name=exp.name,
                         runs=t.alerts_lost,
                         reason="outbox_full",
+                        waiting_limit=MAX_FAILED_WAITING,
                     )
                 if t.alerts_held:
                     log.warning(

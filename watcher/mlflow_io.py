@@ -94,11 +94,14 @@ def _is_missing(e: MlflowException) -> bool:
 
 
 class MlflowTracking:
-    """Adapter over :class:`MlflowClient`; counts calls in ``calls_by_method``."""
+    """Adapter over :class:`MlflowClient`; counts calls in ``calls_by_method`` and the run
+    tag changes that reached MLflow in ``tag_writes``."""
 
     def __init__(self, tracking_uri: str | None = None) -> None:
         self._client = MlflowClient(tracking_uri=tracking_uri)
         self.calls_by_method: Counter[str] = Counter()
+        # Run tag changes MLflow accepted (a pass reports the difference, not what it planned).
+        self.tag_writes = 0
 
     @property
     def tracking_uri(self) -> str:
@@ -249,7 +252,8 @@ class MlflowTracking:
         """Write one experiment's plan: its tag changes in order, then its state tag.
 
         ``stored_state`` is the ``podium.state`` text as listed (an equal state is not
-        written again). Returns the number of tag writes.
+        written again). Returns the number of tag changes planned; ``tag_writes`` grows by
+        the ones MLflow accepted, also when a later write raises.
         """
         self.apply_changes(plan.changes)
         if plan.state is not None:
@@ -259,12 +263,17 @@ class MlflowTracking:
         return len(plan.changes)
 
     def apply_changes(self, changes: Sequence[TagChange]) -> None:
-        """Deletions one call each, then one ``log_batch`` per run (changes come grouped)."""
+        """Deletions one call each, then one ``log_batch`` per run (changes come grouped).
+
+        A tag already gone or a run deleted meanwhile is no write; each accepted call adds
+        its changes to ``tag_writes`` at once, so a failure part way leaves it exact."""
         i = 0
         while i < len(changes):
             change = changes[i]
             if change.is_delete:
-                if not self.delete_run_tag(change.run_id, change.key):
+                if self.delete_run_tag(change.run_id, change.key):
+                    self.tag_writes += 1
+                else:
                     log.info("tag_already_gone", run_id=change.run_id, key=change.key)
                 metrics.TAG_WRITES.inc()
                 i += 1
@@ -275,7 +284,9 @@ class MlflowTracking:
                 if new is not None:
                     batch[changes[i].key] = new
                 i += 1
-            if not self.set_run_tags(change.run_id, batch):
+            if self.set_run_tags(change.run_id, batch):
+                self.tag_writes += len(batch)
+            else:
                 log.warning("run_gone_before_tagging", run_id=change.run_id)
             metrics.TAG_WRITES.inc(len(batch))
 

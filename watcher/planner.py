@@ -19,8 +19,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
 
-from watcher.detect import MAX_ALERTED, UNRANKED, ExperimentState
+from watcher.detect import MAX_ALERTED, UNRANKED, ExperimentState, board_digest
 from watcher.model import (
+    ON_DEMAND_RULE,
     Leaderboard,
     LeaderboardChanged,
     Rule,
@@ -52,6 +53,10 @@ REDUNDANT_LIMIT = 500
 SAMPLE_SIZE = 50
 # Ranks within the sample tried as cutoffs, best first; each try is one threshold search.
 SAMPLE_RANKS = (1, 4, 16, 64)
+# Failed runs that may wait for room in the outbox (behind the state's alert cursor); past it
+# they are counted in one log line, not announced, and the cursor is dropped: every pass reads
+# again the runs that ended after the cursor, so it must not lag without end.
+MAX_FAILED_WAITING = 1_000
 
 Action = Literal["idle", "advance", "pending", "count", "rerank", "full"]
 
@@ -96,11 +101,14 @@ class Triage:
     stalled: tuple[str, ...] = ()
     old_alerts_skipped: int = 0
     # Alerts due but left for a later pass (no room in the outbox, or the state's alerted list
-    # is full): not remembered, so a later pass announces them.
+    # is full): not remembered (failed runs wait behind ``alert_cursor``), so a later pass
+    # announces them.
     alerts_held: int = 0
-    # Failed runs beyond the outbox's room: not announced (the watermark moves past them).
+    # Failed runs beyond MAX_FAILED_WAITING waiting for the outbox: not announced.
     alerts_lost: int = 0
     first_seen: int | None = None
+    # (end_time, run_id) of the first failed run due but not queued (None: all are queued).
+    alert_cursor: tuple[int, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -185,6 +193,9 @@ def triage(
     carry exactly the tags the kept board says, like the holders. Alerts: FAILED/KILLED runs among ``ended``
     and stalled runs among ``running`` that the rule has not announced, when the rule asks
     for them and they failed or stalled after ``first_seen``; older ones are counted only.
+    Failed runs beyond the outbox's room wait behind the state's ``alert_cursor``: ``ended``
+    then reaches back to it (``ExperimentState.search_after``) and they are due again, oldest
+    first, while the watermark and the counts only take runs that ended after it.
     """
     exp_id, exp_name = experiment
     watermark = state.seen if state else 0
@@ -203,8 +214,15 @@ def triage(
     announced = set(alerted)
     skipped = 0
     candidates: list[tuple[str, RunRecord, int | None]] = []
+    cursor = state.alert_cursor if state is not None else None
     if "failed" in rule.alerts:
-        candidates += [("failed", r, r.end_time) for r in fresh if r.status in ENDED_UNSUCCESSFULLY]
+        candidates += [
+            ("failed", r, r.end_time)
+            for r in seen.ended
+            if r.status in ENDED_UNSUCCESSFULLY
+            and r.end_time is not None
+            and (r.end_time > watermark or (cursor is not None and (r.end_time, r.run_id) >= cursor))
+        ]
     if "stalled" in rule.alerts:
         for r in stalled:
             active = last_activity(r)
@@ -218,7 +236,7 @@ def triage(
             skipped += 1  # it failed or stalled before the rule saw the experiment
             continue
         due.append((kind, run, since))
-    # Failed runs first (the watermark moves past them), then stalled ones, oldest first.
+    # Failed runs first (oldest first, the cursor's order), then stalled ones, oldest first.
     due.sort(key=lambda c: (c[0] != "failed", c[2] or 0, c[1].run_id))
     # Only runs that can still alert are remembered: a stalled run while it is RUNNING (it
     # cannot stall again once ended; a failed run ended after the watermark this pass covers).
@@ -228,12 +246,13 @@ def triage(
     room = len(due) if seen.alert_room is None else max(0, seen.alert_room)
     alerts: list[RunAlert] = []
     held = lost = 0
+    waiting: list[RunRecord] = []  # failed runs with no room, oldest first
     for kind, run, _since in due:
         if kind == "stalled" and (len(alerts) >= room or len(alerted) >= MAX_ALERTED):
             held += 1  # announced by a later pass, once the outbox or the state has room
             continue
-        if kind == "failed" and len(alerts) >= room:
-            lost += 1  # the watermark moves past it: more failures at once than the outbox holds
+        if kind == "failed" and (waiting or len(alerts) >= room):
+            waiting.append(run)  # the cursor keeps it due for a later pass
             continue
         if kind == "stalled":
             alerted.append(run.run_id)
@@ -249,6 +268,14 @@ def triage(
                 last_activity=last_activity(run),
             )
         )
+    new_cursor: tuple[int, str] | None = None
+    if len(waiting) > MAX_FAILED_WAITING:
+        lost = len(waiting)  # too many piled up: counted in the log, the cursor moves on
+    elif waiting:
+        held += len(waiting)
+        new_cursor = (waiting[0].end_time or 0, waiting[0].run_id)
+    elif "failed" not in rule.alerts and rule.name == ON_DEMAND_RULE:
+        new_cursor = cursor  # an API ranking announces nothing; the rule's next pass does
     common = {
         "seen": new_seen,
         "new_ranked": len(ranked),
@@ -260,6 +287,7 @@ def triage(
         "alerts_held": held,
         "alerts_lost": lost,
         "first_seen": first_seen,
+        "alert_cursor": new_cursor,
     }
 
     wait = rule.trigger == "experiment_finished" and bool(still_running)
@@ -281,7 +309,11 @@ def triage(
         return Triage("rerank", "settled" if state.pending and not finished else "news", **common)  # type: ignore[arg-type]
     if state.counting:
         return Triage("count", "counting", **common)  # type: ignore[arg-type]
-    changed = new_seen != state.seen or tuple(alerted[-MAX_ALERTED:]) != state.alerted
+    changed = (
+        new_seen != state.seen
+        or tuple(alerted[-MAX_ALERTED:]) != state.alerted
+        or new_cursor != state.alert_cursor
+    )
     if not changed and seen.advance_to is not None and seen.advance_to > state.seen:
         return Triage("advance", "watermark", **{**common, "seen": seen.advance_to})  # type: ignore[arg-type]
     return Triage("advance" if changed else "idle", "watermark", **common)  # type: ignore[arg-type]
@@ -309,7 +341,9 @@ def state_only(exp: tuple[str, str], rule: Rule, state: ExperimentState | None, 
             rule.name,
             t.action,
             t.reason,
-            state=replace(state, seen=max(t.seen, t.first_seen), alerted=t.alerted),
+            state=replace(
+                state, seen=max(t.seen, t.first_seen), alerted=t.alerted, alert_cursor=t.alert_cursor
+            ),
             alerts=t.alerts,
             stalled=t.stalled,
         )
@@ -325,6 +359,7 @@ def state_only(exp: tuple[str, str], rule: Rule, state: ExperimentState | None, 
         unranked_runs=state.unranked_runs + t.new_unranked,
         first_seen=t.first_seen,
         alerted=t.alerted,
+        alert_cursor=t.alert_cursor,
     )
     return ExperimentPlan(
         exp[0],
@@ -447,6 +482,8 @@ def plan_board(
     orphan-tag searches): the tags they carry now are what the plan changes. Runs of the kept
     board that no search returned (deleted, or behind the cutoff now) are planned with the
     tags the last ranking gave them, so a holder that lost only ``model_rank`` is cleaned too.
+    A config rule's board becomes the state's ``announced`` digest; an API ranking
+    (:data:`ON_DEMAND_RULE`) keeps the rule's.
     """
     exp_id, exp_name = exp
     current: dict[str, dict[str, str]] = {}
@@ -485,6 +522,12 @@ def plan_board(
         count_upto=counts.upto,
         first_seen=t.first_seen,
         alerted=t.alerted,
+        alert_cursor=t.alert_cursor,
+        announced=(
+            (state.announced if state is not None else None)
+            if rule.name == ON_DEMAND_RULE
+            else board_digest([e.run_id for e in entries])
+        ),
     )
     action: Action = "full" if t.action == "full" else "rerank"
     return ExperimentPlan(
@@ -495,7 +538,7 @@ def plan_board(
         t.reason,
         changes=tuple(changes),
         state=_if_changed(new_state, state),
-        event=leaderboard_event(leaderboard, state),
+        event=leaderboard_event(leaderboard, state, against_announced=rule.name != ON_DEMAND_RULE),
         board=leaderboard,
         alerts=t.alerts,
         stalled=t.stalled,
@@ -535,12 +578,26 @@ def counted_page(
     )
 
 
-def leaderboard_event(board: Leaderboard, previous: ExperimentState | None) -> LeaderboardChanged | None:
-    """The change against the last pass's board, or None when the top N is the same."""
-    old = [c.run_id for c in previous.holders()] if previous is not None else []
+def leaderboard_event(
+    board: Leaderboard, previous: ExperimentState | None, *, against_announced: bool = True
+) -> LeaderboardChanged | None:
+    """The change against the last board, or None when the top N is the same.
+
+    ``against_announced`` (a config rule's pass): when the state keeps the digest of what the
+    rule last announced, the board is compared with that, so an API ranking under another
+    ``top_n`` in between reshapes the tags but posts no summary of its own; entered and left
+    are then counted against the kept board's first ``top_n``. Otherwise (an older state, or
+    the API's own ranking) against the runs the last ranking tagged.
+    """
     new = [e.run_id for e in board.entries]
-    if old == new and previous is not None and previous.top_n == board.top_n:
-        return None
+    if against_announced and previous is not None and previous.announced is not None:
+        if previous.announced == board_digest(new):
+            return None
+        old = [c.run_id for c in previous.board[: board.top_n]]
+    else:
+        old = [c.run_id for c in previous.holders()] if previous is not None else []
+        if old == new and previous is not None and previous.top_n == board.top_n:
+            return None
     if not old and not new:
         return None
     return LeaderboardChanged(

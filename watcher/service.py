@@ -36,6 +36,11 @@ ExperimentOutcome = ExperimentPlan
 
 @dataclass(frozen=True)
 class PassResult:
+    """What one pass did. ``experiments_changed``, ``tag_writes`` and ``outcomes`` count what
+    reached MLflow (the run tag writes it accepted, the experiments they touched or whose
+    leaderboard event went out, the plans applied in full), so a pass that fails part way
+    reports what it wrote, not what it planned; a dry run reports its plan."""
+
     pass_id: str
     ok: bool
     dry_run: bool
@@ -131,6 +136,11 @@ class Watcher:
         wall = time.perf_counter()
         calls_before = self.tracking.calls
         plans: list[ExperimentPlan] = []
+        # What reached MLflow: the plans applied in full, the experiments with a run tag
+        # written (a failed pass stops part way), and the adapter's count of tag writes.
+        applied: list[ExperimentPlan] = []
+        touched: set[str] = set()
+        writes_before = self.tracking.tag_writes
         watched: list[WatchedExperiment] = []
         error: str | None = None
         report: dict[str, int] = {}
@@ -156,7 +166,14 @@ class Watcher:
                     for p in plans:
                         rule = rules[p.experiment_id]
                         assert rule is not None
-                        self._apply(p, stored.get(p.experiment_id), rule)
+                        writes = self.tracking.tag_writes
+                        try:
+                            self._apply(p, stored.get(p.experiment_id), rule)
+                        finally:
+                            # A plan that failed part way still changed what it wrote.
+                            if self.tracking.tag_writes > writes:
+                                touched.add(p.experiment_id)
+                        applied.append(p)
             except Exception as e:  # the daemon must survive anything one pass runs into
                 error = str(e) or type(e).__name__
                 # A traceback only for bugs; a down server or a bad filter is said in one line.
@@ -172,6 +189,15 @@ class Watcher:
                     _call_hook(handler, "on_pass_end", watched)
                     report.update(_call_hook(handler, "pass_report") or {})
             duration = time.perf_counter() - wall
+            if dry_run:  # nothing is applied: the counts are the plan's
+                outcomes = tuple(plans)
+                changed = sum(1 for p in plans if p.changes or p.event)
+                tag_writes = sum(len(p.changes) for p in plans)
+            else:
+                outcomes = tuple(applied)
+                touched.update(p.experiment_id for p in applied if p.event)
+                changed = len(touched)
+                tag_writes = self.tracking.tag_writes - writes_before
             result = PassResult(
                 pass_id=pass_id,
                 ok=ok,
@@ -179,10 +205,10 @@ class Watcher:
                 started_at=started,
                 duration_seconds=duration,
                 experiments_checked=len(watched),
-                experiments_changed=sum(1 for p in plans if p.changes or p.event),
-                tag_writes=sum(len(p.changes) for p in plans),
+                experiments_changed=changed,
+                tag_writes=tag_writes,
                 tracking_calls=self.tracking.calls - calls_before,
-                outcomes=tuple(plans),
+                outcomes=outcomes,
                 error=error,
                 handler_report=report,
             )

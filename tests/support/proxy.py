@@ -26,6 +26,9 @@ class Proxy:
         self.requests: list[tuple[str, str]] = []
         # Request bodies of the tracking API in the order of ``requests`` (b"" without one).
         self.bodies: list[bytes] = []
+        # While True, every request is answered 503 without reaching the server: the tracking
+        # server as a client sees it when it goes down (tests flip it mid-pass).
+        self.down = False
         self._lock = threading.Lock()
         proxy = self
 
@@ -44,6 +47,13 @@ class Proxy:
                 with proxy._lock:
                     proxy.requests.append((self.command, self.path))
                     proxy.bodies.append(body or b"")
+                if proxy.down:
+                    data = b"server down"
+                    self.send_response(503, "Service Unavailable")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                    return
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_HEADERS}
                 headers["Host"] = f"{proxy.target_host}:{proxy.target_port}"
                 if body is not None:

@@ -10,6 +10,8 @@ from uuid import uuid4
 
 import mlflow
 import pytest
+from mlflow.models.utils import load_serving_example
+from mlflow.pyfunc.scoring_server import _parse_json_data
 
 from tests.support.mlflow_server import ServerHandle
 from tests.support.proxy import Proxy
@@ -169,6 +171,10 @@ def test_logged_model_loads_and_predicts_with_its_signature(
     example = loaded.input_example
     assert example is not None
     assert len(loaded.predict(example)) == len(example)
+    # The serving payload MLflow writes beside the example answers like the example itself.
+    payload = load_serving_example(f"models:/{model_id}")
+    served = _parse_json_data(payload, loaded.metadata, loaded.metadata.get_input_schema())
+    assert list(loaded.predict(served.data)) == list(loaded.predict(example))
 
 
 def test_ui_search_for_positive_r2_finds_the_runs(

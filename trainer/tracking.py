@@ -19,6 +19,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import mlflow
@@ -28,7 +29,7 @@ import pandas as pd
 import xgboost as xgb
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
-from mlflow.models import infer_signature
+from mlflow.models import Model, infer_signature
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 from mlflow.tracking import MlflowClient
 from mlflow.tracking._tracking_service.utils import _use_tracking_uri
@@ -40,6 +41,16 @@ from trainer.errors import TrackingError
 MAX_PARAM_CHARS = 6000
 # Requirements of the logged model, given so MLflow does not infer them in a subprocess.
 MODEL_REQUIREMENTS = [f"xgboost=={xgb.__version__}", "pandas", "numpy"]
+
+
+def _save_xgboost(*, validate_serving_input: bool = True, **kwargs: Any) -> None:
+    # Model.log hands its extra arguments to the flavor's save_model, and mlflow.xgboost passes
+    # the ones it does not know on to Booster.save_model: take Model.log's own flag off first.
+    mlflow.xgboost.save_model(**kwargs)
+
+
+# mlflow.xgboost as Model.log sees a flavor: its name and its save_model.
+_XGBOOST_FLAVOR = SimpleNamespace(__name__="mlflow.xgboost", save_model=_save_xgboost)
 
 
 @contextmanager
@@ -124,14 +135,20 @@ class Tracking:
             # run in-process (--jobs 1, tests) leaves the caller's MLflow state as it was
             with _use_tracking_uri(self.uri), warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                mlflow.xgboost.log_model(
-                    model,
+                # What mlflow.xgboost.log_model does, less MLflow's check of the input example
+                # (it reloads the saved model as pyfunc and predicts it, ~0.35 s per trial):
+                # the prediction above already ran this booster on this example.
+                Model.log(
+                    artifact_path=None,
                     name="model",
+                    flavor=_XGBOOST_FLAVOR,
+                    xgb_model=model,
                     signature=signature,
                     input_example=example,
                     pip_requirements=MODEL_REQUIREMENTS,
                     run_id=run_id,
                     model_id=logged.model_id,
+                    validate_serving_input=False,
                 )
 
     @functools.cached_property

@@ -12,6 +12,7 @@ import math
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -238,6 +239,61 @@ def test_unreachable_ray_cluster_exits_2_naming_the_address(
     err = capsys.readouterr().err
     assert f"cannot reach the Ray cluster at {address}" in err
     assert "Traceback" not in err
+    assert not store.exists()
+
+
+def test_an_open_port_that_never_answers_as_ray_exits_2_within_the_wait(tmp_path: Path) -> None:
+    """A port that accepts connections but is no Ray head: exit 2 after PODIUM_RAY_WAIT_SECONDS,
+    naming the address; the sweep logs no run (none is left RUNNING)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    address = f"127.0.0.1:{listener.getsockname()[1]}"
+    store = tmp_path / "mlflow.db"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{store}", "PODIUM_RAY_WAIT_SECONDS": "3"}
+    env.pop("RAY_ADDRESS", None)
+    try:
+        started = time.monotonic()
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "trainer",
+                "train",
+                "--backend",
+                "ray",
+                "--ray-address",
+                address,
+                "--trials",
+                "1",
+            ],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+        elapsed = time.monotonic() - started
+    finally:
+        listener.close()
+    assert done.returncode == 2, done.stderr
+    assert f"no Ray cluster answered at {address} within 3 s" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert elapsed < 120
+    client = mlflow.MlflowClient(f"sqlite:///{store}")
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    assert client.search_runs(experiments) == []
+
+
+def test_a_bad_ray_wait_is_exit_2_naming_the_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = tmp_path / "mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store}")
+    monkeypatch.setenv("PODIUM_RAY_WAIT_SECONDS", "soon")
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["train", "--backend", "ray", "--trials", "1"]) == 2
+    assert "PODIUM_RAY_WAIT_SECONDS='soon'" in capsys.readouterr().err
     assert not store.exists()
 
 

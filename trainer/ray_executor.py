@@ -51,8 +51,24 @@ R = TypeVar("R")
 INSTALL_HINT = "pip install 'mlflow-podium[ray]'"
 # Seconds to wait for a cluster's port to answer before giving up (Ray itself retries for minutes).
 CONNECT_TIMEOUT_S = 10.0
-# How long the sweep waits for a cluster that accepted the TCP connect to answer as Ray.
+# How long the sweep waits for a cluster that accepted the TCP connect to answer as Ray
+# (``PODIUM_RAY_WAIT_SECONDS`` overrides it, e.g. for a head that is still starting).
 CLUSTER_WAIT_S = 60.0
+WAIT_ENV = "PODIUM_RAY_WAIT_SECONDS"
+
+
+def cluster_wait_seconds() -> float:
+    """The bound on reaching a cluster: ``PODIUM_RAY_WAIT_SECONDS``, else 60 s."""
+    raw = os.environ.get(WAIT_ENV, "").strip()
+    if not raw:
+        return CLUSTER_WAIT_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < float("inf"):
+        raise InputError(f"{WAIT_ENV}={raw!r}: expected a number of seconds above 0")
+    return value
 # Seconds ``shutdown(cancel=True)`` waits for killed trials to report back.
 CANCEL_WAIT_S = 30.0
 # Default ports: the GCS of ``ray start --head`` and the Ray Client server.
@@ -190,11 +206,12 @@ class _Started:
     def result(self) -> _Started:
         # An open port that is not a Ray cluster passes the TCP check, and ray.init then retries
         # for ever: bound the wait.
-        self._thread.join(CLUSTER_WAIT_S)
+        wait = cluster_wait_seconds()
+        self._thread.join(wait)
         if self._thread.is_alive():
             raise InputError(
-                f"no Ray cluster answered at {self.address} within {CLUSTER_WAIT_S:.0f} s "
-                "(the port is open: is it a Ray head's GCS port?)"
+                f"no Ray cluster answered at {self.address} within {wait:g} s "
+                f"(the port is open: is it a Ray head's GCS port? {WAIT_ENV} sets the wait)"
             )
         if self.error is not None:
             raise self.error
@@ -202,7 +219,7 @@ class _Started:
 
     def discard(self) -> None:
         """No executor followed (bad input, interrupted): free what was started."""
-        self._thread.join(CLUSTER_WAIT_S)
+        self._thread.join(cluster_wait_seconds())
         if self._thread.is_alive():
             return  # still trying to reach a cluster that never answered: nothing to free
         ray = import_ray()
@@ -399,6 +416,7 @@ class RayFactory:
 def ray_factory(address: str | None) -> RayFactory:
     """An executor factory for ``--backend ray``; checks Ray and the address now (exit 2 early)."""
     import_ray()
+    cluster_wait_seconds()
     if address:
         check_reachable(address)
     return RayFactory(address)

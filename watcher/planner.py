@@ -275,7 +275,14 @@ def triage(
         held += len(waiting)
         new_cursor = (waiting[0].end_time or 0, waiting[0].run_id)
     elif "failed" not in rule.alerts and rule.name == ON_DEMAND_RULE:
-        new_cursor = cursor  # an API ranking announces nothing; the rule's next pass does
+        # An API ranking announces nothing, and its watermark passes the runs that failed
+        # since the last pass: the cursor keeps them due for the rule's next pass.
+        failed_since = [
+            (r.end_time, r.run_id)
+            for r in fresh
+            if r.status in ENDED_UNSUCCESSFULLY and r.end_time is not None
+        ]
+        new_cursor = min([*failed_since, *([cursor] if cursor is not None else [])], default=None)
     common = {
         "seen": new_seen,
         "new_ranked": len(ranked),

@@ -124,9 +124,10 @@ def first_ranking_section(backends: dict[str, Any]) -> list[str]:
     out = [
         "## Watcher: first ranking vs the guide's way",
         "",
-        "One experiment of N finished runs without ranking tags, one watcher pass (the first ranking: an "
-        "unordered page of 200 runs, then threshold searches `metrics.avg_test_r2 >= cutoff` from cutoffs "
-        "estimated on it; no scan, no ordered search), then the guide's way on the same runs, side by side "
+        "One experiment of N finished runs without ranking tags, one watcher pass (the first ranking: a "
+        "page of the 50 runs that ended last, then a threshold search `metrics.avg_test_r2 >= cutoff` from "
+        "a cutoff estimated on it, ordered on the server and cut at 21 runs; no scan), then the guide's way "
+        "on the same runs, side by side "
         "through the same counting proxy. The boards are asserted equal, and the tags identical to a full "
         "ranking's (the guide's `model_rank`, `top_10`, `production_candidate` on exactly its runs; its "
         "rewrite changes nothing; compared where the table says *board and tags*). The ranked/unranked counts are then completed by paged counts "

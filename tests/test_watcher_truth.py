@@ -398,3 +398,27 @@ def test_a_glob_whose_set_holds_a_closing_bracket_watches_the_experiment(
     result = watcher_for(mlflow_server.url, rule(f"wf_xgboost_[]]z_{tag}")).run_pass()
     assert [o.experiment_id for o in result.outcomes] == [exp_id]
     assert podium_tags(client, exp_id) == true_board(client, exp_id)
+
+
+def test_a_finished_run_outside_the_filter_moves_the_watermark_when_failed_runs_are_announced(
+    mlflow_server: ServerHandle, counting_proxy: Callable[[str], Proxy]
+) -> None:
+    """With a filter and failed alerts the batch search drops the filter; a FINISHED run the
+    filter leaves out is searched again only until the watermark covers it: the pass that sees
+    it moves the watermark, the next one is idle at 3 calls (it stayed at 4 every pass)."""
+    client = MlflowClient(mlflow_server.url)
+    exp_id, name = new_experiment(client)
+    made = make_runs(client, exp_id, [0.1 * i for i in range(12)])
+    proxy = counting_proxy(mlflow_server.url)
+    watcher = watcher_for(proxy.url, rule(name, filter="metrics.num_folds >= 3", alerts=["failed"]))
+    assert watcher.run_pass().ok
+    make_runs(client, exp_id, [0.9], extra={"num_folds": 1.0}, prefix="outside")
+    seen = watcher.run_pass()
+    assert [o.action for o in seen.outcomes] == ["advance"]
+    proxy.reset()
+    idle = watcher.run_pass()
+    assert (idle.tracking_calls, len(proxy.tracking_calls()), writes(proxy)) == (3, 3, [])
+    assert [o.action for o in idle.outcomes] == ["idle"]
+    outside = next(r.info.run_id for r in client.search_runs([exp_id], "metrics.num_folds < 3"))
+    tags = podium_tags(client, exp_id)
+    assert (outside in tags, tags[made[-1].run_id]["model_rank"]) == (False, "1")

@@ -79,6 +79,10 @@ class Observed:
     orphans: tuple[RunRecord, ...] | None = None
     # Alerts the outbox has room for (None: no bound); the rest wait for a later pass.
     alert_room: int | None = None
+    # The latest end time of FINISHED runs after the watermark that the rule's filter leaves
+    # out (0: none). The batch search drops the filter when failed runs are announced; the
+    # watermark moves past these runs too, or every later pass would search them again.
+    filtered_out: int = 0
 
 
 @dataclass(frozen=True)
@@ -202,7 +206,7 @@ def triage(
     fresh = [r for r in seen.ended if (r.end_time or 0) > watermark]
     finished = [r for r in fresh if r.status == FINISHED]
     ranked, unranked = split_ranked(finished, rule.metric)
-    new_seen = max([watermark, *(r.end_time or 0 for r in fresh)])
+    new_seen = max([watermark, seen.filtered_out, *(r.end_time or 0 for r in fresh)])
     first_seen = state.first_seen if state is not None and state.first_seen is not None else now_ms
     ranked_before = state is not None and state.fingerprint != UNRANKED
 

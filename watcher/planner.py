@@ -279,7 +279,11 @@ def triage(
         held += len(waiting)
         new_cursor = (waiting[0].end_time or 0, waiting[0].run_id)
     elif "failed" not in rule.alerts and rule.name == ON_DEMAND_RULE:
-        new_cursor = cursor  # an API ranking announces nothing; the rule's next pass does
+        # An API ranking announces nothing, yet its state moves the watermark: the runs that
+        # ended after the old watermark stay due, behind the cursor, for the rule's next pass
+        # (which clears it when the rule does not announce failed runs).
+        after = (watermark + 1, "") if state is not None else None
+        new_cursor = min((c for c in (cursor, after) if c is not None), default=None)
     common = {
         "seen": new_seen,
         "new_ranked": len(ranked),

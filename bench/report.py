@@ -510,8 +510,8 @@ def profile_section(p: dict[str, Any]) -> list[str]:
     parts = p["parts_seconds"]
     total = p["profiled_seconds"] + p["process_start_seconds"]
     names = {
-        "xgboost": "XGBoost's own training and prediction (`xgboost.train`, `Booster` predicts)",
-        "data": "data: loading, checks, each window's `QuantileDMatrix`",
+        "xgboost": "XGBoost's own work (`xgboost.train`, `Booster` predicts, each window's `QuantileDMatrix`)",
+        "data": "data outside XGBoost: loading, checks, features",
         "importance_outside_xgboost": "importance outside XGBoost (shuffles, R², split paths, tables)",
         "logging_outside_xgboost": "logging: model, batch, artifacts, charts",
         "other": "the rest (run creation, the sweep loop, fold scores)",
@@ -539,7 +539,13 @@ def profile_section(p: dict[str, Any]) -> list[str]:
     )
     out += [
         "",
-        f"Outside XGBoost's own training and prediction: **{p['outside_xgboost_share']:.0%}** of the wall time.",
+        f"Outside XGBoost's own training and prediction: **{p['outside_xgboost_share']:.0%}** of the wall time"
+        + (
+            f" ({p['outside_xgboost_share_matrices_apart']:.0%} with each window's `QuantileDMatrix`, "
+            f"{p['xgboost_by_phase_seconds'].get('data', 0.0):.1f} s, counted as data instead)."
+            if "outside_xgboost_share_matrices_apart" in p
+            else "."
+        ),
         "",
         "Per trial, with the once-per-sweep costs (data, process start) set apart — what a longer sweep "
         f"tends to: **{p.get('steady_state_outside_xgboost_share', float('nan')):.0%}** outside XGBoost. "

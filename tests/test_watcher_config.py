@@ -276,3 +276,27 @@ def test_an_empty_config_file_is_exit_2_unless_the_environment_gives_rules(
     assert f"config file {path} has no rules" in err
     monkeypatch.setenv("WATCHER_RULES", json.dumps([GOOD_RULE]))
     assert [r.name for r in load_settings(path).rules] == ["wf-xgboost"]
+
+
+@pytest.mark.parametrize(
+    ("uri", "shown"),
+    [("htp://127.0.0.1:5000", "'htp://127.0.0.1:5000'"), ("htp://me:s3cret@host/x", "'htp://me:***@host/x'")],
+    ids=["scheme-typo", "password-hidden"],
+)
+def test_a_tracking_uri_mlflow_cannot_use_is_exit_2_with_one_line_naming_the_key(
+    tmp_path: Path, uri: str, shown: str
+) -> None:
+    """A scheme MLflow does not know (a typo) is the user's config, not a failed pass: exit 2,
+    one line naming the file and `tracking_uri`, no traceback and no password."""
+    path = write(tmp_path, {"tracking_uri": uri, "http": {"enabled": False}, "rules": [GOOD_RULE]})
+    proc = subprocess.run(
+        [sys.executable, "-m", "watcher", "--once", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert (proc.returncode, "Traceback" in proc.stderr) == (2, False)
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
+    assert proc.stderr.startswith(f"error: {path}: field 'tracking_uri': tracking URI {shown} cannot be used")
+    assert "s3cret" not in proc.stderr

@@ -398,3 +398,60 @@ def test_a_glob_whose_set_holds_a_closing_bracket_watches_the_experiment(
     result = watcher_for(mlflow_server.url, rule(f"wf_xgboost_[]]z_{tag}")).run_pass()
     assert [o.experiment_id for o in result.outcomes] == [exp_id]
     assert podium_tags(client, exp_id) == true_board(client, exp_id)
+
+
+@pytest.mark.parametrize(
+    ("metric", "top_n", "ascending"),
+    [(METRIC, 5, False), ("avg_test_rmse", 10, True)],
+    ids=["same-metric-other-top-n", "another-metric"],
+)
+def test_a_run_that_failed_before_an_api_ranking_is_announced_by_the_rules_next_pass(
+    mlflow_server: ServerHandle, client: MlflowClient, metric: str, top_n: int, ascending: bool
+) -> None:
+    """A run fails after the rule's pass; POST /models/rank (which announces nothing) ranks the
+    experiment before the rule's next pass and moves the watermark past the failure; a run
+    that finishes after the failure moves it too. The rule's next pass still announces the
+    failed run, once, and the pass after it is idle."""
+    exp_id, name = new_experiment(client)
+    make_runs(client, exp_id, [0.1 * i for i in range(12)], extra={"num_folds": 3.0, "avg_test_rmse": 1.0})
+    recorder = AlertRecorder()
+    settings = WatcherSettings(
+        tracking_uri=mlflow_server.url, http={"enabled": False}, rules=[rule(name, alerts=["failed"])]
+    )
+    watcher = Watcher(settings, MlflowTracking(mlflow_server.url), [recorder])
+    assert watcher.run_pass().ok
+    failed = make_run(client, exp_id, "boom", {METRIC: 0.2}, status="FAILED")
+    make_runs(client, exp_id, [0.05], extra={"num_folds": 3.0, "avg_test_rmse": 2.0}, prefix="after")
+    watcher.rank_now(name, metric, top_n=top_n, ascending=ascending)
+    assert recorder.alerts == []
+
+    assert watcher.run_pass().ok
+    assert recorder.alerts == [("failed", failed)]
+    assert podium_tags(client, exp_id) == true_board(client, exp_id)
+    again = watcher.run_pass()
+    assert (again.ok, [o.action for o in again.outcomes], again.tag_writes) == (True, ["idle"], 0)
+    assert recorder.alerts == [("failed", failed)]
+
+
+def test_a_finished_run_outside_the_filter_moves_the_watermark_when_failed_runs_are_announced(
+    mlflow_server: ServerHandle, counting_proxy: Callable[[str], Proxy]
+) -> None:
+    """With a filter and failed alerts the batch search drops the filter; a FINISHED run the
+    filter leaves out is searched again only until the watermark covers it: the pass that sees
+    it moves the watermark, the next one is idle at 3 calls (it stayed at 4 every pass)."""
+    client = MlflowClient(mlflow_server.url)
+    exp_id, name = new_experiment(client)
+    made = make_runs(client, exp_id, [0.1 * i for i in range(12)])
+    proxy = counting_proxy(mlflow_server.url)
+    watcher = watcher_for(proxy.url, rule(name, filter="metrics.num_folds >= 3", alerts=["failed"]))
+    assert watcher.run_pass().ok
+    make_runs(client, exp_id, [0.9], extra={"num_folds": 1.0}, prefix="outside")
+    seen = watcher.run_pass()
+    assert [o.action for o in seen.outcomes] == ["advance"]
+    proxy.reset()
+    idle = watcher.run_pass()
+    assert (idle.tracking_calls, len(proxy.tracking_calls()), writes(proxy)) == (3, 3, [])
+    assert [o.action for o in idle.outcomes] == ["idle"]
+    outside = next(r.info.run_id for r in client.search_runs([exp_id], "metrics.num_folds < 3"))
+    tags = podium_tags(client, exp_id)
+    assert (outside in tags, tags[made[-1].run_id]["model_rank"]) == (False, "1")

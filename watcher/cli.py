@@ -115,7 +115,11 @@ def run(settings: WatcherSettings, *, once: bool, dry_run: bool) -> int:
     from watcher.mlflow_io import MlflowTracking
     from watcher.service import Watcher
 
-    tracking = MlflowTracking(settings.tracking_uri)
+    try:
+        tracking = MlflowTracking(settings.tracking_uri)
+    except ConfigError as e:
+        key = "field 'tracking_uri'" if settings.tracking_uri else "environment variable MLFLOW_TRACKING_URI"
+        raise ConfigError(f"{key}: {e}") from e
     delivery: Delivery | None = None
     if dry_run:
         # A dry run calls no handler (it sends and promotes nothing), so a webhook whose

@@ -173,6 +173,7 @@ class Reader:
         # The search reaches back to the alert cursor of an experiment with failed runs still
         # to announce; FINISHED runs at or before a watermark are left out by the triage.
         ended: list[RunRecord] = []
+        filtered_out: dict[str, int] = {}
         kept = {i: s for i in tracked if (s := states[i]) is not None}
         low = min((s.search_after for s in kept.values()), default=0)
         if tracked:
@@ -190,6 +191,12 @@ class Reader:
                     sorted(news),
                     and_filters(FINISHED_FILTER, f"attributes.end_time > {news_low}", rule.filter),
                 )
+                # FINISHED news the filter leaves out still moves the watermark (see Observed).
+                matched = {r.run_id for r in matching}
+                for r in ended:
+                    if r.status == FINISHED and r.run_id not in matched:
+                        end = r.end_time or 0
+                        filtered_out[r.experiment_id] = max(filtered_out.get(r.experiment_id, 0), end)
                 ended = [r for r in ended if r.status != FINISHED] + matching
         holders = by_experiment(self.tracking.search_runs(ids, f"tags.{MODEL_RANK} LIKE '%'"))
         ended_by = by_experiment(ended)
@@ -217,6 +224,7 @@ class Reader:
                 holders=holders.get(exp.experiment_id, ()),
                 running=None if running_by is None else running_by.get(exp.experiment_id, ()),
                 advance_to=advance_to,
+                filtered_out=filtered_out.get(exp.experiment_id, 0),
                 orphans=None if swept is None else swept.get(exp.experiment_id, ()),
                 alert_room=(
                     webhook_room(exp.experiment_id, exp.tags, rule.notify)

@@ -27,9 +27,10 @@ from mlflow.utils.search_utils import SearchUtils
 
 from watcher import metrics
 from watcher.detect import STATE_TAG
-from watcher.errors import TrackingError
+from watcher.errors import ConfigError, TrackingError
 from watcher.model import ExperimentRecord, ModelSource, ModelVersionInfo, RunRecord, TagChange
 from watcher.planner import ExperimentPlan
+from watcher.settings import redact_uri
 
 log = structlog.get_logger("watcher")
 
@@ -98,7 +99,14 @@ class MlflowTracking:
     tag changes that reached MLflow in ``tag_writes``."""
 
     def __init__(self, tracking_uri: str | None = None) -> None:
-        self._client = MlflowClient(tracking_uri=tracking_uri)
+        try:
+            self._client = MlflowClient(tracking_uri=tracking_uri)
+        except MlflowException as e:
+            # MLflow builds the store at once: a scheme it does not know (``htp://``) or a store
+            # it refuses (``file:``) is the user's URI, not a failed pass.
+            uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "(MLflow's default)"
+            first = (str(e.message).strip().splitlines() or [""])[0].replace(uri, redact_uri(uri))
+            raise ConfigError(f"tracking URI {redact_uri(uri)!r} cannot be used: {first}") from e
         self.calls_by_method: Counter[str] = Counter()
         # Run tag changes MLflow accepted (a pass reports the difference, not what it planned).
         self.tag_writes = 0

@@ -79,6 +79,10 @@ class Observed:
     orphans: tuple[RunRecord, ...] | None = None
     # Alerts the outbox has room for (None: no bound); the rest wait for a later pass.
     alert_room: int | None = None
+    # The latest end time of FINISHED runs after the watermark that the rule's filter leaves
+    # out (0: none). The batch search drops the filter when failed runs are announced; the
+    # watermark moves past these runs too, or every later pass would search them again.
+    filtered_out: int = 0
 
 
 @dataclass(frozen=True)
@@ -202,7 +206,7 @@ def triage(
     fresh = [r for r in seen.ended if (r.end_time or 0) > watermark]
     finished = [r for r in fresh if r.status == FINISHED]
     ranked, unranked = split_ranked(finished, rule.metric)
-    new_seen = max([watermark, *(r.end_time or 0 for r in fresh)])
+    new_seen = max([watermark, seen.filtered_out, *(r.end_time or 0 for r in fresh)])
     first_seen = state.first_seen if state is not None and state.first_seen is not None else now_ms
     ranked_before = state is not None and state.fingerprint != UNRANKED
 
@@ -275,14 +279,11 @@ def triage(
         held += len(waiting)
         new_cursor = (waiting[0].end_time or 0, waiting[0].run_id)
     elif "failed" not in rule.alerts and rule.name == ON_DEMAND_RULE:
-        # An API ranking announces nothing, and its watermark passes the runs that failed
-        # since the last pass: the cursor keeps them due for the rule's next pass.
-        failed_since = [
-            (r.end_time, r.run_id)
-            for r in fresh
-            if r.status in ENDED_UNSUCCESSFULLY and r.end_time is not None
-        ]
-        new_cursor = min([*failed_since, *([cursor] if cursor is not None else [])], default=None)
+        # An API ranking announces nothing, yet its state moves the watermark: the runs that
+        # ended after the old watermark stay due, behind the cursor, for the rule's next pass
+        # (which clears it when the rule does not announce failed runs).
+        after = (watermark + 1, "") if state is not None else None
+        new_cursor = min((c for c in (cursor, after) if c is not None), default=None)
     common = {
         "seen": new_seen,
         "new_ranked": len(ranked),

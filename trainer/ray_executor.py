@@ -55,6 +55,14 @@ CONNECT_TIMEOUT_S = 10.0
 # (``PODIUM_RAY_WAIT_SECONDS`` overrides it, e.g. for a head that is still starting).
 CLUSTER_WAIT_S = 60.0
 WAIT_ENV = "PODIUM_RAY_WAIT_SECONDS"
+# Seconds ``shutdown(cancel=True)`` waits for killed trials to report back.
+CANCEL_WAIT_S = 30.0
+# Default ports: the GCS of ``ray start --head`` and the Ray Client server.
+GCS_PORT, CLIENT_PORT = 6379, 10001
+# Driver environment variables the workers get: MLflow's client settings (not its credentials,
+# which belong in the cluster's own environment, e.g. a Kubernetes secret).
+_FORWARDED_PREFIXES = ("MLFLOW_",)
+_SECRET_MARKERS = ("TOKEN", "PASSWORD", "SECRET", "KEY")
 
 
 def cluster_wait_seconds() -> float:
@@ -69,14 +77,6 @@ def cluster_wait_seconds() -> float:
     if not 0 < value < float("inf"):
         raise InputError(f"{WAIT_ENV}={raw!r}: expected a number of seconds above 0")
     return value
-# Seconds ``shutdown(cancel=True)`` waits for killed trials to report back.
-CANCEL_WAIT_S = 30.0
-# Default ports: the GCS of ``ray start --head`` and the Ray Client server.
-GCS_PORT, CLIENT_PORT = 6379, 10001
-# Driver environment variables the workers get: MLflow's client settings (not its credentials,
-# which belong in the cluster's own environment, e.g. a Kubernetes secret).
-_FORWARDED_PREFIXES = ("MLFLOW_",)
-_SECRET_MARKERS = ("TOKEN", "PASSWORD", "SECRET", "KEY")
 
 
 class WorkerDied(TrainingError):

@@ -1,7 +1,7 @@
 """The planner against arbitrary "what MLflow holds" states (pure, property-tested).
 
 The passes here include the orphan-tag sweep (``top_{N}``/``production_candidate`` holders),
-which the daemon adds to a pass every ``ORPHAN_SWEEP_SECONDS`` and to every re-rank.
+which the daemon adds to a pass every ``SWEEP_SECONDS`` and to every re-rank.
 
 An experiment is ranked once; then the world moves: foreign and duplicate tags appear, holders
 are deleted, holders' values change, new runs finish. The searches a pass makes are answered

@@ -113,12 +113,21 @@ def test_once_removes_hand_set_top_n_and_candidate_tags_on_runs_without_model_ra
     mlflow_server: ServerHandle, client: MlflowClient, tmp_path: Path
 ) -> None:
     """`python -m watcher --once` with nothing new: a top_10 or production_candidate set by hand
-    on a run that holds no model_rank goes in that one pass (no later pass would come)."""
+    on a run that holds no model_rank goes in that one pass (no later pass would come), and a
+    best run whose end time is older than the watermark (another client's clock) is ranked."""
     exp_id, name = new_experiment(client)
     made = make_runs(client, exp_id, [0.3 + 0.01 * i for i in range(20)])
-    assert watcher_for(mlflow_server.url, rule(name)).run_pass().ok
+    watcher = watcher_for(mlflow_server.url, rule(name))
+    assert watcher.run_pass().ok
     client.set_tag(made[0].run_id, "top_10", "true")
     client.set_tag(made[1].run_id, "production_candidate", "true")
+    late = client.create_run(exp_id, run_name="late").info.run_id
+    client.log_metric(late, METRIC, 0.99)
+    first_end = client.get_run(made[0].run_id).info.end_time
+    client.set_terminated(late, "FINISHED", end_time=first_end - 60_000)
+    idle = watcher.run_pass()  # no sweep: the ended-after search cannot see it
+    assert [o.action for o in idle.outcomes] == ["idle"]
+    assert late not in podium_tags(client, exp_id)
     config = tmp_path / "watcher.yaml"
     config.write_text(yaml.safe_dump({"tracking_uri": mlflow_server.url, "rules": [rule(name)]}))
     done = subprocess.run(
@@ -131,6 +140,7 @@ def test_once_removes_hand_set_top_n_and_candidate_tags_on_runs_without_model_ra
     assert done.returncode == 0, done.stderr
     assert podium_tags(client, exp_id) == true_board(client, exp_id)
     assert made[0].run_id not in podium_tags(client, exp_id)
+    assert podium_tags(client, exp_id)[late]["model_rank"] == "1"
 
 
 def test_a_deleted_leader_is_replaced_at_once_and_a_restored_one_never_doubles_rank_1(

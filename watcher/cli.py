@@ -129,7 +129,7 @@ def run(settings: WatcherSettings, *, once: bool, dry_run: bool) -> int:
         delivery = build_handlers(settings, tracking)
     watcher = Watcher(settings, tracking, delivery.handlers if delivery is not None else ())
     if once:
-        result = watcher.run_pass(dry_run=dry_run, sweep_orphans=True)
+        result = watcher.run_pass(dry_run=dry_run, sweep=True)
         if dry_run:
             print_plan(result, sys.stdout)
         elif delivery is not None:

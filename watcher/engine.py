@@ -126,7 +126,7 @@ class Reader:
         watched: Sequence[WatchedExperiment],
         now_ms: int,
         stall_check: Mapping[str, bool] | None = None,
-        sweep_orphans: bool = False,
+        sweep: bool = False,
     ) -> list[ExperimentPlan]:
         by_rule: dict[str, list[WatchedExperiment]] = defaultdict(list)
         for exp in watched:
@@ -138,7 +138,7 @@ class Reader:
             for start in range(0, len(exps), EXPERIMENT_BATCH):
                 batch = exps[start : start + EXPERIMENT_BATCH]
                 stall = (stall_check or {}).get(rule.name, False)
-                plans.extend(self.plan_batch(rule, batch, now_ms, stall, sweep_orphans=sweep_orphans))
+                plans.extend(self.plan_batch(rule, batch, now_ms, stall, sweep=sweep))
         return plans
 
     def plan_batch(
@@ -149,11 +149,12 @@ class Reader:
         stall_check: bool = False,
         *,
         force_rank: bool = False,
-        sweep_orphans: bool = False,
+        sweep: bool = False,
     ) -> list[ExperimentPlan]:
         """Plans for one rule's batch; ``force_rank`` ranks every experiment (the API);
-        ``sweep_orphans`` searches the ``top_{N}``/``production_candidate`` holders of every
-        experiment of the batch, not only of those it re-ranks."""
+        ``sweep`` searches the ``top_{N}``/``production_candidate`` holders of every experiment
+        of the batch, not only of those it re-ranks, and re-ranks every idle one from its kept
+        cutoff (one threshold search each)."""
         fp = fingerprint(rule.metric, rule.ascending, rule.filter)
         states = {e.experiment_id: ExperimentState.from_tag(e.tags.get(STATE_TAG)) for e in exps}
         # Experiments whose runs the batch search covers: those this rule ranks (or first saw),
@@ -215,7 +216,7 @@ class Reader:
         if needs_running:
             running_by = by_experiment(self.tracking.search_runs(ids, RUNNING_FILTER))
 
-        swept = self._orphans(rule, [i for i in ids if i in tracked], states) if sweep_orphans else None
+        swept = self._orphans(rule, [i for i in ids if i in tracked], states) if sweep else None
         triaged: dict[str, Triage] = {}
         for exp in exps:
             state = states[exp.experiment_id]
@@ -236,6 +237,11 @@ class Reader:
             if force_rank and t.action not in ("rerank", "full"):
                 tracked_here = state is not None and state.fingerprint == fp
                 t = replace(t, action="rerank" if tracked_here else "full", reason="requested")
+            elif sweep and t.action in ("idle", "advance") and state is not None and state.fingerprint == fp:
+                # A run whose end time is older than the watermark when it appears (another
+                # client's clock, a slow commit) is in no ended-after search: the sweep's
+                # threshold search from the kept cutoff finds it whatever its end time.
+                t = replace(t, action="rerank", reason="sweep")
             triaged[exp.experiment_id] = t
 
         to_rank = [e.experiment_id for e in exps if triaged[e.experiment_id].action in ("rerank", "full")]

@@ -72,10 +72,12 @@ class PassHealth:
         return now - self.last_success_at <= 3 * self.poll_interval_seconds
 
 
-# Seconds between passes that also search the top_{N}/production_candidate holders of every
-# watched experiment (two calls per batch): hand-set tags on runs without model_rank are
-# cleaned within this time even when nothing finishes; every other idle pass stays at 3 calls.
-ORPHAN_SWEEP_SECONDS = 900.0
+# Seconds between sweeps: passes that also search the top_{N}/production_candidate holders of
+# every watched experiment (two calls per batch) and re-rank each idle one from its kept cutoff
+# (one threshold search each). Hand-set tags on runs without model_rank, and a run whose end
+# time was older than the watermark when it appeared, are put right within this time even when
+# nothing finishes; every other idle pass stays at 3 calls per batch.
+SWEEP_SECONDS = 900.0
 
 
 def stall_check_interval(rule: Rule) -> float:
@@ -104,20 +106,20 @@ class Watcher:
         self.reader = Reader(tracking)
         self._lock = threading.Lock()
         self._stall_checked: dict[str, float] = {}
-        self._orphans_swept = clock()
+        self._swept = clock()
 
     # -- a pass ------------------------------------------------------------------------------
 
-    def run_pass(self, dry_run: bool = False, sweep_orphans: bool | None = None) -> PassResult:
+    def run_pass(self, dry_run: bool = False, sweep: bool | None = None) -> PassResult:
         """Reconcile every watched experiment once; never raises (failures are in the result).
 
-        ``sweep_orphans``: also search the ``top_{N}``/``production_candidate`` holders of
-        every watched experiment (two calls per batch). None leaves it to the daemon's clock
-        (every ``ORPHAN_SWEEP_SECONDS``); a one-off pass (``--once``) asks for it, since no
-        later pass will put a hand-set tag right.
+        ``sweep``: also search the ``top_{N}``/``production_candidate`` holders of every
+        watched experiment and re-rank each idle one from its kept cutoff (see
+        ``SWEEP_SECONDS``). None leaves it to the daemon's clock; a one-off pass (``--once``)
+        asks for it, since no later pass will put a hand-set tag or a late run right.
         """
         with self._lock:
-            return self._run_pass(dry_run, sweep_orphans)
+            return self._run_pass(dry_run, sweep)
 
     def _stall_checks(self, now: float) -> dict[str, bool]:
         due = {}
@@ -130,7 +132,7 @@ class Watcher:
                 self._stall_checked[rule.name] = now
         return due
 
-    def _run_pass(self, dry_run: bool, sweep_orphans: bool | None) -> PassResult:
+    def _run_pass(self, dry_run: bool, sweep: bool | None) -> PassResult:
         pass_id = uuid.uuid4().hex[:12]
         started = self.clock()
         wall = time.perf_counter()
@@ -152,14 +154,13 @@ class Watcher:
                 self._call_handlers("on_pass_start")
             try:
                 watched = watched_experiments(self.settings, self.tracking)
-                sweep = sweep_orphans
                 if sweep is None:
-                    sweep = started - self._orphans_swept >= ORPHAN_SWEEP_SECONDS
+                    sweep = started - self._swept >= SWEEP_SECONDS
                 plans = self.reader.plan_pass(
                     self.settings, watched, int(started * 1000), self._stall_checks(started), sweep
                 )
                 if sweep:
-                    self._orphans_swept = started
+                    self._swept = started
                 if not dry_run:
                     stored = {e.experiment_id: e.tags.get(STATE_TAG) for e in watched}
                     rules = {e.experiment_id: e.rule for e in watched}

@@ -115,6 +115,21 @@ CASES = [
         id="stalled-after-fraction",
     ),
     pytest.param(
+        with_rule(top_n=True),
+        ["rules[1]", "field 'top_n'", "valid integer (got True)"],
+        id="top-n-boolean",
+    ),
+    pytest.param(
+        "rules:\n  - name: x\n    experiments: [x]\n    metric: m\n    metric: n\n",
+        ["invalid YAML at line 5", "key 'metric' appears twice"],
+        id="duplicate-key",
+    ),
+    pytest.param(
+        {"webhooks": [{"name": "team", "url": "not a url"}], "rules": [{**GOOD_RULE, "notify": ["team"]}]},
+        ["webhook #1 'team' (webhooks[0])", "field 'url'", "http:// or https://"],
+        id="webhook-url-not-http",
+    ),
+    pytest.param(
         {
             "webhooks": [{"name": "team", "url_env": "PODIUM_TEST_UNSET_HOOK"}],
             "rules": [{**GOOD_RULE, "notify": ["team"]}],

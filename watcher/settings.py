@@ -57,6 +57,13 @@ class WebhookConfig(_Strict):
     timeout_seconds: float = Field(default=10.0, gt=0)
     max_attempts: int = Field(default=3, ge=1)
 
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value and urlsplit(value).scheme not in ("http", "https"):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
+
     def resolved_url(self) -> str | None:
         """The URL to post to: ``url``, else the value of env ``url_env`` (None if unset)."""
         if self.url:
@@ -76,8 +83,8 @@ class RuleConfig(_Strict):
     experiments: list[str] = Field(min_length=1)
     metric: str = Field(min_length=1)
     ascending: bool = False
-    top_n: int = Field(default=10, ge=1, le=MAX_TOP_N)
-    production_candidates: int = Field(default=3, ge=0)
+    top_n: int = Field(default=10, ge=1, le=MAX_TOP_N, strict=True)
+    production_candidates: int = Field(default=3, ge=0, strict=True)
     filter: str | None = None
     trigger: Trigger = "experiment_finished"
     registry: RegistryConfig | None = None
@@ -236,11 +243,27 @@ def _env_problem(error: SettingsError) -> str:
     return f"environment variable {name}: not valid JSON (a list or mapping such as '[...]' is expected)"
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.safe_load, except that a key given twice in one mapping is an error: YAML keeps
+    the last one silently, so a rule pasted twice or a repeated ``top_n`` would hide."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice in one mapping", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found (pass --config FILE)")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

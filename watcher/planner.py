@@ -560,7 +560,10 @@ def counts_after_ranking(
     kept state on a re-rank, else a paged count starts (over runs ended by ``t.seen``)."""
     if found.everything:
         ranked, unranked = split_ranked(found.runs, metric)
-        return Counts(len(ranked), unranked, False, None, t.seen)
+        # ``count_upto`` matters only while a paged count runs: a re-rank of an experiment
+        # already counted keeps the stored one, so a sweep that changes nothing writes nothing.
+        kept = state is not None and state.fingerprint == fp and not state.counting
+        return Counts(len(ranked), unranked, False, None, state.count_upto if kept and state else t.seen)
     if state is not None and state.fingerprint == fp:
         return Counts(
             state.ranked_runs + t.new_ranked,

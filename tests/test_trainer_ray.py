@@ -285,15 +285,16 @@ def test_an_open_port_that_never_answers_as_ray_exits_2_within_the_wait(tmp_path
     assert client.search_runs(experiments) == []
 
 
+@pytest.mark.parametrize("value", ["soon", "0", "nan", "1e10"])  # 1e10 s: past Thread.join's limit
 def test_a_bad_ray_wait_is_exit_2_naming_the_variable(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    value: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     store = tmp_path / "mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store}")
-    monkeypatch.setenv("PODIUM_RAY_WAIT_SECONDS", "soon")
+    monkeypatch.setenv("PODIUM_RAY_WAIT_SECONDS", value)
     monkeypatch.chdir(tmp_path)
     assert cli.main(["train", "--backend", "ray", "--trials", "1"]) == 2
-    assert "PODIUM_RAY_WAIT_SECONDS='soon'" in capsys.readouterr().err
+    assert f"PODIUM_RAY_WAIT_SECONDS={value!r}" in capsys.readouterr().err
     assert not store.exists()
 
 

@@ -208,3 +208,24 @@ def test_unreachable_server_exits_1_with_one_message(tmp_path: Path) -> None:
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: finding experiment")
     assert "http://127.0.0.1:9" in last
+
+
+def test_logging_a_model_leaves_the_callers_tracking_uri_variable_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A caller that relies on MLFLOW_TRACKING_URI (a notebook, --jobs 1 in-process) still has
+    it after a model was logged to another store."""
+    import numpy as np
+    import xgboost as xgb
+
+    from trainer.tracking import Tracking, example_frame
+
+    theirs = f"sqlite:///{tmp_path / 'theirs.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", theirs)
+    tracking = Tracking(f"sqlite:///{tmp_path / 'ours.db'}")
+    experiment = tracking.ensure_experiment("env_kept")
+    run_id, _ = tracking.create_run(experiment, "r", {})
+    X = np.arange(40, dtype="float32").reshape(20, 2)
+    booster = xgb.train({"nthread": 1}, xgb.DMatrix(X, label=X[:, 0]), num_boost_round=2)
+    tracking.log_model(experiment, run_id, booster, example_frame(X[:3], ["a", "b"]))
+    assert os.environ["MLFLOW_TRACKING_URI"] == theirs

@@ -74,8 +74,10 @@ def cluster_wait_seconds() -> float:
         value = float(raw)
     except ValueError:
         value = -1.0
-    if not 0 < value < float("inf"):
-        raise InputError(f"{WAIT_ENV}={raw!r}: expected a number of seconds above 0")
+    if not 0 < value <= threading.TIMEOUT_MAX:  # Thread.join takes no longer wait
+        raise InputError(
+            f"{WAIT_ENV}={raw!r}: expected a number of seconds above 0 (at most {threading.TIMEOUT_MAX:.3g})"
+        )
     return value
 
 

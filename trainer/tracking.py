@@ -1,7 +1,7 @@
 """The trainer's only door to MLflow.
 
 A trial costs 9 tracking calls: ``create_run`` (parent process); the model, logged first
-(create_logged_model, then ``mlflow.xgboost.log_model``: get_logged_model, log_outputs,
+(create_logged_model, then the xgboost flavor through ``Model.log``: get_logged_model, log_outputs,
 get_run, get_logged_model, finalize); one ``log_batch`` with every param, metric and tag; and
 ``set_terminated``.
 Artifact files go straight to the run's artifact store, apart from the count.
@@ -41,6 +41,21 @@ from trainer.errors import TrackingError
 MAX_PARAM_CHARS = 6000
 # Requirements of the logged model, given so MLflow does not infer them in a subprocess.
 MODEL_REQUIREMENTS = [f"xgboost=={xgb.__version__}", "pandas", "numpy"]
+TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
+
+
+@contextmanager
+def _kept_tracking_env() -> Iterator[None]:
+    """Leave ``MLFLOW_TRACKING_URI`` as it was: when no URI was set in code,
+    ``_use_tracking_uri`` restores "none", and MLflow then deletes the variable."""
+    before = os.environ.get(TRACKING_URI_ENV)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(TRACKING_URI_ENV, None)
+        else:
+            os.environ[TRACKING_URI_ENV] = before
 
 
 def _save_xgboost(*, validate_serving_input: bool = True, **kwargs: Any) -> None:
@@ -120,7 +135,8 @@ class Tracking:
             return run.info.run_id, run.info.artifact_uri
 
     def log_model(self, experiment_id: str, run_id: str, model: xgb.Booster, example: pd.DataFrame) -> None:
-        """``mlflow.xgboost.log_model(model, name="model")`` with signature and input example.
+        """What ``mlflow.xgboost.log_model(model, name="model")`` logs, with signature and input
+        example.
 
         The LoggedModel is created here, in the run's experiment: left to itself, log_model
         puts it in MLflow's default experiment ("0") unless a fluent experiment is active.
@@ -133,7 +149,7 @@ class Tracking:
             )
             # log_model resolves MLflow's global URI; set it only for this call, so a sweep
             # run in-process (--jobs 1, tests) leaves the caller's MLflow state as it was
-            with _use_tracking_uri(self.uri), warnings.catch_warnings():
+            with _kept_tracking_env(), _use_tracking_uri(self.uri), warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 # What mlflow.xgboost.log_model does, less MLflow's check of the input example
                 # (it reloads the saved model as pyfunc and predicts it, ~0.35 s per trial):

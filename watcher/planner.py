@@ -334,31 +334,27 @@ def state_only(exp: tuple[str, str], rule: Rule, state: ExperimentState | None, 
     (fingerprint :data:`UNRANKED`, watermark at ``first_seen``): the next passes search what
     ended after it (failed runs to announce) and still do the first ranking.
     """
-    if state is None and t.action == "pending" and t.first_seen is not None:
-        state = ExperimentState(
-            rule=rule.name,
-            fingerprint=UNRANKED,
-            top_n=rule.top_n,
-            production_candidates=rule.production_candidates,
-            seen=t.first_seen,
-            first_seen=t.first_seen,
-        )
+
+    def plan(new_state: ExperimentState | None) -> ExperimentPlan:
         return ExperimentPlan(
-            exp[0],
-            exp[1],
-            rule.name,
-            t.action,
-            t.reason,
-            state=replace(
-                state, seen=max(t.seen, t.first_seen), alerted=t.alerted, alert_cursor=t.alert_cursor
-            ),
-            alerts=t.alerts,
-            stalled=t.stalled,
+            exp[0], exp[1], rule.name, t.action, t.reason, state=new_state, alerts=t.alerts, stalled=t.stalled
+        )
+
+    if state is None and t.action == "pending" and t.first_seen is not None:
+        return plan(
+            ExperimentState(
+                rule=rule.name,
+                fingerprint=UNRANKED,
+                top_n=rule.top_n,
+                production_candidates=rule.production_candidates,
+                seen=max(t.seen, t.first_seen),
+                first_seen=t.first_seen,
+                alerted=t.alerted,
+                alert_cursor=t.alert_cursor,
+            )
         )
     if state is None or t.action == "idle":
-        return ExperimentPlan(
-            exp[0], exp[1], rule.name, t.action, t.reason, alerts=t.alerts, stalled=t.stalled
-        )
+        return plan(None)
     new_state = replace(
         state,
         seen=t.seen,
@@ -369,16 +365,7 @@ def state_only(exp: tuple[str, str], rule: Rule, state: ExperimentState | None, 
         alerted=t.alerted,
         alert_cursor=t.alert_cursor,
     )
-    return ExperimentPlan(
-        exp[0],
-        exp[1],
-        rule.name,
-        t.action,
-        t.reason,
-        state=_if_changed(new_state, state),
-        alerts=t.alerts,
-        stalled=t.stalled,
-    )
+    return plan(_if_changed(new_state, state))
 
 
 def _if_changed(new: ExperimentState, old: ExperimentState | None) -> ExperimentState | None:
@@ -562,8 +549,8 @@ def counts_after_ranking(
         ranked, unranked = split_ranked(found.runs, metric)
         # ``count_upto`` matters only while a paged count runs: a re-rank of an experiment
         # already counted keeps the stored one, so a sweep that changes nothing writes nothing.
-        kept = state is not None and state.fingerprint == fp and not state.counting
-        return Counts(len(ranked), unranked, False, None, state.count_upto if kept and state else t.seen)
+        counted = state if state is not None and state.fingerprint == fp and not state.counting else None
+        return Counts(len(ranked), unranked, False, None, counted.count_upto if counted else t.seen)
     if state is not None and state.fingerprint == fp:
         return Counts(
             state.ranked_runs + t.new_ranked,

@@ -498,39 +498,3 @@ def test_an_api_ranking_with_another_top_n_posts_no_false_summary_and_a_real_cha
     change = summaries()[1]["changes"]
     assert change == {"new_leader": True, "entered": [better], "left": [announced[-1]]}
     assert top(10) == [better, *announced[:9]]
-
-
-def test_a_run_that_failed_just_before_an_api_ranking_is_still_announced_once(
-    server: ServerHandle, receiver: HTTPServer, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The rule announces failed runs; a run fails, then `rank_now` (POST /models/rank) ranks
-    the experiment before the rule's next pass and moves its watermark: that pass still
-    announces the failed run, once."""
-    monkeypatch.setenv("PODIUM_TEST_SECRET", SECRET)
-    receiver.expect_request("/hook").respond_with_data("ok")
-    receiver.start()
-    client = MlflowClient(server.url)
-    name = f"apifail_{uuid4().hex[:8]}"
-    exp_id = client.create_experiment(name)
-    finished_runs(client, exp_id, [0.5 + i / 100 for i in range(5)])
-    settings = make_settings(server.url, name, receiver.url_for("/hook"), None)
-    settings = settings.model_copy(
-        update={"rules": [settings.rules[0].model_copy(update={"alerts": ["failed"]})]}
-    )
-    delivery = build_handlers(settings, MlflowTracking(server.url))
-    watcher = Watcher(settings, MlflowTracking(server.url), delivery.handlers)
-
-    def failed_events() -> list[str]:
-        found = [json.loads(r.get_data()) for r in requests_to(receiver, "/hook")]
-        return [e["run_id"] for e in found if e["event"] == "run.failed"]
-
-    assert watcher.run_pass().ok
-    failed = client.create_run(exp_id).info.run_id
-    client.set_terminated(failed, "FAILED")
-    finished_runs(client, exp_id, [0.9])
-    board = watcher.rank_now(name, "avg_test_r2", top_n=2, ascending=False)
-    assert len(board.entries) == 2
-    for _ in range(2):
-        assert watcher.run_pass().ok
-        delivery.worker.drain()
-    assert failed_events() == [failed]

@@ -30,6 +30,18 @@ def write(tmp_path: Path, data: Any) -> Path:
     return path
 
 
+def run_watcher(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``python -m watcher ARGS`` as a process: what a user's shell sees."""
+    return subprocess.run(
+        [sys.executable, "-m", "watcher", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env=env,
+    )
+
+
 def with_rule(**changes: Any) -> dict[str, Any]:
     rule = {**GOOD_RULE, **changes}
     return {"rules": [{**GOOD_RULE, "name": "first"}, {k: v for k, v in rule.items() if v is not None}]}
@@ -161,13 +173,7 @@ def test_a_config_file_that_is_not_utf8_is_exit_2_with_one_line(tmp_path: Path, 
     path.write_bytes(
         yaml.safe_dump({"rules": [GOOD_RULE]}).replace("wf-xgboost", "wf-xgb\xf6ost").encode("latin-1")
     )
-    proc = subprocess.run(
-        [sys.executable, "-m", "watcher", *command, "--config", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    proc = run_watcher(*command, "--config", str(path))
     assert (proc.returncode, "Traceback" in proc.stderr) == (2, False)
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
     assert proc.stderr.startswith(f"error: {path}: the config file is not UTF-8 text")
@@ -178,14 +184,7 @@ def test_a_list_from_the_environment_that_is_not_json_is_exit_2_naming_the_varia
     tmp_path: Path, command: list[str]
 ) -> None:
     path = write(tmp_path, {"rules": [GOOD_RULE]})
-    proc = subprocess.run(
-        [sys.executable, "-m", "watcher", *command, "--config", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        env={**os.environ, "WATCHER_RULES": "not json"},
-    )
+    proc = run_watcher(*command, "--config", str(path), env={**os.environ, "WATCHER_RULES": "not json"})
     assert (proc.returncode, "Traceback" in proc.stderr) == (2, False)
     assert (
         proc.stderr.strip()
@@ -252,13 +251,7 @@ def test_the_shipped_example_config_is_valid(capsys: pytest.CaptureFixture[str])
 
 def test_as_a_process_bad_config_is_exit_2_without_traceback(tmp_path: Path) -> None:
     path = write(tmp_path, with_rule(top_n=0))
-    proc = subprocess.run(
-        [sys.executable, "-m", "watcher", "--once", "--config", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    proc = run_watcher("--once", "--config", str(path))
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert f"{path}: rule #2 'wf-xgboost' (rules[1]): field 'top_n'" in proc.stderr
@@ -304,13 +297,7 @@ def test_a_tracking_uri_mlflow_cannot_use_is_exit_2_with_one_line_naming_the_key
     """A scheme MLflow does not know (a typo) is the user's config, not a failed pass: exit 2,
     one line naming the file and `tracking_uri`, no traceback and no password."""
     path = write(tmp_path, {"tracking_uri": uri, "http": {"enabled": False}, "rules": [GOOD_RULE]})
-    proc = subprocess.run(
-        [sys.executable, "-m", "watcher", "--once", "--config", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    proc = run_watcher("--once", "--config", str(path))
     assert (proc.returncode, "Traceback" in proc.stderr) == (2, False)
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
     assert proc.stderr.startswith(f"error: {path}: field 'tracking_uri': tracking URI {shown} cannot be used")

@@ -2,7 +2,7 @@
 real `python -m watcher` daemon and a real `mlflow server` holding a small trainer sweep.
 
 One server, one daemon and one browser for the whole module; the tests run in file order (the
-last one stops the daemon). The screenshots in docs/ (shown in README) are taken here.
+last one stops the daemon). The screenshots in docs/ (shown in docs/dashboard.md) are taken here.
 """
 
 from __future__ import annotations

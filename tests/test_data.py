@@ -11,6 +11,8 @@ import structlog.testing
 
 from trainer import data, features
 from trainer.errors import InputError
+from trainer.sample import PLANTED_FEATURES, SAMPLE_BARS, sample_bars, write_sample
+from trainer.times import bar_interval
 
 
 @pytest.fixture(scope="module")
@@ -20,9 +22,9 @@ def sample() -> data.Dataset:
 
 def test_sample_is_deterministic_two_years_of_hourly_bars() -> None:
     """The same seed gives the same bars; they span at least two years, hourly, sorted."""
-    a, b = data.sample_bars(), data.sample_bars()
+    a, b = sample_bars(), sample_bars()
     pd.testing.assert_frame_equal(a, b)
-    assert not data.sample_bars(seed=1).equals(a)
+    assert not sample_bars(seed=1).equals(a)
     span = a["timestamp"].iloc[-1] - a["timestamp"].iloc[0]
     assert span >= pd.Timedelta(days=729)
     assert (a["timestamp"].diff().dropna() == pd.Timedelta(hours=1)).all()
@@ -35,7 +37,7 @@ def test_ohlcv_mode_engineers_about_150_named_features(sample: data.Dataset) -> 
     names = sample.feature_names
     assert 140 <= len(names) <= 160
     assert len(set(names)) == len(names)
-    assert set(data.PLANTED_FEATURES) <= set(names)
+    assert set(PLANTED_FEATURES) <= set(names)
     for family in ("ret_lag_", "volatility_", "close_sma_ratio_", "rsi_", "macd_", "volume_z_", "hour_sin"):
         assert any(n.startswith(family) for n in names), family
     assert sample.X.shape == (len(sample.y), len(names))
@@ -60,8 +62,8 @@ def test_planted_signal_is_in_the_target(sample: data.Dataset) -> None:
 def test_sample_csv_loads_to_the_same_data(tmp_path: Path, sample: data.Dataset) -> None:
     """`sample-data` output read back as a CSV file gives the built-in data set's features."""
     out = tmp_path / "sample.csv"
-    rows = data.write_sample(out)
-    assert rows == data.SAMPLE_BARS
+    rows = write_sample(out)
+    assert rows == SAMPLE_BARS
     loaded = data.load(out)
     assert loaded.feature_names == sample.feature_names
     np.testing.assert_array_equal(loaded.times, sample.times)
@@ -70,7 +72,7 @@ def test_sample_csv_loads_to_the_same_data(tmp_path: Path, sample: data.Dataset)
 
 
 def _bars(n: int = 24 * 70) -> pd.DataFrame:
-    return data.sample_bars(n_bars=n)
+    return sample_bars(n_bars=n)
 
 
 def test_unsorted_rows_are_sorted(tmp_path: Path) -> None:
@@ -81,7 +83,7 @@ def test_unsorted_rows_are_sorted(tmp_path: Path) -> None:
     loaded = data.load(path)
     assert loaded.notes["rows_sorted"] == 1
     assert (np.diff(loaded.times) > np.timedelta64(0)).all()
-    np.testing.assert_allclose(loaded.y, data._prepare(bars, "x", "x", None, "timestamp").y)
+    np.testing.assert_allclose(loaded.y, data._prepare(bars, "x", None, "timestamp").y)
 
 
 def test_target_mode_uses_every_other_numeric_column(tmp_path: Path) -> None:
@@ -244,7 +246,7 @@ def test_bar_interval_is_the_median_step(freq: str, business: bool, interval: st
     times = pd.date_range("2024-01-01", periods=400, freq=freq)
     if business:
         times = times[times.day_of_week < 5]
-    assert data.bar_interval(times.to_numpy(dtype="datetime64[ns]")) == interval
+    assert bar_interval(times.to_numpy(dtype="datetime64[ns]")) == interval
 
 
 def test_daily_bars_get_no_hour_features_and_constant_columns_are_dropped(tmp_path: Path) -> None:
@@ -283,7 +285,7 @@ def test_target_mode_drops_constant_columns(tmp_path: Path) -> None:
 
 
 def _hourly(n: int = 24 * 20) -> pd.DataFrame:
-    return data.sample_bars(n_bars=n)
+    return sample_bars(n_bars=n)
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,7 @@ from structlog.testing import capture_logs
 from tests.support.trainer_data import write_linear_csv
 from trainer import data
 from trainer.config import TrainerConfig
+from trainer.sample import PLANTED_FEATURES
 from trainer.sweep import run_sweep
 
 # Three 6-month folds of the built-in sample (150 features), short shallow trees.
@@ -64,14 +65,14 @@ def test_a_sample_trial_shows_its_importance_in_params_metrics_and_artifacts(
     assert {a.path for a in client.list_artifacts(run.info.run_id)} >= ARTIFACTS
     ranked = _csv(run.info.run_id, "feature_importance.csv", tmp_path)
     assert len(ranked) == 150
-    assert {r["feature"] for r in ranked[:3]} == set(data.PLANTED_FEATURES)
+    assert {r["feature"] for r in ranked[:3]} == set(PLANTED_FEATURES)
     top20 = {f"importance_{r['feature']}" for r in ranked[:20]}  # sample names are already clean
     assert top20 == importance_metrics - SUMMARY
     assert float(ranked[0]["importance_mean"]) == run.data.metrics["importance_max"]
 
     shap_ranked = [r["feature"] for r in _csv(run.info.run_id, "shap_importance.csv", tmp_path)]
-    assert set(data.PLANTED_FEATURES) <= set(shap_ranked[:5])
-    assert shap_ranked[0] in data.PLANTED_FEATURES
+    assert set(PLANTED_FEATURES) <= set(shap_ranked[:5])
+    assert shap_ranked[0] in PLANTED_FEATURES
 
     document = json.loads(
         Path(

@@ -13,8 +13,8 @@ import pandas as pd
 import pytest
 import structlog
 
-from trainer import data
 from trainer.cli import main
+from trainer.sample import SAMPLE_BARS, sample_bars
 
 
 @pytest.fixture(autouse=True)
@@ -44,7 +44,7 @@ def _error_line(err: str) -> str:
 @pytest.fixture
 def bars_csv(tmp_path: Path) -> Path:
     path = tmp_path / "bars.csv"
-    data.sample_bars(n_bars=24 * 40).to_csv(path, index=False)
+    sample_bars(n_bars=24 * 40).to_csv(path, index=False)
     return path
 
 
@@ -167,7 +167,7 @@ def test_whole_floats_for_integer_hyperparameters_train_and_price_holes_are_fill
 ) -> None:
     """`max_depth: 3.0` and `max_leaves: [8.0]` reach XGBoost as ints, so the trial trains; the
     file's NaN closes are filled and counted in param `prices_filled`."""
-    bars = data.sample_bars(n_bars=24 * 130)
+    bars = sample_bars(n_bars=24 * 130)
     bars.loc[bars.index[300::40], "close"] = float("nan")
     path = tmp_path / "holes.csv"
     bars.to_csv(path, index=False)
@@ -253,7 +253,7 @@ def test_bad_data_exits_2_with_one_message_and_no_run(
         frame.to_csv(bars_csv, index=False)
         expected += f" {bars_csv} is not numeric: '12,5' in row 100"
     elif case == "min_test_rows_too_high":
-        bars = data.sample_bars(n_bars=24 * 130)
+        bars = sample_bars(n_bars=24 * 130)
         bars.to_csv(bars_csv, index=False)
         argv += ["--min-test-rows", "5000"]
     elif case == "ambiguous_dates":  # days 1..12 only: 01/02 fits the 1st of February and the 2nd of January
@@ -278,7 +278,7 @@ def test_sample_data_writes_the_builtin_sample(tmp_path: Path, capsys: pytest.Ca
     assert main(["sample-data", "--out", str(out)]) == 0
     frame = pd.read_csv(out)
     assert list(frame.columns) == ["timestamp", "open", "high", "low", "close", "volume"]
-    assert len(frame) == data.SAMPLE_BARS
+    assert len(frame) == SAMPLE_BARS
 
 
 def test_module_entry_point_exits_2_without_traceback(tmp_path: Path) -> None:

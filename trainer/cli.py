@@ -215,10 +215,10 @@ def _retrain(args: argparse.Namespace) -> int:
 
 
 def _sample(args: argparse.Namespace) -> int:
-    from trainer import data
+    from trainer import sample
 
-    seed = data.SAMPLE_SEED if args.seed is None else args.seed
-    rows = data.write_sample(args.out, seed)
+    seed = sample.SAMPLE_SEED if args.seed is None else args.seed
+    rows = sample.write_sample(args.out, seed)
     structlog.get_logger(__name__).info("sample_written", path=str(args.out), rows=rows, seed=seed)
     print(args.out)
     return EXIT_OK

@@ -1,30 +1,24 @@
-"""Loading training data: the built-in sample, or a user's CSV/Parquet file in one of two modes.
+"""A training data set from the built-in sample or a user's CSV/Parquet file, in one of two modes.
 
 - OHLCV mode (``open, high, low, close`` and optionally ``volume`` columns, in any case, no
   target): features are engineered (``trainer.features``) and the target is the next bar's log
-  return.
+  return. Isolated holes in OHLCV columns are filled: prices carry the last one forward, volume
+  becomes 0.
 - Target mode (``--target COL``): every other numeric column is a feature, as given.
 
-The time column is the one named, else the single column called ``timestamp``, ``time``,
-``datetime``, ``date`` or ``ts`` (any case), else separate ``Date`` and ``Time`` columns joined
-(MT4 exports), else an unnamed first column of times (a pandas index written by ``to_csv``).
-Times are ISO 8601 text, text in one consistent format (day-first or month-first decided from
-the values), or whole Unix epoch numbers (the unit decided from their size). The bar interval
-is the median step between rows. A feature that is constant over the data tells the model
-nothing and is dropped before training, and so is one with no value at all.
+Reading the file is ``trainer.tables``, its time column ``trainer.times``. A feature that is
+constant over the data tells the model nothing and is dropped before training, and so is one
+with no value at all.
 
-CSV files may be separated by commas, semicolons or tabs (sniffed from the header line); with
-semicolons or tabs, decimal commas (``1,2345``) are read as numbers. An unnamed first column
-holding the row numbers 0..n-1 or 1..n (``df.to_csv()`` of a plain index) is dropped. Isolated
-holes in OHLCV columns are filled: prices carry the last one forward, volume becomes 0.
-
-Every user mistake raises ``InputError`` with a message naming the file, column or option.
+Every user mistake raises ``InputError`` with a message naming the file, column or option: the
+code below raises ``DataError`` and ``load``, which knows the file, names it.
 """
 
 from __future__ import annotations
 
-import re
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -32,30 +26,17 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 import structlog
-from pandas.tseries.api import guess_datetime_format
 
 from trainer import features
-from trainer.errors import InputError, describe
+from trainer.errors import DataError
+from trainer.sample import SAMPLE_SOURCE, sample_bars
+from trainer.tables import listed, read_table, without_row_numbers
+from trainer.times import bar_interval, find_time_column, joined_date_and_time, parse_times, reject_duplicates
 
 log = structlog.get_logger(__name__)
 
-SAMPLE_SEED = 2024
-SAMPLE_START = "2023-01-01"
-SAMPLE_BARS = 731 * 24  # two years of hourly bars, 24/7
-# The features that drive the sample's next-bar return; the rest is noise.
-PLANTED_FEATURES = ("ret_lag_1", "volume_z_24", "hour_sin")
-SAMPLE_SOURCE = f"builtin:sample(seed={SAMPLE_SEED})"
-# Column names (compared in lower case) taken for the time column when none is named.
-TIME_COLUMN_NAMES = ("timestamp", "time", "datetime", "date", "ts")
-# What pandas calls a column whose header is empty (the index written by ``to_csv``).
-_UNNAMED = re.compile(r"Unnamed: \d+")
-# A CSV value written with a decimal comma (``1,2345``).
-_DECIMAL_COMMA = re.compile(r"[+-]?\d+,\d+")
 # An OHLCV column with more than this share of empty values is an error, not holes to fill.
 MAX_EMPTY_SHARE = 0.5
-# Epoch units by the size of a typical value: below 1e8 no unit gives a date after 1973.
-_EPOCH_UNITS = ((1e11, "s"), (1e14, "ms"), (1e17, "us"), (float("inf"), "ns"))
-_MIN_EPOCH = 1e8
 
 Mode = Literal["ohlcv", "target"]
 
@@ -82,103 +63,6 @@ class Dataset:
         return len(self.feature_names)
 
 
-def sample_bars(seed: int = SAMPLE_SEED, n_bars: int = SAMPLE_BARS) -> pd.DataFrame:
-    """The built-in sample: hourly OHLCV bars with a planted signal, deterministic in ``seed``.
-
-    The next bar's return is ``sigma * (signal + noise)`` where the signal is a mild mean
-    reversion on the last return (``ret_lag_1``), volume-confirmed momentum (a high
-    ``volume_z_24`` continues the last move, a low one reverses it) and a time-of-day drift
-    (``hour_sin``). Everything else the trainer engineers is noise.
-    """
-    rng = np.random.default_rng(seed)
-    times = pd.date_range(SAMPLE_START, periods=n_bars, freq="h")
-    hour = times.hour.to_numpy(dtype="float64")
-    hour_sin = np.sin(2 * np.pi * hour / 24)
-
-    log_v = np.empty(n_bars)
-    shocks = rng.normal(0.0, 0.35, n_bars)
-    level = 0.0
-    for i in range(n_bars):
-        level = 0.8 * level + shocks[i]
-        log_v[i] = level
-    volume = np.round(np.exp(10.0 + 0.4 * np.cos(2 * np.pi * hour / 24) + log_v))
-    vol = pd.Series(volume)
-    vz = ((vol - vol.rolling(24).mean()) / vol.rolling(24).std()).fillna(0.0).to_numpy()
-
-    sigma = 0.004
-    eps = rng.normal(0.0, 1.0, n_bars)
-    drive = 0.5 * np.tanh(vz) + 0.0  # multiplied by the sign of the last return below
-    drift = 0.35 * hour_sin
-    ret = np.zeros(n_bars)
-    for i in range(1, n_bars):
-        last = ret[i - 1]
-        signal = -0.15 * last / sigma + drive[i - 1] * np.sign(last) + drift[i - 1]
-        ret[i] = sigma * (signal + eps[i])
-    close = 100.0 * np.exp(np.cumsum(ret))
-    open_ = np.concatenate([[100.0], close[:-1]])
-    wick = np.abs(rng.normal(0.0, sigma / 2, (2, n_bars)))
-    high = np.maximum(open_, close) * (1 + wick[0])
-    low = np.minimum(open_, close) * (1 - wick[1])
-    return pd.DataFrame(
-        {
-            "timestamp": times,
-            "open": open_.round(4),
-            "high": high.round(4),
-            "low": low.round(4),
-            "close": close.round(4),
-            "volume": volume,
-        }
-    )
-
-
-def write_sample(out: Path, seed: int = SAMPLE_SEED) -> int:
-    """Write the built-in sample as CSV; returns the number of rows."""
-    bars = sample_bars(seed)
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        bars.to_csv(out, index=False, date_format="%Y-%m-%dT%H:%M:%S")
-    except OSError as e:
-        raise InputError(f"cannot write sample data to {out}: {e.strerror or e}") from e
-    return len(bars)
-
-
-def read_table(path: Path) -> pd.DataFrame:
-    """Read a CSV or Parquet file, turning every failure into an InputError naming the file."""
-    suffixes = [s.lower() for s in path.suffixes]
-    if not path.exists():
-        raise InputError(f"data file {path} does not exist")
-    if path.is_dir():
-        raise InputError(f"data file {path} is a directory, not a CSV or Parquet file")
-    try:
-        if suffixes and suffixes[-1] in (".parquet", ".pq"):
-            frame = pd.read_parquet(path)
-            if not isinstance(frame.index, pd.RangeIndex):  # a time index saved with the frame
-                frame = frame.reset_index(names=[n if n is not None else "" for n in frame.index.names])
-            return frame
-        if ".csv" in suffixes or ".tsv" in suffixes or ".txt" in suffixes:
-            sep, decimal = csv_dialect(path, tsv=".tsv" in suffixes)
-            return pd.read_csv(path, sep=sep, decimal=decimal)
-    except Exception as e:  # pandas/pyarrow raise many types for a bad file
-        raise InputError(f"cannot read data file {path}: {describe(e)}") from e
-    raise InputError(f"data file {path} is neither CSV (.csv) nor Parquet (.parquet)")
-
-
-def csv_dialect(path: Path, *, tsv: bool = False) -> tuple[str, str]:
-    """The separator (the most frequent of comma, semicolon and tab in the header line) and the
-    decimal mark (a comma when the separator is not one and values look like ``1,2345``)."""
-    with path.open("rb") as f:
-        lines = [f.readline().decode("utf-8", errors="replace") for _ in range(21)]
-    header = lines[0]
-    counts = {sep: header.count(sep) for sep in (",", ";", "\t")}
-    sep = max(counts, key=lambda k: counts[k])
-    if counts[sep] == 0 or (tsv and counts["\t"]):
-        sep = "\t" if tsv else ","
-    if sep == ",":
-        return sep, "."
-    fields = [v.strip().strip('"') for line in lines[1:] for v in line.rstrip("\r\n").split(sep)]
-    return sep, "," if any(_DECIMAL_COMMA.fullmatch(v) for v in fields) else "."
-
-
 def load(
     path: Path | None,
     *,
@@ -187,220 +71,46 @@ def load(
 ) -> Dataset:
     """The training data set, from ``path`` or (``None``) the built-in sample."""
     if path is None:
-        frame = sample_bars()
-        return _prepare(frame, "builtin sample", SAMPLE_SOURCE, None, "timestamp")
+        with _about("builtin sample"):
+            return _prepare(sample_bars(), SAMPLE_SOURCE, None, "timestamp")
     frame = read_table(path)
-    # the source param is absolute so that `retrain` finds the file from any directory
-    return _prepare(frame, str(path), str(path.resolve()), target, time_column)
+    with _about(str(path)):
+        # the source param is absolute so that `retrain` finds the file from any directory
+        return _prepare(frame, str(path.resolve()), target, time_column)
 
 
-def _prepare(
-    frame: pd.DataFrame, where: str, source: str, target: str | None, time_column: str | None
-) -> Dataset:
+@contextmanager
+def _about(name: str) -> Iterator[None]:
+    """Within: log events carry ``file=name`` and a DataError becomes an InputError naming it."""
+    with structlog.contextvars.bound_contextvars(file=name):
+        try:
+            yield
+        except DataError as e:
+            raise e.in_file(name) from e
+
+
+def _prepare(frame: pd.DataFrame, source: str, target: str | None, time_column: str | None) -> Dataset:
     if len(frame) == 0:
-        raise InputError(f"data file {where} has no rows")
-    frame = _without_row_numbers(frame, where)
+        raise DataError("has no rows")
+    frame = without_row_numbers(frame)
     if time_column is None:
-        frame, time_column = _joined_date_and_time(frame, where)
-    time_column = find_time_column(frame, where, time_column)
-    times, notes = _parse_times(frame, where, time_column)
+        frame, time_column = joined_date_and_time(frame)
+    time_column = find_time_column(frame, time_column)
+    times, notes = parse_times(frame, time_column)
     if notes.get("rows_sorted"):
         order = np.argsort(times, kind="stable")
         frame = frame.iloc[order]  # the index keeps each row's place in the file, for messages
         times = times[order]
-        log.info("rows_sorted", file=where, rows=len(frame))
-    _reject_duplicates(times, where, time_column)
+        log.info("rows_sorted", rows=len(frame))
+    reject_duplicates(times, time_column)
     if target is None:
-        dataset = _ohlcv(frame, times, where, source, notes)
+        dataset = _ohlcv(frame, times, source, notes)
     else:
-        dataset = _with_target(frame, times, where, source, target, time_column, notes)
-    return _without_constants(dataset, where, time_column)
+        dataset = _with_target(frame, times, source, target, time_column, notes)
+    return _without_constants(dataset, time_column)
 
 
-def _without_row_numbers(frame: pd.DataFrame, where: str) -> pd.DataFrame:
-    """``frame`` without an unnamed first column holding 0..n-1 or 1..n: a row index, no data."""
-    first = frame.columns[0]
-    if not (str(first).strip() == "" or _UNNAMED.fullmatch(str(first))) or len(frame.columns) < 2:
-        return frame
-    raw = frame[first]
-    if not pd.api.types.is_integer_dtype(raw) or pd.api.types.is_bool_dtype(raw):
-        return frame
-    values = raw.to_numpy()
-    counter = np.arange(len(values))
-    if not (np.array_equal(values, counter) or np.array_equal(values, counter + 1)):
-        return frame
-    log.info("row_numbers_dropped", file=where, column=str(first))
-    return frame.drop(columns=first)
-
-
-def _joined_date_and_time(frame: pd.DataFrame, where: str) -> tuple[pd.DataFrame, str | None]:
-    """Separate ``Date`` and ``Time`` columns (MT4, FX exports) joined into one time column when
-    no single time column exists and the joined values read as times; ``(frame, None)``
-    otherwise."""
-    by_lower: dict[str, list[str]] = {}
-    for column in frame.columns:
-        by_lower.setdefault(str(column).strip().lower(), []).append(str(column))
-    others = [n for n in TIME_COLUMN_NAMES if n not in ("date", "time") and n in by_lower]
-    if others or len(by_lower.get("date", [])) != 1 or len(by_lower.get("time", [])) != 1:
-        return frame, None
-    (date,), (time,) = by_lower["date"], by_lower["time"]
-    name = f"{date} {time}"
-    joined = frame[date].astype("string").str.strip() + " " + frame[time].astype("string").str.strip()
-    parsed, ambiguous = _to_times(joined)
-    if ambiguous is None and (parsed.isna() & joined.notna()).any():
-        return frame, None  # not a date and a time of day: two candidates, the user picks one
-    rest = frame.drop(columns=[date, time])
-    log.info("date_and_time_joined", file=where, columns=[date, time], time_column=name)
-    return pd.concat([joined.rename(name).to_frame(), rest], axis=1), name
-
-
-def find_time_column(frame: pd.DataFrame, where: str, named: str | None) -> str:
-    """The time column: ``named``, else the one candidate (see the module docstring)."""
-    columns = [str(c) for c in frame.columns]
-    if named is not None:
-        if named not in columns:
-            raise InputError(
-                f"data file {where} has no time column {named!r} (columns: {_list(frame.columns)})"
-            )
-        return named
-    found = [c for c in columns if c.strip().lower() in TIME_COLUMN_NAMES]
-    first = columns[0]
-    if (first.strip() == "" or _UNNAMED.fullmatch(first)) and first not in found:
-        raw = frame[frame.columns[0]]
-        if not _is_number(raw) and not _to_times(raw)[0].isna().any():
-            found.append(first)
-    if len(found) == 1:
-        return found[0]
-    if not found:
-        raise InputError(
-            f"data file {where} has no time column: none is named "
-            f"{', '.join(TIME_COLUMN_NAMES)} (any case) and the first column is not an unnamed "
-            f"column of times (columns: {_list(frame.columns)}); name it with --time-column"
-        )
-    raise InputError(
-        f"data file {where} has several time columns ({', '.join(repr(c) for c in found)}); "
-        "pick one with --time-column"
-    )
-
-
-def _is_number(raw: pd.Series) -> bool:
-    return bool(pd.api.types.is_numeric_dtype(raw) and not pd.api.types.is_bool_dtype(raw))
-
-
-def _to_times(raw: pd.Series) -> tuple[pd.Series, str | None]:
-    """UTC times, NaT where a value is empty or not a time, read with one format for the whole
-    column: ISO 8601, else the format guessed from the values under which the fewest values fail.
-    A day-first and a month-first format that both fit every value but disagree make the column
-    ambiguous: the second item is then a value they read differently (else None)."""
-    if pd.api.types.is_datetime64_any_dtype(raw):
-        return pd.to_datetime(raw, utc=True), None
-    try:
-        return pd.to_datetime(raw, utc=True, format="ISO8601"), None
-    except (ValueError, TypeError, OverflowError):
-        pass
-    readings: list[tuple[int, pd.Series]] = []
-    for fmt in ("ISO8601", *_guessed_formats(raw)):
-        try:
-            parsed = pd.to_datetime(raw, utc=True, format=fmt, errors="coerce")
-        except (ValueError, TypeError, OverflowError):
-            continue
-        readings.append((int((parsed.isna() & raw.notna()).sum()), parsed))
-    fits = [parsed for failed, parsed in readings if failed == 0]
-    for other in fits[1:]:
-        differs = (fits[0] != other).to_numpy()
-        if differs.any():
-            return fits[0], str(raw.iloc[int(np.flatnonzero(differs)[0])])
-    if fits:
-        return fits[0], None
-    return min(readings, key=lambda r: r[0])[1], None
-
-
-def _guessed_formats(raw: pd.Series, sample: int = 50) -> list[str]:
-    """strftime formats pandas guesses for the first distinct values, month-first and day-first
-    (year-first dates are always read year-month-day)."""
-    formats: list[str] = []
-    values = pd.unique(raw.dropna().astype(str).str.strip())[:sample]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # pandas warns when a guess contradicts dayfirst
-        for value in values:
-            for dayfirst in (False, True):
-                fmt = guess_datetime_format(str(value), dayfirst=dayfirst)
-                if fmt is None or (dayfirst and fmt.startswith("%Y")) or fmt in formats:
-                    continue
-                formats.append(fmt)
-    return formats
-
-
-def _epoch_times(raw: pd.Series, where: str, col: str) -> pd.Series:
-    """UTC times from whole Unix epoch numbers; the unit (s, ms, us, ns) from their size."""
-    values = raw.to_numpy(dtype="float64")
-    present = values[np.isfinite(values)]
-    if len(present) == 0 or not np.all(present == np.round(present)):
-        raise InputError(
-            f"time column {col!r} in {where} holds numbers that are not whole Unix epoch times; "
-            "write timestamps as ISO 8601 text such as 2024-01-31T15:00:00"
-        )
-    size = float(np.median(np.abs(present)))
-    if size < _MIN_EPOCH:
-        raise InputError(
-            f"time column {col!r} in {where} holds numbers too small for Unix epoch times "
-            f"(typical value {size:.0f}); write timestamps as ISO 8601 text such as 2024-01-31T15:00:00"
-        )
-    unit = next(name for limit, name in _EPOCH_UNITS if size < limit)
-    try:
-        parsed = pd.to_datetime(raw.astype("Int64"), unit=unit, utc=True)
-    except (ValueError, OverflowError) as e:
-        raise InputError(
-            f"time column {col!r} in {where} holds epoch numbers out of range: {describe(e)}"
-        ) from e
-    log.info("epoch_times", file=where, column=col, unit=unit)
-    return pd.Series(parsed, index=raw.index)
-
-
-def _parse_times(frame: pd.DataFrame, where: str, col: str) -> tuple[np.ndarray, dict[str, int]]:
-    raw = frame[col]
-    if _is_number(raw):
-        parsed = _epoch_times(raw, where, col)
-    else:
-        parsed, ambiguous = _to_times(raw)
-        if ambiguous is not None:
-            raise InputError(
-                f"time column {col!r} in {where} reads both day-first and month-first (e.g. "
-                f"{ambiguous!r}); write times as ISO 8601 such as 2024-01-31T15:00:00, or in a "
-                "format where day and month cannot be swapped"
-            )
-    bad = (parsed.isna() & raw.notna()).to_numpy()
-    if bad.any():
-        first = int(np.flatnonzero(bad)[0])
-        raise InputError(
-            f"time column {col!r} in {where} has a value that is not a time: "
-            f"{raw.iloc[first]!r} in row {first + 1}"
-        )
-    missing = int(parsed.isna().sum())
-    if missing:
-        first = int(np.flatnonzero(parsed.isna().to_numpy())[0])
-        raise InputError(
-            f"time column {col!r} in {where} is empty in {missing} row(s), first at row {first + 1}"
-        )
-    times = parsed.dt.tz_convert(None).to_numpy(dtype="datetime64[ns]")
-    notes = {"rows_sorted": 0 if bool(np.all(times[1:] >= times[:-1])) else 1}
-    return times, notes
-
-
-def bar_interval(times: np.ndarray) -> str:
-    """The median step between sorted ``times``, spelt like ``1h``, ``15min``, ``1d``, ``1w``."""
-    if len(times) < 2:
-        return "unknown"
-    step = int(np.median(np.diff(np.asarray(times, dtype="datetime64[ns]")).astype(np.int64)))
-    second = 1_000_000_000
-    for unit, size in (("w", 7 * 86400 * second), ("d", 86400 * second), ("h", 3600 * second),
-                       ("min", 60 * second), ("s", second), ("ms", second // 1000)):  # fmt: skip
-        if step >= size and step % size == 0:
-            return f"{step // size}{unit}"
-    return f"{step}ns"
-
-
-def _without_constants(dataset: Dataset, where: str, time_column: str) -> Dataset:
+def _without_constants(dataset: Dataset, time_column: str) -> Dataset:
     """The data set without features that take one value, or none at all, over all its rows."""
     X = dataset.X
     names = dataset.feature_names
@@ -414,18 +124,16 @@ def _without_constants(dataset: Dataset, where: str, time_column: str) -> Datase
     )
     dropped_empty = tuple(name for name, none in zip(names, empty, strict=True) if none)
     if not varies.any():
-        raise InputError(
-            f"data file {where}: every feature is constant or empty over the data "
-            f"({_list(pd.Index(names))}), so there is nothing to learn from"
+        raise DataError(
+            f": every feature is constant or empty over the data ({listed(pd.Index(names))}), "
+            "so there is nothing to learn from"
         )
     if dropped or dropped_empty:
         X = np.ascontiguousarray(X[:, varies])
     if dropped:
-        log.info("constant_features_dropped", file=where, count=len(dropped), features=list(dropped[:20]))
+        log.info("constant_features_dropped", count=len(dropped), features=list(dropped[:20]))
     if dropped_empty:
-        log.warning(
-            "empty_features_dropped", file=where, count=len(dropped_empty), features=list(dropped_empty[:20])
-        )
+        log.warning("empty_features_dropped", count=len(dropped_empty), features=list(dropped_empty[:20]))
     return Dataset(
         X=X,
         y=dataset.y,
@@ -442,17 +150,7 @@ def _without_constants(dataset: Dataset, where: str, time_column: str) -> Datase
     )
 
 
-def _reject_duplicates(times: np.ndarray, where: str, col: str) -> None:
-    dup = times[1:] == times[:-1]
-    if dup.any():
-        first = times[1:][dup][0]
-        raise InputError(
-            f"time column {col!r} in {where} has {int(dup.sum())} duplicate timestamp(s), "
-            f"first {np.datetime_as_string(first, unit='s')}; keep one row per time"
-        )
-
-
-def _numeric(frame: pd.DataFrame, col: str, where: str, role: str) -> np.ndarray:
+def _numeric(frame: pd.DataFrame, col: str, role: str) -> np.ndarray:
     series = frame[col]
     if pd.api.types.is_bool_dtype(series):
         return series.to_numpy(dtype="float64")
@@ -461,9 +159,7 @@ def _numeric(frame: pd.DataFrame, col: str, where: str, role: str) -> np.ndarray
         if bad.any():
             first = int(np.flatnonzero(bad)[0])
             row = _file_row(frame, first)
-            raise InputError(
-                f"{role} column {col!r} in {where} is not numeric: {series.iloc[first]!r} in row {row}"
-            )
+            raise DataError(f"is not numeric: {series.iloc[first]!r} in row {row}", f"{role} column {col!r}")
         return pd.to_numeric(series, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
     return series.to_numpy(dtype="float64", na_value=np.nan)
 
@@ -483,38 +179,35 @@ def _file_row(frame: pd.DataFrame, position: int) -> int:
     return int(label) + 1 if isinstance(label, int | np.integer) else position + 1
 
 
-def _ohlcv(frame: pd.DataFrame, times: np.ndarray, where: str, source: str, notes: dict[str, int]) -> Dataset:
+def _ohlcv(frame: pd.DataFrame, times: np.ndarray, source: str, notes: dict[str, int]) -> Dataset:
     by_lower: dict[str, list[str]] = {}
     for column in frame.columns:
         by_lower.setdefault(str(column).strip().lower(), []).append(str(column))
     missing = [k for k in features.PRICES if k not in by_lower]
     if missing:
-        raise InputError(
-            f"data file {where} lacks OHLCV column(s) {', '.join(missing)} "
-            f"(columns: {_list(frame.columns)}); to train on your own columns pass --target COL"
+        raise DataError(
+            f"lacks OHLCV column(s) {', '.join(missing)} (columns: {listed(frame.columns)}); "
+            "to train on your own columns pass --target COL"
         )
     present = [k for k in features.OHLCV if k in by_lower]
     for k in present:
         if len(by_lower[k]) > 1:
-            raise InputError(
-                f"data file {where} has several {k} columns ({', '.join(repr(c) for c in by_lower[k])}); "
-                "keep one"
-            )
-    bars = pd.DataFrame({k: _numeric(frame, by_lower[k][0], where, "OHLCV") for k in present})
-    bars, filled = _holes_filled(bars, {k: by_lower[k][0] for k in present}, where)
+            raise DataError(f"has several {k} columns ({', '.join(repr(c) for c in by_lower[k])}); keep one")
+    bars = pd.DataFrame({k: _numeric(frame, by_lower[k][0], "OHLCV") for k in present})
+    bars, filled = _holes_filled(bars, {k: by_lower[k][0] for k in present})
     feats = features.engineer(bars, pd.Series(times))
     y = features.next_return(bars["close"]).to_numpy()
     keep = np.isfinite(y)
     keep[: features.WARMUP_BARS] = False
     if not keep.any():
-        raise InputError(
-            f"data file {where} has {len(frame)} rows; OHLCV mode needs more than "
-            f"{features.WARMUP_BARS + 1} (the longest feature window is {features.WARMUP_BARS - 1} bars)"
+        raise DataError(
+            f"has {len(frame)} rows; OHLCV mode needs more than {features.WARMUP_BARS + 1} "
+            f"(the longest feature window is {features.WARMUP_BARS - 1} bars)"
         )
     if y[keep].min() == y[keep].max():
-        raise InputError(
-            f"OHLCV column {by_lower['close'][0]!r} in {where} never changes, so the next-bar "
-            "return is constant and there is nothing to predict"
+        raise DataError(
+            "never changes, so the next-bar return is constant and there is nothing to predict",
+            f"OHLCV column {by_lower['close'][0]!r}",
         )
     notes = {**notes, "rows_dropped": int((~keep).sum()), "prices_filled": filled}
     return Dataset(
@@ -529,10 +222,10 @@ def _ohlcv(frame: pd.DataFrame, times: np.ndarray, where: str, source: str, note
     )
 
 
-def _holes_filled(bars: pd.DataFrame, names: dict[str, str], where: str) -> tuple[pd.DataFrame, int]:
+def _holes_filled(bars: pd.DataFrame, names: dict[str, str]) -> tuple[pd.DataFrame, int]:
     """OHLCV bars (rows sorted by time) with holes filled: a price carries the last one forward,
     a missing volume is 0. Returns the bars and how many values were filled; a column more than
-    half empty is an InputError naming it."""
+    half empty is a DataError naming it."""
     out = bars.copy()
     total = 0
     for key, column in bars.items():
@@ -542,35 +235,31 @@ def _holes_filled(bars: pd.DataFrame, names: dict[str, str], where: str) -> tupl
             continue
         name = names[str(key)]
         if count > MAX_EMPTY_SHARE * len(column):
-            raise InputError(
-                f"OHLCV column {name!r} in {where} is mostly empty ({count} of {len(column)} rows "
-                "have no value)"
+            raise DataError(
+                f"is mostly empty ({count} of {len(column)} rows have no value)", f"OHLCV column {name!r}"
             )
         out[key] = column.fillna(0.0) if key == "volume" else column.ffill()
         count = int((missing & out[key].notna()).sum())  # leading holes have no last price
         total += count
         if count:
-            log.warning("prices_filled", file=where, column=name, count=count)
+            log.warning("prices_filled", column=name, count=count)
     return out, total
 
 
 def _with_target(
     frame: pd.DataFrame,
     times: np.ndarray,
-    where: str,
     source: str,
     target: str,
     time_column: str,
     notes: dict[str, int],
 ) -> Dataset:
     if target not in frame.columns:
-        raise InputError(
-            f"data file {where} has no target column {target!r} (columns: {_list(frame.columns)})"
-        )
-    y = _numeric(frame, target, where, "target")
+        raise DataError(f"has no target column {target!r} (columns: {listed(frame.columns)})")
+    y = _numeric(frame, target, "target")
     for column in frame.columns:
         if column not in (target, time_column) and _mostly_numbers(frame[column]):
-            _numeric(frame, column, where, "feature")  # names the first value that is not a number
+            _numeric(frame, column, "feature")  # names the first value that is not a number
     names = [
         str(c)
         for c in frame.columns
@@ -578,22 +267,21 @@ def _with_target(
         and (pd.api.types.is_numeric_dtype(frame[c]) or pd.api.types.is_bool_dtype(frame[c]))
     ]
     if not names:
-        raise InputError(
-            f"data file {where} has no numeric feature column besides target {target!r} "
-            f"and time column {time_column!r}"
+        raise DataError(
+            f"has no numeric feature column besides target {target!r} and time column {time_column!r}"
         )
     if len(set(names)) != len(names):
-        raise InputError(f"data file {where} has duplicate column names")
+        raise DataError("has duplicate column names")
     ignored = len(frame.columns) - len(names) - 2
-    X = np.column_stack([_numeric(frame, c, where, "feature") for c in names]).astype("float32")
+    X = np.column_stack([_numeric(frame, c, "feature") for c in names]).astype("float32")
     X[~np.isfinite(X)] = np.nan
     keep = np.isfinite(y)
     if not keep.any():
-        raise InputError(f"target column {target!r} in {where} has no value in any row")
+        raise DataError("has no value in any row", f"target column {target!r}")
     if y[keep].min() == y[keep].max():
-        raise InputError(
-            f"target column {target!r} in {where} is constant ({y[keep][0]:g} in every row), "
-            "so there is nothing to predict"
+        raise DataError(
+            f"is constant ({y[keep][0]:g} in every row), so there is nothing to predict",
+            f"target column {target!r}",
         )
     notes = {**notes, "rows_dropped": int((~keep).sum()), "columns_ignored": ignored}
     return Dataset(
@@ -606,9 +294,3 @@ def _with_target(
         target=target,
         notes=notes,
     )
-
-
-def _list(columns: pd.Index, limit: int = 12) -> str:
-    names = [str(c) for c in columns]
-    more = f", ... ({len(names) - limit} more)" if len(names) > limit else ""
-    return ", ".join(names[:limit]) + more

@@ -13,6 +13,7 @@ from __future__ import annotations
 import multiprocessing
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
+from types import TracebackType
 from typing import Any, Protocol, TypeVar
 
 T = TypeVar("T")
@@ -106,6 +107,46 @@ def discard_prestarted(factory: ExecutorFactory) -> None:
     discard = getattr(factory, "discard", None)
     if discard is not None:
         discard()
+
+
+class ExecutorSession:
+    """One executor's life, shared by a sweep and a retrain.
+
+    Entering prestarts the factory's workers (Ray: they start while the caller prepares the
+    data); ``start`` makes the executor, which takes those workers over; ``shutdown`` ends it
+    (``cancel``: queued tasks are dropped, Ray's running ones killed). Leaving shuts down an
+    executor still running, without cancelling, and frees what was prestarted if no executor
+    took it (bad input, interrupted).
+    """
+
+    def __init__(self, factory: ExecutorFactory, jobs: int, imports: Sequence[str]) -> None:
+        self.factory = factory
+        self.jobs = jobs
+        self.imports = imports
+        self._executor: Executor | None = None
+
+    def __enter__(self) -> ExecutorSession:
+        prestart(self.factory, self.jobs, self.imports)
+        return self
+
+    def start(
+        self, initializer: Callable[..., None], initargs: tuple[Any, ...], *, env: Mapping[str, str]
+    ) -> Executor:
+        self._executor = self.factory(self.jobs, initializer, initargs, env=env)
+        return self._executor
+
+    def shutdown(self, *, cancel: bool = False) -> None:
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(cancel=cancel)
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        try:
+            self.shutdown()
+        finally:
+            discard_prestarted(self.factory)  # a no-op once the executor took the workers over
 
 
 def for_backend(backend: str, ray_address: str | None = None) -> ExecutorFactory:

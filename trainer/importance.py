@@ -39,7 +39,6 @@ log = structlog.get_logger(__name__)
 MIN_ROWS = 10
 TOP_METRICS = 20
 FEATURE_NAMES_PARAM_COUNT = 50
-MAX_PARAM_VALUE_LENGTH = 6000  # mlflow.utils.validation.MAX_PARAM_VAL_LENGTH
 # Upper bound on the cells of one batched predict call (float32): ~64 MB.
 BATCH_CELLS = 16_000_000
 
@@ -158,12 +157,6 @@ def permutation_importances(
             preds[unit, row] = booster.inplace_predict(batch)
         importances[block] = baseline - r2_scores(y, preds).reshape(len(block), n_repeats)
     return baseline, importances
-
-
-def shap_importances(booster: xgb.Booster, X: np.ndarray) -> np.ndarray:
-    """Mean |SHAP value| per feature (the bias column dropped), shape ``(n_features,)``."""
-    contribs = shap_values(booster, X)
-    return np.abs(contribs).mean(axis=0)
 
 
 def shap_values(booster: xgb.Booster, X: np.ndarray) -> np.ndarray:
@@ -333,7 +326,7 @@ def feature_params(feature_names: Sequence[str]) -> dict[str, str]:
     listed = ""
     for name in feature_names[:FEATURE_NAMES_PARAM_COUNT]:
         candidate = f"{listed},{name}" if listed else name
-        if len(candidate) > MAX_PARAM_VALUE_LENGTH:
+        if len(candidate) > keys.MAX_PARAM_LENGTH:
             break
         listed = candidate
     return {"feature_names": listed, "total_features": str(len(feature_names))}

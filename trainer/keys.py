@@ -21,6 +21,9 @@ from collections.abc import Sequence
 
 METRIC_PREFIX = "importance_"
 MAX_KEY_LENGTH = 250  # mlflow.utils.validation.MAX_ENTITY_KEY_LENGTH
+# MLflow's limit on a param value (mlflow.utils.validation.MAX_PARAM_VAL_LENGTH); feature_names
+# can come close with long column names.
+MAX_PARAM_LENGTH = 6000
 RESERVED_SUFFIXES = frozenset({"max", "mean", "median", "min"})
 _HASH_LENGTH = 8
 _MAX_NAME_LENGTH = MAX_KEY_LENGTH - len(METRIC_PREFIX)

@@ -17,6 +17,7 @@ def _stderr_logger(*args: Any) -> structlog.PrintLogger:
 def configure_logging(level: int = logging.INFO) -> None:
     structlog.configure(
         processors=[
+            structlog.contextvars.merge_contextvars,  # e.g. the data file being read
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="%H:%M:%S"),
             structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty()),

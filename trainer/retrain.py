@@ -33,10 +33,10 @@ from typing import Any
 import numpy as np
 import structlog
 
-from trainer import data
+from trainer import sample
 from trainer.config import HYPERPARAMETERS, TrainerConfig, load_config
 from trainer.errors import InputError
-from trainer.executor import ExecutorFactory, discard_prestarted, local_executor, prestart
+from trainer.executor import ExecutorFactory, ExecutorSession, local_executor
 from trainer.importance import IMPORTANCE_CSV, PERMUTATION_JSON, SKIPPED_TAG
 from trainer.prepare import prepare, static_params
 from trainer.tracking import LoggedRun, Tracking, quiet_mlflow
@@ -172,7 +172,7 @@ def config_of(run: LoggedRun, importance_settings: dict[str, Any]) -> TrainerCon
     if missing:
         raise InputError(f"run {run.run_id} is not a trainer trial: it has no param(s) {', '.join(missing)}")
     source = params["data_source"]
-    if source.startswith("builtin:") and source != data.SAMPLE_SOURCE:
+    if source.startswith("builtin:") and source != sample.SAMPLE_SOURCE:
         raise InputError(f"run {run.run_id} used {source}, which this trainer cannot regenerate")
     overrides: dict[str, Any] = {
         "symbol": params["symbol"],
@@ -284,8 +284,7 @@ def retrain(
         scores, settings = _importance_of(tracking, source, tmp)
         config = config_of(source, settings)
         # a backend that can (Ray) starts its worker now, beside the data's reloading
-        prestart(executor_factory, 1, (init_worker.__module__,))
-        try:
+        with ExecutorSession(executor_factory, 1, (init_worker.__module__,)) as session:
             try:
                 inputs = prepare(config)
             except InputError as e:
@@ -328,8 +327,7 @@ def retrain(
                     upload.mkdir()
                     _write_dropped(upload / DROPPED_CSV, plan, scores)
                     tracking.log_artifacts(artifact_uri, upload)
-                    executor = executor_factory(
-                        1,
+                    executor = session.start(
                         init_worker,
                         (
                             WorkerContext(
@@ -348,10 +346,8 @@ def retrain(
                             execute, TrialTask(index, new_run_id, artifact_uri, hyperparameters, seed)
                         ).result()
                     finally:
-                        executor.shutdown()
+                        session.shutdown()  # the trial ends before its run is marked below
             except BaseException as e:  # the trial itself marks its run; this is for what comes before it
                 mark_ended(tracking, new_run_id, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
                 raise
-        finally:
-            discard_prestarted(executor_factory)  # a no-op once the executor took the worker over
     return RetrainResult(source, new_run_id, outcome.status, plan, outcome.metrics, outcome.error)

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from trainer.config import TrainerConfig, sample_trial
 from trainer.errors import TrainingError, describe
-from trainer.executor import ExecutorFactory, discard_prestarted, local_executor, prestart
+from trainer.executor import ExecutorFactory, ExecutorSession, local_executor
 from trainer.prepare import prepare, static_params
 from trainer.tracking import Tracking, quiet_mlflow
 from trainer.worker import (
@@ -88,8 +88,7 @@ def run_sweep(
     started = time.perf_counter()
     jobs = min(config.jobs, config.trials)
     # a backend that can (Ray) starts its workers now: their start overlaps the data's preparation
-    prestart(executor_factory, jobs, (init_worker.__module__,))
-    try:
+    with ExecutorSession(executor_factory, jobs, (init_worker.__module__,)) as session:
         inputs = prepare(config)
         dataset = inputs.dataset
         quiet_mlflow()
@@ -129,35 +128,31 @@ def run_sweep(
             "PODIUM_EXPERIMENT_ID": experiment_id,
             "PODIUM_SWEEP_ID": sweep_id,
         }
-        executor = executor_factory(jobs, init_worker, (context,), env=env)
-    except BaseException:
-        discard_prestarted(executor_factory)
-        raise
-    try:
-        for index in range(config.trials):
-            while len(in_flight) >= executor.slots:
+        executor = session.start(init_worker, (context,), env=env)
+        try:
+            for index in range(config.trials):
+                while len(in_flight) >= executor.slots:
+                    _collect(in_flight, outcomes, tracking, bar, show_bar, block=True)
+                hp = sample_trial(config.search_space, config.seed, index)
+                run_id, artifact_uri = tracking.create_run(experiment_id, f"trial_{index}", run_tags)
+                task = TrialTask(index, run_id, artifact_uri, hp, config.seed + index)
+                try:
+                    future = executor.submit(execute, task)
+                except BaseException:  # a broken pool, or an interrupted inline trial: no outcome came back
+                    mark_ended(tracking, run_id, KILLED)
+                    raise
+                in_flight[future] = task
+                _collect(in_flight, outcomes, tracking, bar, show_bar, block=False)
+            while in_flight:
                 _collect(in_flight, outcomes, tracking, bar, show_bar, block=True)
-            hp = sample_trial(config.search_space, config.seed, index)
-            run_id, artifact_uri = tracking.create_run(experiment_id, f"trial_{index}", run_tags)
-            task = TrialTask(index, run_id, artifact_uri, hp, config.seed + index)
-            try:
-                future = executor.submit(execute, task)
-            except BaseException:  # a broken pool, or an interrupted inline trial: no outcome came back
-                mark_ended(tracking, run_id, KILLED)
-                raise
-            in_flight[future] = task
-            _collect(in_flight, outcomes, tracking, bar, show_bar, block=False)
-        while in_flight:
-            _collect(in_flight, outcomes, tracking, bar, show_bar, block=True)
-    except BaseException:
-        executor.shutdown(cancel=True)  # trials already running finish and end their own runs
-        for future, task in in_flight.items():
-            if not _ended_by_worker(future):
-                mark_ended(tracking, task.run_id, KILLED)
-        raise
-    finally:
-        bar.close()
-    executor.shutdown()
+        except BaseException:
+            session.shutdown(cancel=True)  # trials already running finish and end their own runs
+            for future, task in in_flight.items():
+                if not _ended_by_worker(future):
+                    mark_ended(tracking, task.run_id, KILLED)
+            raise
+        finally:
+            bar.close()
     summary = SweepSummary(
         name,
         experiment_id,

@@ -36,9 +36,8 @@ from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 from mlflow.tracking.context.registry import resolve_tags
 
 from trainer.errors import TrackingError
+from trainer.keys import MAX_PARAM_LENGTH
 
-# MLflow's limit on a param value; feature_names can come close with long column names.
-MAX_PARAM_CHARS = 6000
 # Requirements of the logged model, given so MLflow does not infer them in a subprocess.
 MODEL_REQUIREMENTS = [f"xgboost=={xgb.__version__}", "pandas", "numpy"]
 TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
@@ -184,7 +183,7 @@ class Tracking:
             self.client.log_batch(
                 run_id,
                 metrics=[Metric(k, float(v), now, step) for k, v, step in metrics],
-                params=[Param(k, str(v)[:MAX_PARAM_CHARS]) for k, v in params.items()],
+                params=[Param(k, str(v)[:MAX_PARAM_LENGTH]) for k, v in params.items()],
                 tags=[RunTag(k, str(v)) for k, v in tags.items()],
             )
 

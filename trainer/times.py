@@ -1,0 +1,207 @@
+"""The time column of a user's table: which column it is, its values as UTC times, and the bar
+interval they step by.
+
+The time column is the one named, else the single column called ``timestamp``, ``time``,
+``datetime``, ``date`` or ``ts`` (any case), else separate ``Date`` and ``Time`` columns joined
+(MT4 exports), else an unnamed first column of times (a pandas index written by ``to_csv``).
+Times are ISO 8601 text, text in one consistent format (day-first or month-first decided from
+the values), or whole Unix epoch numbers (the unit decided from their size). The bar interval
+is the median step between rows.
+
+Problems raise ``DataError`` (the loader names the file).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import structlog
+from pandas.tseries.api import guess_datetime_format
+
+from trainer.errors import DataError, describe
+from trainer.tables import listed, unnamed
+
+log = structlog.get_logger(__name__)
+
+# Column names (compared in lower case) taken for the time column when none is named.
+TIME_COLUMN_NAMES = ("timestamp", "time", "datetime", "date", "ts")
+# Epoch units by the size of a typical value: below 1e8 no unit gives a date after 1973.
+_EPOCH_UNITS = ((1e11, "s"), (1e14, "ms"), (1e17, "us"), (float("inf"), "ns"))
+_MIN_EPOCH = 1e8
+_ISO_EXAMPLE = "2024-01-31T15:00:00"
+
+
+def joined_date_and_time(frame: pd.DataFrame) -> tuple[pd.DataFrame, str | None]:
+    """Separate ``Date`` and ``Time`` columns (MT4, FX exports) joined into one time column when
+    no single time column exists and the joined values read as times; ``(frame, None)``
+    otherwise."""
+    by_lower: dict[str, list[str]] = {}
+    for column in frame.columns:
+        by_lower.setdefault(str(column).strip().lower(), []).append(str(column))
+    others = [n for n in TIME_COLUMN_NAMES if n not in ("date", "time") and n in by_lower]
+    if others or len(by_lower.get("date", [])) != 1 or len(by_lower.get("time", [])) != 1:
+        return frame, None
+    (date,), (time,) = by_lower["date"], by_lower["time"]
+    name = f"{date} {time}"
+    joined = frame[date].astype("string").str.strip() + " " + frame[time].astype("string").str.strip()
+    parsed, ambiguous = to_times(joined)
+    if ambiguous is None and (parsed.isna() & joined.notna()).any():
+        return frame, None  # not a date and a time of day: two candidates, the user picks one
+    rest = frame.drop(columns=[date, time])
+    log.info("date_and_time_joined", columns=[date, time], time_column=name)
+    return pd.concat([joined.rename(name).to_frame(), rest], axis=1), name
+
+
+def find_time_column(frame: pd.DataFrame, named: str | None) -> str:
+    """The time column: ``named``, else the one candidate (see the module docstring)."""
+    columns = [str(c) for c in frame.columns]
+    if named is not None:
+        if named not in columns:
+            raise DataError(f"has no time column {named!r} (columns: {listed(frame.columns)})")
+        return named
+    found = [c for c in columns if c.strip().lower() in TIME_COLUMN_NAMES]
+    first = columns[0]
+    if unnamed(first) and first not in found:
+        raw = frame[frame.columns[0]]
+        if not _is_number(raw) and not to_times(raw)[0].isna().any():
+            found.append(first)
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise DataError(
+            f"has no time column: none is named {', '.join(TIME_COLUMN_NAMES)} (any case) and the "
+            f"first column is not an unnamed column of times (columns: {listed(frame.columns)}); "
+            "name it with --time-column"
+        )
+    raise DataError(
+        f"has several time columns ({', '.join(repr(c) for c in found)}); pick one with --time-column"
+    )
+
+
+def _is_number(raw: pd.Series) -> bool:
+    return bool(pd.api.types.is_numeric_dtype(raw) and not pd.api.types.is_bool_dtype(raw))
+
+
+def to_times(raw: pd.Series) -> tuple[pd.Series, str | None]:
+    """UTC times, NaT where a value is empty or not a time, read with one format for the whole
+    column: ISO 8601, else the format guessed from the values under which the fewest values fail.
+    A day-first and a month-first format that both fit every value but disagree make the column
+    ambiguous: the second item is then a value they read differently (else None)."""
+    if pd.api.types.is_datetime64_any_dtype(raw):
+        return pd.to_datetime(raw, utc=True), None
+    try:
+        return pd.to_datetime(raw, utc=True, format="ISO8601"), None
+    except (ValueError, TypeError, OverflowError):
+        pass
+    readings: list[tuple[int, pd.Series]] = []
+    for fmt in ("ISO8601", *_guessed_formats(raw)):
+        try:
+            parsed = pd.to_datetime(raw, utc=True, format=fmt, errors="coerce")
+        except (ValueError, TypeError, OverflowError):
+            continue
+        readings.append((int((parsed.isna() & raw.notna()).sum()), parsed))
+    fits = [parsed for failed, parsed in readings if failed == 0]
+    for other in fits[1:]:
+        differs = (fits[0] != other).to_numpy()
+        if differs.any():
+            return fits[0], str(raw.iloc[int(np.flatnonzero(differs)[0])])
+    if fits:
+        return fits[0], None
+    return min(readings, key=lambda r: r[0])[1], None
+
+
+def _guessed_formats(raw: pd.Series, sample: int = 50) -> list[str]:
+    """strftime formats pandas guesses for the first distinct values, month-first and day-first
+    (year-first dates are always read year-month-day)."""
+    formats: list[str] = []
+    values = pd.unique(raw.dropna().astype(str).str.strip())[:sample]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pandas warns when a guess contradicts dayfirst
+        for value in values:
+            for dayfirst in (False, True):
+                fmt = guess_datetime_format(str(value), dayfirst=dayfirst)
+                if fmt is None or (dayfirst and fmt.startswith("%Y")) or fmt in formats:
+                    continue
+                formats.append(fmt)
+    return formats
+
+
+def _epoch_times(raw: pd.Series, subject: str) -> pd.Series:
+    """UTC times from whole Unix epoch numbers; the unit (s, ms, us, ns) from their size."""
+    values = raw.to_numpy(dtype="float64")
+    present = values[np.isfinite(values)]
+    if len(present) == 0 or not np.all(present == np.round(present)):
+        raise DataError(
+            "holds numbers that are not whole Unix epoch times; write timestamps as ISO 8601 text "
+            f"such as {_ISO_EXAMPLE}",
+            subject,
+        )
+    size = float(np.median(np.abs(present)))
+    if size < _MIN_EPOCH:
+        raise DataError(
+            f"holds numbers too small for Unix epoch times (typical value {size:.0f}); write "
+            f"timestamps as ISO 8601 text such as {_ISO_EXAMPLE}",
+            subject,
+        )
+    unit = next(name for limit, name in _EPOCH_UNITS if size < limit)
+    try:
+        parsed = pd.to_datetime(raw.astype("Int64"), unit=unit, utc=True)
+    except (ValueError, OverflowError) as e:
+        raise DataError(f"holds epoch numbers out of range: {describe(e)}", subject) from e
+    log.info("epoch_times", column=str(raw.name), unit=unit)
+    return pd.Series(parsed, index=raw.index)
+
+
+def parse_times(frame: pd.DataFrame, col: str) -> tuple[np.ndarray, dict[str, int]]:
+    """Column ``col`` as UTC times (``datetime64[ns]``, naive) in the file's order, and the note
+    ``rows_sorted`` (1 when they are not in order)."""
+    raw = frame[col]
+    subject = f"time column {col!r}"
+    if _is_number(raw):
+        parsed = _epoch_times(raw, subject)
+    else:
+        parsed, ambiguous = to_times(raw)
+        if ambiguous is not None:
+            raise DataError(
+                f"reads both day-first and month-first (e.g. {ambiguous!r}); write times as ISO "
+                f"8601 such as {_ISO_EXAMPLE}, or in a format where day and month cannot be swapped",
+                subject,
+            )
+    bad = (parsed.isna() & raw.notna()).to_numpy()
+    if bad.any():
+        first = int(np.flatnonzero(bad)[0])
+        raise DataError(f"has a value that is not a time: {raw.iloc[first]!r} in row {first + 1}", subject)
+    missing = int(parsed.isna().sum())
+    if missing:
+        first = int(np.flatnonzero(parsed.isna().to_numpy())[0])
+        raise DataError(f"is empty in {missing} row(s), first at row {first + 1}", subject)
+    times = parsed.dt.tz_convert(None).to_numpy(dtype="datetime64[ns]")
+    notes = {"rows_sorted": 0 if bool(np.all(times[1:] >= times[:-1])) else 1}
+    return times, notes
+
+
+def reject_duplicates(times: np.ndarray, col: str) -> None:
+    """DataError when sorted ``times`` hold one time twice."""
+    dup = times[1:] == times[:-1]
+    if dup.any():
+        first = times[1:][dup][0]
+        raise DataError(
+            f"has {int(dup.sum())} duplicate timestamp(s), first "
+            f"{np.datetime_as_string(first, unit='s')}; keep one row per time",
+            f"time column {col!r}",
+        )
+
+
+def bar_interval(times: np.ndarray) -> str:
+    """The median step between sorted ``times``, spelt like ``1h``, ``15min``, ``1d``, ``1w``."""
+    if len(times) < 2:
+        return "unknown"
+    step = int(np.median(np.diff(np.asarray(times, dtype="datetime64[ns]")).astype(np.int64)))
+    second = 1_000_000_000
+    for unit, size in (("w", 7 * 86400 * second), ("d", 86400 * second), ("h", 3600 * second),
+                       ("min", 60 * second), ("s", second), ("ms", second // 1000)):  # fmt: skip
+        if step >= size and step % size == 0:
+            return f"{step // size}{unit}"
+    return f"{step}ns"

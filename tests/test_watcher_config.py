@@ -132,6 +132,45 @@ CASES = [
         id="top-n-boolean",
     ),
     pytest.param(
+        with_rule(selection={"blocks": 7}),
+        ["rule #2 'wf-xgboost' (rules[1])", "field 'selection.blocks'", "even number from 2 to 20 (got 7)"],
+        id="selection-odd-blocks",
+    ),
+    pytest.param(
+        with_rule(selection={"alpha": 1.0}),
+        [
+            "rule #2 'wf-xgboost' (rules[1])",
+            "field 'selection.alpha'",
+            "between 0 and 1, both excluded (got 1.0)",
+        ],
+        id="selection-alpha-one",
+    ),
+    pytest.param(
+        with_rule(selection={"alpha": 0}),
+        ["rules[1]", "field 'selection.alpha'", "(got 0)"],
+        id="selection-alpha-zero",
+    ),
+    pytest.param(
+        with_rule(selection={"max_pbo": 1.5}),
+        ["rule #2 'wf-xgboost' (rules[1])", "field 'selection.max_pbo'", "between 0 and 1 (got 1.5)"],
+        id="selection-max-pbo",
+    ),
+    pytest.param(
+        with_rule(selection={"fold_metric": "  "}),
+        ["rule #2 'wf-xgboost' (rules[1])", "field 'selection.fold_metric'", "must name a metric"],
+        id="selection-fold-metric-blank",
+    ),
+    pytest.param(
+        with_rule(selection={"fold_metric": ""}),
+        ["rules[1]", "field 'selection.fold_metric'", "at least 1 character"],
+        id="selection-fold-metric-empty",
+    ),
+    pytest.param(
+        with_rule(selection={"block": 8}),
+        ["rules[1]", "unknown key 'block'", "did you mean 'blocks'"],
+        id="selection-unknown-key",
+    ),
+    pytest.param(
         "rules:\n  - name: x\n    experiments: [x]\n    metric: m\n    metric: n\n",
         ["invalid YAML at line 5", "key 'metric' appears twice"],
         id="duplicate-key",
@@ -255,6 +294,19 @@ def test_as_a_process_bad_config_is_exit_2_without_traceback(tmp_path: Path) -> 
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert f"{path}: rule #2 'wf-xgboost' (rules[1]): field 'top_n'" in proc.stderr
+
+
+def test_a_selection_key_reads_with_its_defaults_and_without_it_there_is_none(tmp_path: Path) -> None:
+    path = write(tmp_path, with_rule(selection={"max_pbo": 0.5}))
+    first, second = load_settings(path).rules
+    assert first.selection is None
+    assert second.selection is not None
+    assert (second.selection.fold_metric, second.selection.blocks, second.selection.alpha) == (
+        "test_r2",
+        8,
+        0.1,
+    )
+    assert second.selection.max_pbo == 0.5
 
 
 def test_environment_overrides_a_key_of_one_rule(

@@ -16,7 +16,7 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import yaml
@@ -31,6 +31,13 @@ from pydantic_settings import (
 
 from watcher.errors import ConfigError
 from watcher.model import MAX_TOP_N, AlertKind, Trigger
+from watcher.selection import (
+    DEFAULT_ALPHA,
+    DEFAULT_BLOCKS,
+    alpha_problem,
+    blocks_problem,
+    max_pbo_problem,
+)
 
 DEFAULT_CONFIG_PATH = Path("config/watcher.yaml")
 
@@ -78,6 +85,49 @@ class RegistryConfig(_Strict):
     alias: str = Field(default="champion", min_length=1)
 
 
+_V = TypeVar("_V")
+
+
+class SelectionConfig(_Strict):
+    """Whether a board's leader is real: PBO and the leader's confidence set (watcher.selection)."""
+
+    # A metric logged once per fold (step = fold); also the key read from the `podium.folds` tag.
+    fold_metric: str = Field(default="test_r2", min_length=1)
+    blocks: int = Field(default=DEFAULT_BLOCKS, strict=True)
+    alpha: float = DEFAULT_ALPHA
+    # With a value: no production_candidate and no registry alias move while PBO is above it
+    # (or cannot be computed).
+    max_pbo: float | None = None
+
+    @field_validator("fold_metric")
+    @classmethod
+    def _fold_metric_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must name a metric logged once per fold (such as 'test_r2')")
+        return value.strip()
+
+    @field_validator("blocks")
+    @classmethod
+    def _even_blocks(cls, value: int) -> int:
+        return _no_problem(value, blocks_problem(value))
+
+    @field_validator("alpha")
+    @classmethod
+    def _alpha_inside(cls, value: float) -> float:
+        return _no_problem(value, alpha_problem(value))
+
+    @field_validator("max_pbo")
+    @classmethod
+    def _max_pbo_inside(cls, value: float | None) -> float | None:
+        return _no_problem(value, max_pbo_problem(value))
+
+
+def _no_problem(value: _V, problem: str | None) -> _V:
+    if problem:
+        raise ValueError(problem)  # the message adds "(got X)"
+    return value
+
+
 class RuleConfig(_Strict):
     name: str = Field(min_length=1)
     experiments: list[str] = Field(min_length=1)
@@ -93,6 +143,8 @@ class RuleConfig(_Strict):
     alerts: list[AlertKind] = Field(default_factory=list)
     # A RUNNING run with no activity (start, latest metric) this long is stalled.
     stalled_after_minutes: int = Field(default=360, ge=1, strict=True)
+    # Off by default: without it the watcher says nothing about how real the leader is.
+    selection: SelectionConfig | None = None
 
     @field_validator("production_candidates")
     @classmethod
@@ -285,6 +337,7 @@ _FIELDS_BY_SECTION: dict[str, type[BaseModel]] = {
     "webhooks": WebhookConfig,
     "http": HttpConfig,
     "registry": RegistryConfig,
+    "selection": SelectionConfig,
 }
 
 
@@ -304,11 +357,18 @@ def _describe(error: ValidationError, path: Path, raw: dict[str, Any]) -> str:
     elif first["type"] == "missing":
         what = f"field {loc[-1]!r} is required"
     else:
-        field = next((str(p) for p in reversed(loc) if isinstance(p, str)), "value")
+        field = _field_name(loc)
         msg = first["msg"].removeprefix("Value error, ")
         what = f"field {field!r}: {msg} (got {first.get('input')!r})"
     more = f" (and {len(errors) - 1} more error(s))" if len(errors) > 1 else ""
     return f"{path}: {where}{what}{more}"
+
+
+def _field_name(loc: tuple[Any, ...]) -> str:
+    """The key a validation error is about; a nested rule key with its parent (selection.alpha)."""
+    if len(loc) >= 4 and loc[0] == "rules" and loc[2] == "selection":
+        return f"selection.{loc[3]}"
+    return next((str(p) for p in reversed(loc) if isinstance(p, str)), "value")
 
 
 def _where(loc: tuple[Any, ...], raw: dict[str, Any]) -> str:

@@ -28,7 +28,6 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
-from arch.bootstrap import MCS
 
 DEFAULT_BLOCKS = 8
 DEFAULT_ALPHA = 0.10
@@ -256,6 +255,10 @@ def _confidence_set(run_ids: list[str], losses: np.ndarray, alpha: float) -> dic
     for model in np.argsort(distinct_mean, kind="stable").tolist():
         best_of_shape.setdefault(int(shape_of[model]), model)
     models = sorted(best_of_shape.values())
+    # Imported here: arch brings pandas and scipy, which a watcher without a selection rule
+    # (and the config check) never needs.
+    from arch.bootstrap import MCS
+
     if len(models) == 1:
         kept = set(models)
     else:

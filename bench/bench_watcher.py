@@ -27,11 +27,11 @@ from bench.fill import MIN_FILLED, fill
 from bench.guide import rank_top_models
 from bench.servers import BACKENDS, running_server
 from tests.support.proxy import Proxy
-from watcher.detect import STATE_TAG
 from watcher.mlflow_io import MlflowTracking
 from watcher.model import RunRecord
 from watcher.service import Watcher
 from watcher.settings import HttpConfig, RuleConfig, WatcherSettings
+from watcher.state import STATE_TAG
 
 METRIC = "avg_test_r2"
 TOP_N = 10

@@ -11,11 +11,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from watcher.detect import STATE_TAG, ExperimentState
 from watcher.errors import ConfigError, TrackingError
 from watcher.mlflow_io import MlflowTracking
 from watcher.model import MODEL_RANK, is_podium_run_tag
 from watcher.settings import load_settings
+from watcher.state import STATE_TAG, ExperimentState
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,11 +16,11 @@ from watcher.dashboard import (
     ranking_of,
     sorted_metric_keys,
 )
-from watcher.detect import STATE_TAG, UNRANKED, ExperimentState, fingerprint
 from watcher.jobs import Job
 from watcher.model import RunRecord
 from watcher.ranking import Candidate
 from watcher.settings import RuleConfig, WatcherSettings
+from watcher.state import STATE_TAG, UNRANKED, ExperimentState, fingerprint
 
 RULE = RuleConfig(name="wf", experiments=["wf_*"], metric="avg_test_r2", filter="metrics.num_folds >= 3")
 SETTINGS = WatcherSettings(rules=[RULE])

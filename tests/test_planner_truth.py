@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from watcher.detect import ExperimentState, board_size, fingerprint
 from watcher.model import MODEL_RANK, PRODUCTION_CANDIDATE, RunRecord, TagChange
 from watcher.planner import (
     BoardSearch,
+    Experiment,
     Observed,
     board_from_search,
     counts_after_ranking,
@@ -33,6 +33,7 @@ from watcher.planner import (
 )
 from watcher.ranking import FINISHED, desired_tags, is_rankable, leaderboard_entries, order, split_ranked
 from watcher.settings import RuleConfig
+from watcher.state import ExperimentState, board_size, fingerprint
 
 METRIC = "m"
 FP = fingerprint(METRIC, False, None)
@@ -102,7 +103,7 @@ def one_pass(world: World, rule: RuleConfig, state: ExperimentState) -> tuple[Ex
     """What a pass does, with the searches answered by the world."""
     news = tuple(r for r in world.active() if (r.end_time or 0) > state.seen)
     seen = Observed(ended=news, holders=world.holders(), running=(), orphans=world.tagged())
-    t = triage(rule, FP, ("1", "e"), state, seen, NOW)
+    t = triage(rule, FP, Experiment("1", "e"), state, seen, NOW)
     if t.action not in ("rerank", "full"):
         return state, 0
     keep = board_size(rule.top_n)
@@ -114,7 +115,7 @@ def one_pass(world: World, rule: RuleConfig, state: ExperimentState) -> tuple[Ex
     assert board is not None
     counts = counts_after_ranking(state, FP, t, found, METRIC)
     read = [*world.holders(), *world.tagged(), *found.runs]
-    plan = plan_board(("1", "e"), rule, FP, state, t, board[0], board[1], read, counts)
+    plan = plan_board(Experiment("1", "e"), rule, FP, state, t, board[0], board[1], read, counts)
     world.apply(list(plan.changes))
     return plan.state or state, len(plan.changes)
 

@@ -7,11 +7,11 @@ from dataclasses import replace
 
 import pytest
 
-from watcher.detect import MAX_ALERTED, MAX_BOARD, UNRANKED, ExperimentState, board_size, fingerprint
 from watcher.model import MAX_TOP_N, RunRecord
-from watcher.planner import MAX_FAILED_WAITING, Observed, state_only, triage
+from watcher.planner import MAX_FAILED_WAITING, Experiment, Observed, state_only, triage
 from watcher.ranking import Candidate
 from watcher.settings import RuleConfig
+from watcher.state import MAX_ALERTED, MAX_BOARD, UNRANKED, ExperimentState, board_size, fingerprint
 
 FP = fingerprint("avg_test_r2", False, None)
 
@@ -99,7 +99,14 @@ def run(
         for i, t in enumerate(news)
     )
     active = (RunRecord("live", "live", "1", "RUNNING", NOW_MS - 1000, None),) if running else ()
-    t = triage(rule, fp, ("1", "e"), s, Observed(ended=ended, running=active, advance_to=advance_to), NOW_MS)
+    t = triage(
+        rule,
+        fp,
+        Experiment("1", "e"),
+        s,
+        Observed(ended=ended, running=active, advance_to=advance_to),
+        NOW_MS,
+    )
     return t.action, t.seen
 
 
@@ -177,7 +184,7 @@ def test_any_difference_between_holders_and_the_kept_board_re_ranks(
     holders: tuple[RunRecord, ...], expected: str
 ) -> None:
     rule = RuleConfig(name="r", experiments=["*"], metric="avg_test_r2")
-    t = triage(rule, FP, ("1", "e"), KEPT, Observed(holders=holders, running=()), NOW_MS)
+    t = triage(rule, FP, Experiment("1", "e"), KEPT, Observed(holders=holders, running=()), NOW_MS)
     assert (t.action, t.reason if expected == "rerank" else "") == (
         expected,
         "holders" if expected == "rerank" else "",
@@ -199,19 +206,24 @@ def test_failed_and_stalled_runs_are_announced_once_and_only_after_first_seen() 
     stalled = RunRecord("st", "st", "1", "RUNNING", NOW_MS - 5 * 60_000, None)
     fresh = RunRecord("fresh", "fresh", "1", "RUNNING", NOW_MS - 1000, None)
     seen = Observed(ended=(old_fail, new_fail), running=(stalled, fresh))
-    t = triage(rule, FP, ("1", "e"), s, seen, NOW_MS)
+    t = triage(rule, FP, Experiment("1", "e"), s, seen, NOW_MS)
     assert [(a.kind, a.run_id) for a in t.alerts] == [("failed", "new"), ("stalled", "st")]
     assert (t.old_alerts_skipped, t.stalled) == (1, ("st",))
     # Only the stalled run is remembered: the watermark now covers the failed ones.
     assert (t.action, t.alerted) == ("advance", ("st",))
     again = triage(
-        rule, FP, ("1", "e"), state(first_seen=seen_at, alerted=t.alerted, seen=t.seen), seen, NOW_MS
+        rule,
+        FP,
+        Experiment("1", "e"),
+        state(first_seen=seen_at, alerted=t.alerted, seen=t.seen),
+        seen,
+        NOW_MS,
     )
     assert (again.alerts, again.action) == ((), "idle")
     ended = triage(
         rule,
         FP,
-        ("1", "e"),
+        Experiment("1", "e"),
         state(first_seen=seen_at, alerted=("st",), seen=t.seen),
         Observed(running=()),
         NOW_MS,
@@ -228,10 +240,15 @@ def test_alerts_beyond_the_outbox_room_wait_for_a_later_pass_oldest_first() -> N
         RunRecord(f"s{i}", f"s{i}", "1", "RUNNING", NOW_MS - (30 - i) * 60_000, None) for i in range(5)
     )
     kept = state(first_seen=seen_at)
-    t = triage(rule, FP, ("1", "e"), kept, Observed(running=runs, alert_room=2), NOW_MS)
+    t = triage(rule, FP, Experiment("1", "e"), kept, Observed(running=runs, alert_room=2), NOW_MS)
     assert ([a.run_id for a in t.alerts], t.alerted, t.alerts_held) == (["s0", "s1"], ("s0", "s1"), 3)
     t2 = triage(
-        rule, FP, ("1", "e"), replace(kept, alerted=t.alerted), Observed(running=runs, alert_room=19), NOW_MS
+        rule,
+        FP,
+        Experiment("1", "e"),
+        replace(kept, alerted=t.alerted),
+        Observed(running=runs, alert_room=19),
+        NOW_MS,
     )
     assert ([a.run_id for a in t2.alerts], t2.alerts_held) == (["s2", "s3", "s4"], 0)
 
@@ -239,24 +256,24 @@ def test_alerts_beyond_the_outbox_room_wait_for_a_later_pass_oldest_first() -> N
 def test_an_experiment_first_seen_while_waiting_keeps_first_seen_and_still_ranks_first() -> None:
     rule = RuleConfig(name="r", experiments=["*"], metric="avg_test_r2", trigger="experiment_finished")
     live = RunRecord("live", "live", "1", "RUNNING", NOW_MS - 1000, None)
-    t = triage(rule, FP, ("1", "e"), None, Observed(running=(live,)), NOW_MS)
+    t = triage(rule, FP, Experiment("1", "e"), None, Observed(running=(live,)), NOW_MS)
     assert t.action == "pending"
-    stub = state_only(("1", "e"), rule, None, t).state
+    stub = state_only(Experiment("1", "e"), rule, None, t).state
     assert stub is not None
     assert (stub.fingerprint, stub.first_seen, stub.seen, stub.board) == (UNRANKED, NOW_MS, NOW_MS, ())
     again = ExperimentState.from_tag(stub.to_tag())
-    t2 = triage(rule, FP, ("1", "e"), again, Observed(running=()), NOW_MS + 5)
+    t2 = triage(rule, FP, Experiment("1", "e"), again, Observed(running=()), NOW_MS + 5)
     assert (t2.action, t2.reason, t2.first_seen) == ("full", "first", NOW_MS)
 
 
 def test_a_stalled_run_no_longer_holds_an_experiment_finished_ranking_back() -> None:
     rule = RuleConfig(name="r", experiments=["*"], metric="avg_test_r2", stalled_after_minutes=1)
     stalled = RunRecord("st", "st", "1", "RUNNING", NOW_MS - 5 * 60_000, None)
-    t = triage(rule, FP, ("1", "e"), state(pending=True), Observed(running=(stalled,)), NOW_MS)
+    t = triage(rule, FP, Experiment("1", "e"), state(pending=True), Observed(running=(stalled,)), NOW_MS)
     assert (t.action, t.stalled) == ("rerank", ("st",))
     live = RunRecord("st", "st", "1", "RUNNING", NOW_MS - 5 * 60_000, None, last_activity=NOW_MS - 1000)
     assert (
-        triage(rule, FP, ("1", "e"), state(pending=True), Observed(running=(live,)), NOW_MS).action
+        triage(rule, FP, Experiment("1", "e"), state(pending=True), Observed(running=(live,)), NOW_MS).action
         == "pending"
     )
 
@@ -291,21 +308,25 @@ def test_failed_runs_beyond_the_outbox_room_wait_behind_a_cursor_and_are_announc
     ends = {"f0": 300, "f1": 301, "f3": 302, "f2": 302, "f4": 303}
     failed = tuple(RunRecord(r, r, "1", "FAILED", 250, end) for r, end in ends.items())
     done = RunRecord("ok", "ok", "1", "FINISHED", 250, 304, {"avg_test_r2": 0.5})
-    t = triage(rule, FP, ("1", "e"), kept, Observed(ended=(*failed, done), alert_room=2), NOW_MS)
+    t = triage(rule, FP, Experiment("1", "e"), kept, Observed(ended=(*failed, done), alert_room=2), NOW_MS)
     assert [a.run_id for a in t.alerts] == ["f0", "f1"]
     assert (t.alert_cursor, t.alerts_held, t.alerts_lost, t.seen, t.new_ranked) == ((302, "f2"), 3, 0, 304, 1)
     after = replace(kept, seen=t.seen, alert_cursor=t.alert_cursor)
     assert after.search_after == 301  # the batch search reaches back to the cursor's end time
     assert ExperimentState.from_tag(after.to_tag()) == after
 
-    full = triage(rule, FP, ("1", "e"), after, Observed(ended=(*failed, done), alert_room=0), NOW_MS)
+    full = triage(
+        rule, FP, Experiment("1", "e"), after, Observed(ended=(*failed, done), alert_room=0), NOW_MS
+    )
     assert (full.alerts, full.alert_cursor, full.action) == ((), (302, "f2"), "idle")
-    rest = triage(rule, FP, ("1", "e"), after, Observed(ended=(*failed, done), alert_room=19), NOW_MS)
+    rest = triage(
+        rule, FP, Experiment("1", "e"), after, Observed(ended=(*failed, done), alert_room=19), NOW_MS
+    )
     assert [a.run_id for a in rest.alerts] == ["f2", "f3", "f4"]
     assert (rest.alert_cursor, rest.new_ranked, rest.seen, rest.action) == (None, 0, 304, "advance")
     cleared = replace(after, alert_cursor=rest.alert_cursor)
     assert cleared.search_after == 304
-    again = triage(rule, FP, ("1", "e"), cleared, Observed(ended=(done,), alert_room=19), NOW_MS)
+    again = triage(rule, FP, Experiment("1", "e"), cleared, Observed(ended=(done,), alert_room=19), NOW_MS)
     assert (again.alerts, again.action) == ((), "idle")
 
 
@@ -321,7 +342,9 @@ def test_a_state_tag_without_cursor_or_digest_reads_as_none_and_a_huge_backlog_i
     flood = tuple(
         RunRecord(f"f{i:05d}", "", "1", "KILLED", 150, 200 + i) for i in range(MAX_FAILED_WAITING + 20)
     )
-    t = triage(rule, FP, ("1", "e"), state(first_seen=1), Observed(ended=flood, alert_room=19), NOW_MS)
+    t = triage(
+        rule, FP, Experiment("1", "e"), state(first_seen=1), Observed(ended=flood, alert_room=19), NOW_MS
+    )
     assert (len(t.alerts), t.alerts_lost, t.alerts_held, t.alert_cursor) == (
         19,
         MAX_FAILED_WAITING + 1,

@@ -20,7 +20,7 @@ from tests.support.mlflow_server import ServerHandle, sqlite_uri, start_server
 from watcher.cli import build_handlers
 from watcher.delivery import DeliveryWorker
 from watcher.mlflow_io import MlflowRegistry, MlflowTracking
-from watcher.model import Leaderboard, LeaderboardChanged, RankedRun, WatchedExperiment
+from watcher.model import Handler, Leaderboard, LeaderboardChanged, RankedRun, WatchedExperiment
 from watcher.outbox import LEGACY_REGISTRY_TAG, TAG_PREFIX, Outbox
 from watcher.registry import TARGET_TAG, RegistryPromoter
 from watcher.service import Watcher
@@ -46,7 +46,7 @@ def make_rule(model_name: str, alias: str = "champion") -> RuleConfig:
     )
 
 
-class Promotions:
+class Promotions(Handler):
     """The promoter, its outbox and the delivery worker as the CLI wires them; the worker's
     round is run by hand right after each hook, as `--once` does after its pass."""
 

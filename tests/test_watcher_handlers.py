@@ -9,12 +9,12 @@ from structlog.testing import capture_logs
 
 from tests.support.watcher_runs import expected_order, make_runs, new_experiment, podium_tags
 from watcher.mlflow_io import MlflowTracking
-from watcher.model import LeaderboardChanged, WatchedExperiment
+from watcher.model import Handler, LeaderboardChanged, WatchedExperiment
 from watcher.service import Watcher
 from watcher.settings import RuleConfig, WatcherSettings
 
 
-class Failing:
+class Failing(Handler):
     """A handler with the optional hooks too, each of which raises."""
 
     def __init__(self) -> None:
@@ -37,7 +37,7 @@ class Failing:
         raise RuntimeError("report bug")
 
 
-class Reporting:
+class Reporting(Handler):
     """Only the required hooks plus pass_report; on_pass_start is optional and absent."""
 
     def __init__(self) -> None:

@@ -13,14 +13,14 @@ from tests.support.mlflow_server import ServerHandle
 from tests.support.proxy import Proxy
 from tests.support.watcher_runs import make_runs, podium_tags
 from watcher.mlflow_io import MlflowTracking
-from watcher.model import LeaderboardChanged, Rule, WatchedExperiment
+from watcher.model import Handler, LeaderboardChanged, Rule, WatchedExperiment
 from watcher.service import Watcher
 from watcher.settings import WatcherSettings
 
 pytestmark = pytest.mark.server
 
 
-class ServerDiesAfterFirstBoard:
+class ServerDiesAfterFirstBoard(Handler):
     """A handler that takes the tracking server down (the proxy answers 503) once the first
     experiment's tags are written: the pass goes on to write the second and fails there."""
 

@@ -28,7 +28,7 @@ from tests.support.watcher_runs import (
 from watcher import cli
 from watcher.errors import ExperimentNotFound, NoRankedRuns
 from watcher.mlflow_io import MlflowTracking
-from watcher.model import LeaderboardChanged
+from watcher.model import Handler, LeaderboardChanged
 from watcher.service import Watcher
 from watcher.settings import WatcherSettings
 
@@ -389,7 +389,7 @@ def test_handlers_run_after_tags_are_written_and_their_failures_are_contained(
     made = make_runs(client, exp_id, [0.2, 0.4])
     seen: dict[str, object] = {}
 
-    class Boom:
+    class Boom(Handler):
         def on_leaderboard_changed(self, event: object, rule: object) -> None:
             seen["tags"] = podium_tags(client, exp_id)
             seen["event"] = event

@@ -26,12 +26,12 @@ from structlog.testing import capture_logs
 from tests.support.mlflow_server import ServerHandle
 from tests.support.proxy import Proxy
 from tests.support.watcher_runs import make_run, make_runs, new_experiment, next_ms, podium_tags
-from watcher.detect import STATE_TAG
 from watcher.errors import NoRankedRuns
 from watcher.mlflow_io import MlflowTracking
-from watcher.model import RunAlert
+from watcher.model import Handler, RunAlert
 from watcher.service import Watcher
 from watcher.settings import WatcherSettings
+from watcher.state import STATE_TAG
 
 pytestmark = pytest.mark.server
 
@@ -193,7 +193,7 @@ def test_a_replicas_stale_plan_applied_last_is_put_right_by_the_next_pass(
     from watcher.engine import watched_experiments
 
     watched = watched_experiments(p.settings, p.tracking)
-    stale = p.reader.plan_pass(p.settings, watched, next_ms())
+    stale = p.engine.plan_pass(p.settings, watched, next_ms())
     make_runs(client, exp_id, [0.99], prefix="best")
     assert q.run_pass().ok
     for plan in stale:
@@ -261,7 +261,7 @@ def test_a_first_ranking_finds_the_board_without_a_scan_and_counts_later(
     make_runs(client, exp_id, values)
     proxy = counting_proxy(mlflow_server.url)
     watcher = watcher_for(proxy.url, rule(name))
-    watcher.reader.sample_size = 20
+    watcher.engine.sample_size = 20
     result = watcher.run_pass()
     assert result.ok
 
@@ -342,7 +342,7 @@ def test_two_replicas_racing_while_runs_finish_converge_in_one_more_pass(
     assert watcher.run_pass().tag_writes == 0
 
 
-class AlertRecorder:
+class AlertRecorder(Handler):
     """A handler that keeps what the pass hands it (a real object, no mock)."""
 
     def __init__(self) -> None:

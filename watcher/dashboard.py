@@ -32,12 +32,12 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
 from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, ValidationError
 
-from watcher.detect import STATE_TAG, UNRANKED, ExperimentState, fingerprint
 from watcher.errors import TrackingError
 from watcher.jobs import Job, JobRunner, QueueFull
 from watcher.mlflow_io import EXPERIMENT_BATCH, MlflowTracking
 from watcher.model import MAX_TOP_N, ON_DEMAND_RULE, ExperimentRecord, RunRecord
 from watcher.settings import WatcherSettings
+from watcher.state import STATE_TAG, UNRANKED, ExperimentState, fingerprint
 
 log = structlog.get_logger("watcher")
 

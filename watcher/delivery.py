@@ -30,7 +30,7 @@ from collections.abc import Mapping, Sequence
 import structlog
 
 from watcher import metrics
-from watcher.model import WatchedExperiment
+from watcher.model import Handler, WatchedExperiment
 from watcher.notify.payloads import render
 from watcher.notify.sender import Sender, WebhookTarget
 from watcher.outbox import Entry, Outbox
@@ -39,7 +39,7 @@ from watcher.registry import RegistryStore, carry_out
 log = structlog.get_logger(__name__)
 
 
-class DeliveryWorker:
+class DeliveryWorker(Handler):
     """Drains the outbox; a handler too (``on_pass_end``, ``pass_report``)."""
 
     def __init__(

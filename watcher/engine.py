@@ -1,12 +1,16 @@
-"""Reading for a pass: the batch searches, then the ranking searches the planner asks for.
+"""The pass over one rule's batch of experiments: gather, decide, gather what the decision
+asks for, until the decision is the batch's plans.
 
-Nothing here writes. Per rule and batch of experiments a pass reads the ended-after-watermark
-search (no status filter: FAILED runs are split out in pure code), the holder check
-(``tags.model_rank LIKE '%'``) and, only when a rule waits for RUNNING runs or looks for
-stalled ones, the RUNNING runs. The planner (:mod:`watcher.planner`) decides from those rows;
-for each experiment it ranks, this module runs the threshold searches that find the board
-without a scan, and the orphan-tag searches (``top_{N}``, ``production_candidate`` on runs
-without ``model_rank``), batched.
+Nothing here decides and nothing here writes. :meth:`PassEngine.gather` reads, per rule and
+batch of experiments, the ended-after-watermark search (no status filter: FAILED runs are
+split out in pure code), the holder check (``tags.model_rank LIKE '%'``) and, only when a
+rule waits for RUNNING runs or looks for stalled ones, the RUNNING runs.
+:func:`watcher.planner.decide_batch` decides from those rows and asks for what else it must
+see: for each experiment it ranks, the threshold searches that find the board without a scan
+and the orphan-tag searches (``top_{N}``, ``production_candidate`` on runs without
+``model_rank``, batched); the paged count's next pages; one search over the first rankings.
+:meth:`PassEngine.read_more` reads exactly that. The plans go to the one writer
+(``MlflowTracking.apply_plan``), called by :mod:`watcher.service`.
 """
 
 from __future__ import annotations
@@ -18,40 +22,37 @@ from decimal import Decimal
 
 import structlog
 
-from watcher.detect import MAX_ALERTED, STATE_TAG, UNRANKED, ExperimentState, board_size, fingerprint
 from watcher.mlflow_io import EXPERIMENT_BATCH, MlflowTracking, glob_to_like
-from watcher.model import (
-    MODEL_RANK,
-    PRODUCTION_CANDIDATE,
-    ExperimentRecord,
-    Rule,
-    RunRecord,
-    WatchedExperiment,
-    top_tag,
-)
+from watcher.model import MODEL_RANK, ExperimentRecord, Rule, RunRecord, WatchedExperiment
 from watcher.outbox import webhook_room
 from watcher.planner import (
-    FINISHED,
     MAX_FAILED_WAITING,
     SAMPLE_SIZE,
+    BatchDecision,
+    BoardFound,
     BoardSearch,
+    CountPage,
+    CountRequest,
+    Experiment,
     ExperimentPlan,
+    ExperimentRead,
     Observed,
-    Triage,
-    align_watermark,
+    ToRead,
     board_from_search,
     by_experiment,
-    counted_page,
-    counts_after_ranking,
-    kept_cutoff,
+    decide_batch,
+    drops_filter,
+    has_news,
+    is_tracked,
+    needs_running_search,
     ordered_search_proof,
-    plan_board,
+    orphan_tag_keys,
     redundant_advance,
     sample_cutoffs,
-    state_only,
-    triage,
+    with_rule_filter,
 )
 from watcher.settings import WatcherSettings
+from watcher.state import MAX_ALERTED, STATE_TAG, ExperimentState, fingerprint
 
 log = structlog.get_logger("watcher")
 
@@ -109,11 +110,11 @@ def watched_experiments(settings: WatcherSettings, tracking: MlflowTracking) -> 
 
 
 @dataclass
-class Reader:
-    """Reads what the planner needs and returns plans; never writes.
+class PassEngine:
+    """Gathers what MLflow holds for a batch, has :func:`decide_batch` plan it; never writes.
 
-    ``running_due(rule)`` tells whether this pass looks for stalled runs of a rule whose
-    trigger does not need the RUNNING search anyway (the caller keeps that clock).
+    ``stall_check`` tells whether this pass looks for stalled runs of a rule whose trigger
+    does not need the RUNNING search anyway (the caller keeps that clock).
     """
 
     tracking: MlflowTracking
@@ -155,191 +156,111 @@ class Reader:
         ``sweep`` searches the ``top_{N}``/``production_candidate`` holders of every experiment
         of the batch, not only of those it re-ranks, and re-ranks every idle one from its kept
         cutoff (one threshold search each)."""
+        reads = self.gather(rule, exps, stall_check, sweep=sweep)
+        decision = decide_batch(rule, reads, now_ms, force_rank=force_rank, sweep=sweep)
+        while decision.to_read is not None:
+            reads = self.read_more(rule, reads, decision.to_read)
+            decision = decide_batch(rule, reads, now_ms, force_rank=force_rank, sweep=sweep)
+        log_decision(rule, reads, decision)
+        return list(decision.plans)
+
+    def gather(
+        self, rule: Rule, exps: Sequence[WatchedExperiment], stall_check: bool = False, *, sweep: bool = False
+    ) -> list[ExperimentRead]:
+        """The batch searches: what MLflow holds for every experiment of the batch."""
         fp = fingerprint(rule.metric, rule.ascending, rule.filter)
         states = {e.experiment_id: ExperimentState.from_tag(e.tags.get(STATE_TAG)) for e in exps}
-        # Experiments whose runs the batch search covers: those this rule ranks (or first saw),
-        # and any with failed runs still to announce (their cursor survives a rule change).
-        tracked = [
-            e.experiment_id
-            for e in exps
-            if (s := states[e.experiment_id]) is not None
-            and (s.fingerprint in (fp, UNRANKED) or s.alert_cursor is not None)
-        ]
         ids = [e.experiment_id for e in exps]
-
-        # The rule's filter says which runs are ranked; failed runs are announced whatever it
-        # says, so with failed alerts the batch search drops it and FINISHED news is searched
-        # again with it (only when there is news).
-        drop_filter = bool(rule.filter) and "failed" in rule.alerts
+        kept = {i: s for i in ids if (s := states[i]) is not None and is_tracked(s, fp)}
+        tracked = list(kept)
+        drop_filter = drops_filter(rule)
         # The search reaches back to the alert cursor of an experiment with failed runs still
         # to announce; FINISHED runs at or before a watermark are left out by the triage.
         ended: list[RunRecord] = []
         filtered_out: dict[str, int] = {}
-        kept = {i: s for i in tracked if (s := states[i]) is not None}
-        low = min((s.search_after for s in kept.values()), default=0)
         if tracked:
+            low = min(s.search_after for s in kept.values())
             ended = self.tracking.search_runs(
                 tracked, and_filters(f"attributes.end_time > {low}", None if drop_filter else rule.filter)
             )
-            news = {
-                r.experiment_id
-                for r in ended
-                if r.status == FINISHED and (r.end_time or 0) > kept[r.experiment_id].seen
-            }
+            news = sorted({r.experiment_id for r in ended if has_news(kept[r.experiment_id], [r])})
             if drop_filter and news:
                 news_low = min(kept[i].seen for i in news)
                 matching = self.tracking.search_runs(
-                    sorted(news),
-                    and_filters(FINISHED_FILTER, f"attributes.end_time > {news_low}", rule.filter),
+                    news, and_filters(FINISHED_FILTER, f"attributes.end_time > {news_low}", rule.filter)
                 )
-                # FINISHED news the filter leaves out still moves the watermark (see Observed).
-                matched = {r.run_id for r in matching}
-                for r in ended:
-                    if r.status == FINISHED and r.run_id not in matched:
-                        end = r.end_time or 0
-                        filtered_out[r.experiment_id] = max(filtered_out.get(r.experiment_id, 0), end)
-                ended = [r for r in ended if r.status != FINISHED] + matching
+                ended, filtered_out = with_rule_filter(ended, matching)
         holders = by_experiment(self.tracking.search_runs(ids, f"tags.{MODEL_RANK} LIKE '%'"))
         ended_by = by_experiment(ended)
+        running: dict[str, tuple[RunRecord, ...]] | None = None
+        if needs_running_search(rule, fp, states, ended_by, stall_check):
+            running = by_experiment(self.tracking.search_runs(ids, RUNNING_FILTER))
+        swept = self._orphans(rule, tracked, states) if sweep else None
         advance_to = redundant_advance(ended, states)
-
-        running_by: dict[str, tuple[RunRecord, ...]] | None = None
-        needs_running = stall_check and "stalled" in rule.alerts
-        if rule.trigger == "experiment_finished" and not needs_running:
-            needs_running = any(
-                (s := states[e]) is None
-                or s.fingerprint != fp
-                or s.pending
-                or any(r.status == FINISHED and (r.end_time or 0) > s.seen for r in ended_by.get(e, ()))
-                for e in ids
-            )
-        if needs_running:
-            running_by = by_experiment(self.tracking.search_runs(ids, RUNNING_FILTER))
-
-        swept = self._orphans(rule, [i for i in ids if i in tracked], states) if sweep else None
-        triaged: dict[str, Triage] = {}
-        for exp in exps:
-            state = states[exp.experiment_id]
-            observed = Observed(
-                ended=ended_by.get(exp.experiment_id, ()),
-                holders=holders.get(exp.experiment_id, ()),
-                running=None if running_by is None else running_by.get(exp.experiment_id, ()),
-                advance_to=advance_to,
-                filtered_out=filtered_out.get(exp.experiment_id, 0),
-                orphans=None if swept is None else swept.get(exp.experiment_id, ()),
-                alert_room=(
-                    webhook_room(exp.experiment_id, exp.tags, rule.notify)
-                    if rule.alerts and rule.notify
-                    else None
+        return [
+            ExperimentRead(
+                Experiment(exp.experiment_id, exp.name),
+                states[exp.experiment_id],
+                Observed(
+                    ended=ended_by.get(exp.experiment_id, ()),
+                    holders=holders.get(exp.experiment_id, ()),
+                    running=None if running is None else running.get(exp.experiment_id, ()),
+                    advance_to=advance_to,
+                    filtered_out=filtered_out.get(exp.experiment_id, 0),
+                    orphans=None if swept is None else swept.get(exp.experiment_id, ()),
+                    alert_room=(
+                        webhook_room(exp.experiment_id, exp.tags, rule.notify)
+                        if rule.alerts and rule.notify
+                        else None
+                    ),
                 ),
             )
-            t = triage(rule, fp, (exp.experiment_id, exp.name), state, observed, now_ms)
-            if force_rank and t.action not in ("rerank", "full"):
-                tracked_here = state is not None and state.fingerprint == fp
-                t = replace(t, action="rerank" if tracked_here else "full", reason="requested")
-            elif sweep and t.action in ("idle", "advance") and state is not None and state.fingerprint == fp:
-                # A run whose end time is older than the watermark when it appears (another
-                # client's clock, a slow commit) is in no ended-after search: the sweep's
-                # threshold search from the kept cutoff finds it whatever its end time.
-                t = replace(t, action="rerank", reason="sweep")
-            triaged[exp.experiment_id] = t
+            for exp in exps
+        ]
 
-        to_rank = [e.experiment_id for e in exps if triaged[e.experiment_id].action in ("rerank", "full")]
-        orphans = swept if swept is not None else {}
-        orphans = {
-            **orphans,
-            **self._orphans(rule, [i for i in to_rank if swept is None or i not in tracked], states),
-        }
-
-        plans: list[ExperimentPlan] = []
-        for exp in exps:
-            t = triaged[exp.experiment_id]
-            state = states[exp.experiment_id]
-            key = (exp.experiment_id, exp.name)
-            with structlog.contextvars.bound_contextvars(experiment_id=exp.experiment_id):
-                for run_id in t.stalled:
-                    log.warning("run_stalled", experiment_name=exp.name, run_id=run_id, rule=rule.name)
-                if t.old_alerts_skipped:
-                    log.info(
-                        "alerts_not_announced",
-                        experiment_name=exp.name,
-                        runs=t.old_alerts_skipped,
-                        reason="before_first_seen",
-                    )
-                if t.alerts_lost:
-                    log.warning(
-                        "alerts_not_announced",
-                        experiment_name=exp.name,
-                        runs=t.alerts_lost,
-                        reason="outbox_full",
-                        waiting_limit=MAX_FAILED_WAITING,
-                    )
-                if t.alerts_held:
-                    log.warning(
-                        "alerts_held",
-                        experiment_name=exp.name,
-                        runs=t.alerts_held,
-                        queued=len(t.alerts),
-                        alerted=len(t.alerted),
-                        alerted_limit=MAX_ALERTED,
-                    )
-                if t.action in ("rerank", "full"):
-                    read = [*holders.get(exp.experiment_id, ()), *orphans.get(exp.experiment_id, ())]
-                    plans.append(self.rank(key, rule, fp, state, t, read))
-                elif t.action == "count" and state is not None:
-                    plans.append(self.count(key, rule, state, t))
-                else:
-                    if t.action == "pending":
-                        log.info("experiment_pending", experiment_name=exp.name, reason="run_still_running")
-                    plans.append(state_only(key, rule, state, t))
-        if not force_rank:
-            plans = self._align_watermarks(rule, plans, None if drop_filter else rule.filter)
-        return plans
-
-    def _align_watermarks(
-        self, rule: Rule, plans: Sequence[ExperimentPlan], filter_string: str | None
-    ) -> list[ExperimentPlan]:
-        """Give the experiments ranked for the first time one watermark: the latest end time
-        of one search over all of them, so the next batch search returns nothing old.
-
-        An experiment keeps its own watermark when that search shows it a run to act on
-        (see :func:`watcher.planner.align_watermark`): the next pass handles it.
-        """
-        firsts = [p for p in plans if p.action == "full" and p.state is not None]
-        if not firsts:
-            return list(plans)
-        low = min(p.state.seen for p in firsts if p.state is not None)
-        rows = self.tracking.search_runs(
-            [p.experiment_id for p in firsts], and_filters(f"attributes.end_time > {low}", filter_string)
-        )
-        top = max(
-            [low, *(r.end_time or 0 for r in rows), *(p.state.seen for p in firsts if p.state is not None)]
-        )
-        rows_by = by_experiment(rows)
-        aligned = []
-        for p in plans:
-            if p in firsts and p.state is not None:
-                p = replace(p, state=align_watermark(p.state, rows_by.get(p.experiment_id, ()), top, rule))
-            aligned.append(p)
-        return aligned
+    def read_more(self, rule: Rule, reads: Sequence[ExperimentRead], need: ToRead) -> list[ExperimentRead]:
+        """Read what the decision asked for; the reads come back with the answers filled in."""
+        by_id = {r.experiment_id: r for r in reads}
+        if need.orphans:
+            found = self._orphans(rule, need.orphans, {i: by_id[i].state for i in need.orphans})
+            for i in need.orphans:
+                by_id[i] = replace(by_id[i], orphans=found.get(i, ()))
+        for board in need.boards:
+            with structlog.contextvars.bound_contextvars(experiment_id=board.experiment_id):
+                by_id[board.experiment_id] = replace(
+                    by_id[board.experiment_id],
+                    board=self.find_board(board.experiment_id, rule, board.cutoff, board.keep),
+                )
+        for count in need.counts:
+            by_id[count.experiment_id] = replace(
+                by_id[count.experiment_id], count_pages=self.count_pages(rule, count)
+            )
+        if need.firsts:
+            rows = by_experiment(
+                self.tracking.search_runs(
+                    list(need.firsts),
+                    and_filters(
+                        f"attributes.end_time > {need.since}", None if drops_filter(rule) else rule.filter
+                    ),
+                )
+            )
+            for i in need.firsts:
+                by_id[i] = replace(by_id[i], since_ranking=rows.get(i, ()))
+        return [by_id[r.experiment_id] for r in reads]
 
     def _orphans(
         self, rule: Rule, ids: Sequence[str], states: Mapping[str, ExperimentState | None]
     ) -> dict[str, tuple[RunRecord, ...]]:
-        """Runs of the experiments being ranked that carry a ``top_{N}`` or
-        ``production_candidate`` tag (with or without ``model_rank``): one search per key."""
+        """Runs of the experiments ``ids`` that carry a ``top_{N}`` or ``production_candidate``
+        tag (with or without ``model_rank``): one search per key."""
         if not ids:
             return {}
-        keys = {top_tag(rule.top_n), PRODUCTION_CANDIDATE}
-        keys |= {top_tag(s.top_n) for i in ids if (s := states.get(i)) is not None}
         rows: list[RunRecord] = []
-        for key in sorted(keys):
+        for key in orphan_tag_keys(rule, (states.get(i) for i in ids)):
             rows.extend(self.tracking.search_runs(ids, f"tags.`{key}` LIKE '%'"))
         return by_experiment(rows)
 
-    def find_board(
-        self, exp_id: str, rule: Rule, cutoff: float | None, keep: int
-    ) -> tuple[BoardSearch, tuple[list, bool]]:
+    def find_board(self, exp_id: str, rule: Rule, cutoff: float | None, keep: int) -> BoardFound:
         """The board by threshold searches: from the kept cutoff if there is one, else from
         cutoffs estimated on a sample of the runs that ended last (ordered searches cut at
         ``keep + 1``); a scan only when every estimate fails."""
@@ -352,7 +273,7 @@ class Reader:
             )
             board = board_from_search(found, rule, keep)
             if board is not None:
-                return found, board
+                return BoardFound(found, tuple(board[0]), board[1])
             log.info("board_refill_needed", known=len(found.runs))
         # The runs that ended last: the search's latest end time is the experiment's, so the
         # watermark search after a first ranking finds only what ended during the pass.
@@ -363,7 +284,7 @@ class Reader:
             found = BoardSearch(tuple(sample), None, True)
             board = board_from_search(found, rule, keep)
             assert board is not None
-            return found, board
+            return BoardFound(found, tuple(board[0]), board[1])
         direction = "ASC" if rule.ascending else "DESC"
         for value in sample_cutoffs(sample, rule.metric, rule.ascending, keep):
             # Ordered on the server and cut at keep + 1 rows: cheap on both backends (a
@@ -382,66 +303,84 @@ class Reader:
             if board is not None:
                 assert proof is not None
                 # The sample's runs count as seen too: they hold the latest end time.
-                return BoardSearch((*sample, *proof.runs), proof.cutoff, False), board
+                return BoardFound(
+                    BoardSearch((*sample, *proof.runs), proof.cutoff, False), tuple(board[0]), board[1]
+                )
         log.warning("board_scan_fallback", reason="sample_has_too_few_ranked_runs", sampled=len(sample))
         everything = {r.run_id: r for r in self.tracking.iter_runs([exp_id], finished, page_size=SCAN_PAGE)}
         found = BoardSearch(tuple(everything.values()), None, True)
         board = board_from_search(found, rule, keep)
         assert board is not None
-        return found, board
+        return BoardFound(found, tuple(board[0]), board[1])
 
-    def rank(
-        self,
-        exp: tuple[str, str],
-        rule: Rule,
-        fp: str,
-        state: ExperimentState | None,
-        t: Triage,
-        read: Sequence[RunRecord],
-    ) -> ExperimentPlan:
-        keep = board_size(rule.top_n)
-        cutoff = kept_cutoff(state, rule, fp) if t.action == "rerank" else None
-        found, (board, complete) = self.find_board(exp[0], rule, cutoff, keep)
-        if t.action == "full":
-            # Every run that ended before the latest end time these searches saw was visible
-            # to them: the watermark moves there (the paged count covers the runs up to it).
-            # A re-rank keeps the batch search's watermark, so nothing that ended after that
-            # search is skipped (failed runs to announce, runs to count).
-            t = replace(t, seen=max([t.seen, *(r.end_time or 0 for r in found.runs)]))
-        counts = counts_after_ranking(state, fp, t, found, rule.metric)
-        plan = plan_board(exp, rule, fp, state, t, board, complete, [*read, *found.runs], counts)
-        log.info(
-            "experiment_planned",
-            experiment_name=exp[1],
-            rule=rule.name,
-            action=plan.action,
-            reason=t.reason,
-            tag_changes=len(plan.changes),
-            ranked_runs=counts.ranked,
-            unranked_runs=counts.unranked,
-            counting=counts.counting,
-            leader=board[0].run_id if board else None,
-        )
-        return plan
-
-    def count(self, exp: tuple[str, str], rule: Rule, state: ExperimentState, t: Triage) -> ExperimentPlan:
-        """Go on with the paged count of ranked/unranked runs (a bounded number of pages)."""
-        base = state_only(exp, rule, state, t).state or state
-        filter_string = and_filters(
-            FINISHED_FILTER, f"attributes.end_time <= {state.count_upto}", rule.filter
-        )
-        token = state.count_token
+    def count_pages(self, rule: Rule, count: CountRequest) -> tuple[CountPage, ...]:
+        """The paged count's next pages of ranked/unranked runs (a bounded number per pass)."""
+        filter_string = and_filters(FINISHED_FILTER, f"attributes.end_time <= {count.upto}", rule.filter)
+        pages: list[CountPage] = []
+        token = count.token
         for _ in range(COUNT_PAGES_PER_PASS):
-            page, token = self.tracking.search_page([exp[0]], filter_string, SCAN_PAGE, token)
-            base = counted_page(base, page, token, rule.metric)
+            page, token = self.tracking.search_page([count.experiment_id], filter_string, SCAN_PAGE, token)
+            pages.append(CountPage(tuple(page), token))
             if token is None:
+                break
+        return tuple(pages)
+
+
+def log_decision(rule: Rule, reads: Sequence[ExperimentRead], decision: BatchDecision) -> None:
+    """One batch's decision in the log, experiment by experiment."""
+    plans = {p.experiment_id: p for p in decision.plans}
+    for read in reads:
+        t = decision.triaged[read.experiment_id]
+        plan = plans[read.experiment_id]
+        name = read.experiment.name
+        with structlog.contextvars.bound_contextvars(experiment_id=read.experiment_id):
+            for run_id in t.stalled:
+                log.warning("run_stalled", experiment_name=name, run_id=run_id, rule=rule.name)
+            if t.old_alerts_skipped:
+                log.info(
+                    "alerts_not_announced",
+                    experiment_name=name,
+                    runs=t.old_alerts_skipped,
+                    reason="before_first_seen",
+                )
+            if t.alerts_lost:
+                log.warning(
+                    "alerts_not_announced",
+                    experiment_name=name,
+                    runs=t.alerts_lost,
+                    reason="outbox_full",
+                    waiting_limit=MAX_FAILED_WAITING,
+                )
+            if t.alerts_held:
+                log.warning(
+                    "alerts_held",
+                    experiment_name=name,
+                    runs=t.alerts_held,
+                    queued=len(t.alerts),
+                    alerted=len(t.alerted),
+                    alerted_limit=MAX_ALERTED,
+                )
+            counts = decision.counts.get(read.experiment_id)
+            if counts is not None:
+                board = read.board.board if read.board is not None else ()
+                log.info(
+                    "experiment_planned",
+                    experiment_name=name,
+                    rule=rule.name,
+                    action=plan.action,
+                    reason=t.reason,
+                    tag_changes=len(plan.changes),
+                    ranked_runs=counts.ranked,
+                    unranked_runs=counts.unranked,
+                    counting=counts.counting,
+                    leader=board[0].run_id if board else None,
+                )
+            elif plan.action == "count" and plan.state is not None and not plan.state.counting:
                 log.info(
                     "experiment_counted",
-                    experiment_name=exp[1],
-                    ranked_runs=base.ranked_runs,
-                    unranked_runs=base.unranked_runs,
+                    experiment_name=name,
+                    ranked_runs=plan.state.ranked_runs,
+                    unranked_runs=plan.state.unranked_runs,
                 )
-                break
-        return ExperimentPlan(
-            exp[0], exp[1], rule.name, "count", t.reason, state=base, alerts=t.alerts, stalled=t.stalled
-        )
+            elif plan.action == "pending":
+                log.info("experiment_pending", experiment_name=name, reason="run_still_running")

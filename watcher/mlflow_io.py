@@ -26,11 +26,11 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.search_utils import SearchUtils
 
 from watcher import metrics
-from watcher.detect import STATE_TAG
 from watcher.errors import ConfigError, TrackingError
 from watcher.model import ExperimentRecord, ModelSource, ModelVersionInfo, RunRecord, TagChange
 from watcher.planner import ExperimentPlan
 from watcher.settings import redact_uri
+from watcher.state import STATE_TAG
 
 log = structlog.get_logger("watcher")
 

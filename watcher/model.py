@@ -19,6 +19,8 @@ ON_DEMAND_RULE = "api"
 
 AlertKind = Literal["failed", "stalled"]
 Trigger = Literal["experiment_finished", "run_finished"]
+# How a webhook's document is written: the JSON event, or a Slack message.
+WebhookFormat = Literal["json", "slack"]
 
 
 class RegistryTarget(Protocol):
@@ -215,38 +217,33 @@ class WatchedExperiment:
 
 
 class Handler(Protocol):
-    """Reacts to events of a pass (registry alias, webhooks).
+    """Reacts to the events of a pass (registry alias, webhooks, the delivery worker).
 
-    ``on_leaderboard_changed`` is called after the tags were written; an exception is caught
-    and logged per handler and never rolls anything back. ``on_pass_end`` gets every watched
-    experiment of a successful pass (e.g. to retry pending webhook summaries) and is called
-    even when no leaderboard changed. A dry run calls no hook.
-
-    A handler may also implement the optional hooks of :class:`PassHooks`; the watcher looks
-    them up on each handler and skips those it lacks.
+    A handler subclasses this protocol and overrides the hooks it needs; the others do
+    nothing. The watcher calls every hook through these methods, after the pass's tag plan
+    was applied; a hook's exception is caught and logged per handler and never rolls
+    anything back. A dry run calls no hook.
     """
 
-    def on_leaderboard_changed(self, event: LeaderboardChanged, rule: Rule) -> None: ...
+    def on_pass_start(self) -> None:
+        """Before every pass that is not a dry run, even when the last pass failed before its
+        ``on_pass_end`` (so per-pass state is reset)."""
+        return None
 
-    def on_pass_end(self, experiments: Sequence[WatchedExperiment]) -> None: ...
-
-
-class PassHooks(Protocol):
-    """Optional hooks of a :class:`Handler` (``Notifier`` and ``RegistryPromoter`` have both).
-
-    ``on_run_alert`` gets each :class:`RunAlert` of the pass, after the tags were written.
-
-    ``on_pass_start`` is called before every pass that is not a dry run, even when the last
-    pass failed before its ``on_pass_end`` (so per-pass state is reset); an exception is
-    logged like the other hooks'. ``pass_report`` is read after ``on_pass_end``; its counts
-    (e.g. ``webhooks_failed``) go into the pass summary (``PassResult.handler_report`` and
-    the ``pass_finished`` log line).
-    """
-
-    def on_pass_start(self) -> None: ...
+    def on_leaderboard_changed(self, event: LeaderboardChanged, rule: Rule) -> None:
+        """A leaderboard changed; the tags were written."""
+        return None
 
     def on_run_alert(self, alert: RunAlert, rule: Rule) -> None:
-        """Called once per alert after the pass's tag plan was applied (never twice per run)."""
-        ...
+        """Once per alert after the pass's tag plan was applied (never twice per run)."""
+        return None
 
-    def pass_report(self) -> Mapping[str, int]: ...
+    def on_pass_end(self, experiments: Sequence[WatchedExperiment]) -> None:
+        """Every watched experiment of a successful pass (e.g. to retry pending webhook
+        summaries), called even when no leaderboard changed."""
+        return None
+
+    def pass_report(self) -> Mapping[str, int]:
+        """Read after ``on_pass_end``: counts (e.g. ``webhooks_failed``) for the pass summary
+        (``PassResult.handler_report`` and the ``pass_finished`` log line)."""
+        return {}

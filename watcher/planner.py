@@ -1,9 +1,10 @@
 """Pure planning: what a pass read about an experiment becomes one :class:`ExperimentPlan`.
 
-No MLflow, no I/O, no clock (``now`` is passed in). The engine (:mod:`watcher.engine`) reads,
-calls :func:`triage` to learn what more it must read, reads that, calls :func:`plan_board`,
-and hands the plan to the one writer (``MlflowTracking.apply_plan``). A dry run prints the
-plan instead. ``POST /models/rank`` plans with the same functions and writes nothing when the
+No MLflow, no I/O, no clock (``now`` is passed in). The engine (:mod:`watcher.engine`)
+gathers a batch's :class:`ExperimentRead` values; :func:`decide_batch` triages them and
+either asks for what else it must read (:class:`ToRead`: boards, orphan tags, count pages,
+the first rankings' search) or returns every plan, which the one writer
+(``MlflowTracking.apply_plan``) applies. A dry run prints the plans instead. ``POST /models/rank`` plans with the same functions and writes nothing when the
 answer is an error.
 
 Everything is planned from what MLflow holds now: the holder check (the runs carrying
@@ -16,18 +17,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
-from watcher.detect import MAX_ALERTED, UNRANKED, ExperimentState, board_digest
 from watcher.model import (
     ON_DEMAND_RULE,
+    PRODUCTION_CANDIDATE,
     Leaderboard,
     LeaderboardChanged,
     Rule,
     RunAlert,
     RunRecord,
     TagChange,
+    top_tag,
 )
 from watcher.ranking import (
     FINISHED,
@@ -41,6 +43,7 @@ from watcher.ranking import (
     sort_key,
     split_ranked,
 )
+from watcher.state import MAX_ALERTED, UNRANKED, ExperimentState, board_digest, board_size, fingerprint
 
 RUNNING = "RUNNING"
 ENDED_UNSUCCESSFULLY = frozenset({"FAILED", "KILLED"})
@@ -59,6 +62,15 @@ SAMPLE_RANKS = (1, 4, 16, 64)
 MAX_FAILED_WAITING = 1_000
 
 Action = Literal["idle", "advance", "pending", "count", "rerank", "full"]
+RANKING: frozenset[Action] = frozenset({"rerank", "full"})
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """The experiment a plan is for, as the pass's listing named it."""
+
+    experiment_id: str
+    name: str
 
 
 @dataclass(frozen=True)
@@ -136,17 +148,6 @@ class ExperimentPlan:
     stalled: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
-class PassPlan:
-    """Every experiment's plan of one pass, in the order they were planned."""
-
-    experiments: tuple[ExperimentPlan, ...] = ()
-
-    @property
-    def tag_changes(self) -> int:
-        return sum(len(p.changes) for p in self.experiments)
-
-
 def last_activity(run: RunRecord) -> int | None:
     """The run's latest sign of life: its end, latest metric timestamp or start (ms)."""
     times = [t for t in (run.end_time, run.last_activity, run.start_time) if t is not None]
@@ -186,14 +187,14 @@ def orphans_agree(state: ExperimentState, orphans: Sequence[RunRecord]) -> bool:
 def triage(
     rule: Rule,
     fp: str,
-    experiment: tuple[str, str],
+    experiment: Experiment,
     state: ExperimentState | None,
     seen: Observed,
     now_ms: int,
 ) -> Triage:
     """Decide what one experiment needs from its kept state and the batch searches' rows.
 
-    ``experiment`` is ``(experiment_id, name)``. ``seen.orphans``, when searched, must
+    ``seen.orphans``, when searched, must
     carry exactly the tags the kept board says, like the holders. Alerts: FAILED/KILLED runs among ``ended``
     and stalled runs among ``running`` that the rule has not announced, when the rule asks
     for them and they failed or stalled after ``first_seen``; older ones are counted only.
@@ -201,7 +202,7 @@ def triage(
     then reaches back to it (``ExperimentState.search_after``) and they are due again, oldest
     first, while the watermark and the counts only take runs that ended after it.
     """
-    exp_id, exp_name = experiment
+    exp_id, exp_name = experiment.experiment_id, experiment.name
     watermark = state.seen if state else 0
     fresh = [r for r in seen.ended if (r.end_time or 0) > watermark]
     finished = [r for r in fresh if r.status == FINISHED]
@@ -327,7 +328,7 @@ def triage(
     return Triage("advance" if changed else "idle", "watermark", **common)  # type: ignore[arg-type]
 
 
-def state_only(exp: tuple[str, str], rule: Rule, state: ExperimentState | None, t: Triage) -> ExperimentPlan:
+def state_only(exp: Experiment, rule: Rule, state: ExperimentState | None, t: Triage) -> ExperimentPlan:
     """The plan of an experiment that is not ranked this pass (idle, advance, pending).
 
     An experiment first seen while it waits gets a state that records only ``first_seen``
@@ -337,7 +338,14 @@ def state_only(exp: tuple[str, str], rule: Rule, state: ExperimentState | None, 
 
     def plan(new_state: ExperimentState | None) -> ExperimentPlan:
         return ExperimentPlan(
-            exp[0], exp[1], rule.name, t.action, t.reason, state=new_state, alerts=t.alerts, stalled=t.stalled
+            exp.experiment_id,
+            exp.name,
+            rule.name,
+            t.action,
+            t.reason,
+            state=new_state,
+            alerts=t.alerts,
+            stalled=t.stalled,
         )
 
     if state is None and t.action == "pending" and t.first_seen is not None:
@@ -461,7 +469,7 @@ class Counts:
 
 
 def plan_board(
-    exp: tuple[str, str],
+    exp: Experiment,
     rule: Rule,
     fp: str,
     state: ExperimentState | None,
@@ -480,7 +488,7 @@ def plan_board(
     A config rule's board becomes the state's ``announced`` digest; an API ranking
     (:data:`ON_DEMAND_RULE`) keeps the rule's.
     """
-    exp_id, exp_name = exp
+    exp_id, exp_name = exp.experiment_id, exp.name
     current: dict[str, dict[str, str]] = {}
     for run in read:
         current[run.run_id] = podium_tags(run.tags)
@@ -656,3 +664,296 @@ def redundant_advance(ended: Sequence[RunRecord], states: Mapping[str, Experimen
     if redundant < REDUNDANT_LIMIT:
         return None
     return max(run.end_time or 0 for run in ended)
+
+
+# -- one batch: what the pass read becomes every experiment's plan -------------------------
+
+
+def drops_filter(rule: Rule) -> bool:
+    """Whether the batch search leaves the rule's filter out: the filter says which runs are
+    ranked, but failed runs are announced whatever it says, so with failed alerts FINISHED
+    news is searched again with the filter (only when there is news)."""
+    return bool(rule.filter) and "failed" in rule.alerts
+
+
+def is_tracked(state: ExperimentState | None, fp: str) -> bool:
+    """Whether the batch search covers an experiment's runs: the rule ranks it (or first saw
+    it), or it has failed runs still to announce (its cursor survives a rule change)."""
+    return state is not None and (state.fingerprint in (fp, UNRANKED) or state.alert_cursor is not None)
+
+
+def has_news(state: ExperimentState, runs: Iterable[RunRecord]) -> bool:
+    """A FINISHED run among ``runs`` ended after the state's watermark."""
+    return any(r.status == FINISHED and (r.end_time or 0) > state.seen for r in runs)
+
+
+def with_rule_filter(
+    ended: Sequence[RunRecord], matching: Sequence[RunRecord]
+) -> tuple[list[RunRecord], dict[str, int]]:
+    """The batch search's rows with its FINISHED runs replaced by ``matching`` (the same
+    news searched with the rule's filter), and per experiment the latest end time of the
+    FINISHED runs the filter leaves out: they still move the watermark (see
+    :attr:`Observed.filtered_out`)."""
+    matched = {r.run_id for r in matching}
+    filtered_out: dict[str, int] = {}
+    for r in ended:
+        if r.status == FINISHED and r.run_id not in matched:
+            filtered_out[r.experiment_id] = max(filtered_out.get(r.experiment_id, 0), r.end_time or 0)
+    return [r for r in ended if r.status != FINISHED] + list(matching), filtered_out
+
+
+def needs_running_search(
+    rule: Rule,
+    fp: str,
+    states: Mapping[str, ExperimentState | None],
+    ended: Mapping[str, Sequence[RunRecord]],
+    stall_check: bool,
+) -> bool:
+    """Whether the batch searches the RUNNING runs: to find stalled ones (when the pass looks
+    for them), or when an ``experiment_finished`` rule may rank an experiment this pass."""
+    if stall_check and "stalled" in rule.alerts:
+        return True
+    if rule.trigger != "experiment_finished":
+        return False
+    return any(
+        s is None or s.fingerprint != fp or s.pending or has_news(s, ended.get(exp_id, ()))
+        for exp_id, s in states.items()
+    )
+
+
+def orphan_tag_keys(rule: Rule, states: Iterable[ExperimentState | None]) -> list[str]:
+    """The tags the orphan-tag searches look for (one search each): ``top_{N}`` of the rule
+    and of every kept board, and ``production_candidate``."""
+    keys = {top_tag(rule.top_n), PRODUCTION_CANDIDATE}
+    keys |= {top_tag(s.top_n) for s in states if s is not None}
+    return sorted(keys)
+
+
+@dataclass(frozen=True)
+class BoardFound:
+    """What a ranking's searches proved: the runs they returned, the board prefix, and
+    whether that prefix holds every ranked run."""
+
+    search: BoardSearch
+    board: tuple[Candidate, ...]
+    complete: bool
+
+
+@dataclass(frozen=True)
+class CountPage:
+    """One page of the paged count and the token of the next (None: the count is done)."""
+
+    runs: tuple[RunRecord, ...]
+    token: str | None
+
+
+@dataclass(frozen=True)
+class ExperimentRead:
+    """What MLflow holds for one experiment of a batch, as the pass read it.
+
+    ``observed`` is the batch searches' answer (read for every experiment). The rest is read
+    when :func:`decide_batch` asks for it (None: not read): ``orphans``, the
+    ``top_{N}``/``production_candidate`` holders of an experiment to rank that the sweep did
+    not search; ``board``, the ranking searches' answer; ``count_pages``, the paged count's
+    pages read this pass; ``since_ranking``, the runs that ended after a first ranking's
+    watermark (one search over the batch's first rankings).
+    """
+
+    experiment: Experiment
+    state: ExperimentState | None
+    observed: Observed
+    orphans: tuple[RunRecord, ...] | None = None
+    board: BoardFound | None = None
+    count_pages: tuple[CountPage, ...] | None = None
+    since_ranking: tuple[RunRecord, ...] | None = None
+
+    @property
+    def experiment_id(self) -> str:
+        return self.experiment.experiment_id
+
+
+@dataclass(frozen=True)
+class BoardRequest:
+    """Find an experiment's board: from ``cutoff`` (a re-rank's kept cutoff) or, when None,
+    from cutoffs estimated on a sample; ``keep`` runs at most."""
+
+    experiment_id: str
+    cutoff: float | None
+    keep: int
+
+
+@dataclass(frozen=True)
+class CountRequest:
+    """Go on with an experiment's paged count over the runs ended by ``upto``, from ``token``."""
+
+    experiment_id: str
+    upto: int
+    token: str | None
+
+
+@dataclass(frozen=True)
+class ToRead:
+    """What :func:`decide_batch` must see before it can plan: the orphan-tag holders of
+    ``orphans`` (experiment ids), the ``boards``, the ``counts``, and for the first rankings
+    ``firsts`` the runs that ended after ``since`` (their common watermark)."""
+
+    orphans: tuple[str, ...] = ()
+    boards: tuple[BoardRequest, ...] = ()
+    counts: tuple[CountRequest, ...] = ()
+    firsts: tuple[str, ...] = ()
+    since: int = 0
+
+
+@dataclass(frozen=True)
+class BatchDecision:
+    """Every experiment's triage and, once everything needed was read (``to_read`` None),
+    its plan, in batch order; ``counts`` are the ranked experiments' counts."""
+
+    triaged: Mapping[str, Triage]
+    to_read: ToRead | None = None
+    plans: tuple[ExperimentPlan, ...] = ()
+    counts: Mapping[str, Counts] = field(default_factory=dict)
+
+
+def triage_for_pass(
+    rule: Rule, fp: str, read: ExperimentRead, now_ms: int, *, force_rank: bool = False, sweep: bool = False
+) -> Triage:
+    """:func:`triage`, then what the pass asks on top: ``force_rank`` (the API) ranks every
+    experiment; ``sweep`` re-ranks every idle one the rule ranks from its kept cutoff, since
+    a run whose end time is older than the watermark when it appears (another client's clock,
+    a slow commit) is in no ended-after search, while the threshold search finds it."""
+    t = triage(rule, fp, read.experiment, read.state, read.observed, now_ms)
+    ranked_here = read.state is not None and read.state.fingerprint == fp
+    if force_rank and t.action not in RANKING:
+        return replace(t, action="rerank" if ranked_here else "full", reason="requested")
+    if sweep and t.action in ("idle", "advance") and ranked_here:
+        return replace(t, action="rerank", reason="sweep")
+    return t
+
+
+def decide_batch(
+    rule: Rule,
+    reads: Sequence[ExperimentRead],
+    now_ms: int,
+    *,
+    force_rank: bool = False,
+    sweep: bool = False,
+) -> BatchDecision:
+    """The plans of one rule's batch from what the pass read, or what it must read first.
+
+    Pure: the engine reads what ``to_read`` asks and calls this again with the answers, until
+    it returns the plans. A ranking needs its board (from the kept cutoff on a re-rank, from
+    scratch on a first ranking or a rule change) and the orphan-tag holders the sweep did not
+    read; a paged count needs its next pages. The experiments ranked for the first time then
+    share one watermark (see :func:`align_first_rankings`), except on ``force_rank``.
+    """
+    fp = fingerprint(rule.metric, rule.ascending, rule.filter)
+    triaged = {
+        r.experiment_id: triage_for_pass(rule, fp, r, now_ms, force_rank=force_rank, sweep=sweep)
+        for r in reads
+    }
+    ranking = [r for r in reads if triaged[r.experiment_id].action in RANKING]
+    counting = [r for r in reads if triaged[r.experiment_id].action == "count" and r.state is not None]
+    need = ToRead(
+        orphans=tuple(
+            r.experiment_id for r in ranking if r.orphans is None and not (sweep and is_tracked(r.state, fp))
+        ),
+        boards=tuple(
+            BoardRequest(
+                r.experiment_id,
+                kept_cutoff(r.state, rule, fp) if triaged[r.experiment_id].action == "rerank" else None,
+                board_size(rule.top_n),
+            )
+            for r in ranking
+            if r.board is None
+        ),
+        counts=tuple(
+            CountRequest(r.experiment_id, r.state.count_upto, r.state.count_token)
+            for r in counting
+            if r.state is not None and r.count_pages is None
+        ),
+    )
+    if need != ToRead():
+        return BatchDecision(triaged, to_read=need)
+
+    plans: list[ExperimentPlan] = []
+    counts: dict[str, Counts] = {}
+    for r in reads:
+        t = triaged[r.experiment_id]
+        if t.action in RANKING:
+            plan, counts[r.experiment_id] = rank_plan(rule, fp, r, t)
+        elif t.action == "count" and r.state is not None:
+            plan = count_plan(rule, r, r.state, t)
+        else:
+            plan = state_only(r.experiment, rule, r.state, t)
+        plans.append(plan)
+    if not force_rank:
+        by_id = {r.experiment_id: r for r in reads}
+        firsts = [p for p in plans if p.action == "full" and p.state is not None]
+        if any(by_id[p.experiment_id].since_ranking is None for p in firsts):
+            since = min(p.state.seen for p in firsts if p.state is not None)
+            return BatchDecision(
+                triaged, to_read=ToRead(firsts=tuple(p.experiment_id for p in firsts), since=since)
+            )
+        plans = align_first_rankings(rule, plans, by_id)
+    return BatchDecision(triaged, plans=tuple(plans), counts=counts)
+
+
+def rank_plan(rule: Rule, fp: str, read: ExperimentRead, t: Triage) -> tuple[ExperimentPlan, Counts]:
+    """The plan of an experiment ranked this pass, from its board searches' answer."""
+    assert read.board is not None
+    found = read.board.search
+    if t.action == "full":
+        # Every run that ended before the latest end time these searches saw was visible to
+        # them: the watermark moves there (the paged count covers the runs up to it). A
+        # re-rank keeps the batch search's watermark, so nothing that ended after that search
+        # is skipped (failed runs to announce, runs to count).
+        t = replace(t, seen=max([t.seen, *(r.end_time or 0 for r in found.runs)]))
+    counts = counts_after_ranking(read.state, fp, t, found, rule.metric)
+    orphans = read.orphans if read.orphans is not None else (read.observed.orphans or ())
+    seen = [*read.observed.holders, *orphans, *found.runs]
+    board = read.board
+    return plan_board(
+        read.experiment, rule, fp, read.state, t, board.board, board.complete, seen, counts
+    ), counts
+
+
+def count_plan(rule: Rule, read: ExperimentRead, state: ExperimentState, t: Triage) -> ExperimentPlan:
+    """The plan of an experiment whose paged count goes on: the pages read this pass added."""
+    counted = state_only(read.experiment, rule, state, t).state or state
+    for page in read.count_pages or ():
+        counted = counted_page(counted, page.runs, page.token, rule.metric)
+    return ExperimentPlan(
+        read.experiment_id,
+        read.experiment.name,
+        rule.name,
+        "count",
+        t.reason,
+        state=counted,
+        alerts=t.alerts,
+        stalled=t.stalled,
+    )
+
+
+def align_first_rankings(
+    rule: Rule, plans: Sequence[ExperimentPlan], reads: Mapping[str, ExperimentRead]
+) -> list[ExperimentPlan]:
+    """Give the experiments ranked for the first time one watermark: the latest end time of
+    one search over all of them (``since_ranking``), so the next batch search returns nothing
+    old. An experiment keeps its own watermark when that search shows it a run to act on
+    (see :func:`align_watermark`): the next pass handles it."""
+    firsts = {p.experiment_id for p in plans if p.action == "full" and p.state is not None}
+    if not firsts:
+        return list(plans)
+    top = max(
+        [
+            *(r.end_time or 0 for i in firsts for r in reads[i].since_ranking or ()),
+            *(p.state.seen for p in plans if p.experiment_id in firsts and p.state is not None),
+        ]
+    )
+    return [
+        replace(p, state=align_watermark(p.state, reads[p.experiment_id].since_ranking or (), top, rule))
+        if p.experiment_id in firsts and p.state is not None
+        else p
+        for p in plans
+    ]

@@ -36,9 +36,9 @@ from typing import Literal, Protocol
 
 import structlog
 
-from watcher.detect import STATE_TAG, ExperimentState, fingerprint
 from watcher.model import (
     MODEL_RANK,
+    Handler,
     LeaderboardChanged,
     ModelSource,
     ModelVersionInfo,
@@ -47,6 +47,7 @@ from watcher.model import (
     WatchedExperiment,
 )
 from watcher.outbox import LEGACY_REGISTRY_TAG, TAG_PREFIX, Entry, Outbox
+from watcher.state import STATE_TAG, ExperimentState, fingerprint
 
 log = structlog.get_logger(__name__)
 
@@ -184,7 +185,7 @@ def target_of(registry: RegistryTarget) -> str:
     return f"{registry.model_name}@{registry.alias}"
 
 
-class RegistryPromoter:
+class RegistryPromoter(Handler):
     """Handler: queues the promotion of the leader after a rule's leaderboard changed.
 
     Never raises and makes no registry call in the pass; see the module doc.

@@ -1,8 +1,9 @@
-"""One pass: read (:mod:`watcher.engine`), plan (:mod:`watcher.planner`), apply (the adapter's
-one writer), then call the handlers; and on-demand ranking for the HTTP API by the same code.
+"""One pass: gather and decide (:mod:`watcher.engine` over :func:`watcher.planner.decide_batch`),
+then apply (:class:`Applied`: the adapter's one writer, then the handlers); and on-demand
+ranking for the HTTP API by the same code.
 
-A dry run is the same pass with "do not apply": the plan is returned and printed, no handler
-is called. ``POST /models/rank`` plans first and raises before anything is written when the
+A dry run is the same pass whose apply step (:class:`Planned`) keeps the plan: it is returned
+and printed, nothing is written, no handler is called. ``POST /models/rank`` plans first and raises before anything is written when the
 answer is an error (unknown experiment, no ranked run).
 """
 
@@ -13,25 +14,24 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Protocol, TypeVar
 
 import structlog
 
 from watcher import metrics
-from watcher.detect import STATE_TAG
-from watcher.engine import Reader, and_filters, metric_ref, number_literal, watched_experiments
+from watcher.engine import PassEngine, and_filters, metric_ref, number_literal, watched_experiments
 from watcher.errors import ExperimentNotFound, NoRankedRuns, WatcherError
 from watcher.mlflow_io import MlflowTracking
 from watcher.model import ON_DEMAND_RULE, Handler, Leaderboard, Rule, WatchedExperiment
 from watcher.planner import ExperimentPlan
 from watcher.settings import RuleConfig, WatcherSettings
+from watcher.state import STATE_TAG
 
 log = structlog.get_logger("watcher")
 
-__all__ = ["PassHealth", "PassResult", "Watcher", "and_filters", "metric_ref", "number_literal"]
+T = TypeVar("T")
 
-# What a pass did to one experiment: its plan (applied unless the pass was a dry run).
-ExperimentOutcome = ExperimentPlan
+__all__ = ["PassHealth", "PassResult", "Watcher", "and_filters", "metric_ref", "number_literal"]
 
 
 @dataclass(frozen=True)
@@ -103,7 +103,7 @@ class Watcher:
         self.clock = clock
         self.health = PassHealth(poll_interval_seconds=settings.poll_interval_seconds)
         self.last_result: PassResult | None = None
-        self.reader = Reader(tracking)
+        self.engine = PassEngine(tracking)
         self._lock = threading.Lock()
         self._stall_checked: dict[str, float] = {}
         self._swept = clock()
@@ -137,44 +137,24 @@ class Watcher:
         started = self.clock()
         wall = time.perf_counter()
         calls_before = self.tracking.calls
-        plans: list[ExperimentPlan] = []
-        # What reached MLflow: the plans applied in full, the experiments with a run tag
-        # written (a failed pass stops part way), and the adapter's count of tag writes.
-        applied: list[ExperimentPlan] = []
-        touched: set[str] = set()
-        writes_before = self.tracking.tag_writes
+        # The apply step: the one writer and the handlers, or (a dry run) the plan kept as it is.
+        apply: Apply = Planned() if dry_run else Applied(self.tracking, self.handlers)
         watched: list[WatchedExperiment] = []
         error: str | None = None
         report: dict[str, int] = {}
         with structlog.contextvars.bound_contextvars(pass_id=pass_id):
             log.info("pass_started", dry_run=dry_run)
-            if not dry_run:
-                # Per-pass state is reset even when the last pass failed (on_pass_end runs
-                # after successful passes only).
-                self._call_handlers("on_pass_start")
+            apply.start()
             try:
                 watched = watched_experiments(self.settings, self.tracking)
                 if sweep is None:
                     sweep = started - self._swept >= SWEEP_SECONDS
-                plans = self.reader.plan_pass(
+                plans = self.engine.plan_pass(
                     self.settings, watched, int(started * 1000), self._stall_checks(started), sweep
                 )
                 if sweep:
                     self._swept = started
-                if not dry_run:
-                    stored = {e.experiment_id: e.tags.get(STATE_TAG) for e in watched}
-                    rules = {e.experiment_id: e.rule for e in watched}
-                    for p in plans:
-                        rule = rules[p.experiment_id]
-                        assert rule is not None
-                        writes = self.tracking.tag_writes
-                        try:
-                            self._apply(p, stored.get(p.experiment_id), rule)
-                        finally:
-                            # A plan that failed part way still changed what it wrote.
-                            if self.tracking.tag_writes > writes:
-                                touched.add(p.experiment_id)
-                        applied.append(p)
+                apply.apply(plans, watched)
             except Exception as e:  # the daemon must survive anything one pass runs into
                 error = str(e) or type(e).__name__
                 # A traceback only for bugs; a down server or a bad filter is said in one line.
@@ -185,20 +165,9 @@ class Watcher:
                     exc_info=not isinstance(e, WatcherError),
                 )
             ok = error is None
-            if ok and not dry_run:
-                for handler in self.handlers:
-                    _call_hook(handler, "on_pass_end", watched)
-                    report.update(_call_hook(handler, "pass_report") or {})
+            if ok:
+                report = apply.end(watched)
             duration = time.perf_counter() - wall
-            if dry_run:  # nothing is applied: the counts are the plan's
-                outcomes = tuple(plans)
-                changed = sum(1 for p in plans if p.changes or p.event)
-                tag_writes = sum(len(p.changes) for p in plans)
-            else:
-                outcomes = tuple(applied)
-                touched.update(p.experiment_id for p in applied if p.event)
-                changed = len(touched)
-                tag_writes = self.tracking.tag_writes - writes_before
             result = PassResult(
                 pass_id=pass_id,
                 ok=ok,
@@ -206,10 +175,10 @@ class Watcher:
                 started_at=started,
                 duration_seconds=duration,
                 experiments_checked=len(watched),
-                experiments_changed=changed,
-                tag_writes=tag_writes,
+                experiments_changed=apply.experiments_changed(),
+                tag_writes=apply.tag_writes(),
                 tracking_calls=self.tracking.calls - calls_before,
-                outcomes=outcomes,
+                outcomes=tuple(apply.plans),
                 error=error,
                 handler_report=report,
             )
@@ -226,38 +195,6 @@ class Watcher:
                 **report,
             )
         return result
-
-    def _apply(self, plan: ExperimentPlan, stored_state: str | None, rule: Rule) -> None:
-        """Write one experiment's plan, then tell the handlers what it changed."""
-        with structlog.contextvars.bound_contextvars(experiment_id=plan.experiment_id):
-            self.tracking.apply_plan(plan, stored_state)
-            if plan.changes:
-                log.info(
-                    "experiment_ranked",
-                    experiment_name=plan.experiment_name,
-                    rule=plan.rule,
-                    action=plan.action,
-                    tag_changes=len(plan.changes),
-                )
-            if plan.event is not None:
-                event = plan.event
-                log.info(
-                    "leaderboard_changed",
-                    experiment_name=plan.experiment_name,
-                    new_leader=event.new_leader,
-                    entered=len(event.entered),
-                    left=len(event.left),
-                )
-                self._call_handlers("on_leaderboard_changed", event, rule)
-            for alert in plan.alerts:
-                log.warning(
-                    "run_alert", kind=alert.kind, run_id=alert.run_id, experiment_name=alert.experiment_name
-                )
-                self._call_handlers("on_run_alert", alert, rule)
-
-    def _call_handlers(self, hook: str, *args: Any) -> None:
-        for handler in self.handlers:
-            _call_hook(handler, hook, *args)
 
     def _record(self, result: PassResult) -> None:
         self.last_result = result
@@ -306,28 +243,144 @@ class Watcher:
             )
             watched = WatchedExperiment(exp.experiment_id, exp.name, dict(exp.tags), rule)
             with structlog.contextvars.bound_contextvars(experiment_id=exp.experiment_id):
-                plan = self.reader.plan_batch(rule, [watched], int(self.clock() * 1000), force_rank=True)[0]
+                plan = self.engine.plan_batch(rule, [watched], int(self.clock() * 1000), force_rank=True)[0]
                 board = plan.board
                 assert board is not None
                 if not board.entries:
                     raise NoRankedRuns(
                         f"experiment {experiment_name!r} has no FINISHED run with a finite {metric!r}"
                     )
-                self._apply(plan, exp.tags.get(STATE_TAG), rule)
+                Applied(self.tracking, self.handlers).apply_one(plan, exp.tags.get(STATE_TAG), rule)
             return board
 
 
-def _call_hook(handler: Handler, hook: str, *args: Any) -> Any:
-    """Call one hook of a handler (skipped when it lacks an optional one, see ``PassHooks``).
+def _hook(handler: Handler, hook: str, call: Callable[[Handler], T]) -> T | None:
+    """Call one hook of a handler (``call(handler)``; ``hook`` names it in the log).
 
     A handler's exception is logged and contained: the tags are written when handlers run,
     and one handler's failure must not stop the others or the pass.
     """
-    method = getattr(handler, hook, None)
-    if not callable(method):
-        return None
     try:
-        return method(*args)
+        return call(handler)
     except Exception as e:
         log.error("handler_failed", handler=type(handler).__name__, hook=hook, error=str(e), exc_info=True)
         return None
+
+
+class Apply(Protocol):
+    """The last step of a pass: what happens to its plans. ``plans`` are the plans applied in
+    full (a dry run: every plan); the counts say what reached MLflow."""
+
+    plans: list[ExperimentPlan]
+
+    def start(self) -> None: ...
+
+    def apply(self, plans: Sequence[ExperimentPlan], watched: Sequence[WatchedExperiment]) -> None: ...
+
+    def end(self, watched: Sequence[WatchedExperiment]) -> dict[str, int]: ...
+
+    def experiments_changed(self) -> int: ...
+
+    def tag_writes(self) -> int: ...
+
+
+@dataclass
+class Planned:
+    """A dry run's apply step: nothing is written and no handler is called; the counts are
+    the plan's."""
+
+    plans: list[ExperimentPlan] = field(default_factory=list)
+
+    def start(self) -> None:
+        return None
+
+    def apply(self, plans: Sequence[ExperimentPlan], watched: Sequence[WatchedExperiment]) -> None:
+        self.plans = list(plans)
+
+    def end(self, watched: Sequence[WatchedExperiment]) -> dict[str, int]:
+        return {}
+
+    def experiments_changed(self) -> int:
+        return sum(1 for p in self.plans if p.changes or p.event)
+
+    def tag_writes(self) -> int:
+        return sum(len(p.changes) for p in self.plans)
+
+
+class Applied:
+    """A pass's apply step: every plan through the one writer, the handlers told.
+
+    What reached MLflow is counted, not what was planned: the plans applied in full, the
+    experiments with a run tag written (a failed pass stops part way) or whose leaderboard
+    event went out, and the adapter's count of tag writes.
+    """
+
+    def __init__(self, tracking: MlflowTracking, handlers: Sequence[Handler]) -> None:
+        self.tracking = tracking
+        self.handlers = handlers
+        self.plans: list[ExperimentPlan] = []
+        self._touched: set[str] = set()
+        self._writes_before = tracking.tag_writes
+
+    def start(self) -> None:
+        # Per-pass state is reset even when the last pass failed (on_pass_end runs after
+        # successful passes only).
+        for handler in self.handlers:
+            _hook(handler, "on_pass_start", lambda h: h.on_pass_start())
+
+    def apply(self, plans: Sequence[ExperimentPlan], watched: Sequence[WatchedExperiment]) -> None:
+        listed = {e.experiment_id: e for e in watched}
+        for p in plans:
+            exp = listed[p.experiment_id]
+            assert exp.rule is not None
+            writes = self.tracking.tag_writes
+            try:
+                self.apply_one(p, exp.tags.get(STATE_TAG), exp.rule)
+            finally:
+                # A plan that failed part way still changed what it wrote.
+                if self.tracking.tag_writes > writes:
+                    self._touched.add(p.experiment_id)
+            self.plans.append(p)
+
+    def apply_one(self, plan: ExperimentPlan, stored_state: str | None, rule: Rule) -> None:
+        """Write one experiment's plan, then tell the handlers what it changed."""
+        with structlog.contextvars.bound_contextvars(experiment_id=plan.experiment_id):
+            self.tracking.apply_plan(plan, stored_state)
+            if plan.changes:
+                log.info(
+                    "experiment_ranked",
+                    experiment_name=plan.experiment_name,
+                    rule=plan.rule,
+                    action=plan.action,
+                    tag_changes=len(plan.changes),
+                )
+            if plan.event is not None:
+                event = plan.event
+                log.info(
+                    "leaderboard_changed",
+                    experiment_name=plan.experiment_name,
+                    new_leader=event.new_leader,
+                    entered=len(event.entered),
+                    left=len(event.left),
+                )
+                for handler in self.handlers:
+                    _hook(handler, "on_leaderboard_changed", lambda h: h.on_leaderboard_changed(event, rule))
+            for alert in plan.alerts:
+                log.warning(
+                    "run_alert", kind=alert.kind, run_id=alert.run_id, experiment_name=alert.experiment_name
+                )
+                for handler in self.handlers:
+                    _hook(handler, "on_run_alert", lambda h: h.on_run_alert(alert, rule))  # noqa: B023
+
+    def end(self, watched: Sequence[WatchedExperiment]) -> dict[str, int]:
+        report: dict[str, int] = {}
+        for handler in self.handlers:
+            _hook(handler, "on_pass_end", lambda h: h.on_pass_end(watched))
+            report.update(_hook(handler, "pass_report", lambda h: h.pass_report()) or {})
+        return report
+
+    def experiments_changed(self) -> int:
+        return len(self._touched | {p.experiment_id for p in self.plans if p.event})
+
+    def tag_writes(self) -> int:
+        return self.tracking.tag_writes - self._writes_before

@@ -16,7 +16,7 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import yaml
@@ -30,7 +30,7 @@ from pydantic_settings import (
 )
 
 from watcher.errors import ConfigError
-from watcher.model import MAX_TOP_N, AlertKind, Trigger
+from watcher.model import MAX_TOP_N, AlertKind, Trigger, WebhookFormat
 from watcher.selection import (
     DEFAULT_ALPHA,
     DEFAULT_BLOCKS,
@@ -59,7 +59,7 @@ class WebhookConfig(_Strict):
     name: str = Field(min_length=1)
     url: str | None = None
     url_env: str | None = None
-    format: Literal["json", "slack"] = "json"
+    format: WebhookFormat = "json"
     secret_env: str | None = None
     timeout_seconds: float = Field(default=10.0, gt=0)
     max_attempts: int = Field(default=3, ge=1)
@@ -70,14 +70,6 @@ class WebhookConfig(_Strict):
         if value and urlsplit(value).scheme not in ("http", "https"):
             raise ValueError("must be an http:// or https:// URL")
         return value
-
-    def resolved_url(self) -> str | None:
-        """The URL to post to: ``url``, else the value of env ``url_env`` (None if unset)."""
-        if self.url:
-            return self.url
-        if self.url_env:
-            return os.environ.get(self.url_env) or None
-        return None
 
 
 class RegistryConfig(_Strict):

@@ -16,14 +16,14 @@ from typing import Any
 
 import structlog
 
-from watcher.model import LeaderboardChanged, Rule, RunAlert
+from watcher.model import Handler, LeaderboardChanged, Rule, RunAlert
 from watcher.notify.payloads import alert_payload, leaderboard_payload
 from watcher.outbox import Entry, Outbox
 
 log = structlog.get_logger(__name__)
 
 
-class Notifier:
+class Notifier(Handler):
     """Handler: records a delivery per webhook for every leaderboard change and alert."""
 
     def __init__(

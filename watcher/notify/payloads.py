@@ -12,14 +12,13 @@ import json
 import math
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any
 
-from watcher.model import Leaderboard, LeaderboardChanged, RunAlert
+from watcher.model import Leaderboard, LeaderboardChanged, RunAlert, WebhookFormat
 
 LEADERBOARD_EVENT = "leaderboard.changed"
 ALERT_EVENTS = {"failed": "run.failed", "stalled": "run.stalled"}
 
-Format = Literal["json", "slack"]
 
 # Slack's documented limits for the blocks used here.
 SLACK_HEADER_MAX = 150
@@ -98,7 +97,7 @@ def alert_payload(alert: RunAlert, *, ui_base_url: str | None, now: float) -> di
     }
 
 
-def render(fmt: Format, payload: Mapping[str, Any], *, ui_base_url: str | None) -> str:
+def render(fmt: WebhookFormat, payload: Mapping[str, Any], *, ui_base_url: str | None) -> str:
     """The request body for a webhook of format `fmt`."""
     if fmt == "slack":
         if payload.get("event") in ALERT_EVENTS.values():

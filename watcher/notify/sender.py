@@ -28,7 +28,7 @@ import httpx
 import structlog
 
 from watcher.errors import ConfigError
-from watcher.notify.payloads import Format
+from watcher.model import WebhookFormat
 
 log = structlog.get_logger(__name__)
 # httpx logs every request with its full URL at INFO; a webhook URL (Slack's, say) is a
@@ -64,7 +64,7 @@ class WebhookTarget:
     """One configured webhook, with its URL and secret resolved (neither ever shown)."""
 
     name: str
-    format: Format
+    format: WebhookFormat
     url: str = field(repr=False)
     secret: str | None = field(default=None, repr=False)
     timeout_seconds: float = 10.0
@@ -207,7 +207,7 @@ class WebhookSpec(Protocol):
     def url_env(self) -> str | None: ...
 
     @property
-    def format(self) -> Format: ...
+    def format(self) -> WebhookFormat: ...
 
     @property
     def secret_env(self) -> str | None: ...

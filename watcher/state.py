@@ -1,4 +1,4 @@
-"""Pure detection: the watcher's per-experiment state and what a pass must do with it.
+"""The watcher's per-experiment state (pure): what a pass keeps between passes, and its tag.
 
 State lives in MLflow as one experiment tag, ``podium.state`` (JSON), so that a restarted
 or replaced watcher carries on where the last one stopped and two replicas converge:

@@ -249,6 +249,28 @@ def test_bar_interval_is_the_median_step(freq: str, business: bool, interval: st
     assert bar_interval(times.to_numpy(dtype="datetime64[ns]")) == interval
 
 
+@pytest.mark.parametrize(
+    ("freq", "interval"),
+    [
+        ("MS", "1mo"),
+        ("ME", "1mo"),
+        ("BMS", "1mo"),
+        ("BME", "1mo"),
+        ("QS", "1q"),
+        ("QE", "1q"),
+        ("YS", "1y"),
+        ("YE", "1y"),
+        ("2MS", "2mo"),
+        ("28D", "4w"),
+    ],
+)
+def test_calendar_steps_are_named_in_calendar_units(freq: str, interval: str) -> None:
+    """Steps of whole calendar months at the month's start, end or last business day are 1mo, 1q,
+    1y; four-weekly bars drift through the month: day units."""
+    times = pd.date_range("2001-01-01", periods=60, freq=freq)
+    assert bar_interval(times.to_numpy(dtype="datetime64[ns]")) == interval
+
+
 def test_daily_bars_get_no_hour_features_and_constant_columns_are_dropped(tmp_path: Path) -> None:
     """On business-day bars the hour is never engineered and is_weekend (always 0) is dropped."""
     bars = _bars(400)

@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 import structlog
 
+from tests.support.trainer_cli import error_line, store_untouched
 from trainer.cli import main
 from trainer.sample import SAMPLE_BARS, sample_bars
 
@@ -23,22 +24,10 @@ def _reset_logging() -> Iterator[None]:
     structlog.reset_defaults()
 
 
-def _store_untouched(sqlite_uri: str) -> bool:
-    return not Path(sqlite_uri.removeprefix("sqlite:///")).exists()
-
-
 def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
     code = main(argv)
     err = capsys.readouterr().err
     return code, err
-
-
-def _error_line(err: str) -> str:
-    """The single error message (log lines about loading data may precede it)."""
-    assert "Traceback" not in err
-    lines = [line for line in err.splitlines() if line.startswith("error:") or ": error:" in line]
-    assert len(lines) == 1, err
-    return lines[0]
 
 
 @pytest.fixture
@@ -65,8 +54,8 @@ def test_bad_option_exits_2_naming_it(
     """A bad command-line value exits 2 with argparse's message naming the option."""
     code, err = _run(argv, capsys)
     assert code == 2
-    assert expected in _error_line(err)
-    assert _store_untouched(sqlite_uri)
+    assert expected in error_line(err)
+    assert store_untouched(sqlite_uri)
 
 
 @pytest.mark.parametrize(
@@ -139,10 +128,10 @@ def test_bad_config_exits_2_naming_file_and_key(
     path.write_text(yaml_text)
     code, err = _run(["train", "--config", str(path)], capsys)
     assert code == 2
-    line = _error_line(err)
+    line = error_line(err)
     assert expected in line
     assert str(path) in line
-    assert _store_untouched(sqlite_uri)
+    assert store_untouched(sqlite_uri)
 
 
 @pytest.mark.parametrize(
@@ -157,9 +146,9 @@ def test_config_file_not_in_utf8_exits_2_naming_it(
     path.write_bytes(encoded)
     code, err = _run(["train", "--config", str(path), "--trials", "1", "--jobs", "1"], capsys)
     assert code == 2
-    line = _error_line(err)
+    line = error_line(err)
     assert f"config file {path} is not UTF-8 text (byte {byte}" in line
-    assert _store_untouched(sqlite_uri)
+    assert store_untouched(sqlite_uri)
 
 
 def test_whole_floats_for_integer_hyperparameters_train_and_price_holes_are_filled(
@@ -195,7 +184,7 @@ def test_missing_config_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixtu
     """--config pointing nowhere exits 2 naming the file."""
     code, err = _run(["train", "--config", str(tmp_path / "none.yaml")], capsys)
     assert code == 2
-    assert "cannot read config file" in _error_line(err)
+    assert "cannot read config file" in error_line(err)
 
 
 @pytest.mark.parametrize(
@@ -266,10 +255,10 @@ def test_bad_data_exits_2_with_one_message_and_no_run(
         frame.assign(close=frame["close"].where(frame.index % 4 == 0)).to_csv(bars_csv, index=False)
     code, err = _run(argv, capsys)
     assert code == 2
-    line = _error_line(err)
+    line = error_line(err)
     assert expected.format(path=bars_csv) in line
     assert (str(tmp_path / "nope.parquet") if case == "missing_file" else str(bars_csv)) in line
-    assert _store_untouched(sqlite_uri)
+    assert store_untouched(sqlite_uri)
 
 
 def test_sample_data_writes_the_builtin_sample(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -3,8 +3,6 @@ and the watcher ranks those experiments apart (run as a separate process: it is 
 
 from __future__ import annotations
 
-import contextlib
-import io
 import math
 import os
 import subprocess
@@ -15,11 +13,10 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 import pytest
-import structlog
 
 from tests.support.market_data import bars
 from tests.support.mlflow_server import sqlite_uri
-from trainer import cli
+from tests.support.trainer_cli import experiment_runs, train
 
 ARTIFACTS = {
     "permutation_importance.json",
@@ -81,21 +78,12 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
         mp.chdir(workdir)
         for name, write in FILES.items():
             write(workdir / name)
-            out = io.StringIO()
-            try:
-                with contextlib.redirect_stdout(out):
-                    code = cli.main(["train", "--data", str(workdir / name), "--trials", "2", "--jobs", "1"])
-            finally:
-                structlog.reset_defaults()
-            assert code == 0, out.getvalue()
-            outputs[name] = out.getvalue()
+            outputs[name] = train(["--data", str(workdir / name), "--trials", "2", "--jobs", "1"])
     return Trained(uri, workdir, outputs)
 
 
 def _experiment_runs(uri: str, symbol: str) -> tuple[str, list[mlflow.entities.Run]]:
-    client = mlflow.MlflowClient(uri)
-    (experiment,) = [e for e in client.search_experiments() if e.name.startswith(f"wf_xgboost_{symbol}_f")]
-    return experiment.name, client.search_runs([experiment.experiment_id])
+    return experiment_runs(uri, f"wf_xgboost_{symbol}_f")
 
 
 @pytest.mark.parametrize(

@@ -57,7 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="YAML config (default: built-in defaults, as in config/trainer.yaml)",
     )
     train.add_argument(
-        "--data", metavar="PATH", type=Path, help="CSV or Parquet file (default: the built-in sample)"
+        "--data",
+        metavar="PATH",
+        type=Path,
+        help="CSV (also .gz, .bz2, .xz or .zip) or Parquet file (default: the built-in sample)",
     )
     train.add_argument("--target", metavar="COL", help="predict this column from every other numeric column")
     train.add_argument(

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from trainer.errors import InputError
 from trainer.keys import clean_name
+from trainer.tables import table_stem
 
 # Search-space names (XGBoost's scikit-learn spelling, logged as params) -> native xgb.train
 # parameter names. ``n_estimators`` becomes ``num_boost_round``.
@@ -304,11 +305,12 @@ class TrainerConfig(_Strict):
         return self
 
     def resolved_symbol(self) -> str:
-        """``symbol``, else the data file's stem, else SAMPLE; made a legal experiment-name part."""
+        """``symbol``, else the data file's stem (``sp500.csv.gz`` -> ``sp500``), else SAMPLE; made a
+        legal experiment-name part."""
         if self.symbol is not None:
             return symbol_of(self.symbol)
         if self.data.path is not None:
-            return symbol_of(self.data.path.stem)
+            return symbol_of(table_stem(self.data.path))
         return SAMPLE_SYMBOL
 
     def experiment_name(self, n_features: int) -> str:

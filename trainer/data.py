@@ -194,6 +194,7 @@ def _ohlcv(frame: pd.DataFrame, times: np.ndarray, source: str, notes: dict[str,
         if len(by_lower[k]) > 1:
             raise DataError(f"has several {k} columns ({', '.join(repr(c) for c in by_lower[k])}); keep one")
     bars = pd.DataFrame({k: _numeric(frame, by_lower[k][0], "OHLCV") for k in present})
+    missing_values = _missing_counted({by_lower[k][0]: bars[k].to_numpy() for k in present})
     bars, filled = _holes_filled(bars, {k: by_lower[k][0] for k in present})
     feats = features.engineer(bars, pd.Series(times))
     y = features.next_return(bars["close"]).to_numpy()
@@ -209,7 +210,12 @@ def _ohlcv(frame: pd.DataFrame, times: np.ndarray, source: str, notes: dict[str,
             "never changes, so the next-bar return is constant and there is nothing to predict",
             f"OHLCV column {by_lower['close'][0]!r}",
         )
-    notes = {**notes, "rows_dropped": int((~keep).sum()), "prices_filled": filled}
+    notes = {
+        **notes,
+        "rows_dropped": int((~keep).sum()),
+        "prices_filled": filled,
+        "values_missing": missing_values,
+    }
     return Dataset(
         X=np.ascontiguousarray(feats.to_numpy(dtype="float32")[keep]),
         y=y[keep],
@@ -220,6 +226,16 @@ def _ohlcv(frame: pd.DataFrame, times: np.ndarray, source: str, notes: dict[str,
         target=features.TARGET,
         notes=notes,
     )
+
+
+def _missing_counted(columns: dict[str, np.ndarray]) -> int:
+    """How many values the columns the model uses lack (an empty field or a missing-value marker
+    such as FRED's ``.`` in the file); a warning log line names each such column and its count."""
+    counts = {name: int(np.isnan(values).sum()) for name, values in columns.items()}
+    counts = {name: count for name, count in counts.items() if count}
+    if counts:
+        log.warning("values_missing", count=sum(counts.values()), columns=dict(list(counts.items())[:20]))
+    return sum(counts.values())
 
 
 def _holes_filled(bars: pd.DataFrame, names: dict[str, str]) -> tuple[pd.DataFrame, int]:
@@ -275,6 +291,7 @@ def _with_target(
     ignored = len(frame.columns) - len(names) - 2
     X = np.column_stack([_numeric(frame, c, "feature") for c in names]).astype("float32")
     X[~np.isfinite(X)] = np.nan
+    missing_values = _missing_counted({target: y, **{c: X[:, i] for i, c in enumerate(names)}})
     keep = np.isfinite(y)
     if not keep.any():
         raise DataError("has no value in any row", f"target column {target!r}")
@@ -283,7 +300,12 @@ def _with_target(
             f"is constant ({y[keep][0]:g} in every row), so there is nothing to predict",
             f"target column {target!r}",
         )
-    notes = {**notes, "rows_dropped": int((~keep).sum()), "columns_ignored": ignored}
+    notes = {
+        **notes,
+        "rows_dropped": int((~keep).sum()),
+        "columns_ignored": ignored,
+        "values_missing": missing_values,
+    }
     return Dataset(
         X=np.ascontiguousarray(X[keep]),
         y=y[keep],

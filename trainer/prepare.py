@@ -105,6 +105,7 @@ def static_params(config: TrainerConfig, inputs: Inputs) -> dict[str, str]:
         "dropped_constant_features": str(len(dataset.dropped_constant)),
         "dropped_empty_features": str(len(dataset.dropped_empty)),
         "prices_filled": str(dataset.notes.get("prices_filled", 0)),
+        "values_missing": str(dataset.notes.get("values_missing", 0)),
         "sweep_seed": str(config.seed),
         "objective": xc.objective,
         "tree_method": xc.tree_method,

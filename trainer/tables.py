@@ -1,14 +1,26 @@
-"""Reading a user's table: CSV (separator and decimal mark sniffed) or Parquet, into a frame.
+"""Reading a user's table: CSV (separator and decimal mark sniffed), compressed or not, or
+Parquet, into a frame.
 
-CSV files may be separated by commas, semicolons or tabs (sniffed from the header line); with
-semicolons or tabs, decimal commas (``1,2345``) are read as numbers. An unnamed first column
+CSV files (``.csv``, ``.tsv``, ``.txt``) may be compressed: ``.gz``, ``.bz2``, ``.xz``, or
+``.zip`` holding one file. They may be separated by commas, semicolons or tabs (sniffed from the
+decompressed header line); with semicolons or tabs, decimal commas (``1,2345``) are read as
+numbers. The markers people's sources write for a missing value (``.`` from FRED, ``NA``,
+``N/A``, ``null``, ``-``, ``#N/A``, an empty field) are read as missing. An unnamed first column
 holding the row numbers 0..n-1 or 1..n (``df.to_csv()`` of a plain index) is dropped.
 """
 
 from __future__ import annotations
 
+import bz2
+import gzip
+import lzma
 import re
+import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from io import BufferedIOBase
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import pandas as pd
@@ -18,38 +30,104 @@ from trainer.errors import InputError, describe
 
 log = structlog.get_logger(__name__)
 
+CSV_SUFFIXES = (".csv", ".tsv", ".txt")
+PARQUET_SUFFIXES = (".parquet", ".pq")
+# The compressions a CSV may come in, by suffix; a zip archive must hold one file.
+COMPRESSED_SUFFIXES = (".gz", ".bz2", ".xz", ".zip")
+# Missing-value markers besides pandas' own, which include NA, N/A, null, #N/A and empty fields.
+MISSING_MARKERS = (".", "-")
+# A file's bytes: a plain file, a decompressor's stream or a zip archive's member.
+ByteStream = IO[bytes] | BufferedIOBase
 # What pandas calls a column whose header is empty (the index written by ``to_csv``).
 _UNNAMED = re.compile(r"Unnamed: \d+")
 # A CSV value written with a decimal comma (``1,2345``).
 _DECIMAL_COMMA = re.compile(r"[+-]?\d+,\d+")
+# What a zip archive holds besides files: folders, and the extras of an archive made on a Mac.
+_ZIP_EXTRAS = re.compile(r"(^|/)(__MACOSX/|\._)|/$")
+
+
+def table_stem(path: Path) -> str:
+    """The file's name without its compression and table suffixes: ``sp500.csv.gz`` -> ``sp500``,
+    ``BRK.B.csv`` -> ``BRK.B``."""
+    name = path.name
+    for known in (COMPRESSED_SUFFIXES, (*CSV_SUFFIXES, *PARQUET_SUFFIXES)):
+        suffix = Path(name).suffix
+        if suffix.lower() in known and len(name) > len(suffix):
+            name = name[: -len(suffix)]
+    return name
 
 
 def read_table(path: Path) -> pd.DataFrame:
-    """Read a CSV or Parquet file, turning every failure into an InputError naming the file."""
-    suffixes = [s.lower() for s in path.suffixes]
+    """Read a CSV (compressed or not) or Parquet file, turning every failure into an InputError
+    naming the file."""
     if not path.exists():
         raise InputError(f"data file {path} does not exist")
     if path.is_dir():
         raise InputError(f"data file {path} is a directory, not a CSV or Parquet file")
+    suffixes = [s.lower() for s in path.suffixes]
+    compression = suffixes.pop() if suffixes and suffixes[-1] in COMPRESSED_SUFFIXES else None
     try:
-        if suffixes and suffixes[-1] in (".parquet", ".pq"):
+        if compression is None and suffixes and suffixes[-1] in PARQUET_SUFFIXES:
             frame = pd.read_parquet(path)
             if not isinstance(frame.index, pd.RangeIndex):  # a time index saved with the frame
                 frame = frame.reset_index(names=[n if n is not None else "" for n in frame.index.names])
             return frame
-        if ".csv" in suffixes or ".tsv" in suffixes or ".txt" in suffixes:
-            sep, decimal = csv_dialect(path, tsv=".tsv" in suffixes)
-            return pd.read_csv(path, sep=sep, decimal=decimal)
-    except Exception as e:  # pandas/pyarrow raise many types for a bad file
+        member = _zip_member(path) if compression == ".zip" else None
+        if member is not None:
+            suffixes.append(Path(member).suffix.lower())  # x.zip holding x.tsv reads as a TSV
+        if not any(s in CSV_SUFFIXES for s in suffixes):
+            raise InputError(
+                f"data file {path} holds {member!r}, not a CSV file (.csv, .tsv, .txt)"
+                if member is not None
+                else f"data file {path} is neither CSV (.csv, also as .csv.gz, .csv.bz2, .csv.xz or "
+                ".csv.zip) nor Parquet (.parquet)"
+            )
+        with _opened(path, compression, member) as handle:
+            sep, decimal = csv_dialect(handle, tsv=".tsv" in suffixes)
+        with _opened(path, compression, member) as handle:
+            return pd.read_csv(handle, sep=sep, decimal=decimal, na_values=list(MISSING_MARKERS))
+    except InputError:
+        raise
+    except Exception as e:  # pandas, pyarrow and the decompressors raise many types for a bad file
         raise InputError(f"cannot read data file {path}: {describe(e)}") from e
-    raise InputError(f"data file {path} is neither CSV (.csv) nor Parquet (.parquet)")
 
 
-def csv_dialect(path: Path, *, tsv: bool = False) -> tuple[str, str]:
+def _zip_member(path: Path) -> str:
+    """The one file a zip archive holds (folders and a Mac's ``__MACOSX`` extras aside)."""
+    with zipfile.ZipFile(path) as archive:
+        members = [name for name in archive.namelist() if not _ZIP_EXTRAS.search(name)]
+    if len(members) != 1:
+        held = f"{len(members)} files ({', '.join(members)})" if members else "no file"
+        raise InputError(f"data file {path} is a zip archive holding {held}; it must hold one CSV file")
+    return members[0]
+
+
+@contextmanager
+def _opened(path: Path, compression: str | None, member: str | None) -> Iterator[ByteStream]:
+    """The file's bytes, decompressed (``member``: the file a zip archive holds)."""
+    if compression == ".zip":
+        with zipfile.ZipFile(path) as archive, archive.open(str(member)) as handle:
+            yield handle
+        return
+    with _decompressing(path, compression) as handle:
+        yield handle
+
+
+def _decompressing(path: Path, compression: str | None) -> ByteStream:
+    if compression == ".gz":
+        return gzip.open(path, "rb")
+    if compression == ".bz2":
+        return bz2.open(path, "rb")
+    if compression == ".xz":
+        return lzma.open(path, "rb")
+    return path.open("rb")
+
+
+def csv_dialect(handle: ByteStream, *, tsv: bool = False) -> tuple[str, str]:
     """The separator (the most frequent of comma, semicolon and tab in the header line) and the
-    decimal mark (a comma when the separator is not one and values look like ``1,2345``)."""
-    with path.open("rb") as f:
-        lines = [f.readline().decode("utf-8", errors="replace") for _ in range(21)]
+    decimal mark (a comma when the separator is not one and values look like ``1,2345``), from
+    the first lines of ``handle``."""
+    lines = [handle.readline().decode("utf-8", errors="replace") for _ in range(21)]
     header = lines[0]
     counts = {sep: header.count(sep) for sep in (",", ";", "\t")}
     sep = max(counts, key=lambda k: counts[k])

@@ -6,7 +6,8 @@ The time column is the one named, else the single column called ``timestamp``, `
 (MT4 exports), else an unnamed first column of times (a pandas index written by ``to_csv``).
 Times are ISO 8601 text, text in one consistent format (day-first or month-first decided from
 the values), or whole Unix epoch numbers (the unit decided from their size). The bar interval
-is the median step between rows.
+is the median step between rows, in calendar units (``1mo``, ``1q``, ``1y``) for rows a whole
+number of calendar months apart.
 
 Problems raise ``DataError`` (the loader names the file).
 """
@@ -31,6 +32,11 @@ TIME_COLUMN_NAMES = ("timestamp", "time", "datetime", "date", "ts")
 _EPOCH_UNITS = ((1e11, "s"), (1e14, "ms"), (1e17, "us"), (float("inf"), "ns"))
 _MIN_EPOCH = 1e8
 _ISO_EXAMPLE = "2024-01-31T15:00:00"
+# Calendar steps by their number of months, largest first, spelt as bar intervals.
+_CALENDAR_UNITS = ((12, "y"), (3, "q"), (1, "mo"))
+# How far a row may sit from its anchor (the same day of the month, or the month's end) and
+# still count as anchored: a weekend and a holiday move a month's first or last trading day.
+_ANCHOR_DAYS = 3
 
 
 def joined_date_and_time(frame: pd.DataFrame) -> tuple[pd.DataFrame, str | None]:
@@ -88,7 +94,8 @@ def to_times(raw: pd.Series) -> tuple[pd.Series, str | None]:
     """UTC times, NaT where a value is empty or not a time, read with one format for the whole
     column: ISO 8601, else the format guessed from the values under which the fewest values fail.
     A day-first and a month-first format that both fit every value but disagree make the column
-    ambiguous: the second item is then a value they read differently (else None)."""
+    ambiguous (unless one of them puts every row of several years in one month): the second item
+    is then a value they read differently (else None)."""
     if pd.api.types.is_datetime64_any_dtype(raw):
         return pd.to_datetime(raw, utc=True), None
     try:
@@ -103,6 +110,9 @@ def to_times(raw: pd.Series) -> tuple[pd.Series, str | None]:
             continue
         readings.append((int((parsed.isna() & raw.notna()).sum()), parsed))
     fits = [parsed for failed, parsed in readings if failed == 0]
+    # Monthly data on the 1st written month-first (FRED: 1/1/1957, 2/1/1957, ...) fits day-first
+    # too, but puts every row of many years in January: a reading like that is not the one.
+    fits = [parsed for parsed in fits if not _one_month_over_years(parsed)] or fits
     for other in fits[1:]:
         differs = (fits[0] != other).to_numpy()
         if differs.any():
@@ -110,6 +120,10 @@ def to_times(raw: pd.Series) -> tuple[pd.Series, str | None]:
     if fits:
         return fits[0], None
     return min(readings, key=lambda r: r[0])[1], None
+
+
+def _one_month_over_years(parsed: pd.Series) -> bool:
+    return bool(parsed.dt.month.nunique() == 1 and parsed.dt.year.nunique() > 1)
 
 
 def _guessed_formats(raw: pd.Series, sample: int = 50) -> list[str]:
@@ -195,9 +209,13 @@ def reject_duplicates(times: np.ndarray, col: str) -> None:
 
 
 def bar_interval(times: np.ndarray) -> str:
-    """The median step between sorted ``times``, spelt like ``1h``, ``15min``, ``1d``, ``1w``."""
+    """The median step between sorted ``times``, spelt like ``1h``, ``15min``, ``1d``, ``1w``, or
+    in calendar units (``1mo``, ``1q``, ``1y``) when the rows step by whole calendar months."""
     if len(times) < 2:
         return "unknown"
+    calendar = _calendar_interval(times)
+    if calendar is not None:
+        return calendar
     step = int(np.median(np.diff(np.asarray(times, dtype="datetime64[ns]")).astype(np.int64)))
     second = 1_000_000_000
     for unit, size in (("w", 7 * 86400 * second), ("d", 86400 * second), ("h", 3600 * second),
@@ -205,3 +223,23 @@ def bar_interval(times: np.ndarray) -> str:
         if step >= size and step % size == 0:
             return f"{step // size}{unit}"
     return f"{step}ns"
+
+
+def _calendar_interval(times: np.ndarray) -> str | None:
+    """``1mo``, ``1q``, ``1y`` (or ``2mo``, ``2q``, ...) when sorted ``times`` step by whole
+    calendar months: the median step is k >= 1 months and the rows keep to one day of the month
+    (the 1st, the 15th, ... within a few days) or to the month's end. None otherwise (daily and
+    weekly bars step less than a month; four-weekly ones drift through the month)."""
+    stamps = pd.DatetimeIndex(times)
+    months = np.diff(stamps.year.to_numpy() * 12 + stamps.month.to_numpy())
+    step = float(np.median(months))
+    if step < 1 or step != int(step):
+        return None
+    day = stamps.day.to_numpy()
+    to_end = (stamps.days_in_month - stamps.day).to_numpy()
+    same_day = np.abs(day - np.median(day)) <= _ANCHOR_DAYS
+    month_end = to_end <= _ANCHOR_DAYS
+    if not (same_day.mean() >= 0.9 or month_end.mean() >= 0.9):
+        return None
+    size, unit = next((size, unit) for size, unit in _CALENDAR_UNITS if int(step) % size == 0)
+    return f"{int(step) // size}{unit}"

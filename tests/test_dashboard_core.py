@@ -4,6 +4,7 @@ features across the leaders."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 
@@ -76,6 +77,16 @@ def test_ranking_of_names_the_metric_and_direction_behind_the_fingerprint(
     assert board is not None
     run = leader(avg_test_r2=0.9, avg_test_rmse=0.9, num_folds=3.0)
     assert ranking_of(board, SETTINGS, run, "wf_x") == expected
+
+
+def test_ranking_of_reads_the_metric_and_direction_a_state_records() -> None:
+    """A state written by this version names its ranking; nothing is recovered from the hash,
+    so a metric the leader no longer carries is still named."""
+    recorded = replace(state("never_logged", True, None, "api"), metric="never_logged", ascending=True)
+    board = kept_board({STATE_TAG: recorded.to_tag()})
+    assert board is not None
+    assert (board.metric, board.ascending) == ("never_logged", True)
+    assert ranking_of(board, SETTINGS, leader(avg_test_r2=0.9), "wf_x") == ("never_logged", True)
 
 
 def test_metric_keys_put_averages_first_and_importance_last() -> None:

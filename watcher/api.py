@@ -248,7 +248,7 @@ def create_app(
     if jobs is None:
         jobs = JobRunner(watcher.tracking.tracking_uri).start()
     app.state.jobs = jobs
-    app.include_router(dashboard.router(watcher.tracking, watcher.settings, jobs, require_token))
+    dashboard.install(app, dashboard.DashboardQuery(watcher.tracking, watcher.settings, jobs), require_token)
     return app
 
 

@@ -25,10 +25,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import structlog
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, status
 from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, ValidationError
 
@@ -97,6 +97,9 @@ class KeptBoard:
     ranked_runs: int
     unranked_runs: int
     seen_ms: int  # end time of the newest run the ranking accounts for
+    # What the ranking ranked by, as its state records it (None in states written before).
+    metric: str | None = None
+    ascending: bool | None = None
 
 
 def kept_board(tags: Mapping[str, str]) -> KeptBoard | None:
@@ -114,6 +117,8 @@ def kept_board(tags: Mapping[str, str]) -> KeptBoard | None:
         ranked_runs=state.ranked_runs,
         unranked_runs=state.unranked_runs,
         seen_ms=state.seen,
+        metric=state.metric,
+        ascending=state.ascending,
     )
 
 
@@ -123,12 +128,14 @@ def kept_board(tags: Mapping[str, str]) -> KeptBoard | None:
 def ranking_of(
     board: KeptBoard, settings: WatcherSettings, leader: RunRecord | None, experiment_name: str
 ) -> tuple[str, bool] | None:
-    """The metric and direction the board was ranked by.
+    """The metric and direction the board was ranked by, as its state records them.
 
-    The state records them only as a fingerprint (with the rule's filter): try the rule that
-    owns the experiment first, then every metric the leader carries with the board's value,
-    both directions, with and without each rule's filter.
+    A state written before they were recorded has them only as a fingerprint (with the rule's
+    filter): try the rule that owns the experiment first, then every metric the leader carries
+    with the board's value, both directions, with and without each rule's filter.
     """
+    if board.metric is not None and board.ascending is not None:
+        return board.metric, board.ascending
     owner = settings.rule_for(experiment_name)
     filters: list[str | None] = [owner.filter if owner else None, None, *(r.filter for r in settings.rules)]
     candidates: list[str] = [owner.metric] if owner else []
@@ -301,7 +308,125 @@ def check_retrain(
     return None, threshold
 
 
-# ---- the routes -------------------------------------------------------------------------------------
+# ---- what the routes answer ----------------------------------------------------------------------
+
+
+class Leader(BaseModel):
+    run_id: str
+    run_name: str | None
+    value: float
+    url: str | None
+
+
+class ExperimentView(BaseModel):
+    experiment_id: str
+    experiment_name: str
+    rule: str | None
+    metric: str | None
+    ascending: bool | None
+    top_n: int | None
+    ranked_runs: int
+    unranked_runs: int
+    leader: Leader | None
+    ranked_at: str | None
+
+
+class ModelRow(BaseModel):
+    rank: int
+    run_id: str
+    run_name: str
+    value: float
+    production_candidate: bool
+    url: str | None
+    params: dict[str, str]
+    total_features: int | None
+    retrained_from: str | None
+
+
+class LeaderboardView(BaseModel):
+    experiment_id: str
+    experiment_name: str
+    rule: str
+    metric: str | None
+    ascending: bool | None
+    top_n: int
+    ranked_runs: int
+    unranked_runs: int
+    ranked_at: str | None
+    metric_keys: list[str]
+    models: list[ModelRow]
+
+
+class MetricKeys(BaseModel):
+    experiment_id: str
+    metric_keys: list[str]
+
+
+class RunImportance(BaseModel):
+    run_id: str
+    run_name: str
+    experiment_id: str
+    status: str
+    total_features: int
+    retrained_from: str | None
+    url: str | None
+    metrics: dict[str, float | None]
+    features: list[FeatureRow]
+
+
+class LeadersFeature(BaseModel):
+    feature: str
+    mean_importance: float
+    mean_rank: float
+    runs: int
+
+
+class ExperimentImportance(BaseModel):
+    experiment_id: str
+    experiment_name: str
+    top_n: int
+    runs: list[str]
+    features: list[LeadersFeature]
+
+
+class JobView(BaseModel):
+    job_id: str
+    status: str
+    run_id: str
+    new_run_id: str | None
+    new_run_url: str | None
+    exclude: list[str] | None
+    drop_below: float | None
+    created_at: str | None
+    started_at: str | None
+    ended_at: str | None
+    exit_code: int | None
+    error: str | None
+    log_tail: str
+
+
+def job_view(job: Job, ui_base_url: str | None) -> JobView:
+    experiment_id = job.experiment_id
+    return JobView(
+        job_id=job.job_id,
+        status=job.status,
+        run_id=job.run_id,
+        new_run_id=job.new_run_id,
+        new_run_url=run_url(ui_base_url, experiment_id, job.new_run_id)
+        if job.new_run_id and experiment_id
+        else None,
+        exclude=list(job.exclude) if job.exclude is not None else None,
+        drop_below=job.drop_below,
+        created_at=iso_s(job.created_at),
+        started_at=iso_s(job.started_at),
+        ended_at=iso_s(job.ended_at),
+        exit_code=job.exit_code,
+        error=job.error,
+        log_tail=job.log_tail(),
+    )
+
+
+# ---- the query object: everything the routes read ---------------------------------------------------
 
 
 class _CsvCache:
@@ -334,356 +459,351 @@ class _CsvCache:
         return rows
 
 
-def _tracking_failed(e: TrackingError, route: str) -> HTTPException:
-    log.error("dashboard_tracking_failed", route=route, error=str(e))
-    return HTTPException(
-        status.HTTP_503_SERVICE_UNAVAILABLE,
-        detail="the MLflow tracking server failed; see the watcher's log (dashboard_tracking_failed)",
-    )
+class DashboardQuery:
+    """What the dashboard's routes read: the watcher's tracking adapter and settings, the
+    retrain jobs, and the cache of parsed importance files. Lookups by id answer 404 naming
+    the id (checked before MLflow sees it); tracking failures raise :class:`TrackingError`,
+    answered 503 by the app's one handler (:func:`tracking_failed`)."""
 
+    def __init__(self, tracking: MlflowTracking, settings: WatcherSettings, jobs: JobRunner) -> None:
+        self.tracking = tracking
+        self.settings = settings
+        self.jobs = jobs
+        self.ui_base_url = settings.ui_base_url
+        self.importance = _CsvCache(tracking)
 
-def job_view(job: Job, ui_base_url: str | None) -> dict[str, Any]:
-    experiment_id = job.experiment_id
-    return {
-        "job_id": job.job_id,
-        "status": job.status,
-        "run_id": job.run_id,
-        "new_run_id": job.new_run_id,
-        "new_run_url": run_url(ui_base_url, experiment_id, job.new_run_id)
-        if job.new_run_id and experiment_id
-        else None,
-        "exclude": list(job.exclude) if job.exclude is not None else None,
-        "drop_below": job.drop_below,
-        "created_at": iso_s(job.created_at),
-        "started_at": iso_s(job.started_at),
-        "ended_at": iso_s(job.ended_at),
-        "exit_code": job.exit_code,
-        "error": job.error,
-        "log_tail": job.log_tail(),
-    }
-
-
-def router(
-    tracking: MlflowTracking,
-    settings: WatcherSettings,
-    jobs: JobRunner,
-    require_token: Callable[..., None],
-) -> APIRouter:
-    """The dashboard's routes over the watcher's tracking adapter; POSTs use the API's token."""
-    api = APIRouter()
-    importance_cache = _CsvCache(tracking)
-    ui = settings.ui_base_url
-
-    def find_experiment(experiment_id: str) -> ExperimentRecord:
-        """The active experiment, or 404 naming the id (checked before MLflow sees it)."""
-        exp = tracking.get_experiment(experiment_id) if valid_experiment_id(experiment_id) else None
+    def experiment(self, experiment_id: str) -> ExperimentRecord:
+        """The active experiment, or 404."""
+        exp = self.tracking.get_experiment(experiment_id) if valid_experiment_id(experiment_id) else None
         if exp is None:
             raise HTTPException(
                 status.HTTP_404_NOT_FOUND, detail=f"no experiment with id {short(experiment_id)!r}"
             )
         return exp
 
-    def find_run(run_id: str) -> RunRecord:
-        """The active run, or 404 naming the id (checked before MLflow sees it)."""
-        run = tracking.get_run(run_id) if valid_run_id(run_id) else None
+    def run(self, run_id: str) -> RunRecord:
+        """The active run, or 404."""
+        run = self.tracking.get_run(run_id) if valid_run_id(run_id) else None
         if run is None:
             raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no run with id {short(run_id)!r}")
         return run
 
-    # -- the page ------------------------------------------------------------------------------
+    def ranked_board(self, exp: ExperimentRecord) -> KeptBoard:
+        """The experiment's kept board, or 404 when it has not been ranked yet."""
+        board = kept_board(exp.tags)
+        if board is None or not board.entries:
+            raise HTTPException(
+                status.HTTP_404_NOT_FOUND,
+                detail=f"experiment {exp.name!r} has not been ranked yet (no leaderboard)",
+            )
+        return board
 
-    @api.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
-    def page() -> Response:
-        return Response(
-            (STATIC / "index.html").read_bytes(), media_type="text/html; charset=utf-8", headers=PAGE_HEADERS
+    def board_runs(self, experiment_id: str, board: KeptBoard) -> dict[str, RunRecord]:
+        """The kept board's runs still active, by id (one search)."""
+        found = self.tracking.search_runs(
+            [experiment_id], f"attributes.run_id IN ({quote_all(i for i, _ in board.entries)})"
         )
+        return {r.run_id: r for r in found}
 
-    @api.get("/static/{name}", include_in_schema=False)
-    def static_file(name: str) -> Response:
-        if name not in STATIC_FILES:
-            raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no static file {name!r}")
-        with resources.as_file(STATIC / name) as path:
-            return FileResponse(path, media_type=STATIC_FILES[name], headers=PAGE_HEADERS)
-
-    # -- experiments and leaderboards -------------------------------------------------------------
-
-    @api.get("/api/experiments", tags=["dashboard"])
-    def experiments() -> list[dict[str, Any]]:
-        """Every experiment a rule watches now or that was ranked on demand, with its leader and counts."""
-        try:
-            listed = tracking.search_experiments()
-            shown = []
-            for exp in sorted(listed, key=lambda e: e.name):
-                board = kept_board(exp.tags)
-                rule = settings.rule_for(exp.name)
-                # A board a rule left behind (the experiment was renamed out of it) is not listed.
-                if rule is None and (board is None or board.rule != ON_DEMAND_RULE):
-                    continue
-                shown.append((exp, rule, board))
-            leader_ids = {b.entries[0][0]: e.experiment_id for e, _, b in shown if b and b.entries}
-            leaders: dict[str, RunRecord] = {}
-            items = sorted(leader_ids.items(), key=lambda kv: kv[1])
-            for start in range(0, len(items), EXPERIMENT_BATCH):
-                chunk = items[start : start + EXPERIMENT_BATCH]
-                found = tracking.search_runs(
-                    sorted({exp_id for _, exp_id in chunk}),
-                    f"attributes.run_id IN ({quote_all(run_id for run_id, _ in chunk)})",
-                )
-                leaders.update({r.run_id: r for r in found})
-        except TrackingError as e:
-            raise _tracking_failed(e, "experiments") from e
-        out = []
-        for exp, rule, board in shown:
-            leader_run = leaders.get(board.entries[0][0]) if board and board.entries else None
-            ranking = ranking_of(board, settings, leader_run, exp.name) if board else None
-            metric, ascending = (
-                ranking if ranking else (rule.metric, rule.ascending) if rule else (None, None)
+    def leaders(self, boards: Mapping[str, KeptBoard]) -> dict[str, RunRecord]:
+        """The leaders of the boards (by experiment id), by run id: one search per batch."""
+        leader_ids = {b.entries[0][0]: exp_id for exp_id, b in boards.items() if b.entries}
+        leaders: dict[str, RunRecord] = {}
+        items = sorted(leader_ids.items(), key=lambda kv: kv[1])
+        for start in range(0, len(items), EXPERIMENT_BATCH):
+            chunk = items[start : start + EXPERIMENT_BATCH]
+            found = self.tracking.search_runs(
+                sorted({exp_id for _, exp_id in chunk}),
+                f"attributes.run_id IN ({quote_all(run_id for run_id, _ in chunk)})",
             )
-            leader = None
-            if board and board.entries:
-                run_id, value = board.entries[0]
-                leader = {
-                    "run_id": run_id,
-                    "run_name": leader_run.run_name if leader_run else None,
-                    "value": value,
-                    "url": run_url(ui, exp.experiment_id, run_id),
-                }
-            out.append(
-                {
-                    "experiment_id": exp.experiment_id,
-                    "experiment_name": exp.name,
-                    "rule": board.rule if board else rule.name if rule else None,
-                    "metric": metric,
-                    "ascending": ascending,
-                    "top_n": board.top_n if board else rule.top_n if rule else None,
-                    "ranked_runs": board.ranked_runs if board else 0,
-                    "unranked_runs": board.unranked_runs if board else 0,
-                    "leader": leader,
-                    "ranked_at": iso_ms(board.seen_ms) if board else None,
-                }
-            )
-        return out
+            leaders.update({r.run_id: r for r in found})
+        return leaders
 
-    @api.get("/api/experiments/{experiment_id}/leaderboard", tags=["dashboard"])
-    def leaderboard(experiment_id: str) -> dict[str, Any]:
-        """The experiment's kept board: rank, run, value, production candidate, main hyperparameters."""
-        try:
-            exp = find_experiment(experiment_id)
-            board = kept_board(exp.tags)
-            if board is None or not board.entries:
-                raise HTTPException(
-                    status.HTTP_404_NOT_FOUND,
-                    detail=f"experiment {exp.name!r} has not been ranked yet (no leaderboard)",
-                )
-            runs = {
-                r.run_id: r
-                for r in tracking.search_runs(
-                    [experiment_id], f"attributes.run_id IN ({quote_all(i for i, _ in board.entries)})"
-                )
-            }
-        except TrackingError as e:
-            raise _tracking_failed(e, "leaderboard") from e
-        ranking = ranking_of(board, settings, runs.get(board.entries[0][0]), exp.name)
-        models = []
-        keys: set[str] = set()
-        for rank, (run_id, value) in enumerate(board.entries, start=1):
-            run = runs.get(run_id)
-            if run is None:  # deleted since the last ranking; the next pass puts the board right
-                continue
-            keys.update(run.metrics)
-            models.append(
-                {
-                    "rank": rank,
-                    "run_id": run_id,
-                    "run_name": run.run_name,
-                    "value": value,
-                    "production_candidate": rank <= board.production_candidates,
-                    "url": run_url(ui, experiment_id, run_id),
-                    "params": {k: run.params[k] for k in MAIN_PARAMS if k in run.params},
-                    "total_features": _int(run.params.get("total_features")),
-                    "retrained_from": run.tags.get("retrained_from"),
-                }
-            )
-        return {
-            "experiment_id": experiment_id,
-            "experiment_name": exp.name,
-            "rule": board.rule,
-            "metric": ranking[0] if ranking else None,
-            "ascending": ranking[1] if ranking else None,
-            "top_n": board.top_n,
-            "ranked_runs": board.ranked_runs,
-            "unranked_runs": board.unranked_runs,
-            "ranked_at": iso_ms(board.seen_ms),
-            "metric_keys": sorted_metric_keys(keys),
-            "models": models,
-        }
+    def url(self, experiment_id: str, run_id: str) -> str | None:
+        return run_url(self.ui_base_url, experiment_id, run_id)
 
-    @api.get("/api/experiments/{experiment_id}/metric-keys", tags=["dashboard"])
-    def metric_keys(experiment_id: str) -> dict[str, Any]:
-        """The metric keys the Rank dialog offers: those of the kept board's runs and of the
-        newest finished runs (at most three tracking calls whatever the experiment's size)."""
-        try:
-            exp = find_experiment(experiment_id)
-            board = kept_board(exp.tags)
-            keys: set[str] = set()
-            if board is not None and board.entries:
-                for run in tracking.search_runs(
-                    [experiment_id], f"attributes.run_id IN ({quote_all(i for i, _ in board.entries)})"
-                ):
-                    keys.update(run.metrics)
-            # MLflow's default order is newest first: one page, no ordered scan.
-            for run in tracking.search_runs(
-                [experiment_id], "attributes.status = 'FINISHED'", limit=METRIC_KEY_RUNS
-            ):
-                keys.update(run.metrics)
-        except TrackingError as e:
-            raise _tracking_failed(e, "metric_keys") from e
-        return {"experiment_id": experiment_id, "metric_keys": sorted_metric_keys(keys)}
 
-    # -- importance ---------------------------------------------------------------------------------
+def dashboard_query(request: Request) -> DashboardQuery:
+    query: DashboardQuery = request.app.state.dashboard
+    return query
 
-    @api.get("/api/runs/{run_id}/importance", tags=["dashboard"])
-    def run_importance(run_id: str) -> dict[str, Any]:
-        """A run's features from its feature_importance.csv: permutation mean and std, SHAP."""
-        try:
-            run = find_run(run_id)
-            rows = importance_cache.get(run_id)
-        except TrackingError as e:
-            raise _tracking_failed(e, "run_importance") from e
-        if rows is None:
-            raise HTTPException(
-                status.HTTP_404_NOT_FOUND, detail=f"run {run_id} has no {IMPORTANCE_CSV} artifact"
-            )
-        return {
-            "run_id": run_id,
-            "run_name": run.run_name,
-            "experiment_id": run.experiment_id,
-            "status": run.status,
-            "total_features": _int(run.params.get("total_features")) or len(rows),
-            "retrained_from": run.tags.get("retrained_from"),
-            "url": run_url(ui, run.experiment_id, run_id),
-            "metrics": {k: finite(v) for k, v in run.metrics.items() if k.startswith("avg_")},
-            "features": [
-                {
-                    "rank": r.rank,
-                    "feature": r.feature,
-                    "importance_mean": r.importance_mean,
-                    "importance_std": r.importance_std,
-                    "shap_importance": r.shap_importance,
-                }
-                for r in rows
-            ],
-        }
 
-    @api.get("/api/experiments/{experiment_id}/importance", tags=["dashboard"])
-    def experiment_importance(
-        experiment_id: str,
-        top_n: int = Query(default=10, ge=1, le=MAX_TOP_N, description="How many leaders to read"),
-    ) -> dict[str, Any]:
-        """The features that matter across the top N runs: mean importance and mean rank."""
-        try:
-            exp = find_experiment(experiment_id)
-            board = kept_board(exp.tags)
-            if board is None or not board.entries:
-                raise HTTPException(
-                    status.HTTP_404_NOT_FOUND,
-                    detail=f"experiment {exp.name!r} has not been ranked yet (no leaderboard)",
-                )
-            used: list[str] = []
-            per_run: list[list[FeatureRow]] = []
-            for run_id, _ in board.entries[:top_n]:
-                rows = importance_cache.get(run_id)
-                if rows is not None:
-                    used.append(run_id)
-                    per_run.append(rows)
-        except TrackingError as e:
-            raise _tracking_failed(e, "experiment_importance") from e
-        return {
-            "experiment_id": experiment_id,
-            "experiment_name": exp.name,
-            "top_n": top_n,
-            "runs": used,
-            "features": across_leaders(per_run),
-        }
+Dashboard = Annotated[DashboardQuery, Depends(dashboard_query)]
 
-    # -- retraining ----------------------------------------------------------------------------------
+# GET routes, and the POST routes that the app puts behind the API's token.
+router = APIRouter()
+actions = APIRouter()
 
-    @api.post(
-        "/api/retrain",
-        tags=["dashboard"],
-        status_code=status.HTTP_202_ACCEPTED,
-        dependencies=[Depends(require_token)],
-        openapi_extra={
-            "requestBody": {
-                "required": True,
-                "content": {"application/json": {"schema": RetrainRequest.model_json_schema()}},
-            }
-        },
-        responses={
-            400: {"description": "Bad body, unknown feature, nothing or everything to drop"},
-            401: {"description": "Missing or wrong bearer token"},
-            404: {"description": "Unknown run"},
-            413: {"description": "The body is larger than a megabyte"},
-            415: {"description": "The body is not declared as JSON"},
-            429: {"description": "The job queue is full"},
-        },
+
+def install(app: FastAPI, query: DashboardQuery, require_token: Callable[..., None]) -> None:
+    """Serve the dashboard from ``app``: its routes over ``query``, POSTs behind the token."""
+    app.state.dashboard = query
+    app.add_exception_handler(TrackingError, tracking_failed)
+    app.include_router(router)
+    app.include_router(actions, dependencies=[Depends(require_token)])
+
+
+async def tracking_failed(request: Request, exc: Exception) -> JSONResponse:
+    """A tracking failure: 503, the details (URLs, server messages) to the log only."""
+    route = request.scope.get("route")
+    log.error("dashboard_tracking_failed", route=getattr(route, "name", request.url.path), error=str(exc))
+    return JSONResponse(
+        {"detail": "the MLflow tracking server failed; see the watcher's log (dashboard_tracking_failed)"},
+        status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
     )
-    async def retrain(request: Request) -> JSONResponse:
-        """Queue ``python -m trainer retrain`` for a run, without the features named or below a threshold."""
-        # A page of another site can POST text/plain here without asking (no CORS preflight);
-        # application/json it cannot, so a watcher without a token is not retrained from afar.
-        if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
-            raise HTTPException(
-                status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
-                detail="the body must be JSON (Content-Type: application/json)",
+
+
+# ---- the page ----------------------------------------------------------------------------------------
+
+
+@router.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
+def page() -> Response:
+    return Response(
+        (STATIC / "index.html").read_bytes(), media_type="text/html; charset=utf-8", headers=PAGE_HEADERS
+    )
+
+
+@router.get("/static/{name}", include_in_schema=False)
+def static_file(name: str) -> Response:
+    if name not in STATIC_FILES:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no static file {name!r}")
+    with resources.as_file(STATIC / name) as path:
+        return FileResponse(path, media_type=STATIC_FILES[name], headers=PAGE_HEADERS)
+
+
+# ---- experiments and leaderboards ----------------------------------------------------------------------
+
+
+@router.get("/api/experiments", tags=["dashboard"])
+def experiments(q: Dashboard) -> list[ExperimentView]:
+    """Every experiment a rule watches now or that was ranked on demand, with its leader and counts."""
+    shown = []
+    for exp in sorted(q.tracking.search_experiments(), key=lambda e: e.name):
+        board = kept_board(exp.tags)
+        rule = q.settings.rule_for(exp.name)
+        # A board a rule left behind (the experiment was renamed out of it) is not listed.
+        if rule is None and (board is None or board.rule != ON_DEMAND_RULE):
+            continue
+        shown.append((exp, rule, board))
+    leaders = q.leaders({e.experiment_id: b for e, _, b in shown if b is not None})
+    out = []
+    for exp, rule, board in shown:
+        leader_run = leaders.get(board.entries[0][0]) if board and board.entries else None
+        ranking = ranking_of(board, q.settings, leader_run, exp.name) if board else None
+        metric, ascending = ranking if ranking else (rule.metric, rule.ascending) if rule else (None, None)
+        leader = None
+        if board and board.entries:
+            run_id, value = board.entries[0]
+            leader = Leader(
+                run_id=run_id,
+                run_name=leader_run.run_name if leader_run else None,
+                value=value,
+                url=q.url(exp.experiment_id, run_id),
             )
-        raw = await _read_bounded(request, MAX_BODY_BYTES)
-        try:
-            body = RetrainRequest.model_validate_json(raw)
-        except ValidationError as e:
-            first = e.errors()[0]
-            where = ".".join(str(p) for p in first.get("loc", ())) or "body"
-            raise HTTPException(status.HTTP_400_BAD_REQUEST, detail=f"{where}: {first.get('msg')}") from e
-        return await _run_sync(lambda: _queue_retrain(body))
-
-    def _queue_retrain(body: RetrainRequest) -> JSONResponse:
-        try:
-            run = find_run(body.run_id)
-            rows = importance_cache.get(body.run_id)
-        except TrackingError as e:
-            raise _tracking_failed(e, "retrain") from e
-        if rows is None:
-            raise HTTPException(
-                status.HTTP_400_BAD_REQUEST,
-                detail=f"run {body.run_id} has no {IMPORTANCE_CSV} artifact, so nothing to retrain by",
+        out.append(
+            ExperimentView(
+                experiment_id=exp.experiment_id,
+                experiment_name=exp.name,
+                rule=board.rule if board else rule.name if rule else None,
+                metric=metric,
+                ascending=ascending,
+                top_n=board.top_n if board else rule.top_n if rule else None,
+                ranked_runs=board.ranked_runs if board else 0,
+                unranked_runs=board.unranked_runs if board else 0,
+                leader=leader,
+                ranked_at=iso_ms(board.seen_ms) if board else None,
             )
-        try:
-            exclude, drop_below = check_retrain(body, rows)
-        except ValueError as e:
-            raise HTTPException(status.HTTP_400_BAD_REQUEST, detail=str(e)) from e
-        try:
-            job = jobs.submit(
-                body.run_id, exclude=exclude, drop_below=drop_below, experiment_id=run.experiment_id
+        )
+    return out
+
+
+@router.get("/api/experiments/{experiment_id}/leaderboard", tags=["dashboard"])
+def leaderboard(experiment_id: str, q: Dashboard) -> LeaderboardView:
+    """The experiment's kept board: rank, run, value, production candidate, main hyperparameters."""
+    exp = q.experiment(experiment_id)
+    board = q.ranked_board(exp)
+    runs = q.board_runs(experiment_id, board)
+    ranking = ranking_of(board, q.settings, runs.get(board.entries[0][0]), exp.name)
+    models = []
+    keys: set[str] = set()
+    for rank, (run_id, value) in enumerate(board.entries, start=1):
+        run = runs.get(run_id)
+        if run is None:  # deleted since the last ranking; the next pass puts the board right
+            continue
+        keys.update(run.metrics)
+        models.append(
+            ModelRow(
+                rank=rank,
+                run_id=run_id,
+                run_name=run.run_name,
+                value=value,
+                production_candidate=rank <= board.production_candidates,
+                url=q.url(experiment_id, run_id),
+                params={k: run.params[k] for k in MAIN_PARAMS if k in run.params},
+                total_features=_int(run.params.get("total_features")),
+                retrained_from=run.tags.get("retrained_from"),
             )
-        except QueueFull as e:
-            raise HTTPException(status.HTTP_429_TOO_MANY_REQUESTS, detail=str(e)) from e
-        log.info("api_retrain_queued", job_id=job.job_id, run_id=body.run_id)
-        return JSONResponse(job_view(job, ui), status_code=status.HTTP_202_ACCEPTED)
+        )
+    return LeaderboardView(
+        experiment_id=experiment_id,
+        experiment_name=exp.name,
+        rule=board.rule,
+        metric=ranking[0] if ranking else None,
+        ascending=ranking[1] if ranking else None,
+        top_n=board.top_n,
+        ranked_runs=board.ranked_runs,
+        unranked_runs=board.unranked_runs,
+        ranked_at=iso_ms(board.seen_ms),
+        metric_keys=sorted_metric_keys(keys),
+        models=models,
+    )
 
-    @api.get("/api/jobs/{job_id}", tags=["dashboard"])
-    def get_job(job_id: str) -> dict[str, Any]:
-        """One retrain job: status, the new run once known, and the tail of its log."""
-        job = jobs.get(job_id)
-        if job is None:
-            raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no job with id {job_id!r}")
-        return job_view(job, ui)
 
-    @api.get("/api/jobs", tags=["dashboard"])
-    def list_jobs() -> list[dict[str, Any]]:
-        """Recent retrain jobs, newest first."""
-        return [job_view(j, ui) for j in jobs.recent()]
+@router.get("/api/experiments/{experiment_id}/metric-keys", tags=["dashboard"])
+def metric_keys(experiment_id: str, q: Dashboard) -> MetricKeys:
+    """The metric keys the Rank dialog offers: those of the kept board's runs and of the
+    newest finished runs (at most three tracking calls whatever the experiment's size)."""
+    exp = q.experiment(experiment_id)
+    board = kept_board(exp.tags)
+    keys: set[str] = set()
+    if board is not None and board.entries:
+        for run in q.board_runs(experiment_id, board).values():
+            keys.update(run.metrics)
+    # MLflow's default order is newest first: one page, no ordered scan.
+    for run in q.tracking.search_runs(
+        [experiment_id], "attributes.status = 'FINISHED'", limit=METRIC_KEY_RUNS
+    ):
+        keys.update(run.metrics)
+    return MetricKeys(experiment_id=experiment_id, metric_keys=sorted_metric_keys(keys))
 
-    return api
+
+# ---- importance ----------------------------------------------------------------------------------------
+
+
+@router.get("/api/runs/{run_id}/importance", tags=["dashboard"])
+def run_importance(run_id: str, q: Dashboard) -> RunImportance:
+    """A run's features from its feature_importance.csv: permutation mean and std, SHAP."""
+    run = q.run(run_id)
+    rows = q.importance.get(run_id)
+    if rows is None:
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND, detail=f"run {run_id} has no {IMPORTANCE_CSV} artifact"
+        )
+    return RunImportance(
+        run_id=run_id,
+        run_name=run.run_name,
+        experiment_id=run.experiment_id,
+        status=run.status,
+        total_features=_int(run.params.get("total_features")) or len(rows),
+        retrained_from=run.tags.get("retrained_from"),
+        url=q.url(run.experiment_id, run_id),
+        metrics={k: finite(v) for k, v in run.metrics.items() if k.startswith("avg_")},
+        features=rows,
+    )
+
+
+@router.get("/api/experiments/{experiment_id}/importance", tags=["dashboard"])
+def experiment_importance(
+    experiment_id: str,
+    q: Dashboard,
+    top_n: int = Query(default=10, ge=1, le=MAX_TOP_N, description="How many leaders to read"),
+) -> ExperimentImportance:
+    """The features that matter across the top N runs: mean importance and mean rank."""
+    exp = q.experiment(experiment_id)
+    board = q.ranked_board(exp)
+    used: list[str] = []
+    per_run: list[list[FeatureRow]] = []
+    for run_id, _ in board.entries[:top_n]:
+        rows = q.importance.get(run_id)
+        if rows is not None:
+            used.append(run_id)
+            per_run.append(rows)
+    return ExperimentImportance(
+        experiment_id=experiment_id,
+        experiment_name=exp.name,
+        top_n=top_n,
+        runs=used,
+        features=[LeadersFeature(**f) for f in across_leaders(per_run)],
+    )
+
+
+# ---- retraining ------------------------------------------------------------------------------------------
+
+
+@actions.post(
+    "/api/retrain",
+    tags=["dashboard"],
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=JobView,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": RetrainRequest.model_json_schema()}},
+        }
+    },
+    responses={
+        400: {"description": "Bad body, unknown feature, nothing or everything to drop"},
+        401: {"description": "Missing or wrong bearer token"},
+        404: {"description": "Unknown run"},
+        413: {"description": "The body is larger than a megabyte"},
+        415: {"description": "The body is not declared as JSON"},
+        429: {"description": "The job queue is full"},
+    },
+)
+async def retrain(request: Request, q: Dashboard) -> JSONResponse:
+    """Queue ``python -m trainer retrain`` for a run, without the features named or below a threshold."""
+    # A page of another site can POST text/plain here without asking (no CORS preflight);
+    # application/json it cannot, so a watcher without a token is not retrained from afar.
+    if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
+        raise HTTPException(
+            status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
+            detail="the body must be JSON (Content-Type: application/json)",
+        )
+    raw = await _read_bounded(request, MAX_BODY_BYTES)
+    try:
+        body = RetrainRequest.model_validate_json(raw)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ())) or "body"
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, detail=f"{where}: {first.get('msg')}") from e
+    return await _run_sync(lambda: _queue_retrain(q, body))
+
+
+def _queue_retrain(q: DashboardQuery, body: RetrainRequest) -> JSONResponse:
+    run = q.run(body.run_id)
+    rows = q.importance.get(body.run_id)
+    if rows is None:
+        raise HTTPException(
+            status.HTTP_400_BAD_REQUEST,
+            detail=f"run {body.run_id} has no {IMPORTANCE_CSV} artifact, so nothing to retrain by",
+        )
+    try:
+        exclude, drop_below = check_retrain(body, rows)
+    except ValueError as e:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, detail=str(e)) from e
+    try:
+        job = q.jobs.submit(
+            body.run_id, exclude=exclude, drop_below=drop_below, experiment_id=run.experiment_id
+        )
+    except QueueFull as e:
+        raise HTTPException(status.HTTP_429_TOO_MANY_REQUESTS, detail=str(e)) from e
+    log.info("api_retrain_queued", job_id=job.job_id, run_id=body.run_id)
+    return JSONResponse(job_view(job, q.ui_base_url).model_dump(), status_code=status.HTTP_202_ACCEPTED)
+
+
+@router.get("/api/jobs/{job_id}", tags=["dashboard"])
+def get_job(job_id: str, q: Dashboard) -> JobView:
+    """One retrain job: status, the new run once known, and the tail of its log."""
+    job = q.jobs.get(job_id)
+    if job is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no job with id {job_id!r}")
+    return job_view(job, q.ui_base_url)
+
+
+@router.get("/api/jobs", tags=["dashboard"])
+def list_jobs(q: Dashboard) -> list[JobView]:
+    """Recent retrain jobs, newest first."""
+    return [job_view(j, q.ui_base_url) for j in q.jobs.recent()]
 
 
 async def _read_bounded(request: Request, limit: int) -> bytes:

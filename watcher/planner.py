@@ -512,6 +512,8 @@ def plan_board(
     new_state = ExperimentState(
         rule=rule.name,
         fingerprint=fp,
+        metric=rule.metric,
+        ascending=rule.ascending,
         top_n=rule.top_n,
         production_candidates=rule.production_candidates,
         seen=t.seen,

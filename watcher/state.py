@@ -8,7 +8,8 @@ or replaced watcher carries on where the last one stopped and two replicas conve
 - ``pending``: runs finished after the last ranking but the experiment still had a RUNNING
   run (``trigger: experiment_finished``), so the ranking waits.
 - ``fingerprint``: metric, direction and filter of the rule that ranked; a change forces a
-  full ranking.
+  full ranking. ``metric`` and ``ascending`` say the first two in the clear (the dashboard
+  shows them); states written before they were recorded have neither (None).
 - ``board``: the best runs as ``[run_id, value, end_time]``, ``top_n`` of them tagged plus a
   reserve of runners-up, a prefix of the true order cut at its last entry (``complete``:
   it holds every ranked run). Its holders are the tag holders; its last entry is the cutoff
@@ -99,6 +100,8 @@ class ExperimentState:
     alerted: tuple[str, ...] = ()
     alert_cursor: tuple[int, str] | None = None
     announced: str | None = None
+    metric: str | None = None
+    ascending: bool | None = None
 
     @property
     def search_after(self) -> int:
@@ -128,6 +131,8 @@ class ExperimentState:
                 "alerted": list(self.alerted[-MAX_ALERTED:]),
                 "alert_cursor": None if self.alert_cursor is None else list(self.alert_cursor),
                 "announced": self.announced,
+                "metric": self.metric,
+                "ascending": self.ascending,
                 # Run names are left out (searches return them fresh): a board of MAX_BOARD
                 # entries then fits an experiment tag whatever the names.
                 "board": [[c.run_id, c.value, c.end_time] for c in self.board],
@@ -168,6 +173,9 @@ class ExperimentState:
                 alerted=tuple(str(r) for r in data.get("alerted") or ()),
                 alert_cursor=_opt_cursor(data.get("alert_cursor")),  # absent in older tags
                 announced=_opt_str(data.get("announced")),
+                # Absent in older tags: the dashboard then recovers them from the fingerprint.
+                metric=_opt_str(data.get("metric")),
+                ascending=None if data.get("ascending") is None else bool(data["ascending"]),
             )
         except (ValueError, TypeError, KeyError, IndexError):
             return None

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import xgboost as xgb
 from sklearn.inspection import permutation_importance
-from sklearn.metrics import r2_score
+from sklearn.metrics import r2_score, roc_auc_score
 from structlog.testing import capture_logs
 
 from trainer import importance, keys, splitpaths
@@ -328,3 +328,108 @@ def test_split_conditions_are_read_without_double_rounding() -> None:
     expected = np.float32(1 + 2**-23)
     assert splitpaths.parse_float32(spelling) == expected
     assert splitpaths.parse_conditions([spelling, "0.5"]).tolist() == [expected, np.float32(0.5)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Classifiers: the drop in ROC AUC, as sklearn's permutation_importance(scoring="roc_auc")
+# ---------------------------------------------------------------------------------------------
+
+
+def _classifier_booster(X: np.ndarray, y: np.ndarray, rounds: int = 40) -> xgb.Booster:
+    params = {"objective": "binary:logistic", "max_depth": 3, "eta": 0.2, "nthread": 1, "seed": 1}
+    return xgb.train({**params, "colsample_bytree": 0.5}, xgb.DMatrix(X, label=y), num_boost_round=rounds)
+
+
+def _classifier(booster: xgb.Booster) -> xgb.XGBClassifier:
+    """An sklearn classifier wrapping the very same trees (predict_proba: the booster's output)."""
+    classifier = xgb.XGBClassifier(n_jobs=1)
+    classifier.load_model(bytearray(booster.save_raw()))
+    return classifier
+
+
+@pytest.fixture(scope="module")
+def classifier_model() -> tuple[xgb.Booster, np.ndarray, np.ndarray]:
+    X, target = _data(500, seed=4)
+    y = (target > np.median(target)).astype(np.float64)
+    return _classifier_booster(X[:350], y[:350]), X[350:], y[350:]
+
+
+@pytest.mark.parametrize(("n_repeats", "seed"), [(1, 0), (5, 42), (3, 123456)])
+@pytest.mark.parametrize("batch_cells", [importance.BATCH_CELLS, 1000])
+def test_auc_importances_equal_sklearns_bit_for_bit(
+    classifier_model: tuple[xgb.Booster, np.ndarray, np.ndarray], n_repeats: int, seed: int, batch_cells: int
+) -> None:
+    """Same trees, rows, n_repeats and random_state: exactly sklearn's drops in ROC AUC."""
+    booster, X, y = classifier_model
+    expected = permutation_importance(
+        _classifier(booster), X, y, scoring="roc_auc", n_repeats=n_repeats, random_state=seed
+    )
+    baseline, ours = importance.permutation_importances(
+        booster, X, y, n_repeats=n_repeats, seed=seed, batch_cells=batch_cells, scoring="roc_auc"
+    )
+    assert np.array_equal(ours, expected.importances)
+    assert baseline == roc_auc_score(y, _classifier(booster).predict_proba(X)[:, 1])
+    assert ours[12].tolist() == [0.0] * n_repeats  # never split on
+
+
+def test_auc_report_mean_and_std_equal_sklearns_and_say_what_they_measure(
+    classifier_model: tuple[xgb.Booster, np.ndarray, np.ndarray], tmp_path: Path
+) -> None:
+    booster, X, y = classifier_model
+    names = [f"f{i}" for i in range(N_FEATURES)]
+    report = importance.compute_importance(booster, X, y, names, n_repeats=4, seed=7, scoring="roc_auc")
+    assert report is not None
+    expected = permutation_importance(
+        _classifier(booster), X, y, scoring="roc_auc", n_repeats=4, random_state=7
+    )
+    assert np.array_equal(report.importances_mean, expected.importances_mean)
+    assert np.array_equal(report.importances_std, expected.importances_std)
+    assert set(report.order()[:2].tolist()) == {0, 3}  # the two strong planted features lead
+    report.write_artifacts(tmp_path)
+    document = json.loads((tmp_path / importance.PERMUTATION_JSON).read_text(encoding="utf-8"))
+    assert document["scoring"] == "roc_auc"
+
+
+def test_auc_scores_follow_sklearn_with_ties_and_float32() -> None:
+    """ROC AUC of many score vectors (ties, float32, few rows) equals roc_auc_score exactly."""
+    rng = np.random.default_rng(11)
+    for _ in range(300):
+        n = int(rng.integers(2, 400))
+        y = (rng.random(n) < rng.uniform(0.05, 0.95)).astype(np.float64)
+        scores = rng.random((3, n)).astype(np.float32)
+        scores[1] = np.round(scores[1] * 4) / 4  # many ties
+        ours = importance.auc_scores(y, scores)
+        if y.min() == y.max():
+            assert np.isnan(ours).all()
+            continue
+        assert ours.tolist() == [roc_auc_score(y, row) for row in scores]
+
+
+def test_held_out_rows_of_one_class_leave_the_model_out_and_say_why() -> None:
+    """ROC AUC is undefined on one class: such a fold is left out of pooled importance; with
+    none left, importance is skipped with that reason."""
+    X, target = _data(600, seed=3)
+    y = (target > 0).astype(np.float64)
+    mixed = (_classifier_booster(X[:200], y[:200]), X[200:400], y[200:400])
+    one_class = (mixed[0], X[400:], np.ones(200))
+    names = [f"f{i}" for i in range(N_FEATURES)]
+    pooled, reason = importance.for_trial(
+        [mixed, one_class], names, holdout="pooled", n_repeats=2, seed=5, scoring="roc_auc"
+    )
+    assert reason is None
+    assert pooled is not None
+    assert pooled.n_rows == 200
+    assert importance.for_trial(
+        [mixed, one_class], names, holdout="latest", n_repeats=2, seed=5, scoring="roc_auc"
+    ) == (None, importance.ONE_CLASS)
+
+
+def test_a_classifiers_shap_values_are_log_odds(
+    classifier_model: tuple[xgb.Booster, np.ndarray, np.ndarray],
+) -> None:
+    """SHAP values plus the bias add up to each row's margin: the log-odds of class 1."""
+    booster, X, _ = classifier_model
+    contribs = booster.predict(xgb.DMatrix(X), pred_contribs=True).astype(np.float64)
+    np.testing.assert_allclose(importance.shap_values(booster, X), contribs[:, :-1], rtol=1e-12)
+    probability = booster.inplace_predict(X).astype(np.float64)
+    np.testing.assert_allclose(contribs.sum(axis=1), np.log(probability / (1 - probability)), atol=1e-4)

@@ -64,6 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--target", metavar="COL", help="predict this column from every other numeric column")
     train.add_argument(
+        "--task",
+        choices=("regression", "direction", "classification"),
+        help="regression (default): predict the return or --target; direction: whether the next "
+        "return from OHLCV bars is positive; classification: a two-valued --target column",
+    )
+    train.add_argument(
         "--time-column",
         metavar="COL",
         help="the time column (default: the one named timestamp, time, datetime, date or ts in any "
@@ -131,6 +137,7 @@ def executor_factory(backend: str, ray_address: str | None) -> ExecutorFactory:
 TRAIN_OVERRIDES = {
     "data": "data.path",
     "target": "data.target",
+    "task": "task",
     "time_column": "data.time_column",
     "symbol": "symbol",
     "trials": "trials",
@@ -203,15 +210,16 @@ def _retrain(args: argparse.Namespace) -> int:
     )
     if result.status != "FINISHED":
         raise TrainingError(f"retraining run {args.run_id} failed in run {result.run_id}: {result.error}")
-    before = result.source.metrics.get("avg_test_r2", math.nan)
-    after = result.metrics.get("avg_test_r2", math.nan)
+    metric = result.config.resolved_task().main_metric
+    before = result.source.metrics.get(metric, math.nan)
+    after = result.metrics.get(metric, math.nan)
     total = len(result.plan.kept) + len(result.plan.dropped)
     names = ", ".join(name for name, _ in result.plan.dropped[:10])
     more = f" and {len(result.plan.dropped) - 10} more" if len(result.plan.dropped) > 10 else ""
     print(
         f"Retrained run {args.run_id} as run {result.run_id} (experiment {result.source.experiment_id}): "
         f"{total} -> {len(result.plan.kept)} features, dropped {names}{more}\n"
-        f"avg_test_r2 {before:.5f} -> {after:.5f}",
+        f"{metric} {before:.5f} -> {after:.5f}",
         file=sys.stdout,
     )
     return EXIT_OK

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from trainer.errors import InputError
 from trainer.keys import clean_name
 from trainer.tables import table_stem
+from trainer.tasks import TASKS, Task, TaskName
 
 # Search-space names (XGBoost's scikit-learn spelling, logged as params) -> native xgb.train
 # parameter names. ``n_estimators`` becomes ``num_boost_round``.
@@ -255,6 +256,7 @@ class ImportanceConfig(_Strict):
 
 class TrainerConfig(_Strict):
     symbol: str | None = Field(default=None, min_length=1)  # None: the data file's stem
+    task: TaskName = "regression"
     trials: int = Field(default=24, ge=1)
     seed: int = Field(default=42, ge=0)  # numpy's seeds are non-negative
     jobs: int = Field(default=2, ge=1)
@@ -313,11 +315,17 @@ class TrainerConfig(_Strict):
             return symbol_of(table_stem(self.data.path))
         return SAMPLE_SYMBOL
 
+    def resolved_task(self) -> Task:
+        return TASKS[self.task]
+
     def experiment_name(self, n_features: int) -> str:
+        """``experiment``, else ``wf_xgboost_{SYMBOL}_{infix}f{n}_tr{m}m_te{k}m`` where the infix
+        is empty for regression, ``dir_`` for direction and ``cls_`` for classification."""
         if self.experiment:
             return self.experiment
         wf = self.walk_forward
-        return f"wf_xgboost_{self.resolved_symbol()}_f{n_features}_tr{wf.train_months}m_te{wf.test_months}m"
+        infix = self.resolved_task().infix
+        return f"wf_xgboost_{self.resolved_symbol()}_{infix}f{n_features}_tr{wf.train_months}m_te{wf.test_months}m"
 
 
 def symbol_of(text: str) -> str:

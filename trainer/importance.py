@@ -1,8 +1,9 @@
 """Permutation and SHAP importance of a trained booster on held-out rows.
 
 The permutation numbers equal ``sklearn.inspection.permutation_importance(estimator, X, y,
-scoring="r2", n_repeats=n_repeats, random_state=seed)`` for an ``XGBRegressor`` wrapping the
-same booster, but cost a fraction of its time:
+scoring=scoring, n_repeats=n_repeats, random_state=seed)`` for an ``XGBRegressor`` (scoring
+``"r2"``) or an ``XGBClassifier`` (scoring ``"roc_auc"``, a ``binary:logistic`` booster)
+wrapping the same booster, but cost a fraction of its time:
 
 - sklearn draws one seed from ``RandomState(seed)`` and gives every column a fresh
   ``RandomState`` of that seed, so all columns see the same sequence of (cumulative) shuffles;
@@ -13,10 +14,12 @@ same booster, but cost a fraction of its time:
   only the other rows are predicted (``trainer.splitpaths``, checked against XGBoost's own
   paths before use).
 - All permuted copies of several columns go to ``Booster.inplace_predict`` in one call (no
-  DMatrix, no estimator validation), and R² is computed for all of them at once.
+  DMatrix, no estimator validation), and R² is computed for all of them at once (ROC AUC
+  one copy at a time, by sklearn's steps without its input checks: ``scoring.roc_auc``).
 
 SHAP importance is the mean |SHAP value| per feature from XGBoost's own TreeSHAP
-(``pred_contribs=True``) on the same rows.
+(``pred_contribs=True``) on the same rows: in the target's units for a regressor, in log-odds
+for a classifier.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import structlog
 import xgboost as xgb
 
 from trainer import keys, plots, splitpaths
+from trainer.scoring import roc_auc
 
 log = structlog.get_logger(__name__)
 
@@ -43,6 +47,8 @@ FEATURE_NAMES_PARAM_COUNT = 50
 BATCH_CELLS = 16_000_000
 
 Holdout = Literal["latest", "pooled"]
+Scoring = Literal["r2", "roc_auc"]
+SCORING_LABELS: dict[str, str] = {"r2": "R²", "roc_auc": "ROC AUC"}
 
 PERMUTATION_JSON = "permutation_importance.json"
 IMPORTANCE_CSV = "feature_importance.csv"
@@ -96,6 +102,14 @@ def r2_scores(y_true: np.ndarray, predictions: np.ndarray) -> np.ndarray:
     return scores
 
 
+def auc_scores(y_true: np.ndarray, predictions: np.ndarray) -> np.ndarray:
+    """ROC AUC of each row of ``predictions`` (shape ``(m, n)``), as ``sklearn.metrics.roc_auc_score``."""
+    return np.array([roc_auc(y_true, row) for row in predictions], dtype=np.float64)
+
+
+SCORERS = {"r2": r2_scores, "roc_auc": auc_scores}
+
+
 def used_features(booster: xgb.Booster, n_features: int) -> np.ndarray:
     """Column indices the booster splits on at least once, in ascending order."""
     split_counts = booster.get_score(importance_type="weight")
@@ -118,16 +132,19 @@ def permutation_importances(
     seed: int,
     batch_cells: int = BATCH_CELLS,
     skip_unchanged_rows: bool = True,
+    scoring: Scoring = "r2",
 ) -> tuple[float, np.ndarray]:
-    """Baseline R² and the raw importances, shape ``(n_features, n_repeats)``.
+    """Baseline score (R², or ROC AUC of class-1 probabilities) and the raw importances, shape
+    ``(n_features, n_repeats)``: the drop in the score when a column is permuted.
 
     With ``skip_unchanged_rows``, a row whose tree paths the permutation does not change keeps
     its unpermuted prediction (``trainer.splitpaths``); the numbers are the same either way.
     """
     data = np.ascontiguousarray(X, dtype=np.float32)  # what XGBoost reads anyway
     n_rows, n_features = data.shape
+    score = SCORERS[scoring]
     base_pred = np.asarray(booster.inplace_predict(data), dtype=np.float32)
-    baseline = float(r2_scores(y, base_pred[np.newaxis, :])[0])
+    baseline = float(score(y, base_pred[np.newaxis, :])[0])
     importances = np.zeros((n_features, n_repeats), dtype=np.float64)
     columns = used_features(booster, n_features)
     if len(columns) == 0:
@@ -155,7 +172,7 @@ def permutation_importances(
             batch = data[row]
             batch[np.arange(len(row)), column] = data[perms[unit_repeats[unit], row], column]
             preds[unit, row] = booster.inplace_predict(batch)
-        importances[block] = baseline - r2_scores(y, preds).reshape(len(block), n_repeats)
+        importances[block] = baseline - score(y, preds).reshape(len(block), n_repeats)
     return baseline, importances
 
 
@@ -180,7 +197,7 @@ class FeatureImportance:
     importance_mean: float
     importance_std: float
     shap_importance: float
-    importances: tuple[float, ...]  # every repeat's decrease in R²
+    importances: tuple[float, ...]  # every repeat's decrease in the score (R² or ROC AUC)
 
 
 @dataclass(frozen=True, eq=False)
@@ -188,13 +205,14 @@ class ImportanceReport:
     """Importance of every feature of one model, and how it is shown in MLflow."""
 
     feature_names: tuple[str, ...]
-    importances: np.ndarray  # raw decrease in R², (n_features, n_repeats * n_evaluated_models)
+    importances: np.ndarray  # raw decrease in the score, (n_features, n_repeats * n_evaluated_models)
     shap: np.ndarray  # mean |SHAP| per feature
-    baseline_scores: tuple[float, ...]  # R² of each evaluated model on its rows, unpermuted
+    baseline_scores: tuple[float, ...]  # the score of each evaluated model on its rows, unpermuted
     n_rows: int
     n_repeats: int
     seed: int
     holdout: Holdout = "latest"
+    scoring: Scoring = "r2"
     metric_names: dict[str, str] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -270,7 +288,10 @@ class ImportanceReport:
                 values=[r.importance_mean for r in top],
                 errors=[r.importance_std for r in top],
                 title=f"Permutation importance, top {len(top)} of {total} features",
-                xlabel=f"mean decrease in R² ({self.n_repeats} repeats, {self._rows_label()})",
+                xlabel=(
+                    f"mean decrease in {SCORING_LABELS[self.scoring]} "
+                    f"({self.n_repeats} repeats, {self._rows_label()})"
+                ),
             )
         )
         shap_top = self.shap_order()[:TOP_METRICS]
@@ -292,7 +313,7 @@ class ImportanceReport:
 
     def _write_json(self, path: Path, rows: list[FeatureImportance]) -> Path:
         document = {
-            "scoring": "r2",
+            "scoring": self.scoring,
             "n_repeats": self.n_repeats,
             "random_state": self.seed,
             "holdout": self.holdout,
@@ -344,6 +365,17 @@ def skip_reason(n_rows: int, min_rows: int = MIN_ROWS) -> str | None:
     return None
 
 
+ONE_CLASS = "the held-out rows hold one class only, so their ROC AUC is undefined"
+
+
+def _unusable(X: np.ndarray, y: np.ndarray, min_rows: int, scoring: Scoring) -> str | None:
+    """Why one model's held-out rows cannot be scored, or None if they can."""
+    reason = skip_reason(len(X), min_rows)
+    if reason is None and scoring == "roc_auc" and np.min(y) == np.max(y):
+        return ONE_CLASS
+    return reason
+
+
 def compute_importance(
     booster: xgb.Booster,
     X_hold: np.ndarray,
@@ -353,11 +385,10 @@ def compute_importance(
     n_repeats: int,
     seed: int,
     min_rows: int = MIN_ROWS,
+    scoring: Scoring = "r2",
 ) -> ImportanceReport | None:
-    """Importance of ``booster`` on held-out rows, or None (and a warning) if too few rows.
-
-    The reason for a None is ``skip_reason(len(X_hold), min_rows)``.
-    """
+    """Importance of ``booster`` on held-out rows, or None (and a warning) if too few rows
+    (or, for ROC AUC, rows of one class only)."""
     return compute_pooled_importance(
         [(booster, X_hold, y_hold)],
         feature_names,
@@ -365,6 +396,7 @@ def compute_importance(
         seed=seed,
         min_rows=min_rows,
         holdout="latest",
+        scoring=scoring,
     )
 
 
@@ -376,18 +408,19 @@ def compute_pooled_importance(
     seed: int,
     min_rows: int = MIN_ROWS,
     holdout: Holdout = "pooled",
+    scoring: Scoring = "r2",
 ) -> ImportanceReport | None:
     """Importance pooled over several models, each on its own held-out rows.
 
     Each model is permuted exactly as sklearn would with ``random_state=seed``; the raw
     importances of all models are pooled (mean and std over models × repeats) and the SHAP
-    values averaged over all their rows. Models with fewer than ``min_rows`` rows are left
-    out; None if no model is left.
+    values averaged over all their rows. Models whose rows cannot be scored (fewer than
+    ``min_rows``; one class only, for ROC AUC) are left out; None if no model is left.
     """
-    usable = [(b, X, y) for b, X, y in models if skip_reason(len(X), min_rows) is None]
+    usable = [(b, X, y) for b, X, y in models if _unusable(X, y, min_rows, scoring) is None]
     if not usable:
         n_rows = max((len(X) for _, X, _ in models), default=0)
-        log.warning("importance_skipped", reason=skip_reason(n_rows, min_rows), n_rows=n_rows)
+        log.warning("importance_skipped", reason=_why_none(models, min_rows, scoring), n_rows=n_rows)
         return None
     for _, X, _ in usable:
         if X.shape[1] != len(feature_names):
@@ -397,7 +430,9 @@ def compute_pooled_importance(
     shap_sums = np.zeros(len(feature_names), dtype=np.float64)
     n_rows = 0
     for booster, X, y in usable:
-        baseline, importances = permutation_importances(booster, X, y, n_repeats=n_repeats, seed=seed)
+        baseline, importances = permutation_importances(
+            booster, X, y, n_repeats=n_repeats, seed=seed, scoring=scoring
+        )
         baselines.append(baseline)
         raw.append(importances)
         shap_sums += np.abs(shap_values(booster, X)).sum(axis=0)
@@ -411,17 +446,29 @@ def compute_pooled_importance(
         n_repeats=n_repeats,
         seed=seed,
         holdout=holdout,
+        scoring=scoring,
     )
     means = report.importances_mean
     log.info(
         "importance_computed",
         holdout=holdout,
+        scoring=scoring,
         n_rows=n_rows,
         n_features=len(feature_names),
         top_feature=feature_names[int(report.order()[0])],
         importance_max=float(means.max()),
     )
     return report
+
+
+def _why_none(
+    models: Sequence[tuple[xgb.Booster, np.ndarray, np.ndarray]], min_rows: int, scoring: Scoring
+) -> str:
+    """Why none of ``models`` can be scored: the reason of the one with the most rows."""
+    if not models:
+        return skip_reason(0, min_rows) or "no held-out rows"
+    _, X, y = max(models, key=lambda m: len(m[1]))
+    return _unusable(X, y, min_rows, scoring) or "no held-out rows"
 
 
 def for_trial(
@@ -432,6 +479,7 @@ def for_trial(
     n_repeats: int,
     seed: int,
     min_rows: int = MIN_ROWS,
+    scoring: Scoring = "r2",
 ) -> tuple[ImportanceReport | None, str | None]:
     """A trial's importance from its folds' ``(model, test X, test y)``, in fold order.
 
@@ -442,9 +490,14 @@ def for_trial(
     """
     models = list(held_out) if holdout == "pooled" else list(held_out)[-1:]
     report = compute_pooled_importance(
-        models, feature_names, n_repeats=n_repeats, seed=seed, min_rows=min_rows, holdout=holdout
+        models,
+        feature_names,
+        n_repeats=n_repeats,
+        seed=seed,
+        min_rows=min_rows,
+        holdout=holdout,
+        scoring=scoring,
     )
     if report is not None:
         return report, None
-    n_rows = max((len(X) for _, X, _ in models), default=0)
-    return None, skip_reason(n_rows, min_rows)
+    return None, _why_none(models, min_rows, scoring)

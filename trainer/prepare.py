@@ -4,8 +4,10 @@ raised before any MLflow run exists."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
+import numpy as np
 import structlog
 
 from trainer import data
@@ -14,6 +16,7 @@ from trainer.data import Dataset
 from trainer.errors import InputError
 from trainer.importance import feature_params
 from trainer.splits import MIN_WINDOW_ROWS, FoldPlan, NotEnoughMonths, plan_folds
+from trainer.tasks import Task
 
 log = structlog.get_logger(__name__)
 
@@ -23,14 +26,19 @@ class Inputs:
     dataset: Dataset
     plan: FoldPlan
     symbol: str
+    positive_class: str | None = None  # a classifier's class 1, as the data spells it
 
 
 def prepare(config: TrainerConfig) -> Inputs:
-    """Load the data set and plan its folds (InputError when not one fold is left)."""
+    """Load the data set, label it for the task and plan its folds (InputError when the task
+    does not fit the data, or not one fold is left)."""
     dc = config.data
-    dataset = data.load(dc.path, target=dc.target, time_column=dc.time_column)
-    wf = config.walk_forward
+    task = config.resolved_task()
+    check_task(task, dc.target)
     where = str(dc.path) if dc.path is not None else "the built-in sample"
+    dataset = data.load(dc.path, target=dc.target, time_column=dc.time_column)
+    dataset, positive_class = labelled(dataset, task, where)
+    wf = config.walk_forward
     try:
         plan = plan_folds(dataset.times, wf.train_months, wf.test_months, wf.window, wf.min_test_rows)
     except NotEnoughMonths as e:
@@ -39,6 +47,7 @@ def prepare(config: TrainerConfig) -> Inputs:
         "data_loaded",
         source=dataset.source,
         mode=dataset.mode,
+        task=task.name,
         rows=len(dataset.y),
         features=dataset.n_features,
         time_column=dataset.time_column,
@@ -52,7 +61,53 @@ def prepare(config: TrainerConfig) -> Inputs:
     )
     for window in plan.skipped:
         log.info("fold_skipped", reason=window.reason)
-    return Inputs(dataset, plan, config.resolved_symbol())
+    return Inputs(dataset, plan, config.resolved_symbol(), positive_class)
+
+
+def check_task(task: Task, target: str | None) -> None:
+    """The task fits the options: direction is OHLCV mode, classification has a --target."""
+    if task.name == "direction" and target is not None:
+        raise InputError(
+            f"--task direction predicts whether the next return from OHLCV bars is positive and takes "
+            f"no --target (got --target {target!r}); for a two-valued column of your own use "
+            "--task classification --target COL"
+        )
+    if task.name == "classification" and target is None:
+        raise InputError("--task classification needs --target COL: the two-valued column to predict")
+
+
+def labelled(dataset: Dataset, task: Task, where: str) -> tuple[Dataset, str | None]:
+    """``dataset`` with the task's labels as ``y`` (0/1 for a classifier) and the name of class 1.
+
+    Direction: 1 where the return the regression task would predict is above zero (0 where it
+    is zero or below). Classification: 1 where the target holds the larger of its two values.
+    """
+    if not task.classifies:
+        return dataset, None
+    if task.name == "direction":
+        y = (dataset.y > 0).astype(np.float64)
+        positive = "up"
+        if y.min() == y.max():
+            side = "above" if y[0] else "at or below"
+            raise InputError(
+                f"--task direction: the next return in {where} is {side} zero in every row, so there "
+                "is one class only and nothing to classify"
+            )
+    else:
+        values = np.unique(dataset.y)
+        if len(values) != 2:
+            shown = ", ".join(f"{v:g}" for v in values[:6]) + (", ..." if len(values) > 6 else "")
+            raise InputError(
+                f"--task classification: target column {dataset.target!r} in {where} has "
+                f"{len(values)} distinct values ({shown}); it needs exactly two, such as 0 and 1"
+            )
+        y = (dataset.y == values[1]).astype(np.float64)
+        positive = f"{values[1]:g}"
+    counts = np.bincount(y.astype(np.intp), minlength=2)
+    log.info(
+        "labels_made", task=task.name, positive_class=positive, rows_1=int(counts[1]), rows_0=int(counts[0])
+    )
+    return dataclasses.replace(dataset, y=y), positive
 
 
 def load_checked(config: TrainerConfig) -> Dataset:
@@ -89,8 +144,12 @@ def static_params(config: TrainerConfig, inputs: Inputs) -> dict[str, str]:
     """Data and fixed settings every trial of the sweep logs as params."""
     wf, xc = config.walk_forward, config.xgboost
     dataset, plan = inputs.dataset, inputs.plan
+    task = config.resolved_task()
+    labels = {"positive_class": inputs.positive_class} if inputs.positive_class is not None else {}
     return {
         "symbol": inputs.symbol,
+        "task": task.name,
+        **labels,
         "train_months": str(wf.train_months),
         "test_months": str(wf.test_months),
         "window": wf.window,
@@ -107,7 +166,7 @@ def static_params(config: TrainerConfig, inputs: Inputs) -> dict[str, str]:
         "prices_filled": str(dataset.notes.get("prices_filled", 0)),
         "values_missing": str(dataset.notes.get("values_missing", 0)),
         "sweep_seed": str(config.seed),
-        "objective": xc.objective,
+        "objective": task.objective(xc.objective),
         "tree_method": xc.tree_method,
         "max_bin": str(xc.max_bin),
         **feature_params(dataset.feature_names),

@@ -64,6 +64,7 @@ class RetrainResult:
     plan: DropPlan
     metrics: dict[str, float]
     error: str | None
+    config: TrainerConfig
 
 
 # ---------------------------------------------------------------------------------------------
@@ -183,16 +184,18 @@ def config_of(run: LoggedRun, importance_settings: dict[str, Any]) -> TrainerCon
         "data.path": None if source.startswith("builtin:") else source,
         "data.target": params.get("target") if params["data_mode"] == "target" else None,
         "data.time_column": params.get("time_column"),
+        "task": params.get("task", "regression"),  # runs from before the task param regressed
     }
     optional = {
         "window": "walk_forward.window",
         "min_test_rows": "walk_forward.min_test_rows",
         "sweep_seed": "seed",
-        "objective": "xgboost.objective",
         "tree_method": "xgboost.tree_method",
         "max_bin": "xgboost.max_bin",
     }
     overrides.update({dotted: params[name] for name, dotted in optional.items() if name in params})
+    if overrides["task"] == "regression" and "objective" in params:  # a classifier's is binary:logistic
+        overrides["xgboost.objective"] = params["objective"]
     for key, dotted in (("n_repeats", "n_repeats"), ("random_state", "seed"), ("holdout", "holdout")):
         if key in importance_settings:
             overrides[f"importance.{dotted}"] = importance_settings[key]
@@ -350,4 +353,4 @@ def retrain(
             except BaseException as e:  # the trial itself marks its run; this is for what comes before it
                 mark_ended(tracking, new_run_id, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
                 raise
-    return RetrainResult(source, new_run_id, outcome.status, plan, outcome.metrics, outcome.error)
+    return RetrainResult(source, new_run_id, outcome.status, plan, outcome.metrics, outcome.error, config)

@@ -24,6 +24,7 @@ from trainer.config import TrainerConfig, sample_trial
 from trainer.errors import TrainingError, describe
 from trainer.executor import ExecutorFactory, ExecutorSession, local_executor
 from trainer.prepare import prepare, static_params
+from trainer.tasks import REGRESSION, Task
 from trainer.tracking import Tracking, quiet_mlflow
 from trainer.worker import (
     FAILED,
@@ -48,6 +49,7 @@ class SweepSummary:
     link: str
     outcomes: list[TrialOutcome]
     seconds: float
+    task: Task = REGRESSION
 
     @property
     def finished(self) -> list[TrialOutcome]:
@@ -59,17 +61,19 @@ class SweepSummary:
 
     @property
     def unscored(self) -> list[TrialOutcome]:
-        """Finished trials without a finite avg_test_r2: never ranked, listed apart."""
-        return [o for o in self.finished if not _scored(o)]
+        """Finished trials without a finite main metric: never ranked, listed apart."""
+        return [o for o in self.finished if not _scored(o, self.task.main_metric)]
 
     def best(self, n: int) -> list[TrialOutcome]:
-        """The ``n`` best finished trials by a finite avg_test_r2 (ties: lower index first)."""
-        scored = [o for o in self.finished if _scored(o)]
-        return sorted(scored, key=lambda o: (-o.metrics["avg_test_r2"], o.index))[:n]
+        """The ``n`` best finished trials by a finite main metric, ``avg_test_r2`` or
+        ``avg_test_auc`` (ties: lower index first)."""
+        metric = self.task.main_metric
+        scored = [o for o in self.finished if _scored(o, metric)]
+        return sorted(scored, key=lambda o: (-o.metrics[metric], o.index))[:n]
 
 
-def _scored(outcome: TrialOutcome) -> bool:
-    return math.isfinite(outcome.metrics.get("avg_test_r2", math.nan))
+def _scored(outcome: TrialOutcome, metric: str) -> bool:
+    return math.isfinite(outcome.metrics.get(metric, math.nan))
 
 
 # --------------------------------------------------------------------------------------------
@@ -129,10 +133,11 @@ def run_sweep(
             "PODIUM_SWEEP_ID": sweep_id,
         }
         executor = session.start(init_worker, (context,), env=env)
+        learning_task = config.resolved_task()
         try:
             for index in range(config.trials):
                 while len(in_flight) >= executor.slots:
-                    _collect(in_flight, outcomes, tracking, bar, show_bar, block=True)
+                    _collect(in_flight, outcomes, tracking, bar, show_bar, learning_task, block=True)
                 hp = sample_trial(config.search_space, config.seed, index)
                 run_id, artifact_uri = tracking.create_run(experiment_id, f"trial_{index}", run_tags)
                 task = TrialTask(index, run_id, artifact_uri, hp, config.seed + index)
@@ -142,9 +147,9 @@ def run_sweep(
                     mark_ended(tracking, run_id, KILLED)
                     raise
                 in_flight[future] = task
-                _collect(in_flight, outcomes, tracking, bar, show_bar, block=False)
+                _collect(in_flight, outcomes, tracking, bar, show_bar, learning_task, block=False)
             while in_flight:
-                _collect(in_flight, outcomes, tracking, bar, show_bar, block=True)
+                _collect(in_flight, outcomes, tracking, bar, show_bar, learning_task, block=True)
         except BaseException:
             session.shutdown(cancel=True)  # trials already running finish and end their own runs
             for future, task in in_flight.items():
@@ -160,6 +165,7 @@ def run_sweep(
         tracking.experiment_link(experiment_id),
         sorted(outcomes, key=lambda o: o.index),
         time.perf_counter() - started,
+        learning_task,
     )
     log.info(
         "sweep_finished",
@@ -177,6 +183,7 @@ def _collect(
     tracking: Tracking,
     bar: tqdm[Any],
     show_bar: bool,
+    learning_task: Task,
     *,
     block: bool,
 ) -> None:
@@ -194,17 +201,19 @@ def _collect(
             mark_ended(tracking, task.run_id, FAILED, reason=describe(e))
             outcome = TrialOutcome(task.index, task.run_id, FAILED, task.hyperparameters, error=describe(e))
         outcomes.append(outcome)
-        r2 = outcome.metrics.get("avg_test_r2", math.nan)
+        metric = learning_task.main_metric
+        value = outcome.metrics.get(metric, math.nan)
         if show_bar:
-            scores = [o.metrics["avg_test_r2"] for o in outcomes if _scored(o)]
-            bar.set_postfix(best_r2=f"{max(scores):.4f}" if scores else "none", refresh=False)
+            scores = [o.metrics[metric] for o in outcomes if _scored(o, metric)]
+            best = {f"best_{learning_task.main}": f"{max(scores):.4f}" if scores else "none"}
+            bar.set_postfix(best, refresh=False)
             bar.update(1)
         elif outcome.status == FINISHED:
             log.info(
                 "trial_finished",
                 trial=f"trial_{outcome.index}",
                 run_id=outcome.run_id,
-                avg_test_r2=round(r2, 5),
+                **{metric: round(value, 5)},
                 seconds=round(outcome.seconds, 2),
                 done=len(outcomes),
             )
@@ -226,11 +235,25 @@ def _ended_by_worker(future: Future[TrialOutcome]) -> bool:
 # --------------------------------------------------------------------------------------------
 
 TABLE_PARAMS = ("n_estimators", "max_depth", "learning_rate")
+# The metrics of the table (name, format), after the run: the main metric first.
+TABLE_METRICS: dict[bool, tuple[tuple[str, str], ...]] = {
+    False: (("avg_test_r2", ".5f"), ("avg_test_rmse", ".6f"), ("avg_train_r2", ".5f")),
+    True: (
+        ("avg_test_auc", ".4f"),
+        ("avg_test_logloss", ".4f"),
+        ("avg_test_accuracy", ".4f"),
+        ("avg_test_brier", ".4f"),
+        ("avg_train_auc", ".4f"),
+    ),
+}
 
 
 def print_summary(summary: SweepSummary, top: int, out: TextIO) -> None:
-    """The best trials by avg_test_r2, and how to open them in the MLflow UI."""
+    """The best trials by the main metric (avg_test_r2, avg_test_auc), and how to open them in
+    the MLflow UI."""
     best = summary.best(top)
+    metric = summary.task.main_metric
+    columns = TABLE_METRICS[summary.task.classifies]
     print(
         f"\nExperiment {summary.experiment_name} (id {summary.experiment_id}): "
         f"{len(summary.finished)} trials finished, {len(summary.failed)} failed "
@@ -238,26 +261,24 @@ def print_summary(summary: SweepSummary, top: int, out: TextIO) -> None:
         file=out,
     )
     if best:
-        headers = ["rank", "run", "run_id", "avg_test_r2", "avg_test_rmse", "avg_train_r2", *TABLE_PARAMS]
+        headers = ["rank", "run", "run_id", *(name for name, _ in columns), *TABLE_PARAMS]
         rows = [
             [
                 str(rank),
                 f"trial_{o.index}",
                 o.run_id,
-                f"{o.metrics['avg_test_r2']:.5f}",
-                f"{o.metrics['avg_test_rmse']:.6f}",
-                f"{o.metrics['avg_train_r2']:.5f}",
+                *(format(o.metrics.get(name, math.nan), spec) for name, spec in columns),
                 *(str(o.hyperparameters.get(p, "")) for p in TABLE_PARAMS),
             ]
             for rank, o in enumerate(best, start=1)
         ]
         widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-        print(f"Best {len(best)} by avg_test_r2:", file=out)
+        print(f"Best {len(best)} by {metric}:", file=out)
         for row in [headers, *rows]:
             print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip(), file=out)
     unscored = summary.unscored
     if unscored:
-        print(f"Not ranked ({len(unscored)} without a finite avg_test_r2):", file=out)
+        print(f"Not ranked ({len(unscored)} without a finite {metric}):", file=out)
         for o in unscored[:5]:
             print(f"  trial_{o.index} ({o.run_id}): {o.unscored}", file=out)
     for o in summary.failed[:5]:

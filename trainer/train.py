@@ -16,8 +16,9 @@ import xgboost as xgb
 from trainer.config import HYPERPARAMETERS, TrainerConfig
 from trainer.data import Dataset
 from trainer.importance import ImportanceReport, for_trial
-from trainer.scoring import PARTS, SCORES, average, scores, unscored_reason
+from trainer.scoring import PARTS, average, task_scores, unscored_reason
 from trainer.splits import Fold, latest_window, walk_forward_splits
+from trainer.tasks import REGRESSION, Task
 
 # Rows of the input example logged with the model.
 EXAMPLE_ROWS = 5
@@ -44,19 +45,20 @@ class TrialResult:
     seconds: float
     importance: ImportanceReport | None = None
     importance_skipped: str | None = None
+    task: Task = REGRESSION
 
     def averages(self) -> dict[str, float]:
         """``avg_{part}_{score}`` over the folds where the score is defined, and ``num_folds``."""
         out: dict[str, float] = {}
         for part in PARTS:
-            for score in SCORES:
+            for score in self.task.scores:
                 out[f"avg_{part}_{score}"] = average(getattr(f, part)[score] for f in self.folds)
         out["num_folds"] = float(len(self.folds))
         return out
 
     def unscored_reason(self) -> str | None:
-        """Why ``avg_test_r2`` is not finite, or None."""
-        return unscored_reason([f.test["r2"] for f in self.folds])
+        """Why the task's main metric (``avg_test_r2``, ``avg_test_auc``) is not finite, or None."""
+        return unscored_reason([f.test[self.task.main] for f in self.folds], self.task)
 
     def fold_series(self) -> list[tuple[str, float, int]]:
         """``({part}_{score}, value, fold index)`` for every fold, for a per-fold curve."""
@@ -64,7 +66,7 @@ class TrialResult:
             (f"{part}_{score}", getattr(f, part)[score], f.index)
             for f in self.folds
             for part in PARTS
-            for score in SCORES
+            for score in self.task.scores
         ]
 
 
@@ -75,12 +77,13 @@ class Prepared:
         wf = config.walk_forward
         self.dataset = dataset
         self.config = config
+        self.task = config.resolved_task()
         self.folds: list[Fold] = walk_forward_splits(
             dataset.times, wf.train_months, wf.test_months, wf.window, wf.min_test_rows
         )
         self.final: slice = latest_window(dataset.times, wf.train_months, wf.window)
         self.fixed: dict[str, Any] = {
-            "objective": config.xgboost.objective,
+            "objective": self.task.objective(config.xgboost.objective),
             "tree_method": config.xgboost.tree_method,
             "max_bin": config.xgboost.max_bin,
             "nthread": config.xgboost.nthread,
@@ -122,6 +125,7 @@ def run_trial(prepared: Prepared, index: int, hyperparameters: dict[str, Any], s
     """Train and score every fold, then train the deployable model on the latest window."""
     started = time.perf_counter()
     ds = prepared.dataset
+    task = prepared.task
     params, rounds = prepared.booster_params(hyperparameters, seed)
     fold_scores: list[FoldScores] = []
     held_out: list[tuple[xgb.Booster, np.ndarray, np.ndarray]] = []  # for importance
@@ -135,8 +139,8 @@ def run_trial(prepared: Prepared, index: int, hyperparameters: dict[str, Any], s
                 index=fold.index,
                 n_train=fold.n_train,
                 n_test=fold.n_test,
-                train=scores(ds.y[fold.train], np.asarray(pred_train, dtype="float64")),
-                test=scores(ds.y[fold.test], np.asarray(pred_test, dtype="float64")),
+                train=task_scores(task, ds.y[fold.train], np.asarray(pred_train, dtype="float64")),
+                test=task_scores(task, ds.y[fold.test], np.asarray(pred_test, dtype="float64")),
             )
         )
     model = xgb.train(params, prepared.matrix(prepared.final), num_boost_round=rounds)
@@ -153,6 +157,7 @@ def run_trial(prepared: Prepared, index: int, hyperparameters: dict[str, Any], s
             n_repeats=settings.n_repeats,
             seed=settings.seed,
             min_rows=settings.min_rows,
+            scoring=task.importance_scoring,
         )
     return TrialResult(
         index=index,
@@ -163,4 +168,5 @@ def run_trial(prepared: Prepared, index: int, hyperparameters: dict[str, Any], s
         seconds=time.perf_counter() - started,
         importance=report,
         importance_skipped=skipped,
+        task=task,
     )

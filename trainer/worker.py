@@ -54,8 +54,8 @@ class TrialTask:
 
 @dataclass(frozen=True)
 class TrialOutcome:
-    """What came back from a trial. ``unscored`` says why a FINISHED trial has no finite
-    ``avg_test_r2`` (None when it has one)."""
+    """What came back from a trial. ``unscored`` says why a FINISHED trial has no finite main
+    metric (``avg_test_r2``, ``avg_test_auc`` for a classifier; None when it has one)."""
 
     index: int
     run_id: str

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pandas as pd
 import pytest
 import structlog
@@ -285,3 +286,45 @@ def test_module_entry_point_exits_2_without_traceback(tmp_path: Path) -> None:
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip() == f"error: data file {tmp_path / 'missing.csv'} does not exist"
     assert not (tmp_path / "mlflow.db").exists()
+
+
+@pytest.mark.parametrize(
+    ("case", "expected"),
+    [
+        ("direction_with_target", "--task direction predicts whether the next return"),
+        ("classification_without_target", "--task classification needs --target COL"),
+        ("three_classes", "target column 'label' in {path} has 3 distinct values (-1, 0, 1)"),
+        ("always_up", "--task direction: the next return in {path} is above zero in every row"),
+        ("unknown_task", "argument --task: invalid choice: 'sideways'"),
+    ],
+)
+def test_a_task_the_data_or_options_do_not_fit_exits_2_with_one_line_and_no_run(
+    case: str, expected: str, bars_csv: Path, capsys: pytest.CaptureFixture[str], sqlite_uri: str
+) -> None:
+    """Direction and classification refusals: one line naming the option (and the file and
+    column where there is one), exit 2, nothing written to the store."""
+    argv = ["train", "--data", str(bars_csv), "--trials", "1", "--jobs", "1"]
+    frame = pd.read_csv(bars_csv)
+    if case == "direction_with_target":
+        frame.assign(label=frame.index % 2).to_csv(bars_csv, index=False)
+        argv += ["--task", "direction", "--target", "label"]
+    elif case == "classification_without_target":
+        argv += ["--task", "classification"]
+    elif case == "three_classes":
+        frame.assign(label=frame.index % 3 - 1).to_csv(bars_csv, index=False)
+        argv += ["--task", "classification", "--target", "label"]
+    elif case == "always_up":
+        rising = 100.0 * 1.001 ** np.arange(len(frame))
+        frame.assign(open=rising, high=rising * 1.001, low=rising * 0.999, close=rising).to_csv(
+            bars_csv, index=False
+        )
+        argv += ["--task", "direction"]
+    elif case == "unknown_task":
+        argv += ["--task", "sideways"]
+    code, err = _run(argv, capsys)
+    assert code == 2
+    if case == "unknown_task":  # argparse: usage, then one error line
+        assert expected in err.strip().splitlines()[-1]
+    else:
+        assert expected.format(path=bars_csv) in _error_line(err)
+    assert _store_untouched(sqlite_uri)

@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from pyinstrument import Profiler
@@ -27,7 +28,7 @@ from pyinstrument import Profiler
 from bench import common
 from bench.common import log
 from bench.servers import running_server
-from trainer.config import load_config
+from trainer.config import TrainerConfig, load_config
 from trainer.sweep import run_sweep
 
 XGBOOST = {
@@ -72,6 +73,57 @@ def attribute(root: Any) -> dict[str, float]:
     return out
 
 
+@dataclass(frozen=True)
+class Profile:
+    """One profiled sweep: wall time, its parts, and XGBoost's time by phase."""
+
+    wall: float
+    parts: dict[str, float]  # xgboost, data, importance_outside_xgboost, logging_outside_xgboost, other
+    xgboost_by_phase: dict[str, float]
+    text: str  # pyinstrument's call tree
+
+    def shares(self, start: float) -> dict[str, float]:
+        """XGBoost's share of the sweep plus process start ``start``, and the rest's."""
+        total = self.wall + start
+        xgb_total = self.parts["xgboost"]
+        # Per trial, once-per-sweep costs (data, process start) apart: what a long sweep tends to.
+        per_trial_outside = (
+            self.parts["importance_outside_xgboost"]
+            + self.parts["logging_outside_xgboost"]
+            + self.parts["other"]
+        )
+        return {
+            "xgboost_share": xgb_total / total,
+            "outside_xgboost_share": 1 - xgb_total / total,
+            # The same with each window's QuantileDMatrix counted as data, not as XGBoost's.
+            "outside_xgboost_share_matrices_apart": 1
+            - (xgb_total - self.xgboost_by_phase.get("data", 0.0)) / total,
+            "steady_state_outside_xgboost_share": per_trial_outside / (self.wall - self.parts["data"]),
+        }
+
+
+def profile_sweep(config: TrainerConfig, tracking_uri: str) -> Profile:
+    """Run ``config``'s sweep under pyinstrument and split its wall time (see the module doc)."""
+    profiler = Profiler(interval=0.002)
+    t0 = time.perf_counter()
+    profiler.start()
+    run_sweep(config, tracking_uri=tracking_uri, progress=False)
+    profiler.stop()
+    wall = time.perf_counter() - t0
+    session = profiler.last_session
+    assert session is not None  # set by stop()
+    spent = attribute(session.root_frame())
+    xgb = {k.split(":", 1)[1]: v for k, v in spent.items() if k.startswith("xgboost:")}
+    parts = {
+        "xgboost": sum(xgb.values()),
+        "data": spent.get("data", 0.0),
+        "importance_outside_xgboost": spent.get("importance", 0.0),
+        "logging_outside_xgboost": spent.get("logging", 0.0),
+    }
+    parts["other"] = wall - sum(parts.values())
+    return Profile(wall, parts, xgb, profiler.output_text(unicode=True, color=False, show_all=False))
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--trials", type=int, default=4)
@@ -87,55 +139,33 @@ def main(argv: Sequence[str] | None = None) -> None:
         results["unprofiled_seconds"] = time.perf_counter() - t0
         results["unprofiled_cpu_seconds"] = time.process_time() - c0
         config = load_config(None, {"trials": args.trials, "jobs": 1, "experiment": "bench_profile"})
-        profiler = Profiler(interval=0.002)
-        t0 = time.perf_counter()
-        profiler.start()
-        run_sweep(config, tracking_uri=server.url, progress=False)
-        profiler.stop()
-        wall = time.perf_counter() - t0
+        profile = profile_sweep(config, server.url)
         results["load_average_after"] = os.getloadavg()[0]
-    spent = attribute(profiler.last_session.root_frame())
-    start = _process_start()
-    xgb = {k.split(":", 1)[1]: v for k, v in spent.items() if k.startswith("xgboost:")}
-    xgb_total = sum(xgb.values())
-    parts = {
-        "xgboost": xgb_total,
-        "data": spent.get("data", 0.0),
-        "importance_outside_xgboost": spent.get("importance", 0.0),
-        "logging_outside_xgboost": spent.get("logging", 0.0),
-    }
-    parts["other"] = wall - sum(parts.values())
-    total = wall + start
-    # Per trial, once-per-sweep costs (data, process start) apart: what a long sweep tends to.
-    per_trial_outside = (
-        parts["importance_outside_xgboost"] + parts["logging_outside_xgboost"] + parts["other"]
-    )
-    steady = per_trial_outside / (wall - parts["data"])
-    results["steady_state_outside_xgboost_share"] = steady
-    (common.RESULTS / f"{args.out}.txt").write_text(
-        profiler.output_text(unicode=True, color=False, show_all=False)
-    )
+    start = process_start()
+    parts, wall, total = profile.parts, profile.wall, profile.wall + start
+    shares = profile.shares(start)
+    results["steady_state_outside_xgboost_share"] = shares.pop("steady_state_outside_xgboost_share")
+    (common.RESULTS / f"{args.out}.txt").write_text(profile.text)
     results.update(
         {
             "profiled_seconds": wall,
             "process_start_seconds": start,
             "parts_seconds": parts,
-            "xgboost_by_phase_seconds": xgb,
-            "xgboost_share": xgb_total / total,
-            "outside_xgboost_share": 1 - xgb_total / total,
-            # The same with each window's QuantileDMatrix counted as data, not as XGBoost's.
-            "outside_xgboost_share_matrices_apart": 1 - (xgb_total - xgb.get("data", 0.0)) / total,
+            "xgboost_by_phase_seconds": profile.xgboost_by_phase,
+            **shares,
         }
     )
     for name, seconds in parts.items():
         log(f"{name}: {seconds:.1f} s ({seconds / total:.0%})")
-    log(f"XGBoost by phase: { {k: round(v, 1) for k, v in xgb.items()} }")
+    log(f"XGBoost by phase: { {k: round(v, 1) for k, v in profile.xgboost_by_phase.items()} }")
     log(f"process start: {start:.1f} s; outside XGBoost: {results['outside_xgboost_share']:.0%}")
-    log(f"per trial, once-per-sweep costs apart: {steady:.0%} outside XGBoost")
+    log(
+        f"per trial, once-per-sweep costs apart: {results['steady_state_outside_xgboost_share']:.0%} outside XGBoost"
+    )
     log(f"wrote {common.save(args.out, results)}")
 
 
-def _process_start() -> float:
+def process_start() -> float:
     """A fresh interpreter importing what a sweep imports."""
     t0 = time.perf_counter()
     subprocess.run(

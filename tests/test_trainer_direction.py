@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import mlflow
 import numpy as np
 import pandas as pd
@@ -26,6 +27,10 @@ from tests.support.mlflow_server import sqlite_uri
 from trainer.config import TrainerConfig
 from trainer.retrain import retrain
 from trainer.sweep import SweepSummary, print_summary, run_sweep
+from watcher.api import bind_socket, create_app, run_in_thread
+from watcher.mlflow_io import MlflowTracking
+from watcher.service import Watcher
+from watcher.settings import load_settings
 
 REPO = Path(__file__).parents[1]
 CLASS_METRICS = {
@@ -233,3 +238,33 @@ def test_sp500_direction_is_ranked_by_auc_through_the_shipped_watcher_config(tmp
     dir_runs = client.search_runs([experiments[direction].experiment_id])
     assert {r.data.params["bar_interval"] for r in dir_runs} == {"1d"}
     assert all(r.data.metrics["num_folds"] >= 3 for r in dir_runs)
+    _dashboard_shows_the_direction_board(uri, experiments[direction].experiment_id, dir_runs)
+
+
+def _dashboard_shows_the_direction_board(
+    uri: str, experiment_id: str, runs: list[mlflow.entities.Run]
+) -> None:
+    """The dashboard's routes, on the shipped config, serve the direction experiment's board by
+    avg_test_auc and its leader's importance."""
+    settings = load_settings(REPO / "config" / "watcher.yaml").model_copy(update={"tracking_uri": uri})
+    watcher = Watcher(settings, MlflowTracking(uri))
+    assert watcher.run_pass().ok
+    api = run_in_thread(create_app(watcher), bind_socket("127.0.0.1", 0))
+    try:
+        with httpx.Client(base_url=api.url, timeout=60) as http:
+            (listed,) = [
+                e for e in http.get("/api/experiments").json() if e["experiment_id"] == experiment_id
+            ]
+            leader = max(runs, key=lambda r: r.data.metrics["avg_test_auc"])
+            assert (listed["rule"], listed["metric"], listed["ascending"]) == (
+                "wf-xgboost-direction",
+                "avg_test_auc",
+                False,
+            )
+            assert listed["leader"]["run_id"] == leader.info.run_id
+            board = http.get(f"/api/experiments/{experiment_id}/leaderboard").json()
+            assert board["models"][0]["run_id"] == leader.info.run_id
+            importance = http.get(f"/api/runs/{leader.info.run_id}/importance").json()
+            assert len(importance["features"]) == int(leader.data.params["total_features"])
+    finally:
+        api.stop()

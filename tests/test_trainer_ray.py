@@ -365,3 +365,32 @@ def test_without_an_address_the_sweep_starts_its_own_ray_and_finishes(
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert [r.info.status for r in _runs(sqlite_server, experiment)] == ["FINISHED"]
+
+
+def test_a_direction_trial_on_ray_logs_the_local_numbers(
+    ray_cluster: RayCluster, sqlite_server: ServerHandle, small_config: Path
+) -> None:
+    """--task direction on the cluster: the classifier's metrics, equal to the local backend's."""
+    experiment = f"ray_dir_{uuid4().hex[:8]}"
+    proc = _train(
+        small_config,
+        sqlite_server,
+        ray_cluster,
+        "--task",
+        "direction",
+        "--experiment",
+        experiment,
+        "--trials",
+        "1",
+    )
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    config = load_config(
+        small_config, {"task": "direction", "trials": 1, "jobs": 1, "experiment": f"local_{experiment}"}
+    )
+    run_sweep(config, tracking_uri=sqlite_server.url, progress=False)
+    (ray_run,) = _runs(sqlite_server, experiment)
+    (local_run,) = _runs(sqlite_server, f"local_{experiment}")
+    assert ray_run.data.params["task"] == "direction"
+    assert "avg_test_auc" in ray_run.data.metrics
+    assert ray_run.data.metrics == local_run.data.metrics

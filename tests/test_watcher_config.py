@@ -285,7 +285,13 @@ def test_check_config_prints_the_effective_config_with_secrets_redacted(
 def test_the_shipped_example_config_is_valid(capsys: pytest.CaptureFixture[str]) -> None:
     example = Path(__file__).parents[1] / "config" / "watcher.yaml"
     assert cli.main(["check-config", "--config", str(example)]) == 0
-    assert yaml.safe_load(capsys.readouterr().out)["rules"][0]["experiments"] == ["wf_xgboost_*"]
+    rules = yaml.safe_load(capsys.readouterr().out)["rules"]
+    # the classifiers' rule first: the regression rule's pattern matches their experiments too
+    assert [r["experiments"] for r in rules] == [
+        ["wf_xgboost_*_dir_f*", "wf_xgboost_*_cls_f*"],
+        ["wf_xgboost_*"],
+    ]
+    assert (rules[0]["metric"], rules[0]["selection"]["fold_metric"]) == ("avg_test_auc", "test_auc")
 
 
 def test_as_a_process_bad_config_is_exit_2_without_traceback(tmp_path: Path) -> None:

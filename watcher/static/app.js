@@ -321,6 +321,10 @@
 
   // ---- view: one run's importance ----------------------------------------------------------------
 
+  // A run's headline metrics: a regressor's, or a classifier's (--task direction, classification).
+  const RUN_CARDS = ["avg_test_r2", "avg_test_rmse", "avg_test_mae", "avg_train_r2",
+    "avg_test_auc", "avg_test_logloss", "avg_test_accuracy", "avg_test_brier", "avg_train_auc"];
+
   async function showRun(runId) {
     const data = await getJson(`/api/runs/${encodeURIComponent(runId)}/importance`);
     const exp = experimentsCache.find((e) => e.experiment_id === data.experiment_id) || (await loadExperiments()).find((e) => e.experiment_id === data.experiment_id);
@@ -337,7 +341,7 @@
     const metrics = data.metrics || {};
     root.appendChild(h("div", { class: "cards" },
       card("Features", data.total_features),
-      ...["avg_test_r2", "avg_test_rmse", "avg_test_mae", "avg_train_r2"].filter((k) => k in metrics).map((k) => card(k, fmt(metrics[k])))));
+      ...RUN_CARDS.filter((k) => k in metrics).map((k) => card(k, fmt(metrics[k])))));
     root.appendChild(h("div", { class: "buttons left" },
       h("button", { type: "button", onclick: () => openRetrain(exp ? exp.experiment_name : "", runId) }, "🔄 Retrain without weak features…")));
 
@@ -346,7 +350,7 @@
       h("div", { class: "panel-head" }, h("h2", {}, "Feature importance"),
         h("span", { class: "small" }, data.features.length > CHART_ROWS ? `top ${CHART_ROWS} of ${data.features.length} features` : `${data.features.length} features`)),
       h("div", { class: "legend" },
-        h("span", {}, h("span", { class: "swatch perm" }), "Permutation importance (mean ± std, drop in R² on held-out rows)"),
+        h("span", {}, h("span", { class: "swatch perm" }), `Permutation importance (mean ± std, drop in ${"avg_test_auc" in metrics ? "ROC AUC" : "R²"} on held-out rows)`),
         h("span", {}, h("span", { class: "swatch shap" }), "SHAP (mean |SHAP value|)")),
       h("div", { class: "chart", "data-testid": "importance-chart" }, importanceChart(shown))));
     root.appendChild(h("div", { class: "panel" }, h("h2", {}, "All features"),
@@ -459,7 +463,7 @@
 
   let ranked = false;  // re-render the view behind the dialog once it closes
 
-  function guessAscending(metric) { return /(rmse|mae|mse|loss|error)/i.test(metric); }
+  function guessAscending(metric) { return /(rmse|mae|mse|loss|error|brier)/i.test(metric); }
 
   const FALLBACK_METRICS = ["avg_test_r2", "avg_test_rmse", "avg_test_mae", "avg_train_rmse", "num_folds"];
   let metricsFor = null;  // the experiment whose metric keys the list shows (or is loading)

@@ -31,8 +31,17 @@ def _data(n_rows: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return X, y + rng.normal(scale=0.5, size=n_rows)
 
 
-def _booster(X: np.ndarray, y: np.ndarray, rounds: int = 40) -> xgb.Booster:
-    params = {"max_depth": 3, "eta": 0.2, "nthread": 1, "colsample_bytree": 0.5, "seed": 1}
+def _booster(
+    X: np.ndarray, y: np.ndarray, rounds: int = 40, objective: str = "reg:squarederror"
+) -> xgb.Booster:
+    params = {
+        "objective": objective,
+        "max_depth": 3,
+        "eta": 0.2,
+        "nthread": 1,
+        "colsample_bytree": 0.5,
+        "seed": 1,
+    }
     return xgb.train(params, xgb.DMatrix(X, label=y), num_boost_round=rounds)
 
 
@@ -335,9 +344,8 @@ def test_split_conditions_are_read_without_double_rounding() -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def _classifier_booster(X: np.ndarray, y: np.ndarray, rounds: int = 40) -> xgb.Booster:
-    params = {"objective": "binary:logistic", "max_depth": 3, "eta": 0.2, "nthread": 1, "seed": 1}
-    return xgb.train({**params, "colsample_bytree": 0.5}, xgb.DMatrix(X, label=y), num_boost_round=rounds)
+def _classifier_booster(X: np.ndarray, y: np.ndarray) -> xgb.Booster:
+    return _booster(X, y, objective="binary:logistic")
 
 
 def _classifier(booster: xgb.Booster) -> xgb.XGBClassifier:

@@ -4,18 +4,15 @@ by the shipped watcher config (run as a separate process: it is another package)
 
 from __future__ import annotations
 
-import gzip
 import importlib.resources
 import io
 import json
 import math
 import os
-import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import httpx
 import mlflow
@@ -24,6 +21,7 @@ import pandas as pd
 import pytest
 
 from tests.support.mlflow_server import sqlite_uri
+from tests.support.trainer_data import SMALL_SWEEP as SMALL
 from trainer.config import TrainerConfig
 from trainer.retrain import retrain
 from trainer.sweep import SweepSummary, print_summary, run_sweep
@@ -35,18 +33,6 @@ from watcher.settings import load_settings
 REPO = Path(__file__).parents[1]
 CLASS_METRICS = {
     f"avg_{part}_{score}" for part in ("train", "test") for score in ("auc", "logloss", "accuracy", "brier")
-}
-# Small and fast, as the regression sweep tests: three 6-month folds, shallow short trees.
-SMALL: dict[str, Any] = {
-    "trials": 2,
-    "jobs": 1,
-    "walk_forward": {"train_months": 6, "test_months": 6},
-    "importance": {"n_repeats": 1},
-    "search_space": {
-        "n_estimators": {"type": "int", "low": 40, "high": 60},
-        "max_depth": {"type": "int", "low": 3, "high": 4},
-        "learning_rate": {"type": "float", "low": 0.08, "high": 0.15},
-    },
 }
 
 
@@ -177,16 +163,10 @@ def test_classification_of_a_two_valued_column_with_a_one_class_test_window(tmp_
 # ---------------------------------------------------------------------------------------------
 
 
-def _sp500(directory: Path) -> Path:
-    """arch's sp500.csv.gz, decompressed to sp500.csv (Date, Open, High, Low, Close, Adj Close, Volume)."""
-    packaged = importlib.resources.files("arch") / "data" / "sp500" / "sp500.csv.gz"
-    path = directory / "sp500.csv"
-    with (
-        importlib.resources.as_file(packaged) as source,
-        gzip.open(source, "rb") as raw,
-        path.open("wb") as out,
-    ):
-        shutil.copyfileobj(raw, out)
+def _sp500() -> Path:
+    """arch's sp500.csv.gz as installed (Date, Open, High, Low, Close, Adj Close, Volume; gzip)."""
+    path = Path(str(importlib.resources.files("arch") / "data" / "sp500" / "sp500.csv.gz"))
+    assert path.is_file()
     return path
 
 
@@ -201,7 +181,7 @@ def test_sp500_direction_is_ranked_by_auc_through_the_shipped_watcher_config(tmp
     """Direction and regression sweeps of one real file land in two experiments; one
     `python -m watcher --once` with config/watcher.yaml ranks the first by avg_test_auc (the
     direction rule) and the second by avg_test_r2."""
-    data = _sp500(tmp_path)
+    data = _sp500()
     uri = sqlite_uri(tmp_path / "mlflow.db")
     windows = ["--train-months", "36", "--test-months", "24"]
     _train(uri, ["--data", str(data), "--task", "direction", "--trials", "3", *windows])

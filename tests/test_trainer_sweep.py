@@ -21,25 +21,13 @@ import yaml
 from structlog.testing import capture_logs
 
 from tests.support.mlflow_server import ServerHandle
+from tests.support.trainer_data import SMALL_SWEEP as SMALL
 from tests.support.trainer_data import write_linear_csv
 from trainer import cli, data
 from trainer.config import TrainerConfig, sample_trial
 from trainer.prepare import load_checked
 from trainer.sweep import print_summary, run_sweep
 from trainer.train import Prepared, run_trial
-
-# Small and fast: three 6-month folds, shallow short trees, one permutation repeat.
-SMALL: dict[str, Any] = {
-    "trials": 2,
-    "jobs": 1,
-    "walk_forward": {"train_months": 6, "test_months": 6},
-    "importance": {"n_repeats": 1},
-    "search_space": {
-        "n_estimators": {"type": "int", "low": 40, "high": 60},
-        "max_depth": {"type": "int", "low": 3, "high": 4},
-        "learning_rate": {"type": "float", "low": 0.08, "high": 0.15},
-    },
-}
 
 
 def small_config(**changes: Any) -> TrainerConfig:

@@ -3,9 +3,23 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
+
+# A small, fast sweep: three 6-month folds on the sample, shallow short trees, one permutation repeat.
+SMALL_SWEEP: dict[str, Any] = {
+    "trials": 2,
+    "jobs": 1,
+    "walk_forward": {"train_months": 6, "test_months": 6},
+    "importance": {"n_repeats": 1},
+    "search_space": {
+        "n_estimators": {"type": "int", "low": 40, "high": 60},
+        "max_depth": {"type": "int", "low": 3, "high": 4},
+        "learning_rate": {"type": "float", "low": 0.08, "high": 0.15},
+    },
+}
 
 
 def write_linear_csv(path: Path, periods: int, freq: str, seed: int = 0) -> Path:

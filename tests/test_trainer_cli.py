@@ -326,5 +326,5 @@ def test_a_task_the_data_or_options_do_not_fit_exits_2_with_one_line_and_no_run(
     if case == "unknown_task":  # argparse: usage, then one error line
         assert expected in err.strip().splitlines()[-1]
     else:
-        assert expected.format(path=bars_csv) in _error_line(err)
-    assert _store_untouched(sqlite_uri)
+        assert expected.format(path=bars_csv) in error_line(err)
+    assert store_untouched(sqlite_uri)

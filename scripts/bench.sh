@@ -16,12 +16,14 @@ if [ "${1:-}" = "--quick" ]; then
   "$PY" -m bench.bench_ray --trials 2
   "$PY" -m bench.bench_optuna --trials 2
   "$PY" -m bench.bench_profile --trials 2
+  "$PY" -m bench.bench_direction --trials 1
 else
   "$PY" -m bench.bench_watcher
   "$PY" -m bench.bench_trainer
   "$PY" -m bench.bench_ray --trials 16
   "$PY" -m bench.bench_optuna --trials 4 --reps 2
   "$PY" -m bench.bench_profile --trials 24   # the default sweep's 24 trials
+  "$PY" -m bench.bench_direction --trials 4   # direction against regression, same trials
 fi
 "$PY" bench/bench_importance.py --markdown | tee bench/results/importance.md
 "$PY" -m bench.bench_dashboard --markdown "${dashboard_args[@]}" | tee bench/results/dashboard.md

@@ -17,8 +17,11 @@ from watcher.selection import (
     BoardRun,
     LeftOut,
     Selection,
+    api_view,
     compute,
     cscv_lambdas,
+    folds_from_tag,
+    gate_reason,
     plain_line,
     selection_json,
 )
@@ -263,3 +266,41 @@ def test_the_plain_line_says_it_in_words(pbo: float, tied: int, line: str) -> No
         candidates=40,
     )
     assert plain_line(sel, leader="r0") == line
+
+
+@pytest.mark.parametrize(
+    ("tag", "expected"),
+    [
+        ('{"test_r2": [0.1, null, -2], "test_rmse": [1, 2, 3]}', [0.1, None, -2.0]),
+        ('{"test_rmse": [1, 2]}', None),
+        ('{"test_r2": "0.1"}', None),
+        ('{"test_r2": [true, 1]}', None),
+        ("[1, 2]", None),
+        ("not json", None),
+        ("", None),
+    ],
+)
+def test_per_fold_values_come_from_the_folds_tag_when_it_has_the_metric(tag: str, expected: object) -> None:
+    assert folds_from_tag({"podium.folds": tag}, "test_r2") == expected
+
+
+def test_the_gate_holds_above_max_pbo_or_without_a_pbo_and_says_why() -> None:
+    base = Selection(folds=21, runs=24, blocks=8, alpha=0.1, splits=70, pbo=0.3)
+    assert gate_reason(base, None) is None
+    assert gate_reason(base, 0.5) is None
+    assert gate_reason(base, 0.3) is None  # at max_pbo is not above it
+    assert gate_reason(base, 0.2) == "PBO 0.30 is above max_pbo 0.2"
+    none = Selection(folds=5, runs=24, blocks=8, alpha=0.1, reason="5 folds, fewer than the 8 blocks")
+    assert gate_reason(none, 0.5) == "no PBO to check against max_pbo 0.5 (5 folds, fewer than the 8 blocks)"
+    assert gate_reason(None, 0.5) is not None
+
+
+def test_the_api_view_adds_lambdas_tied_and_left_out_runs_to_the_tag() -> None:
+    values = np.random.default_rng(9).normal(size=(8, 16))
+    board = [*board_of(values), BoardRun("odd", [1.0] * 3)]
+    sel = compute(board, higher_is_better=True, blocks=4)
+    view = api_view(sel, metric="avg_test_r2", fold_metric="test_r2", computed_at="t")
+    assert len(view["lambdas"]) == view["splits"] == 6
+    assert view["tied_run_ids"] == list(sel.tied)
+    assert view["left_out"] == [{"run_id": "odd", "reason": "3 folds, not 16"}]
+    assert (view["runs_left_out"], view["left_out_reasons"]) == (1, {"3 folds, not 16": 1})

@@ -21,9 +21,10 @@ in a fold the other runs have, are left out and counted with the reason.
 from __future__ import annotations
 
 import itertools
+import json
 import warnings
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -340,3 +341,53 @@ def tied_phrase(selection: Selection, leader: str | None = None) -> str:
         return "no other run is tied with it"
     runs = "run cannot" if others == 1 and not at_least else "runs cannot"
     return f"{at_least}{others} {runs} be told apart from it"
+
+
+FOLDS_TAG = "podium.folds"
+TIED_TAG = "tied_with_leader"
+SELECTION_TAG = "podium.selection"
+
+
+def folds_from_tag(tags: Mapping[str, str], fold_metric: str) -> list[float | None] | None:
+    """The run's per-fold values of ``fold_metric`` from its ``podium.folds`` tag, or None.
+
+    The tag is compact JSON, ``{"test_r2": [0.01, null, ...], ...}`` in fold order; a tag that
+    does not parse, or has no list of numbers for the metric, counts as no tag (the caller
+    falls back to the metric's history).
+    """
+    text = tags.get(FOLDS_TAG)
+    if not text:
+        return None
+    try:
+        values = json.loads(text).get(fold_metric)
+    except (ValueError, AttributeError):
+        return None
+    if not isinstance(values, list) or not all(
+        v is None or (isinstance(v, int | float) and not isinstance(v, bool)) for v in values
+    ):
+        return None
+    return [None if v is None else float(v) for v in values]
+
+
+def gate_reason(selection: Selection | None, max_pbo: float | None) -> str | None:
+    """Why production tags and the registry alias are held back, or None when they may move."""
+    if max_pbo is None:
+        return None
+    if selection is None or selection.pbo is None:
+        why = selection.reason if selection is not None else "no per-fold values were read"
+        return f"no PBO to check against max_pbo {max_pbo:g} ({why})"
+    if selection.pbo > max_pbo:
+        return f"PBO {selection.pbo:.2f} is above max_pbo {max_pbo:g}"
+    return None
+
+
+def api_view(selection: Selection, *, metric: str, fold_metric: str, computed_at: str) -> dict[str, Any]:
+    """The tag's JSON plus what is too long for a tag: λ per split, the tied and left-out runs."""
+    return {
+        **selection_json(selection, metric=metric, fold_metric=fold_metric, computed_at=computed_at),
+        "lambdas": list(selection.lambdas),
+        "tied_run_ids": list(selection.tied),
+        "left_out": [{"run_id": left.run_id, "reason": left.reason} for left in selection.left_out],
+        "candidates": selection.candidates,
+        "folds_dropped": selection.folds_dropped,
+    }

@@ -298,6 +298,18 @@ class MlflowTracking:
                 log.warning("run_gone_before_tagging", run_id=change.run_id)
             metrics.TAG_WRITES.inc(len(batch))
 
+    def fold_history(self, run_id: str, key: str) -> list[float | None]:
+        """A run's values of a metric logged once per fold (step = fold), in step order; a step
+        logged more than once keeps its latest value, a step never logged is None."""
+        history = self._call("get_metric_history", self._client.get_metric_history, run_id, key)
+        latest: dict[int, tuple[int, float]] = {}
+        for m in history:
+            if m.step not in latest or m.timestamp >= latest[m.step][0]:
+                latest[m.step] = (m.timestamp, float(m.value))
+        if not latest:
+            return []
+        return [latest[s][1] if s in latest else None for s in range(min(latest), max(latest) + 1)]
+
     # -- training dashboard: reads (watcher.dashboard) ---------------------------------------
     # Kept in one block; each call goes through _call, so it is counted like the others.
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Iterable, Mapping
@@ -104,3 +105,33 @@ def search_ids(client: MlflowClient, experiment_id: str, filter_string: str) -> 
 
 def status_of(client: MlflowClient, run_id: str) -> str:
     return str(RunStatus.to_string(RunStatus.from_string(client.get_run(run_id).info.status)))
+
+
+def make_fold_runs(
+    client: MlflowClient,
+    experiment_id: str,
+    folds: Iterable[Iterable[float]],
+    *,
+    fold_metric: str = "test_r2",
+    metric: str = "avg_test_r2",
+    folds_tag: bool = False,
+    prefix: str = "trial",
+) -> list[MadeRun]:
+    """Runs as another tool logs them: ``fold_metric`` once per fold (step = fold) and its mean
+    as ``metric``; with ``folds_tag``, also the trainer's ``podium.folds`` tag."""
+    made = []
+    for i, row in enumerate(folds):
+        values = [float(v) for v in row]
+        run = client.create_run(experiment_id, run_name=f"{prefix}_{i}", start_time=next_ms())
+        now = next_ms()
+        mean = sum(values) / len(values)
+        tags = [RunTag("podium.folds", json.dumps({fold_metric: values}))] if folds_tag else []
+        client.log_batch(
+            run.info.run_id,
+            metrics=[Metric(fold_metric, v, now, step) for step, v in enumerate(values)]
+            + [Metric(metric, mean, now, 0)],
+            tags=tags,
+        )
+        client.set_terminated(run.info.run_id, status="FINISHED", end_time=next_ms())
+        made.append(MadeRun(run.info.run_id, f"{prefix}_{i}", mean, "FINISHED"))
+    return made

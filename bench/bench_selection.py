@@ -6,7 +6,13 @@ Reports the median wall time of several runs of each part: reading the board int
 the CSCV (PBO and its λ), the model confidence set (over the best ``MCS_CANDIDATES`` runs), and
 the whole ``compute``. Goal (DESIGN.md): under a second at 1,000 runs.
 
-    .venv/bin/python bench/bench_selection.py [--runs 3] [--sizes 100 1000 5000] [--markdown]
+    .venv/bin/python -m bench.bench_selection [--runs 3] [--sizes 100 1000 5000] [--pass-runs 200]
+
+``--pass-runs N`` also measures a watcher pass on a changed board (one run finished since the
+last pass) against a local sqlite-backed ``mlflow server``: an experiment of N runs with 21
+per-fold ``test_r2`` values each, ranked by a rule without ``selection``, with it (values from
+the ``podium.folds`` tag) and with it (values from the metric history, all but the new run's
+already read by the daemon). Wall time and tracking calls of that pass.
 """
 
 from __future__ import annotations
@@ -62,6 +68,64 @@ def measure(n_runs: int, runs: int) -> dict[str, Any]:
     }
 
 
+def pass_cost(n_runs: int, backend: str = "sqlite") -> list[dict[str, Any]]:
+    """The re-rank pass after one new run, with and without selection statistics."""
+    from mlflow.tracking import MlflowClient
+
+    from bench.servers import running_server
+    from tests.support.watcher_runs import make_fold_runs, new_experiment
+    from watcher.mlflow_io import MlflowTracking
+    from watcher.service import Watcher
+    from watcher.settings import WatcherSettings
+
+    rng = np.random.default_rng(3)
+    rows = []
+    with running_server(backend) as server:
+        client = MlflowClient(server.url)
+        for label, selection, tag in (
+            ("no `selection`", None, False),
+            ("`selection`, values from `podium.folds`", {"blocks": 8}, True),
+            ("`selection`, values from metric history", {"blocks": 8}, False),
+        ):
+            exp_id, name = new_experiment(client, "bench_sel")
+            make_fold_runs(client, exp_id, rng.normal(0, 0.05, size=(n_runs, 21)), folds_tag=tag)
+            rule: dict[str, Any] = {"name": "r", "experiments": [name], "metric": "avg_test_r2"}
+            if selection is not None:
+                rule["selection"] = selection
+            settings = WatcherSettings.model_validate(
+                {"tracking_uri": server.url, "rules": [rule], "http": {"enabled": False}}
+            )
+            watcher = Watcher(settings, MlflowTracking(server.url))
+            watcher.run_pass()
+            make_fold_runs(client, exp_id, rng.normal(0, 0.05, size=(1, 21)), folds_tag=tag, prefix="new")
+            result = watcher.run_pass()
+            idle = watcher.run_pass()
+            rows.append(
+                {
+                    "case": label,
+                    "runs": n_runs + 1,
+                    "seconds": result.duration_seconds,
+                    "calls": result.tracking_calls,
+                    "idle_calls": idle.tracking_calls,
+                    "idle_seconds": idle.duration_seconds,
+                }
+            )
+    return rows
+
+
+def pass_markdown(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| rule | runs | re-rank pass after one new run | tracking calls | next (idle) pass, calls |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row['case']} | {row['runs']} | {row['seconds']:.2f} s | {row['calls']} | "
+            f"{row['idle_seconds']:.2f} s, {row['idle_calls']} |"
+        )
+    return "\n".join(lines)
+
+
 def markdown(rows: list[dict[str, Any]], runs: int, load: tuple[float, float]) -> str:
     lines = [
         f"Median of {runs} runs; load average {load[0]:.1f} at start, {load[1]:.1f} at the end "
@@ -84,13 +148,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3, help="timed runs per size (median)")
     parser.add_argument("--sizes", type=int, nargs="+", default=[100, 1000, 5000])
-    parser.add_argument("--markdown", action="store_true", help="print only the markdown table")
+    parser.add_argument("--pass-runs", type=int, default=0, help="also time a pass over N runs (0: no)")
     args = parser.parse_args(argv)
     start_load = os.getloadavg()[0]
     rows = [measure(n, args.runs) for n in args.sizes]
+    passes = pass_cost(args.pass_runs) if args.pass_runs else []
     load = (start_load, os.getloadavg()[0])
-    save("selection", {"machine": machine(), "rows": rows, "loadavg_at_end": load[1]})
+    save("selection", {"machine": machine(), "rows": rows, "passes": passes, "loadavg_at_end": load[1]})
     print(markdown(rows, args.runs, load))
+    if passes:
+        print()
+        print(pass_markdown(passes))
     return 0
 
 

@@ -143,7 +143,8 @@ def stack(sqlite_server: ServerHandle, tmp_path_factory: pytest.TempPathFactory)
         "ui_base_url": sqlite_server.url,
         "http": {"enabled": True, "host": "127.0.0.1", "port": port, "token_env": "PODIUM_DASH_TOKEN"},
         "rules": [
-            {"name": "dash", "experiments": [f"{prefix}_*"], "metric": "avg_test_r2", "top_n": 10, "trigger": "run_finished"}
+            {"name": "dash", "experiments": [f"{prefix}_*"], "metric": "avg_test_r2", "top_n": 10, "trigger": "run_finished",
+             "selection": {"fold_metric": "test_r2", "blocks": 2}}
         ],
     }  # fmt: skip
     (tmp / "watcher.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
@@ -207,6 +208,12 @@ def test_opening_an_experiment_shows_its_board_in_rank_order(stack: Stack) -> No
     assert mlflow_link == f"{stack.client.tracking_uri}/#/experiments/{stack.experiment_id}/runs/{shown[0]}"
     page.locator("[data-testid=across-row]").first.wait_for()
     assert page.locator("[data-testid=across-row] td").nth(1).inner_text() == "sig a"  # the planted signal
+    # Is the leader real: the sentence, PBO, the tied runs marked and λ over the splits.
+    selection = httpx.get(f"{stack.base}/api/experiments/{stack.experiment_id}/selection", timeout=10).json()
+    assert page.locator("[data-testid=selection-sentence]").inner_text().startswith("Picking the best run")
+    assert page.locator("[data-testid=tied]").count() == selection["tied_with_leader"] >= 1
+    assert page.locator("[data-testid=lambda-chart] rect").count() == 20
+    assert len(selection["lambdas"]) == selection["splits"] == 2
     shot(page, "dashboard-leaderboard.png")
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 
@@ -10,8 +9,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from scipy.stats import rankdata
 
+from tests.support.cscv import straightforward_cscv
 from watcher.selection import (
     MCS_CANDIDATES,
     BoardRun,
@@ -29,23 +28,6 @@ from watcher.selection import (
 
 def board_of(values: np.ndarray | list[list[float]], prefix: str = "run") -> list[BoardRun]:
     return [BoardRun(f"{prefix}{i:03d}", list(row)) for i, row in enumerate(np.asarray(values, dtype=float))]
-
-
-def straightforward_cscv(values: np.ndarray, blocks: int, higher_is_better: bool) -> list[float]:
-    """CSCV as the paper states it, one split at a time: no shared code with watcher.selection."""
-    runs, folds = values.shape
-    score = values if higher_is_better else -values
-    parts = np.array_split(np.arange(folds), blocks)
-    lambdas = []
-    for chosen in itertools.combinations(range(blocks), blocks // 2):
-        inside = np.concatenate([parts[b] for b in chosen])
-        outside = np.concatenate([parts[b] for b in range(blocks) if b not in chosen])
-        in_means = [np.mean(score[r, inside]) for r in range(runs)]
-        best = max(range(runs), key=lambda r: (in_means[r], -r))  # ties: the earlier run
-        out_ranks = rankdata([np.mean(score[r, outside]) for r in range(runs)], method="average")
-        omega = out_ranks[best] / (runs + 1)
-        lambdas.append(math.log(omega / (1 - omega)))
-    return lambdas
 
 
 @st.composite

@@ -248,7 +248,8 @@ def create_app(
     if jobs is None:
         jobs = JobRunner(watcher.tracking.tracking_uri).start()
     app.state.jobs = jobs
-    dashboard.install(app, dashboard.DashboardQuery(watcher.tracking, watcher.settings, jobs), require_token)
+    query = dashboard.DashboardQuery(watcher.tracking, watcher.settings, jobs, watcher.selection_view)
+    dashboard.install(app, query, require_token)
     return app
 
 

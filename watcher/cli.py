@@ -199,7 +199,8 @@ def _api_starter(settings: WatcherSettings) -> Any:
 
 def print_plan(result: Any, out: TextIO) -> None:
     """The dry run's plan, one line per tag change (experiment, run, tag, old -> new), per
-    alert it would announce and per experiment whose ``podium.state`` it would write."""
+    alert it would announce, per experiment whose ``podium.selection`` (with its plain line)
+    and ``podium.state`` it would write."""
     total = 0
     for outcome in result.outcomes:
         for change in outcome.changes:
@@ -213,6 +214,17 @@ def print_plan(result: Any, out: TextIO) -> None:
         where = f"{outcome.experiment_name} [{outcome.experiment_id}]"
         for alert in getattr(outcome, "alerts", ()):
             out.write(f"{where}  run {alert.run_id}  alert: run.{alert.kind} ({alert.status})\n")
+        if getattr(outcome, "selection_tag", None) is not None:
+            from watcher.selection import plain_line
+
+            leader = outcome.board.leader.run_id if outcome.board and outcome.board.leader else None
+            held = (
+                " (production_candidate and the alias held back)"
+                if outcome.state and outcome.state.held
+                else ""
+            )
+            out.write(f"{where}  podium.selection: {outcome.selection_tag}\n")
+            out.write(f"{where}  selection: {plain_line(outcome.selection, leader)}{held}\n")
         if getattr(outcome, "state", None) is not None:
             reason = f", {outcome.reason}" if getattr(outcome, "reason", "") else ""
             out.write(f"{where}  podium.state: {outcome.action}{reason}\n")

@@ -35,7 +35,8 @@ from pydantic import BaseModel, ConfigDict, Field, StrictFloat, ValidationError
 from watcher.errors import TrackingError
 from watcher.jobs import Job, JobRunner, QueueFull
 from watcher.mlflow_io import EXPERIMENT_BATCH, MlflowTracking
-from watcher.model import MAX_TOP_N, ON_DEMAND_RULE, ExperimentRecord, RunRecord
+from watcher.model import MAX_TOP_N, ON_DEMAND_RULE, TIED_WITH_LEADER, TRUE, ExperimentRecord, RunRecord
+from watcher.selection import SELECTION_TAG, stored
 from watcher.settings import WatcherSettings
 from watcher.state import STATE_TAG, UNRANKED, ExperimentState, fingerprint
 
@@ -112,7 +113,8 @@ def kept_board(tags: Mapping[str, str]) -> KeptBoard | None:
         rule=state.rule,
         fingerprint=state.fingerprint,
         top_n=state.top_n,
-        production_candidates=state.production_candidates,
+        # The selection gate held them back: the holders carry no production_candidate.
+        production_candidates=0 if state.held else state.production_candidates,
         entries=tuple((c.run_id, c.value) for c in state.holders()),
         ranked_runs=state.ranked_runs,
         unranked_runs=state.unranked_runs,
@@ -341,6 +343,8 @@ class ModelRow(BaseModel):
     params: dict[str, str]
     total_features: int | None
     retrained_from: str | None
+    # In the leader's model confidence set (a rule with a `selection` key).
+    tied_with_leader: bool = False
 
 
 class LeaderboardView(BaseModel):
@@ -465,7 +469,15 @@ class DashboardQuery:
     the id (checked before MLflow sees it); tracking failures raise :class:`TrackingError`,
     answered 503 by the app's one handler (:func:`tracking_failed`)."""
 
-    def __init__(self, tracking: MlflowTracking, settings: WatcherSettings, jobs: JobRunner) -> None:
+    def __init__(
+        self,
+        tracking: MlflowTracking,
+        settings: WatcherSettings,
+        jobs: JobRunner,
+        selection_of: Callable[[str], dict[str, Any] | None] = lambda _: None,
+    ) -> None:
+        # The selection statistics this daemon last computed for an experiment (with λ).
+        self.selection_of = selection_of
         self.tracking = tracking
         self.settings = settings
         self.jobs = jobs
@@ -642,6 +654,7 @@ def leaderboard(experiment_id: str, q: Dashboard) -> LeaderboardView:
                 params={k: run.params[k] for k in MAIN_PARAMS if k in run.params},
                 total_features=_int(run.params.get("total_features")),
                 retrained_from=run.tags.get("retrained_from"),
+                tied_with_leader=run.tags.get(TIED_WITH_LEADER) == TRUE,
             )
         )
     return LeaderboardView(
@@ -657,6 +670,24 @@ def leaderboard(experiment_id: str, q: Dashboard) -> LeaderboardView:
         metric_keys=sorted_metric_keys(keys),
         models=models,
     )
+
+
+@router.get("/api/experiments/{experiment_id}/selection", tags=["dashboard"])
+def selection(experiment_id: str, q: Dashboard) -> dict[str, Any]:
+    """Whether the leader is real: the ``podium.selection`` JSON plus λ per split and the tied
+    and left-out runs, as this daemon last computed them. Computed by another process (or
+    before a restart), the tag's JSON alone, with ``lambdas`` null."""
+    exp = q.experiment(experiment_id)
+    view = q.selection_of(experiment_id)
+    if view is not None:
+        return view
+    kept = stored(exp.tags.get(SELECTION_TAG))
+    if kept is None:
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND,
+            detail=f"experiment {exp.name!r} has no selection statistics (no rule with a 'selection' key ranked it)",
+        )
+    return {**kept, "lambdas": None}
 
 
 @router.get("/api/experiments/{experiment_id}/metric-keys", tags=["dashboard"])

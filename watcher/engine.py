@@ -17,13 +17,13 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 
 import structlog
 
 from watcher.mlflow_io import EXPERIMENT_BATCH, MlflowTracking, glob_to_like
-from watcher.model import MODEL_RANK, ExperimentRecord, Rule, RunRecord, WatchedExperiment
+from watcher.model import MODEL_RANK, TIED_WITH_LEADER, ExperimentRecord, Rule, RunRecord, WatchedExperiment
 from watcher.outbox import webhook_room
 from watcher.planner import (
     MAX_FAILED_WAITING,
@@ -37,6 +37,7 @@ from watcher.planner import (
     ExperimentPlan,
     ExperimentRead,
     Observed,
+    SelectionInput,
     ToRead,
     board_from_search,
     by_experiment,
@@ -51,6 +52,8 @@ from watcher.planner import (
     sample_cutoffs,
     with_rule_filter,
 )
+from watcher.ranking import order, split_ranked
+from watcher.selection import SELECTION_TAG, BoardRun, folds_from_tag
 from watcher.settings import WatcherSettings
 from watcher.state import MAX_ALERTED, STATE_TAG, ExperimentState, fingerprint
 
@@ -120,6 +123,9 @@ class PassEngine:
     tracking: MlflowTracking
     # Runs in the unordered page a first ranking estimates its cutoffs from.
     sample_size: int = SAMPLE_SIZE
+    # Per-fold values read from metric histories, by (run id, metric): finished runs do not
+    # change, so each is read once in the daemon's life.
+    fold_values: dict[tuple[str, str], tuple[float | None, ...]] = field(default_factory=dict)
 
     def plan_pass(
         self,
@@ -214,6 +220,7 @@ class PassEngine:
                         else None
                     ),
                 ),
+                selection_tag=exp.tags.get(SELECTION_TAG) if rule.selection is not None else None,
             )
             for exp in exps
         ]
@@ -235,6 +242,14 @@ class PassEngine:
             by_id[count.experiment_id] = replace(
                 by_id[count.experiment_id], count_pages=self.count_pages(rule, count)
             )
+        if need.selections:
+            tied = by_experiment(
+                self.tracking.search_runs(list(need.selections), f"tags.`{TIED_WITH_LEADER}` LIKE '%'")
+            )
+            for i in need.selections:
+                with structlog.contextvars.bound_contextvars(experiment_id=i):
+                    runs = self.selection_board(rule, by_id[i])
+                by_id[i] = replace(by_id[i], selection_input=SelectionInput(runs, tied.get(i, ())))
         if need.firsts:
             rows = by_experiment(
                 self.tracking.search_runs(
@@ -247,6 +262,40 @@ class PassEngine:
             for i in need.firsts:
                 by_id[i] = replace(by_id[i], since_ranking=rows.get(i, ()))
         return [by_id[r.experiment_id] for r in reads]
+
+    def selection_board(self, rule: Rule, read: ExperimentRead) -> tuple[BoardRun, ...]:
+        """Every ranked run of the experiment in board order, with its per-fold values.
+
+        The runs come from the ranking's searches when those held every run (a small
+        experiment), else from one paged read (one call per 1,000 runs). The values come from
+        each run's ``podium.folds`` tag, else from the history of the rule's ``fold_metric``:
+        one call per run not read before; finished runs do not change, so what was read is
+        kept for the daemon's life.
+        """
+        assert rule.selection is not None
+        assert read.board is not None
+        fold_metric = rule.selection.fold_metric
+        if read.board.search.everything:
+            rows: Sequence[RunRecord] = read.board.search.runs
+        else:
+            finished = and_filters(FINISHED_FILTER, rule.filter)
+            rows = list(self.tracking.iter_runs([read.experiment_id], finished, page_size=SCAN_PAGE))
+        ranked, _ = split_ranked(rows, rule.metric)
+        by_id = {r.run_id: r for r in rows}
+        histories = 0
+        board = []
+        for candidate in order(ranked, rule.ascending):
+            run_id = candidate.run_id
+            folds = folds_from_tag(by_id[run_id].tags, fold_metric)
+            if folds is None:
+                key = (run_id, fold_metric)
+                if key not in self.fold_values:
+                    self.fold_values[key] = tuple(self.tracking.fold_history(run_id, fold_metric))
+                    histories += 1
+                folds = list(self.fold_values[key])
+            board.append(BoardRun(run_id, folds))
+        log.info("selection_read", ranked_runs=len(board), histories_read=histories)
+        return tuple(board)
 
     def _orphans(
         self, rule: Rule, ids: Sequence[str], states: Mapping[str, ExperimentState | None]

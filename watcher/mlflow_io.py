@@ -29,6 +29,7 @@ from watcher import metrics
 from watcher.errors import ConfigError, TrackingError
 from watcher.model import ExperimentRecord, ModelSource, ModelVersionInfo, RunRecord, TagChange
 from watcher.planner import ExperimentPlan
+from watcher.selection import SELECTION_TAG
 from watcher.settings import redact_uri
 from watcher.state import STATE_TAG
 
@@ -257,13 +258,16 @@ class MlflowTracking:
     # -- the one writer ----------------------------------------------------------------------
 
     def apply_plan(self, plan: ExperimentPlan, stored_state: str | None) -> int:
-        """Write one experiment's plan: its tag changes in order, then its state tag.
+        """Write one experiment's plan: its tag changes in order, its selection statistics'
+        tag (when computed), then its state tag.
 
         ``stored_state`` is the ``podium.state`` text as listed (an equal state is not
         written again). Returns the number of tag changes planned; ``tag_writes`` grows by
         the ones MLflow accepted, also when a later write raises.
         """
         self.apply_changes(plan.changes)
+        if plan.selection_tag is not None:
+            self.set_experiment_tag(plan.experiment_id, SELECTION_TAG, plan.selection_tag)
         if plan.state is not None:
             text = plan.state.to_tag()
             if text != stored_state:

@@ -10,6 +10,9 @@ from typing import Literal, Protocol
 MODEL_RANK = "model_rank"
 PRODUCTION_CANDIDATE = "production_candidate"
 TRUE = "true"
+# On the ranked runs the data cannot tell apart from the best (the leader's model confidence
+# set), when the rule has a `selection` key (watcher/selection.py).
+TIED_WITH_LEADER = "tied_with_leader"
 # The largest top_n a rule or POST /models/rank may ask for: the watcher keeps the board (the
 # top N and runners-up) in one experiment tag of at most 20,000 characters, 200 runs at most.
 MAX_TOP_N = 200
@@ -31,6 +34,22 @@ class RegistryTarget(Protocol):
 
     @property
     def alias(self) -> str: ...
+
+
+class SelectionRule(Protocol):
+    """A rule's ``selection`` key: how the statistics are computed, and the gate."""
+
+    @property
+    def fold_metric(self) -> str: ...
+
+    @property
+    def blocks(self) -> int: ...
+
+    @property
+    def alpha(self) -> float: ...
+
+    @property
+    def max_pbo(self) -> float | None: ...
 
 
 class Rule(Protocol):
@@ -74,6 +93,9 @@ class Rule(Protocol):
 
     @property
     def stalled_after_minutes(self) -> int: ...
+
+    @property
+    def selection(self) -> SelectionRule | None: ...
 
 
 def top_tag(top_n: int) -> str:
@@ -122,16 +144,34 @@ class Leaderboard:
 
 
 @dataclass(frozen=True)
+class SelectionSummary:
+    """What the selection statistics say about a board, as summaries show it.
+
+    ``pbo``/``tied_with_leader`` are None when not computable (``line`` says why);
+    ``held_back`` says why production tags and the registry alias did not move (None: they may).
+    """
+
+    pbo: float | None
+    tied_with_leader: int | None
+    folds: int
+    runs: int
+    line: str
+    held_back: str | None = None
+
+
+@dataclass(frozen=True)
 class LeaderboardChanged:
     """Emitted after the tags of a changed leaderboard were written.
 
-    ``entered``/``left`` are run ids that joined/left the top ``top_n``.
+    ``entered``/``left`` are run ids that joined/left the top ``top_n``; ``selection`` is set
+    when the rule has a ``selection`` key.
     """
 
     board: Leaderboard
     new_leader: bool
     entered: tuple[str, ...]
     left: tuple[str, ...]
+    selection: SelectionSummary | None = None
 
 
 @dataclass(frozen=True)

@@ -15,19 +15,25 @@ write -- re-ranks the experiment from fresh threshold searches.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from typing import Literal
 
+from watcher import selection as stats
 from watcher.model import (
     ON_DEMAND_RULE,
     PRODUCTION_CANDIDATE,
+    TIED_WITH_LEADER,
+    TRUE,
     Leaderboard,
     LeaderboardChanged,
     Rule,
     RunAlert,
     RunRecord,
+    SelectionSummary,
     TagChange,
     top_tag,
 )
@@ -36,12 +42,14 @@ from watcher.ranking import (
     Candidate,
     desired_tags,
     finite_value,
+    is_podium_run_tag,
     leaderboard_entries,
     order,
     plan,
     podium_tags,
     sort_key,
     split_ranked,
+    with_tied,
 )
 from watcher.state import MAX_ALERTED, UNRANKED, ExperimentState, board_digest, board_size, fingerprint
 
@@ -146,6 +154,9 @@ class ExperimentPlan:
     board: Leaderboard | None = None
     alerts: tuple[RunAlert, ...] = ()
     stalled: tuple[str, ...] = ()
+    # The selection statistics computed this pass, and the podium.selection tag to write.
+    selection: stats.Selection | None = None
+    selection_tag: str | None = None
 
 
 def last_activity(run: RunRecord) -> int | None:
@@ -468,6 +479,23 @@ class Counts:
     upto: int
 
 
+@dataclass(frozen=True)
+class Gate:
+    """What the selection statistics change in a ranking's plan.
+
+    ``held``: no ``production_candidate`` (the rule's max_pbo); ``tied``: the runs to carry
+    ``tied_with_leader`` (None: not computed this pass, those tags stay as they are);
+    ``selection``/``tag``/``summary``: the statistics, the ``podium.selection`` tag to write
+    and what the summaries say. The default is a rule without a ``selection`` key.
+    """
+
+    held: bool = False
+    tied: tuple[str, ...] | None = None
+    selection: stats.Selection | None = None
+    tag: str | None = None
+    summary: SelectionSummary | None = None
+
+
 def plan_board(
     exp: Experiment,
     rule: Rule,
@@ -478,6 +506,7 @@ def plan_board(
     complete: bool,
     read: Iterable[RunRecord],
     counts: Counts,
+    gate: Gate | None = None,
 ) -> ExperimentPlan:
     """Tags and state for a new board prefix.
 
@@ -489,14 +518,21 @@ def plan_board(
     (:data:`ON_DEMAND_RULE`) keeps the rule's.
     """
     exp_id, exp_name = exp.experiment_id, exp.name
+    gate = gate or Gate()
+    # tied_with_leader is planned only when the statistics were computed this pass; otherwise
+    # the tags the last computation wrote stay as they are.
+    owned = with_tied if gate.tied is not None else is_podium_run_tag
     current: dict[str, dict[str, str]] = {}
     for run in read:
-        current[run.run_id] = podium_tags(run.tags)
+        current[run.run_id] = podium_tags(run.tags, owned)
     if state is not None:
         for run_id, tags in state.tags_of_holders().items():
             current.setdefault(run_id, tags)
     entries = leaderboard_entries(board, rule.top_n)
-    changes = plan(desired_tags(entries, rule.top_n, rule.production_candidates), current)
+    desired = desired_tags(entries, rule.top_n, 0 if gate.held else rule.production_candidates)
+    for run_id in gate.tied or ():
+        desired[run_id] = {**desired.get(run_id, {}), TIED_WITH_LEADER: TRUE}
+    changes = plan(desired, current, owned)
     leaderboard = Leaderboard(
         experiment_id=exp_id,
         experiment_name=exp_name,
@@ -533,7 +569,11 @@ def plan_board(
             if rule.name == ON_DEMAND_RULE
             else board_digest([e.run_id for e in entries])
         ),
+        held=gate.held,
     )
+    event = leaderboard_event(leaderboard, state, against_announced=rule.name != ON_DEMAND_RULE)
+    if event is not None and gate.summary is not None:
+        event = replace(event, selection=gate.summary)
     action: Action = "full" if t.action == "full" else "rerank"
     return ExperimentPlan(
         exp_id,
@@ -543,10 +583,12 @@ def plan_board(
         t.reason,
         changes=tuple(changes),
         state=_if_changed(new_state, state),
-        event=leaderboard_event(leaderboard, state, against_announced=rule.name != ON_DEMAND_RULE),
+        event=event,
         board=leaderboard,
         alerts=t.alerts,
         stalled=t.stalled,
+        selection=gate.selection,
+        selection_tag=gate.tag,
     )
 
 
@@ -768,10 +810,23 @@ class ExperimentRead:
     board: BoardFound | None = None
     count_pages: tuple[CountPage, ...] | None = None
     since_ranking: tuple[RunRecord, ...] | None = None
+    # The experiment's podium.selection tag as listed (rules with a selection key).
+    selection_tag: str | None = None
+    # The selection statistics' input, read when decide_batch asks for it.
+    selection_input: SelectionInput | None = None
 
     @property
     def experiment_id(self) -> str:
         return self.experiment.experiment_id
+
+
+@dataclass(frozen=True)
+class SelectionInput:
+    """What the selection statistics read for one experiment: every ranked run in board order
+    with its per-fold values, and the runs that carry ``tied_with_leader`` now."""
+
+    board: tuple[stats.BoardRun, ...]
+    tied_holders: tuple[RunRecord, ...]
 
 
 @dataclass(frozen=True)
@@ -796,14 +851,17 @@ class CountRequest:
 @dataclass(frozen=True)
 class ToRead:
     """What :func:`decide_batch` must see before it can plan: the orphan-tag holders of
-    ``orphans`` (experiment ids), the ``boards``, the ``counts``, and for the first rankings
-    ``firsts`` the runs that ended after ``since`` (their common watermark)."""
+    ``orphans`` (experiment ids), the ``boards``, the ``counts``, for the first rankings
+    ``firsts`` the runs that ended after ``since`` (their common watermark), and the per-fold
+    values of the ``selections``."""
 
     orphans: tuple[str, ...] = ()
     boards: tuple[BoardRequest, ...] = ()
     counts: tuple[CountRequest, ...] = ()
     firsts: tuple[str, ...] = ()
     since: int = 0
+    # Experiments whose selection statistics are computed this pass (their board read first).
+    selections: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -830,7 +888,29 @@ def triage_for_pass(
         return replace(t, action="rerank" if ranked_here else "full", reason="requested")
     if sweep and t.action in ("idle", "advance") and ranked_here:
         return replace(t, action="rerank", reason="sweep")
+    if t.action in ("idle", "advance") and ranked_here and selection_outdated(rule, read):
+        return replace(t, action="rerank", reason="selection")
     return t
+
+
+def selection_outdated(rule: Rule, read: ExperimentRead) -> bool:
+    """The stored statistics or gate do not answer the rule's ``selection`` key (added,
+    changed or removed since the last ranking): the experiment is ranked again."""
+    held = read.state is not None and read.state.held
+    if rule.selection is None:
+        return held
+    stored = stats.stored(read.selection_tag)
+    if stored is None or not stats.same_settings(stored, rule.metric, rule.selection):
+        return True
+    return held != (stats.gate_reason_of_tag(stored, rule.selection.max_pbo) is not None)
+
+
+def computes_selection(rule: Rule, read: ExperimentRead, t: Triage) -> bool:
+    """The statistics are computed when the board may have changed: every ranking but the
+    sweep's re-rank of an idle experiment whose stored statistics still answer the rule."""
+    if rule.selection is None or t.action not in RANKING:
+        return False
+    return t.reason != "sweep" or selection_outdated(rule, read)
 
 
 def decide_batch(
@@ -875,6 +955,14 @@ def decide_batch(
             if r.state is not None and r.count_pages is None
         ),
     )
+    if need == ToRead():
+        need = ToRead(
+            selections=tuple(
+                r.experiment_id
+                for r in ranking
+                if r.selection_input is None and computes_selection(rule, r, triaged[r.experiment_id])
+            )
+        )
     if need != ToRead():
         return BatchDecision(triaged, to_read=need)
 
@@ -883,7 +971,7 @@ def decide_batch(
     for r in reads:
         t = triaged[r.experiment_id]
         if t.action in RANKING:
-            plan, counts[r.experiment_id] = rank_plan(rule, fp, r, t)
+            plan, counts[r.experiment_id] = rank_plan(rule, fp, r, t, now_ms)
         elif t.action == "count" and r.state is not None:
             plan = count_plan(rule, r, r.state, t)
         else:
@@ -901,7 +989,9 @@ def decide_batch(
     return BatchDecision(triaged, plans=tuple(plans), counts=counts)
 
 
-def rank_plan(rule: Rule, fp: str, read: ExperimentRead, t: Triage) -> tuple[ExperimentPlan, Counts]:
+def rank_plan(
+    rule: Rule, fp: str, read: ExperimentRead, t: Triage, now_ms: int = 0
+) -> tuple[ExperimentPlan, Counts]:
     """The plan of an experiment ranked this pass, from its board searches' answer."""
     assert read.board is not None
     found = read.board.search
@@ -915,9 +1005,47 @@ def rank_plan(rule: Rule, fp: str, read: ExperimentRead, t: Triage) -> tuple[Exp
     orphans = read.orphans if read.orphans is not None else (read.observed.orphans or ())
     seen = [*read.observed.holders, *orphans, *found.runs]
     board = read.board
+    gate = selection_gate(rule, read, board.board, now_ms)
+    if read.selection_input is not None:
+        seen.extend(read.selection_input.tied_holders)
     return plan_board(
-        read.experiment, rule, fp, read.state, t, board.board, board.complete, seen, counts
+        read.experiment, rule, fp, read.state, t, board.board, board.complete, seen, counts, gate
     ), counts
+
+
+def selection_gate(rule: Rule, read: ExperimentRead, board: Sequence[Candidate], now_ms: int) -> Gate:
+    """The statistics over the runs read this pass, or, when they were not read (a sweep of an
+    unchanged board), the last ranking's gate with the tied tags left as they are."""
+    config = rule.selection
+    if config is None:
+        return Gate()
+    leader = board[0].run_id if board else None
+    if read.selection_input is None:
+        stored = stats.stored(read.selection_tag)
+        held = stats.gate_reason_of_tag(stored, config.max_pbo) is not None
+        return Gate(held=held)
+    selection = stats.compute(
+        read.selection_input.board,
+        higher_is_better=not rule.ascending,
+        blocks=config.blocks,
+        alpha=config.alpha,
+    )
+    summary = stats.summary(selection, config.max_pbo, leader)
+    tag = stats.selection_json(
+        selection, metric=rule.metric, fold_metric=config.fold_metric, computed_at=iso_ms(now_ms)
+    )
+    return Gate(
+        held=summary.held_back is not None,
+        tied=selection.tied,
+        selection=selection,
+        tag=json.dumps(tag, separators=(",", ":")),
+        summary=summary,
+    )
+
+
+def iso_ms(ms: int) -> str:
+    """ISO-8601 UTC to the second of a time in ms since the epoch."""
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def count_plan(rule: Rule, read: ExperimentRead, state: ExperimentState, t: Triage) -> ExperimentPlan:

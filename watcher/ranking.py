@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from watcher.model import (
     MODEL_RANK,
     PRODUCTION_CANDIDATE,
+    TIED_WITH_LEADER,
     TRUE,
     RankedRun,
     RunRecord,
@@ -129,13 +130,20 @@ def desired_tags(
     return desired
 
 
-def podium_tags(tags: Mapping[str, str]) -> dict[str, str]:
+def podium_tags(tags: Mapping[str, str], owned: Callable[[str], bool] = is_podium_run_tag) -> dict[str, str]:
     """Only the run tags the watcher owns (``model_rank``, ``top_{N}``, ``production_candidate``)."""
-    return {k: v for k, v in tags.items() if is_podium_run_tag(k)}
+    return {k: v for k, v in tags.items() if owned(k)}
+
+
+def with_tied(key: str) -> bool:
+    """The ranking tags and ``tied_with_leader``: what a ranking with selection statistics owns."""
+    return is_podium_run_tag(key) or key == TIED_WITH_LEADER
 
 
 def plan(
-    desired: Mapping[str, Mapping[str, str]], current: Mapping[str, Mapping[str, str]]
+    desired: Mapping[str, Mapping[str, str]],
+    current: Mapping[str, Mapping[str, str]],
+    owned: Callable[[str], bool] = is_podium_run_tag,
 ) -> list[TagChange]:
     """Tag changes that turn ``current`` into ``desired``, in a safe order to apply.
 
@@ -145,13 +153,14 @@ def plan(
     is clean; then the sets, grouped per run (one ``log_batch`` each), ordered so that no
     two runs ever carry the same ``model_rank``: a run takes rank r only after the run that
     held r moved away. Cycles of rank swaps are broken by deleting one run's rank first.
-    Runs whose tags are already right get nothing.
+    Runs whose tags are already right get nothing. ``owned`` says which keys are the
+    watcher's (the ranking tags; with selection statistics, ``tied_with_leader`` too).
     """
     deletes: list[TagChange] = []
     sets: dict[str, list[TagChange]] = {}
     rank_now: dict[str, str | None] = {}
     for run_id in sorted(set(current) | set(desired)):
-        have = podium_tags(current.get(run_id, {}))
+        have = podium_tags(current.get(run_id, {}), owned)
         want = dict(desired.get(run_id, {}))
         stale = sorted(k for k in have if k not in want)
         stale.sort(key=lambda k: k == MODEL_RANK)  # model_rank last

@@ -211,6 +211,14 @@ class RegistryPromoter(Handler):
         leader = event.board.leader
         if rule.registry is None or leader is None:
             return
+        if event.selection is not None and event.selection.held_back is not None:
+            log.info(
+                "registry_promotion_held_back",
+                experiment_id=event.board.experiment_id,
+                run_id=leader.run_id,
+                reason=event.selection.held_back,
+            )
+            return
         ranks = {entry.run_id: str(entry.rank) for entry in event.board.entries}
         self._queue(event.board.experiment_id, leader.run_id, rule.registry, ranks)
 
@@ -270,6 +278,8 @@ class RegistryPromoter(Handler):
         if any(k.startswith(f"{TAG_PREFIX}registry.") or k == LEGACY_REGISTRY_TAG for k in experiment.tags):
             return  # a queued promotion is pending; the worker carries it out
         state = ExperimentState.from_tag(experiment.tags.get(STATE_TAG))
+        if state is not None and state.held:
+            return  # the selection gate holds the alias back (its last ranking said why)
         ranking = fingerprint(rule.metric, rule.ascending, rule.filter)
         if state is None or state.fingerprint != ranking or not state.board:
             return  # not ranked this way yet: that ranking will be a change

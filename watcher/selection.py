@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from watcher.model import SelectionRule, SelectionSummary
+
 DEFAULT_BLOCKS = 8
 DEFAULT_ALPHA = 0.10
 # The bootstrap behind the confidence set: the same seed and number of draws on every pass, so
@@ -344,7 +346,6 @@ def tied_phrase(selection: Selection, leader: str | None = None) -> str:
 
 
 FOLDS_TAG = "podium.folds"
-TIED_TAG = "tied_with_leader"
 SELECTION_TAG = "podium.selection"
 
 
@@ -371,23 +372,78 @@ def folds_from_tag(tags: Mapping[str, str], fold_metric: str) -> list[float | No
 
 def gate_reason(selection: Selection | None, max_pbo: float | None) -> str | None:
     """Why production tags and the registry alias are held back, or None when they may move."""
+    if selection is None:
+        return _gate(None, None, max_pbo)
+    return _gate(selection.pbo, selection.reason, max_pbo)
+
+
+def _gate(pbo: float | None, why: str | None, max_pbo: float | None) -> str | None:
     if max_pbo is None:
         return None
-    if selection is None or selection.pbo is None:
-        why = selection.reason if selection is not None else "no per-fold values were read"
-        return f"no PBO to check against max_pbo {max_pbo:g} ({why})"
-    if selection.pbo > max_pbo:
-        return f"PBO {selection.pbo:.2f} is above max_pbo {max_pbo:g}"
-    return None
+    if pbo is None:
+        return f"no PBO to check against max_pbo {max_pbo:g} ({why or 'no per-fold values were read'})"
+    return f"PBO {pbo:.2f} is above max_pbo {max_pbo:g}" if pbo > max_pbo else None
 
 
 def api_view(selection: Selection, *, metric: str, fold_metric: str, computed_at: str) -> dict[str, Any]:
     """The tag's JSON plus what is too long for a tag: λ per split, the tied and left-out runs."""
     return {
         **selection_json(selection, metric=metric, fold_metric=fold_metric, computed_at=computed_at),
+        **details(selection),
+    }
+
+
+def details(selection: Selection) -> dict[str, Any]:
+    """What the API adds to the tag's JSON."""
+    return {
         "lambdas": list(selection.lambdas),
         "tied_run_ids": list(selection.tied),
         "left_out": [{"run_id": left.run_id, "reason": left.reason} for left in selection.left_out],
         "candidates": selection.candidates,
         "folds_dropped": selection.folds_dropped,
+        "line": plain_line(selection, selection.tied[0] if selection.tied else None),
     }
+
+
+def stored(tag: str | None) -> dict[str, Any] | None:
+    """The ``podium.selection`` tag as written by :func:`selection_json`, or None."""
+    if not tag:
+        return None
+    try:
+        data = json.loads(tag)
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def same_settings(stored: Mapping[str, Any], metric: str, config: SelectionRule) -> bool:
+    """The stored statistics were computed the way the rule asks now."""
+    return (stored.get("metric"), stored.get("fold_metric"), stored.get("blocks"), stored.get("alpha")) == (
+        metric,
+        config.fold_metric,
+        config.blocks,
+        config.alpha,
+    )
+
+
+def gate_reason_of_tag(stored: Mapping[str, Any] | None, max_pbo: float | None) -> str | None:
+    """:func:`gate_reason` from the stored tag (the gate reads the PBO only)."""
+    pbo = (stored or {}).get("pbo")
+    return _gate(float(pbo) if isinstance(pbo, int | float) else None, (stored or {}).get("reason"), max_pbo)
+
+
+def summary(selection: Selection | None, max_pbo: float | None, leader: str | None) -> SelectionSummary:
+    """The summaries' view: the numbers, one plain line, and why production tags are held back."""
+    held = gate_reason(selection, max_pbo)
+    if selection is None:
+        line = "No PBO: no per-fold values were read"
+        return SelectionSummary(None, None, 0, 0, f"{line}; {held}" if held else line, held)
+    line = plain_line(selection, leader)
+    return SelectionSummary(
+        pbo=selection.pbo,
+        tied_with_leader=len(selection.tied) if selection.tied else None,
+        folds=selection.folds,
+        runs=selection.runs,
+        line=f"{line}. Production tags held back: {held}" if held else line,
+        held_back=held,
+    )

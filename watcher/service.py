@@ -9,12 +9,13 @@ answer is an error (unknown experiment, no ranked run).
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import structlog
 
@@ -24,6 +25,7 @@ from watcher.errors import ExperimentNotFound, NoRankedRuns, WatcherError
 from watcher.mlflow_io import MlflowTracking
 from watcher.model import ON_DEMAND_RULE, Handler, Leaderboard, Rule, WatchedExperiment
 from watcher.planner import ExperimentPlan
+from watcher.selection import details, plain_line
 from watcher.settings import RuleConfig, WatcherSettings
 from watcher.state import STATE_TAG
 
@@ -104,6 +106,7 @@ class Watcher:
         self.health = PassHealth(poll_interval_seconds=settings.poll_interval_seconds)
         self.last_result: PassResult | None = None
         self.engine = PassEngine(tracking)
+        self.selections: dict[str, dict[str, Any]] = {}
         self._lock = threading.Lock()
         self._stall_checked: dict[str, float] = {}
         self._swept = clock()
@@ -155,6 +158,8 @@ class Watcher:
                 if sweep:
                     self._swept = started
                 apply.apply(plans, watched)
+                if not dry_run:
+                    self._keep_selections(plans)
             except Exception as e:  # the daemon must survive anything one pass runs into
                 error = str(e) or type(e).__name__
                 # A traceback only for bugs; a down server or a bad filter is said in one line.
@@ -195,6 +200,20 @@ class Watcher:
                 **report,
             )
         return result
+
+    def _keep_selections(self, plans: Sequence[ExperimentPlan]) -> None:
+        """The statistics computed this pass, as ``GET /api/experiments/{id}/selection`` shows
+        them (the tag's JSON, λ per split, the tied and left-out runs); kept until the next
+        computation for the experiment, in this process only."""
+        for plan in plans:
+            if plan.selection is not None and plan.selection_tag is not None:
+                view = {**json.loads(plan.selection_tag), **details(plan.selection)}
+                if plan.board is not None and plan.board.leader is not None:
+                    view["line"] = plain_line(plan.selection, plan.board.leader.run_id)
+                self.selections[plan.experiment_id] = view
+
+    def selection_view(self, experiment_id: str) -> dict[str, Any] | None:
+        return self.selections.get(experiment_id)
 
     def _record(self, result: PassResult) -> None:
         self.last_result = result

@@ -26,6 +26,7 @@ or replaced watcher carries on where the last one stopped and two replicas conve
   fit the outbox (None: every one is queued). The batch search reaches back to its end time
   while it is set, and the runs at or after it (in ``(end_time, run_id)`` order) that ended
   unsuccessfully are due again; the watermark still moves, so nothing is counted twice.
+- ``held``: the rule's selection gate held ``production_candidate`` back at the last ranking.
 - ``announced``: a digest of the run ids, in order, of the top N the rule last planned its
   summary from. An API ranking (another ``top_n``) leaves it as it is, so the rule's next
   pass posts ``leaderboard.changed`` only when its own board differs from that one.
@@ -102,6 +103,9 @@ class ExperimentState:
     announced: str | None = None
     metric: str | None = None
     ascending: bool | None = None
+    # The selection gate held production_candidate back at the last ranking (PBO above the
+    # rule's max_pbo, or none): the holders carry no production_candidate.
+    held: bool = False
 
     @property
     def search_after(self) -> int:
@@ -133,6 +137,8 @@ class ExperimentState:
                 "announced": self.announced,
                 "metric": self.metric,
                 "ascending": self.ascending,
+                # Only when set: a rule without a selection gate writes the same tag as before.
+                **({"held": True} if self.held else {}),
                 # Run names are left out (searches return them fresh): a board of MAX_BOARD
                 # entries then fits an experiment tag whatever the names.
                 "board": [[c.run_id, c.value, c.end_time] for c in self.board],
@@ -176,6 +182,7 @@ class ExperimentState:
                 # Absent in older tags: the dashboard then recovers them from the fingerprint.
                 metric=_opt_str(data.get("metric")),
                 ascending=None if data.get("ascending") is None else bool(data["ascending"]),
+                held=bool(data.get("held", False)),
             )
         except (ValueError, TypeError, KeyError, IndexError):
             return None
@@ -189,7 +196,7 @@ class ExperimentState:
         from watcher.ranking import desired_tags, leaderboard_entries
 
         entries = leaderboard_entries(self.board, self.top_n)
-        return desired_tags(entries, self.top_n, self.production_candidates)
+        return desired_tags(entries, self.top_n, 0 if self.held else self.production_candidates)
 
     def with_new_runs(self, ranked: int, unranked: int, seen: int) -> ExperimentState:
         return replace(

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from watcher.model import Leaderboard, LeaderboardChanged, RunAlert, WebhookFormat
+from watcher.model import Leaderboard, LeaderboardChanged, RunAlert, SelectionSummary, WebhookFormat
 
 LEADERBOARD_EVENT = "leaderboard.changed"
 ALERT_EVENTS = {"failed": "run.failed", "stalled": "run.stalled"}
@@ -76,6 +76,26 @@ def leaderboard_payload(event: LeaderboardChanged, *, ui_base_url: str | None, n
         "ranked_runs": board.ranked_runs,
         "unranked_runs": board.unranked_runs,
         "timestamp": iso_timestamp(now),
+        # Only for a rule with a `selection` key: without it the document is as before.
+        **({} if event.selection is None else selection_fields(event.selection)),
+    }
+
+
+def selection_fields(note: SelectionSummary) -> dict[str, Any]:
+    """``selection`` (null when PBO and the tied set are not computable), its plain line, and
+    why production tags were held back (null when they were not)."""
+    computable = note.pbo is not None or note.tied_with_leader is not None
+    return {
+        "selection": {
+            "pbo": note.pbo,
+            "tied_with_leader": note.tied_with_leader,
+            "folds": note.folds,
+            "runs": note.runs,
+        }
+        if computable
+        else None,
+        "selection_line": note.line,
+        "production_held_back": note.held_back,
     }
 
 
@@ -156,6 +176,8 @@ def slack_message(payload: Mapping[str, Any], *, ui_base_url: str | None) -> dic
     else:
         headline = f"Leaderboard changed in {experiment}"
     text = f"{headline}. Top {len(models)} by {payload['metric']} ({direction})."
+    if payload.get("selection_line"):
+        text += f" {payload['selection_line']}"
 
     board_link = board_url(ui_base_url, str(payload["experiment_id"]))
     summary = (
@@ -183,6 +205,17 @@ def slack_message(payload: Mapping[str, Any], *, ui_base_url: str | None) -> dic
         chunk = "\n".join(lines[start : start + SLACK_LINES_PER_SECTION])
         blocks.append(
             {"type": "section", "text": {"type": "mrkdwn", "text": _truncate(chunk, SLACK_SECTION_MAX)}}
+        )
+
+    if payload.get("selection_line"):
+        blocks.append(
+            {
+                "type": "section",
+                "text": {
+                    "type": "plain_text",
+                    "text": _truncate(str(payload["selection_line"]), SLACK_SECTION_MAX),
+                },
+            }
         )
 
     notes = []

@@ -258,7 +258,8 @@
         m.retrained_from ? [" ", h("span", { class: "badge run" }, "retrained")] : null,
         h("div", { class: "small mono" }, m.run_id)),
       h("td", { class: "num mono" }, fmt(m.value)),
-      h("td", {}, m.production_candidate ? h("span", { class: "badge", "data-testid": "candidate" }, "★ production candidate") : ""),
+      h("td", {}, m.production_candidate ? h("span", { class: "badge", "data-testid": "candidate" }, "★ production candidate") : "",
+        m.tied_with_leader ? [" ", h("span", { class: "badge tied", "data-testid": "tied", title: "The data cannot tell this run apart from the best (model confidence set)" }, "≈ tied with the leader")] : null),
       h("td", { class: "num" }, m.total_features === null || m.total_features === undefined ? "—" : m.total_features),
       h("td", { class: "params" }, paramKeys.filter((k) => k in m.params).map((k) => h("span", {}, `${k}=${m.params[k]}`))),
       h("td", { class: "nowrap" }, m.url ? h("a", { href: m.url, target: "_blank", rel: "noopener noreferrer", "data-testid": "mlflow-link" }, "MLflow ↗") : "")));
@@ -270,9 +271,71 @@
           h("th", {}, ""), h("th", { class: "num" }, "Features"), h("th", {}, "Hyperparameters"), h("th", {}, ""))),
         h("tbody", {}, rows)))));
 
+    const selection = await getSelection(experimentId);
+    if (selection) root.appendChild(selectionPanel(selection));
+
     const across = h("div", { class: "panel", "data-testid": "across-panel" });
     root.appendChild(across);
     await showAcross(across, experimentId, Math.min(10, board.models.length || 10));
+  }
+
+  async function getSelection(experimentId) {
+    const r = await fetch(`/api/experiments/${encodeURIComponent(experimentId)}/selection`);
+    return r.status === 404 ? null : parse(r);
+  }
+
+  // One sentence a team lead reads: is the leader real, and how many runs are as good?
+  function selectionSentence(sel) {
+    let first;
+    if (sel.pbo === null || sel.pbo === undefined) first = `There is no PBO for this board: ${sel.reason}.`;
+    else if (sel.pbo > 0.5) first = `Picking the best run on part of the history and checking it on the rest, the pick landed below the median run ${Math.round(sel.pbo * 100)}% of the time: the leader's lead is probably luck.`;
+    else if (sel.pbo === 0) first = "Picking the best run on part of the history and checking it on the rest, the pick never landed below the median run: the lead holds up out of sample.";
+    else first = `Picking the best run on part of the history and checking it on the rest, the pick landed below the median run ${Math.round(sel.pbo * 100)}% of the time.`;
+    const n = sel.tied_with_leader;
+    const others = n ? n - 1 : 0;
+    const more = sel.tied_at_least ? "at least " : "";
+    const second = !n ? "" : others === 0 ? " No other run is statistically tied with it."
+      : ` ${more}${others} other run${others === 1 ? " is" : "s are"} statistically tied with it (marked ≈ on the leaderboard).`;
+    return first + second;
+  }
+
+  function selectionPanel(sel) {
+    const panel = h("div", { class: "panel", "data-testid": "selection-panel" },
+      h("div", { class: "panel-head" }, h("h2", {}, "Is the leader real?"),
+        h("span", { class: "small" }, `${sel.runs} runs × ${sel.folds} folds, ${sel.blocks} blocks`)),
+      h("p", { "data-testid": "selection-sentence" }, selectionSentence(sel)),
+      h("div", { class: "cards" },
+        card("PBO", h("span", { "data-testid": "selection-pbo" }, sel.pbo === null ? "—" : fmt(sel.pbo, 2))),
+        card("Tied with the leader", sel.tied_with_leader === null ? "—" : `${sel.tied_at_least ? "≥ " : ""}${sel.tied_with_leader}`),
+        card("Splits", sel.splits),
+        card("Runs left out", sel.runs_left_out)));
+    if (sel.lambdas && sel.lambdas.length) panel.appendChild(h("div", { class: "chart" }, lambdaChart(sel.lambdas)));
+    panel.appendChild(h("p", { class: "hint" },
+      "PBO: the probability of backtest overfitting (Bailey, Borwein, López de Prado & Zhu, 2017). λ is the logit of the pick's out-of-sample rank; λ ≤ 0 means below the median. Tied: the model confidence set (Hansen, Lunde & Nason, 2011)."));
+    return panel;
+  }
+
+  // A histogram of λ over the splits, the zero line marking the median.
+  function lambdaChart(lambdas) {
+    const bins = 20;
+    const lo = Math.min(...lambdas, -0.5), hi = Math.max(...lambdas, 0.5);
+    const width = 520, height = 170, top = 22, bottom = 26, left = 8;
+    const counts = new Array(bins).fill(0);
+    for (const l of lambdas) counts[Math.min(bins - 1, Math.floor(((l - lo) / (hi - lo)) * bins))] += 1;
+    const most = Math.max(...counts, 1);
+    const x = scale(lo, hi, width - 2 * left);
+    const barW = (width - 2 * left) / bins;
+    const svg = s("svg", { viewBox: `0 0 ${width} ${height}`, width, height, role: "img", "aria-label": "λ over the splits", "data-testid": "lambda-chart" });
+    svg.appendChild(s("text", { x: left, y: 14, class: "head" }, `λ over ${lambdas.length} splits`));
+    counts.forEach((c, i) => {
+      const h_ = ((height - top - bottom) * c) / most;
+      const mid = lo + ((i + 0.5) * (hi - lo)) / bins;
+      svg.appendChild(s("rect", { x: left + i * barW + 1, y: height - bottom - h_, width: Math.max(1, barW - 2), height: h_, rx: 2,
+        class: mid <= 0 ? "bar-below" : "bar-perm" }, s("title", {}, `${c} split(s)`)));
+    });
+    svg.appendChild(s("line", { x1: left + x(0), x2: left + x(0), y1: top - 2, y2: height - bottom, class: "zero" }));
+    axis(svg, x, left, height - bottom, lo, hi);
+    return svg;
   }
 
   function card(key, value) {

@@ -6,14 +6,17 @@ releasing them when the board changes."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from mlflow.tracking import MlflowClient
 
 from tests.support.cscv import pbo as reference_pbo
 from tests.support.mlflow_server import ServerHandle
 from tests.support.watcher_runs import make_fold_runs, new_experiment
+from watcher import cli
 from watcher.mlflow_io import MlflowTracking
 from watcher.service import Watcher
 from watcher.settings import WatcherSettings
@@ -111,3 +114,33 @@ def test_the_gate_holds_production_tags_back_and_releases_them_when_the_board_ch
     assert len(holders(client, exp_id, "production_candidate")) == 3
     assert ahead.run_id in holders(client, exp_id, "production_candidate")
     assert holders(client, exp_id, "tied_with_leader") == {ahead.run_id}  # the others left the set
+
+
+def test_dry_run_prints_the_selection_it_would_write_and_writes_nothing(
+    sqlite_server: ServerHandle, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    client = MlflowClient(sqlite_server.url)
+    exp_id, name = new_experiment(client, "wf_sel_dry")
+    make_fold_runs(client, exp_id, noise(4, runs=6))
+    config = {
+        "tracking_uri": sqlite_server.url,
+        "http": {"enabled": False},
+        "rules": [
+            {
+                "name": "r",
+                "experiments": [name],
+                "metric": "avg_test_r2",
+                "selection": {"fold_metric": "test_r2", "blocks": 4, "max_pbo": 0.0},
+            }
+        ],
+    }
+    path = tmp_path / "watcher.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert cli.main(["--dry-run", "--config", str(path)]) == 0
+    out = capsys.readouterr().out
+    tag_line = next(line for line in out.splitlines() if "podium.selection:" in line)
+    assert json.loads(tag_line.split("podium.selection: ", 1)[1])["runs"] == 6
+    assert f"{name} [{exp_id}]  selection: PBO " in out
+    held = reference_pbo(board_order(noise(4, runs=6)), 4) > 0.0
+    assert ("(production_candidate and the alias held back)" in out) == held
+    assert "podium.selection" not in client.get_experiment(exp_id).tags

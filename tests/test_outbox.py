@@ -12,7 +12,8 @@ from structlog.testing import capture_logs
 from tests.support.mlflow_server import ServerHandle, free_port
 from watcher.mlflow_io import MlflowRegistry, MlflowTracking
 from watcher.model import WatchedExperiment
-from watcher.outbox import MAX_TAG_VALUE, TAG_PREFIX, Entry, Outbox
+from watcher.outbox import MAX_TAG_VALUE, TAG_PREFIX, Entry, Outbox, Promotion, WebhookDelivery
+from watcher.registry import RegistryPromoter
 
 pytestmark = pytest.mark.server
 
@@ -35,7 +36,12 @@ class Store:
         return [WatchedExperiment(record.experiment_id, record.name, record.tags)]
 
     def entry(self, kind: str, entry_id: str, created_at: float, **data: object) -> Entry:
-        return Entry(kind, self.experiment_id, entry_id, "team", dict(data), created_at)  # type: ignore[arg-type]
+        work = (
+            Promotion(run_id=str(data["run_id"]), model_name="m", alias="champion")
+            if kind == "registry"
+            else WebhookDelivery(dict(data["payload"]))  # type: ignore[call-overload]
+        )
+        return Entry(self.experiment_id, entry_id, "team", work, created_at)
 
 
 @pytest.fixture
@@ -45,6 +51,7 @@ def store(sqlite_server: ServerHandle) -> Store:
 
 def test_a_newer_promotion_supersedes_the_older_of_its_experiment(store: Store) -> None:
     outbox = Outbox(store.registry)
+    RegistryPromoter(outbox)  # gives the outbox the registry's supersession policy
     outbox.keep(store.entry("registry", "old", 1.0, run_id="a"))
     outbox.keep(store.entry("registry", "new", 2.0, run_id="b"))
     outbox.keep(store.entry("webhook", "d1", 1.5, payload={}))

@@ -33,7 +33,7 @@ from watcher import metrics
 from watcher.model import Handler, WatchedExperiment
 from watcher.notify.payloads import render
 from watcher.notify.sender import Sender, WebhookTarget
-from watcher.outbox import Entry, Outbox
+from watcher.outbox import Entry, Outbox, Promotion
 from watcher.registry import RegistryStore, carry_out
 
 log = structlog.get_logger(__name__)
@@ -167,7 +167,8 @@ class DeliveryWorker(Handler):
 
     def _carry_out(self, entry: Entry) -> str:
         ctx = {"experiment_id": entry.experiment_id, "entry_id": entry.entry_id}
-        if entry.kind == "registry":
+        work = entry.work
+        if isinstance(work, Promotion):
             if self._registry is None:
                 self.outbox.done(entry, reason="no registry store")
                 return "registry_dropped"
@@ -178,7 +179,7 @@ class DeliveryWorker(Handler):
                 self.outbox.release(entry)
                 return "registry_failed"
             if promoted == "obsolete":
-                log.info("registry_pending_obsolete", run_id=entry.data.get("run_id"), **ctx)
+                log.info("registry_pending_obsolete", run_id=work.run_id, **ctx)
             self.outbox.done(entry)
             return f"registry_{promoted}"
 
@@ -193,8 +194,7 @@ class DeliveryWorker(Handler):
         if down:  # waits for the next pass; counted once, when it failed
             self.outbox.release(entry)
             return ""
-        payload = entry.data["payload"]
-        body = render(target.format, payload, ui_base_url=self._ui_base_url)
+        body = render(target.format, work.payload, ui_base_url=self._ui_base_url)
         result = self._sender.deliver(target, body, entry.entry_id)
         failed_attempts = result.attempts - (1 if result.delivered else 0)
         if failed_attempts:

@@ -15,8 +15,8 @@ promotion) are read as entries and their tags deleted once done.
 
 Bounds: at most `max_per_target` entries per experiment, kind and target (the oldest are
 dropped with a warning), so a receiver gone for weeks cannot grow an experiment's tags without
-end; a registry promotion supersedes the older ones of its experiment (only the newest leader
-matters). An entry whose tag cannot be written (tracking server down, or a payload beyond an
+end; the handler of a kind may give a policy by which newer entries supersede older ones (the
+registry's: only an experiment's newest promotion matters). An entry whose tag cannot be written (tracking server down, or a payload beyond an
 experiment tag's 20,000 characters) is kept in memory for the life of the process. If a done
 entry's tag cannot be deleted, this process never carries it out again and deletes the tag
 later; a restarted one would resend it with the same delivery id (receivers deduplicate on it).
@@ -31,7 +31,7 @@ import re
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal, Protocol
+from typing import Any, ClassVar, Literal, Protocol
 
 import structlog
 
@@ -59,24 +59,82 @@ class ExperimentTagStore(Protocol):
 
 
 @dataclass(frozen=True)
+class WebhookDelivery:
+    """A webhook document to post: the event's payload, rendered for the webhook's format
+    when it is sent."""
+
+    payload: Mapping[str, Any]
+    kind: ClassVar[Kind] = "webhook"
+
+    def to_data(self) -> dict[str, Any]:
+        return {"payload": dict(self.payload)}
+
+    @classmethod
+    def from_data(cls, data: Mapping[str, Any]) -> WebhookDelivery:
+        return cls(dict(data["payload"]))
+
+
+@dataclass(frozen=True)
+class Promotion:
+    """Point ``model_name@alias`` at ``run_id``'s model. ``ranks``: the other runs' ranks when
+    it was queued (None: the worker reads their rank tags); ``record_target``: write the
+    experiment's ``podium.registry_target`` once done."""
+
+    run_id: str
+    model_name: str
+    alias: str
+    record_target: bool = False
+    ranks: Mapping[str, str] | None = None
+    kind: ClassVar[Kind] = "registry"
+
+    def to_data(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "run_id": self.run_id,
+            "model_name": self.model_name,
+            "alias": self.alias,
+            "record_target": self.record_target,
+        }
+        if self.ranks is not None:
+            data["ranks"] = dict(self.ranks)
+        return data
+
+    @classmethod
+    def from_data(cls, data: Mapping[str, Any]) -> Promotion:
+        ranks = data.get("ranks")
+        return cls(
+            run_id=str(data["run_id"]),
+            model_name=str(data["model_name"]),
+            alias=str(data["alias"]),
+            record_target=bool(data.get("record_target")),
+            ranks=None if "ranks" not in data else {str(k): str(v) for k, v in dict(ranks or {}).items()},
+        )
+
+
+Work = WebhookDelivery | Promotion
+WORK: dict[str, type[WebhookDelivery] | type[Promotion]] = {"webhook": WebhookDelivery, "registry": Promotion}
+
+
+@dataclass(frozen=True)
 class Entry:
     """One piece of due work.
 
-    ``target``: the webhook's name, or ``<model_name>@<alias>`` for a promotion. ``data``: the
-    payload for a webhook (``{"payload": ...}``), the run and model for a promotion. ``tag``: the
-    experiment tag that holds it (None while it lives in memory only). ``adopted``: read back
-    from MLflow (after a restart or a failed attempt in an earlier process), not kept by this
-    process in this pass.
+    ``target``: the webhook's name, or ``<model_name>@<alias>`` for a promotion. ``work``: what
+    to do. ``tag``: the experiment tag that holds it (None while it lives in memory only).
+    ``adopted``: read back from MLflow (after a restart or a failed attempt in an earlier
+    process), not kept by this process in this pass.
     """
 
-    kind: Kind
     experiment_id: str
     entry_id: str
     target: str
-    data: Mapping[str, Any]
+    work: Work
     created_at: float
     tag: str | None = field(default=None, compare=False)
     adopted: bool = field(default=False, compare=False)
+
+    @property
+    def kind(self) -> Kind:
+        return self.work.kind
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -95,7 +153,7 @@ class Entry:
                 "entry_id": self.entry_id,
                 "target": self.target,
                 "created_at": self.created_at,
-                "data": self.data,
+                "data": self.work.to_data(),
             },
             ensure_ascii=False,
             separators=(",", ":"),
@@ -108,14 +166,13 @@ def parse_tag(experiment_id: str, key: str, value: str) -> Entry | None:
     if key.startswith(TAG_PREFIX):
         data = json.loads(value)
         kind = str(data["kind"])
-        if kind not in ("webhook", "registry"):
+        if kind not in WORK:
             raise ValueError(f"unknown outbox entry kind {kind!r}")
         return Entry(
-            kind="webhook" if kind == "webhook" else "registry",
             experiment_id=experiment_id,
             entry_id=str(data["entry_id"]),
             target=str(data["target"]),
-            data=dict(data["data"]),
+            work=WORK[kind].from_data(data["data"]),
             created_at=float(data["created_at"]),
             tag=key,
             adopted=True,
@@ -123,11 +180,10 @@ def parse_tag(experiment_id: str, key: str, value: str) -> Entry | None:
     if key.startswith(LEGACY_WEBHOOK_PREFIX):
         data = json.loads(value)
         return Entry(
-            kind="webhook",
             experiment_id=experiment_id,
             entry_id=str(data["delivery_id"]),
             target=str(data["webhook"]),
-            data={"payload": dict(data["payload"])},
+            work=WebhookDelivery(dict(data["payload"])),
             created_at=float(data.get("failed_at", 0.0)),
             tag=key,
             adopted=True,
@@ -136,11 +192,10 @@ def parse_tag(experiment_id: str, key: str, value: str) -> Entry | None:
         data = json.loads(value)
         model_name, alias = str(data["model_name"]), str(data["alias"])
         return Entry(
-            kind="registry",
             experiment_id=experiment_id,
             entry_id="legacy",
             target=f"{model_name}@{alias}",
-            data={"run_id": str(data["run_id"]), "model_name": model_name, "alias": alias},
+            work=Promotion(run_id=str(data["run_id"]), model_name=model_name, alias=alias),
             created_at=0.0,
             tag=key,
             adopted=True,
@@ -178,6 +233,10 @@ def webhook_room(
     return max(0, max_per_target - fullest - reserve)
 
 
+# Which of an experiment's due entries of one kind to carry out and which are superseded.
+Supersede = Callable[[Sequence["Entry"]], tuple[list["Entry"], list["Entry"]]]
+
+
 class Outbox:
     """Entries due, in flight and done, kept as experiment tags (see the module doc)."""
 
@@ -203,6 +262,7 @@ class Outbox:
         self._done: dict[tuple[str, str, str], Entry] = {}
         # Done, but the tag could not be deleted: deleted again when a listing shows it.
         self._undeleted: set[tuple[str, str, str]] = set()
+        self._supersede: dict[str, Supersede] = {}
 
     # -- the pass's side ---------------------------------------------------------------------
 
@@ -248,7 +308,9 @@ class Outbox:
                         log.warning(
                             "outbox_entry_unreadable", experiment_id=experiment.experiment_id, tag=key
                         )
-                        dropped.append(Entry("webhook", experiment.experiment_id, key, "", {}, 0.0, tag=key))
+                        dropped.append(
+                            Entry(experiment.experiment_id, key, "", WebhookDelivery({}), 0.0, tag=key)
+                        )
                         continue
                     if entry is None:
                         continue
@@ -274,26 +336,23 @@ class Outbox:
     # -- the worker's side -------------------------------------------------------------------
 
     def take_due(self) -> list[Entry]:
-        """Every due entry, oldest first, now in flight; for each experiment only its newest
-        promotion (older ones are superseded and done)."""
+        """Every due entry, oldest first, now in flight, less those superseded by the policy
+        of their kind (see :meth:`supersede`), which are done."""
         with self._lock:
             entries = sorted(self._due.values(), key=lambda e: (e.created_at, e.entry_id))
-            newest: dict[str, Entry] = {}
+            groups: dict[tuple[str, str], list[Entry]] = {}
+            taken: list[Entry] = []
             for entry in entries:
-                if entry.kind == "registry":
-                    newest[entry.experiment_id] = entry
-            taken, superseded = [], []
-            for entry in entries:
-                if entry.kind == "registry" and newest[entry.experiment_id] is not entry:
-                    superseded.append(entry)
+                if entry.kind in self._supersede:
+                    groups.setdefault((entry.experiment_id, entry.kind), []).append(entry)
                 else:
                     taken.append(entry)
-            # A superseded promotion's duty to record the registry target passes to the newest.
-            for old in superseded:
-                new = newest[old.experiment_id]
-                if old.data.get("record_target") and not new.data.get("record_target"):
-                    newest[old.experiment_id] = replace(new, data={**new.data, "record_target": True})
-                    taken[taken.index(new)] = newest[old.experiment_id]
+            superseded: list[Entry] = []
+            for (_, kind), group in groups.items():
+                kept, dropped = self._supersede[kind](group)
+                taken.extend(kept)
+                superseded.extend(dropped)
+            taken.sort(key=lambda e: (e.created_at, e.entry_id))
             for entry in entries:
                 del self._due[entry.key]
             for entry in entries:
@@ -301,6 +360,12 @@ class Outbox:
         for entry in superseded:
             self.done(entry, reason="superseded")
         return taken
+
+    def supersede(self, kind: Kind, policy: Supersede) -> None:
+        """Give the policy by which entries of ``kind`` of one experiment supersede each other
+        (the handler that keeps them knows): ``policy(due)``, oldest first, returns the entries
+        to carry out and the superseded ones."""
+        self._supersede[kind] = policy
 
     def release(self, entry: Entry) -> None:
         """An attempt failed: the entry is due again (for a later round), marked as tried."""

@@ -32,6 +32,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import Literal, Protocol
 
 import structlog
@@ -46,7 +47,7 @@ from watcher.model import (
     Rule,
     WatchedExperiment,
 )
-from watcher.outbox import LEGACY_REGISTRY_TAG, TAG_PREFIX, Entry, Outbox
+from watcher.outbox import LEGACY_REGISTRY_TAG, TAG_PREFIX, Entry, Outbox, Promotion
 from watcher.state import STATE_TAG, ExperimentState, fingerprint
 
 log = structlog.get_logger(__name__)
@@ -146,39 +147,53 @@ def carry_out(store: RegistryStore, entry: Entry) -> Result:
     failure or a restart) first checks that its run still holds `model_rank=1`, and reads the
     other runs' ranks from their tags.
     """
-    data = entry.data
-    run_id = str(data["run_id"])
+    promotion = entry.work
+    assert isinstance(promotion, Promotion)
+    run_id = promotion.run_id
     rank_of: Callable[[str], str | None]
-    if entry.adopted or "ranks" not in data:
+    if entry.adopted or promotion.ranks is None:
         if store.get_run_tag(run_id, MODEL_RANK) != "1":
             return "obsolete"
 
         def rank_of(other: str) -> str | None:
             return store.get_run_tag(other, MODEL_RANK)
     else:
-        ranks = {str(k): str(v) for k, v in dict(data.get("ranks") or {}).items()}
-        rank_of = ranks.get
+        rank_of = promotion.ranks.get
     outcome, version = promote(
         store,
-        model_name=str(data["model_name"]),
-        alias=str(data["alias"]),
+        model_name=promotion.model_name,
+        alias=promotion.alias,
         run_id=run_id,
         rank_of=rank_of,
     )
     ctx = {
         "experiment_id": entry.experiment_id,
         "run_id": run_id,
-        "model_name": data["model_name"],
-        "alias": data["alias"],
+        "model_name": promotion.model_name,
+        "alias": promotion.alias,
     }
     if outcome == "no_model":
         log.warning("registry_leader_without_model", **ctx)
     elif outcome == "promoted":
         assert version is not None
         log.info("registry_alias_moved", version=version.version, **ctx)
-    if data.get("record_target"):
+    if promotion.record_target:
         store.set_experiment_tag(entry.experiment_id, TARGET_TAG, entry.target)
     return outcome
+
+
+def newest_promotion(due: Sequence[Entry]) -> tuple[list[Entry], list[Entry]]:
+    """The registry's supersession policy: of an experiment's due promotions (oldest first)
+    only the newest is carried out (only the newest leader matters); the older are superseded,
+    and their duty to record the registry target passes to it."""
+    *older, newest = due
+    promotion = newest.work
+    assert isinstance(promotion, Promotion)
+    if not promotion.record_target and any(
+        isinstance(e.work, Promotion) and e.work.record_target for e in older
+    ):
+        newest = replace(newest, work=replace(promotion, record_target=True))
+    return [newest], list(older)
 
 
 def target_of(registry: RegistryTarget) -> str:
@@ -199,6 +214,7 @@ class RegistryPromoter(Handler):
         new_id: Callable[[], str] = lambda: uuid.uuid4().hex,
     ) -> None:
         self._outbox = outbox
+        outbox.supersede("registry", newest_promotion)
         self._clock = clock
         self._new_id = new_id
         # Per experiment: the registry target its last listing recorded, and the one this
@@ -243,22 +259,20 @@ class RegistryPromoter(Handler):
     ) -> None:
         """Keep a promotion entry; without ``ranks`` the worker reads the runs' rank tags."""
         target = target_of(registry)
-        data: dict[str, object] = {
-            "run_id": run_id,
-            "model_name": registry.model_name,
-            "alias": registry.alias,
+        promotion = Promotion(
+            run_id=run_id,
+            model_name=registry.model_name,
+            alias=registry.alias,
             # Record the target once it is done, unless the listing shows it already or an
             # earlier entry of this process does it.
-            "record_target": target not in (self._listed.get(experiment_id), self._queued.get(experiment_id)),
-        }
-        if ranks is not None:
-            data["ranks"] = dict(ranks)
+            record_target=target not in (self._listed.get(experiment_id), self._queued.get(experiment_id)),
+            ranks=None if ranks is None else dict(ranks),
+        )
         entry = Entry(
-            kind="registry",
             experiment_id=experiment_id,
             entry_id=self._new_id(),
             target=target,
-            data=data,
+            work=promotion,
             created_at=self._clock(),
         )
         self._outbox.keep(entry)

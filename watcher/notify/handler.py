@@ -18,7 +18,7 @@ import structlog
 
 from watcher.model import Handler, LeaderboardChanged, Rule, RunAlert
 from watcher.notify.payloads import alert_payload, leaderboard_payload
-from watcher.outbox import Entry, Outbox
+from watcher.outbox import Entry, Outbox, WebhookDelivery
 
 log = structlog.get_logger(__name__)
 
@@ -80,11 +80,10 @@ class Notifier(Handler):
                 continue
             entry = self._outbox.keep(
                 Entry(
-                    kind="webhook",
                     experiment_id=experiment_id,
                     entry_id=self._new_delivery_id(),
                     target=name,
-                    data={"payload": dict(payload)},
+                    work=WebhookDelivery(dict(payload)),
                     created_at=self._clock(),
                 )
             )

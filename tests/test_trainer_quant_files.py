@@ -163,6 +163,29 @@ def test_every_marker_in_a_price_column_is_carried_forward_like_a_hole(tmp_path:
     np.testing.assert_array_equal(with_markers.y, by_hand.y)
 
 
+def test_daily_bars_stamped_with_new_york_offsets_get_no_hour_of_day(tmp_path: Path) -> None:
+    """sp500.csv.gz's bars dated as yfinance writes a daily download (`1999-01-04
+    00:00:00-05:00`, `-04:00` in summer): the same features and values as the plain file, no
+    hour of day made from daylight saving time, and times in UTC (05:00 in winter, 04:00 in
+    summer)."""
+    plain = data.load(arch_file("sp500"))
+    lines = arch_bytes("sp500").decode().splitlines()
+    dates = pd.to_datetime([line.split(",", 1)[0] for line in lines[1:]], format="%m/%d/%Y")
+    stamped = dates.tz_localize("America/New_York").strftime("%Y-%m-%d %H:%M:%S%z")
+    stamped = [f"{s[:-2]}:{s[-2:]}" for s in stamped]
+    rows = [f"{s},{line.split(',', 1)[1]}" for s, line in zip(stamped, lines[1:], strict=True)]
+    path = tmp_path / "SPY.csv"
+    path.write_text("\n".join([lines[0], *rows]) + "\n")
+    loaded = data.load(path)
+    assert stamped[0] == "1999-01-04 00:00:00-05:00"
+    assert loaded.feature_names == plain.feature_names
+    assert not {"hour", "hour_sin", "hour_cos"} & set(loaded.feature_names)
+    np.testing.assert_array_equal(loaded.X, plain.X)
+    hours = (loaded.times - plain.times).astype("timedelta64[h]").astype(int)
+    assert set(hours) == {4, 5}
+    assert loaded.bar_interval == "1d"
+
+
 # --------------------------------------------------------------------------------------------
 # Calendar intervals
 # --------------------------------------------------------------------------------------------

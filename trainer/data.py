@@ -31,7 +31,14 @@ from trainer import features
 from trainer.errors import DataError
 from trainer.sample import SAMPLE_SOURCE, sample_bars
 from trainer.tables import listed, read_table, without_row_numbers
-from trainer.times import bar_interval, find_time_column, joined_date_and_time, parse_times, reject_duplicates
+from trainer.times import (
+    bar_interval,
+    find_time_column,
+    joined_date_and_time,
+    parse_times,
+    reject_duplicates,
+    wall_clock,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -97,14 +104,16 @@ def _prepare(frame: pd.DataFrame, source: str, target: str | None, time_column: 
         frame, time_column = joined_date_and_time(frame)
     time_column = find_time_column(frame, time_column)
     times, notes = parse_times(frame, time_column)
+    local = wall_clock(frame[time_column], times)
     if notes.get("rows_sorted"):
         order = np.argsort(times, kind="stable")
         frame = frame.iloc[order]  # the index keeps each row's place in the file, for messages
         times = times[order]
+        local = local[order]
         log.info("rows_sorted", rows=len(frame))
     reject_duplicates(times, time_column)
     if target is None:
-        dataset = _ohlcv(frame, times, source, notes)
+        dataset = _ohlcv(frame, times, local, source, notes)
     else:
         dataset = _with_target(frame, times, source, target, time_column, notes)
     return _without_constants(dataset, time_column)
@@ -179,7 +188,10 @@ def _file_row(frame: pd.DataFrame, position: int) -> int:
     return int(label) + 1 if isinstance(label, int | np.integer) else position + 1
 
 
-def _ohlcv(frame: pd.DataFrame, times: np.ndarray, source: str, notes: dict[str, int]) -> Dataset:
+def _ohlcv(
+    frame: pd.DataFrame, times: np.ndarray, local: np.ndarray, source: str, notes: dict[str, int]
+) -> Dataset:
+    """OHLCV mode; ``local`` holds the wall-clock times the calendar features come from."""
     by_lower: dict[str, list[str]] = {}
     for column in frame.columns:
         by_lower.setdefault(str(column).strip().lower(), []).append(str(column))
@@ -196,7 +208,7 @@ def _ohlcv(frame: pd.DataFrame, times: np.ndarray, source: str, notes: dict[str,
     bars = pd.DataFrame({k: _numeric(frame, by_lower[k][0], "OHLCV") for k in present})
     missing_values = _missing_counted({by_lower[k][0]: bars[k].to_numpy() for k in present})
     bars, filled = _holes_filled(bars, {k: by_lower[k][0] for k in present})
-    feats = features.engineer(bars, pd.Series(times))
+    feats = features.engineer(bars, pd.Series(local))
     y = features.next_return(bars["close"]).to_numpy()
     keep = np.isfinite(y)
     keep[: features.WARMUP_BARS] = False

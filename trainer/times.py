@@ -9,11 +9,17 @@ the values), or whole Unix epoch numbers (the unit decided from their size). The
 is the median step between rows, in calendar units (``1mo``, ``1q``, ``1y``) for rows a whole
 number of calendar months apart.
 
+Times written with a UTC offset (``2013-01-02 00:00:00-05:00``, as yfinance writes them) are
+ordered and split in UTC, but their calendar features come from the wall clock the file wrote:
+daily bars stamped at local midnight have no hour of day, whatever daylight saving time does to
+their UTC hour, and a Tokyo bar stays on its own weekday.
+
 Problems raise ``DataError`` (the loader names the file).
 """
 
 from __future__ import annotations
 
+import re
 import warnings
 
 import numpy as np
@@ -37,6 +43,10 @@ _CALENDAR_UNITS = ((12, "y"), (3, "q"), (1, "mo"))
 # How far a row may sit from its anchor (the same day of the month, or the month's end) and
 # still count as anchored: a weekend and a holiday move a month's first or last trading day.
 _ANCHOR_DAYS = 3
+# A time of day followed by its UTC offset at the end of a time value: ``15:00:00-05:00``, ``Z``.
+_UTC_OFFSET = re.compile(
+    r"\d:\d\d(?::\d\d(?:\.\d+)?)?\s*(?:Z|(?P<sign>[+-])(?P<hours>\d\d):?(?P<minutes>\d\d))$"
+)
 
 
 def joined_date_and_time(frame: pd.DataFrame) -> tuple[pd.DataFrame, str | None]:
@@ -194,6 +204,23 @@ def parse_times(frame: pd.DataFrame, col: str) -> tuple[np.ndarray, dict[str, in
     times = parsed.dt.tz_convert(None).to_numpy(dtype="datetime64[ns]")
     notes = {"rows_sorted": 0 if bool(np.all(times[1:] >= times[:-1])) else 1}
     return times, notes
+
+
+def wall_clock(raw: pd.Series, times: np.ndarray) -> np.ndarray:
+    """The local times the file wrote for UTC ``times`` parsed from ``raw`` (in its order): each
+    UTC time plus the value's own UTC offset; ``times`` itself when no value carries one."""
+    if isinstance(raw.dtype, pd.DatetimeTZDtype):
+        return raw.dt.tz_localize(None).to_numpy(dtype="datetime64[ns]")
+    if _is_number(raw) or pd.api.types.is_datetime64_any_dtype(raw):
+        return times
+    parts = raw.astype("string").str.strip().str.extract(_UTC_OFFSET)
+    if parts["hours"].isna().all():
+        return times
+    sign = np.where(parts["sign"].to_numpy(dtype=object, na_value="+") == "-", -1, 1)
+    hours = parts["hours"].astype("float64").fillna(0.0).to_numpy()
+    minutes = parts["minutes"].astype("float64").fillna(0.0).to_numpy()
+    offset = (sign * (hours * 60 + minutes)).astype("int64").astype("timedelta64[m]")
+    return times + offset.astype("timedelta64[ns]")
 
 
 def reject_duplicates(times: np.ndarray, col: str) -> None:

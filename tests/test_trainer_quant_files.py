@@ -186,6 +186,22 @@ def test_daily_bars_stamped_with_new_york_offsets_get_no_hour_of_day(tmp_path: P
     assert loaded.bar_interval == "1d"
 
 
+@pytest.mark.parametrize("fmt", ["%m/%d/%y", "%d.%m.%y", "%m/%d/%Y %I:%M:%S %p"])
+def test_two_digit_years_and_am_pm_clocks_read_as_the_real_dates(tmp_path: Path, fmt: str) -> None:
+    """sp500.csv.gz's dates written as Excel's short dates (`1/4/99`, `04.01.99`) or a US 12-hour
+    clock (`01/04/1999 12:00:00 AM`), formats pandas does not guess: the same times as the
+    shipped file."""
+    plain = data.load(arch_file("sp500"))
+    lines = arch_bytes("sp500").decode().splitlines()
+    dates = pd.to_datetime([line.split(",", 1)[0] for line in lines[1:]], format="%m/%d/%Y")
+    rows = [f"{d:{fmt}},{line.split(',', 1)[1]}" for d, line in zip(dates, lines[1:], strict=True)]
+    path = tmp_path / "sp500.csv"
+    path.write_text("\n".join([lines[0], *rows]) + "\n")
+    loaded = data.load(path)
+    np.testing.assert_array_equal(loaded.times, plain.times)
+    assert loaded.bar_interval == "1d"
+
+
 # --------------------------------------------------------------------------------------------
 # Calendar intervals
 # --------------------------------------------------------------------------------------------

@@ -43,6 +43,13 @@ _CALENDAR_UNITS = ((12, "y"), (3, "q"), (1, "mo"))
 # How far a row may sit from its anchor (the same day of the month, or the month's end) and
 # still count as anchored: a weekend and a holiday move a month's first or last trading day.
 _ANCHOR_DAYS = 3
+# Formats pandas does not guess: a 12-hour clock with AM/PM (US exports) and two-digit years
+# (Excel's short dates), month-first and day-first; a column both fit is ambiguous as any other.
+_UNGUESSED_FORMATS = tuple(
+    f"{date} {clock}".strip()
+    for date in ("%m/%d/%Y", "%d/%m/%Y", "%m/%d/%y", "%d/%m/%y", "%d.%m.%y", "%d-%m-%y")
+    for clock in ("", "%I:%M:%S %p", "%I:%M %p", "%H:%M:%S", "%H:%M")
+)
 # A time of day followed by its UTC offset at the end of a time value: ``15:00:00-05:00``, ``Z``.
 _UTC_OFFSET = re.compile(
     r"\d:\d\d(?::\d\d(?:\.\d+)?)?\s*(?:Z|(?P<sign>[+-])(?P<hours>\d\d):?(?P<minutes>\d\d))$"
@@ -138,7 +145,8 @@ def _one_month_over_years(parsed: pd.Series) -> bool:
 
 def _guessed_formats(raw: pd.Series, sample: int = 50) -> list[str]:
     """strftime formats pandas guesses for the first distinct values, month-first and day-first
-    (year-first dates are always read year-month-day)."""
+    (year-first dates are always read year-month-day), then the common ones it does not guess
+    that read every sampled value."""
     formats: list[str] = []
     values = pd.unique(raw.dropna().astype(str).str.strip())[:sample]
     with warnings.catch_warnings():
@@ -149,6 +157,14 @@ def _guessed_formats(raw: pd.Series, sample: int = 50) -> list[str]:
                 if fmt is None or (dayfirst and fmt.startswith("%Y")) or fmt in formats:
                     continue
                 formats.append(fmt)
+    head = pd.Series(values)
+    for fmt in _UNGUESSED_FORMATS:  # kept only when it reads every sampled value
+        if (
+            fmt not in formats
+            and len(head)
+            and not pd.to_datetime(head, format=fmt, errors="coerce").isna().any()
+        ):
+            formats.append(fmt)
     return formats
 
 

@@ -102,6 +102,22 @@ def test_a_real_byte_order_mark_is_not_part_of_the_time_column(tmp_path: Path) -
         assert len(loaded.y) == 393
 
 
+def test_a_windows_1252_header_reads_as_excel_wrote_it(tmp_path: Path) -> None:
+    """crude.csv.gz's rows under a header with a euro sign and an eszett, saved in Windows-1252 as
+    Excel on Windows saves a CSV: the columns keep their names and the rows read as from the
+    shipped file."""
+    text = arch_bytes("crude").decode("utf-8-sig")
+    header, rest = text.split("\r\n", 1)
+    assert header == "Date,Brent,WTI"
+    path = tmp_path / "crude_de.csv"
+    path.write_bytes(("Date,Brent (€/bbl),WTI Schluß\r\n" + rest).encode("cp1252"))
+    loaded = data.load(path, target="WTI Schluß")
+    shipped = data.load(arch_file("crude"), target="WTI")
+    assert loaded.feature_names == ["Brent (€/bbl)"]
+    np.testing.assert_array_equal(loaded.y, shipped.y)
+    np.testing.assert_array_equal(loaded.X, shipped.X)
+
+
 @pytest.mark.parametrize(("name", "column"), [("wti", "DCOILWTICO"), ("vix", "vix")])
 def test_fred_dot_markers_read_as_missing_values(name: str, column: str) -> None:
     """FRED writes `.` for a day without a value (wti: 290 of them, vix: 46): the column reads as

@@ -4,8 +4,10 @@ Parquet, into a frame.
 CSV files (``.csv``, ``.tsv``, ``.txt``) may be compressed: ``.gz``, ``.bz2``, ``.xz``, or
 ``.zip`` holding one file. They may be separated by commas, semicolons or tabs (sniffed from the
 decompressed header line); with semicolons or tabs, decimal commas (``1,2345``) are read as
-numbers. The markers people's sources write for a missing value (``.`` from FRED, ``NA``,
-``N/A``, ``null``, ``-``, ``#N/A``, an empty field) are read as missing. An unnamed first column
+numbers. Text is UTF-8 (a byte-order mark is skipped), else Windows-1252, the encoding Excel
+on Windows saves a CSV in (log line ``encoding``). The markers people's sources write for a
+missing value (``.`` from FRED, ``NA``, ``N/A``, ``null``, ``-``, ``#N/A``, an empty field)
+are read as missing. An unnamed first column
 holding the row numbers 0..n-1 or 1..n (``df.to_csv()`` of a plain index) is dropped.
 """
 
@@ -84,12 +86,24 @@ def read_table(path: Path) -> pd.DataFrame:
             )
         with _opened(path, compression, member) as handle:
             sep, decimal = csv_dialect(handle, tsv=".tsv" in suffixes)
-        with _opened(path, compression, member) as handle:
-            return pd.read_csv(handle, sep=sep, decimal=decimal, na_values=list(MISSING_MARKERS))
+        try:
+            return _read_csv(path, compression, member, sep, decimal, "utf-8")
+        except UnicodeDecodeError:
+            log.info("encoding", encoding="cp1252")
+            return _read_csv(path, compression, member, sep, decimal, "cp1252")
     except InputError:
         raise
     except Exception as e:  # pandas, pyarrow and the decompressors raise many types for a bad file
         raise InputError(f"cannot read data file {path}: {describe(e)}") from e
+
+
+def _read_csv(
+    path: Path, compression: str | None, member: str | None, sep: str, decimal: str, encoding: str
+) -> pd.DataFrame:
+    with _opened(path, compression, member) as handle:
+        return pd.read_csv(
+            handle, sep=sep, decimal=decimal, na_values=list(MISSING_MARKERS), encoding=encoding
+        )
 
 
 def _zip_member(path: Path) -> str:

@@ -218,6 +218,30 @@ def test_two_digit_years_and_am_pm_clocks_read_as_the_real_dates(tmp_path: Path,
     assert loaded.bar_interval == "1d"
 
 
+def test_a_metatrader_export_with_bracketed_headers_reads_its_date_time_and_prices(tmp_path: Path) -> None:
+    """sp500.csv.gz's bars laid out as MetaTrader 5 exports them (tab-separated, `<DATE>` as
+    1999.01.04 and `<TIME>` apart, `<OPEN>` ... `<CLOSE>`, `<TICKVOL>`): the bracketed names are
+    the date, time and price columns, read to the shipped file's times and returns."""
+    plain = data.load(arch_file("sp500"))
+    shipped = pd.read_csv(io.BytesIO(arch_bytes("sp500")))
+    dates = pd.to_datetime(shipped["Date"], format="%m/%d/%Y")
+    export = pd.DataFrame(
+        {
+            "<DATE>": dates.dt.strftime("%Y.%m.%d"),
+            "<TIME>": "00:00:00",
+            **{f"<{c.upper()}>": shipped[c] for c in ("Open", "High", "Low", "Close")},
+            "<TICKVOL>": shipped["Volume"],
+        }
+    )
+    path = tmp_path / "SP500_D1.csv"
+    export.to_csv(path, sep="\t", index=False)
+    loaded = data.load(path)
+    assert loaded.time_column == "<DATE> <TIME>"
+    np.testing.assert_array_equal(loaded.times, plain.times)
+    lag = plain.feature_names.index("ret_lag_1")
+    np.testing.assert_array_equal(loaded.X[:, loaded.feature_names.index("ret_lag_1")], plain.X[:, lag])
+
+
 # --------------------------------------------------------------------------------------------
 # Calendar intervals
 # --------------------------------------------------------------------------------------------

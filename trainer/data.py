@@ -30,7 +30,7 @@ import structlog
 from trainer import features
 from trainer.errors import DataError
 from trainer.sample import SAMPLE_SOURCE, sample_bars
-from trainer.tables import listed, read_table, without_row_numbers
+from trainer.tables import column_key, listed, read_table, without_row_numbers
 from trainer.times import (
     bar_interval,
     find_time_column,
@@ -194,7 +194,7 @@ def _ohlcv(
     """OHLCV mode; ``local`` holds the wall-clock times the calendar features come from."""
     by_lower: dict[str, list[str]] = {}
     for column in frame.columns:
-        by_lower.setdefault(str(column).strip().lower(), []).append(str(column))
+        by_lower.setdefault(column_key(column), []).append(str(column))
     missing = [k for k in features.PRICES if k not in by_lower]
     if missing:
         raise DataError(

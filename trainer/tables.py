@@ -153,6 +153,13 @@ def csv_dialect(handle: ByteStream, *, tsv: bool = False) -> tuple[str, str]:
     return sep, "," if any(_DECIMAL_COMMA.fullmatch(v) for v in fields) else "."
 
 
+def column_key(column: object) -> str:
+    """A column's name as the trainer recognises it: any case, without surrounding spaces or the
+    angle brackets MetaTrader and Stooq exports put around it (``<CLOSE>`` -> ``close``)."""
+    key = str(column).strip().lower()
+    return key[1:-1].strip() if key.startswith("<") and key.endswith(">") else key
+
+
 def unnamed(column: object) -> bool:
     """A column whose header is empty (pandas names it ``Unnamed: N``)."""
     return str(column).strip() == "" or bool(_UNNAMED.fullmatch(str(column)))

@@ -2,7 +2,7 @@
 interval they step by.
 
 The time column is the one named, else the single column called ``timestamp``, ``time``,
-``datetime``, ``date`` or ``ts`` (any case), else separate ``Date`` and ``Time`` columns joined
+``datetime``, ``date`` or ``ts`` (any case, also as ``<DATE>``), else separate ``Date`` and ``Time`` columns joined
 (MT4 exports), else an unnamed first column of times (a pandas index written by ``to_csv``).
 Times are ISO 8601 text, text in one consistent format (day-first or month-first decided from
 the values), or whole Unix epoch numbers (the unit decided from their size). The bar interval
@@ -28,7 +28,7 @@ import structlog
 from pandas.tseries.api import guess_datetime_format
 
 from trainer.errors import DataError, describe
-from trainer.tables import listed, unnamed
+from trainer.tables import column_key, listed, unnamed
 
 log = structlog.get_logger(__name__)
 
@@ -62,7 +62,7 @@ def joined_date_and_time(frame: pd.DataFrame) -> tuple[pd.DataFrame, str | None]
     otherwise."""
     by_lower: dict[str, list[str]] = {}
     for column in frame.columns:
-        by_lower.setdefault(str(column).strip().lower(), []).append(str(column))
+        by_lower.setdefault(column_key(column), []).append(str(column))
     others = [n for n in TIME_COLUMN_NAMES if n not in ("date", "time") and n in by_lower]
     if others or len(by_lower.get("date", [])) != 1 or len(by_lower.get("time", [])) != 1:
         return frame, None
@@ -84,7 +84,7 @@ def find_time_column(frame: pd.DataFrame, named: str | None) -> str:
         if named not in columns:
             raise DataError(f"has no time column {named!r} (columns: {listed(frame.columns)})")
         return named
-    found = [c for c in columns if c.strip().lower() in TIME_COLUMN_NAMES]
+    found = [c for c in columns if column_key(c) in TIME_COLUMN_NAMES]
     first = columns[0]
     if unnamed(first) and first not in found:
         raw = frame[frame.columns[0]]

@@ -215,6 +215,12 @@ def test_sp500_direction_is_ranked_by_auc_through_the_shipped_watcher_config(tmp
         values = [r.data.metrics[metric] for r in ranked]
         assert values == sorted(values, reverse=True)
         assert all(math.isfinite(v) for v in values)
+    selection = json.loads(experiments[direction].tags["podium.selection"])  # the rule's selection key
+    assert (selection["metric"], selection["fold_metric"], selection["runs"]) == (
+        "avg_test_auc",
+        "test_auc",
+        3,
+    )
     dir_runs = client.search_runs([experiments[direction].experiment_id])
     assert {r.data.params["bar_interval"] for r in dir_runs} == {"1d"}
     assert all(r.data.metrics["num_folds"] >= 3 for r in dir_runs)

@@ -26,6 +26,8 @@ class Proxy:
         self.requests: list[tuple[str, str]] = []
         # Request bodies of the tracking API in the order of ``requests`` (b"" without one).
         self.bodies: list[bytes] = []
+        # (path, bytes of the answer's body) for every answered request, in the order answered.
+        self.answers: list[tuple[str, int]] = []
         # While True, every request is answered 503 without reaching the server: the tracking
         # server as a client sees it when it goes down (tests flip it mid-pass).
         self.down = False
@@ -72,6 +74,8 @@ class Proxy:
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
+                with proxy._lock:
+                    proxy.answers.append((self.path, len(data)))
 
             def _read_body(self) -> bytes | None:
                 if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
@@ -99,11 +103,17 @@ class Proxy:
         with self._lock:
             self.requests.clear()
             self.bodies.clear()
+            self.answers.clear()
 
     def tracking_calls(self) -> list[tuple[str, str]]:
         """Requests to the tracking API, artifact uploads and downloads apart."""
         with self._lock:
             return [(m, p) for m, p in self.requests if not p.startswith(_ARTIFACT_PREFIXES)]
+
+    def tracking_bytes(self) -> int:
+        """Bytes the tracking API's answers carried (bodies), artifact transfers apart."""
+        with self._lock:
+            return sum(n for p, n in self.answers if not p.startswith(_ARTIFACT_PREFIXES))
 
     def close(self) -> None:
         self._server.shutdown()

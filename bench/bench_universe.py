@@ -51,7 +51,7 @@ from tests.support.proxy import Proxy
 from watcher.cli import build_parser
 from watcher.detect import STATE_TAG, UNRANKED, ExperimentState
 from watcher.service import Watcher
-from watcher.settings import WatcherSettings
+from watcher.settings import HttpConfig, RuleConfig, WatcherSettings
 
 RUNS = 10
 TOP_N = 10
@@ -90,7 +90,7 @@ def rule(n: int) -> dict[str, Any]:
 
 
 def make_settings(url: str, n: int) -> WatcherSettings:
-    return WatcherSettings(tracking_uri=url, http={"enabled": False}, rules=[rule(n)])
+    return WatcherSettings(tracking_uri=url, http=HttpConfig(enabled=False), rules=[RuleConfig(**rule(n))])
 
 
 def measured(proxy: Proxy, fn: Callable[[], Any]) -> tuple[Any, dict[str, Any]]:
@@ -194,7 +194,7 @@ def universe(direct: MlflowClient, proxy: Proxy, n: int, ids: Sequence[str], wor
     }
     # Passes after the first ranking that still work (the paged count, deferred writes) are
     # run until the watcher is idle, so the idle figures below are of idle passes.
-    settle = []
+    settle: list[dict[str, Any]] = []
     while len(settle) < MAX_FIRST_PASSES:
         p = daemon_pass(watcher, proxy, sweep=False)
         settle.append(p)

@@ -12,6 +12,7 @@ import random
 import time
 import uuid
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import sqlalchemy as sa
@@ -168,9 +169,16 @@ def fill(
     filled = []
     try:
         batch: dict[str, list[tuple]] = {t: [] for t in _COLUMNS}
-        for name, n_runs in sizes:
+        sizes = list(sizes)
+
+        def create(name: str) -> tuple[str, str]:
             exp_id = client.create_experiment(name)
-            location = client.get_experiment(exp_id).artifact_location
+            return exp_id, client.get_experiment(exp_id).artifact_location
+
+        # Thousands of experiments: the server's calls go out four at a time.
+        with ThreadPoolExecutor(4) as pool:
+            created = list(pool.map(create, [name for name, _ in sizes]))
+        for (name, n_runs), (exp_id, location) in zip(sizes, created, strict=True):
             for table, rows in _rows(int(exp_id), location, n_runs, rng, t_end, profile).items():
                 batch[table].extend(rows)
             filled.append(FilledExperiment(exp_id, name, n_runs))

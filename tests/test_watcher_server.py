@@ -5,7 +5,9 @@ Runs are made with plain MlflowClient calls; calls are counted by a real forward
 
 from __future__ import annotations
 
+import json
 import math
+import time
 from collections.abc import Callable
 from pathlib import Path
 from uuid import uuid4
@@ -84,8 +86,9 @@ def test_once_tags_exactly_what_the_guides_searches_expect(
 ) -> None:
     """`--once`: top_10 -> 10 runs, model_rank 1 -> 1, production_candidate -> 3; NaN, missing,
     infinite, RUNNING, FAILED and filtered-out runs never tagged; a second `--once` writes nothing
-    and costs six calls (list the experiments, one search after the watermark, the holder
-    check, and its sweep: two orphan-tag searches and the board search)."""
+    and costs three calls (list the experiments, one search after the watermark, the holder
+    check): the first ranking swept the experiment, and the sweep's time is kept in MLflow.
+    `--once --sweep` sweeps all the same and writes only that time."""
     exp_id, name = new_experiment(client)
     made = make_runs(client, exp_id, [0.1 + 0.03 * i for i in range(12)])
     bad = [
@@ -115,9 +118,17 @@ def test_once_tags_exactly_what_the_guides_searches_expect(
     proxy.reset()
     assert cli.main(["--once", "--config", str(config), "--log-format", "json"]) == 0
     assert writes(proxy) == []
+    assert [p.rsplit("/", 1)[-1] for _, p in proxy.tracking_calls()] == ["search"] * 3
+
+    proxy.reset()
+    assert cli.main(["--once", "--sweep", "--config", str(config), "--log-format", "json"]) == 0
     # The three calls of an idle pass, then the sweep: the two orphan-tag searches and the
-    # experiment's board search (its sample page, which holds every run).
-    assert [p.rsplit("/", 1)[-1] for _, p in proxy.tracking_calls()] == ["search"] * 6
+    # experiment's board search (its sample page, which holds every run); then the state
+    # with the sweep's time.
+    assert [p.rsplit("/", 1)[-1] for _, p in proxy.tracking_calls()] == ["search"] * 6 + [
+        "set-experiment-tag"
+    ]
+    assert_board(client, exp_id, ranked)
 
 
 def test_a_new_best_run_takes_rank_1_with_few_reads_and_no_stale_tags(
@@ -338,31 +349,50 @@ def test_an_unreachable_server_fails_the_pass_fast_and_is_logged() -> None:
 def test_idle_from_the_first_pass_on_across_experiments(
     mlflow_server: ServerHandle, client: MlflowClient, counting_proxy: Callable[[str], Proxy]
 ) -> None:
-    """Many experiments, one rule: the pass right after the first ranking is idle (one listing,
-    one watermark search, one holder check, no write), and so is the pass after a re-rank of
-    one experiment: the others' watermarks need no catching up."""
+    """Many experiments, one rule: the pass right after the first ranking is idle in two calls
+    (one listing, one watermark search, no write); once ``holder_check_seconds`` have passed,
+    three (the holder check). The pass after a re-rank of one experiment is idle too: the
+    others' watermarks need no catching up."""
     prefix = f"idle_{uuid4().hex[:6]}"
     ids = [client.create_experiment(f"{prefix}_{i}") for i in range(3)]
     for exp_id in ids:
         make_runs(client, exp_id, [0.1, 0.2])
     proxy = counting_proxy(mlflow_server.url)
-    watcher = watcher_for(proxy.url, rule(f"{prefix}_*"))
+    now = [time.time()]
+    settings = WatcherSettings(
+        tracking_uri=proxy.url, rules=[rule(f"{prefix}_*")], http={"enabled": False}, holder_check_seconds=60
+    )
+    watcher = Watcher(settings, MlflowTracking(proxy.url), clock=lambda: now[0])
     assert watcher.run_pass().ok
 
     proxy.reset()
     idle = watcher.run_pass()
     assert [o.action for o in idle.outcomes] == ["idle"] * 3
-    assert (idle.tracking_calls, len(proxy.tracking_calls()), idle.tag_writes) == (3, 3, 0)
+    assert (idle.tracking_calls, len(proxy.tracking_calls()), idle.tag_writes) == (2, 2, 0)
     assert writes(proxy) == []
 
-    make_runs(client, ids[1], [0.9], prefix="new")
+    now[0] += 60
+    proxy.reset()
+    checked = watcher.run_pass()
+    assert [o.action for o in checked.outcomes] == ["idle"] * 3
+    assert (checked.tracking_calls, len(proxy.tracking_calls())) == (3, 3)
+    assert sum("model_rank" in body.decode() for body in proxy.bodies) == 1
+
+    new = make_runs(client, ids[1], [0.9], prefix="new")
+    proxy.reset()
     moved = watcher.run_pass()
     assert [o.action for o in moved.outcomes] == ["idle", "rerank", "idle"]
+    assert podium_tags(client, ids[1])[new[0].run_id]["model_rank"] == "1"
+    # No holder check is due, yet the re-ranked experiment's holders are read first (its only).
+    holder_searches = [
+        json.loads(b) for b in proxy.bodies if b and "model_rank" in json.loads(b).get("filter", "")
+    ]
+    assert [h["experiment_ids"] for h in holder_searches] == [[ids[1]]]
 
     proxy.reset()
     again = watcher.run_pass()
     assert [o.action for o in again.outcomes] == ["idle"] * 3
-    assert again.tracking_calls == 3
+    assert again.tracking_calls == 2
     assert writes(proxy) == []
 
 

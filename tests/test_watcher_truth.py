@@ -51,7 +51,11 @@ def rule(pattern: str, **overrides: object) -> dict[str, object]:
 
 
 def watcher_for(url: str, *rules: dict[str, object]) -> Watcher:
-    settings = WatcherSettings(tracking_uri=url, rules=list(rules), http={"enabled": False})
+    """A watcher whose holder check is due every pass: what a user or a replica does is put
+    right by the very next pass (the daemon's default checks every 60 seconds)."""
+    settings = WatcherSettings(
+        tracking_uri=url, rules=list(rules), http={"enabled": False}, holder_check_seconds=0
+    )
     return Watcher(settings, MlflowTracking(url))
 
 
@@ -112,9 +116,10 @@ def test_hand_set_ranks_on_poor_and_failed_runs_are_removed_by_the_next_pass(
 def test_once_removes_hand_set_top_n_and_candidate_tags_on_runs_without_model_rank(
     mlflow_server: ServerHandle, client: MlflowClient, tmp_path: Path
 ) -> None:
-    """`python -m watcher --once` with nothing new: a top_10 or production_candidate set by hand
-    on a run that holds no model_rank goes in that one pass (no later pass would come), and a
-    best run whose end time is older than the watermark (another client's clock) is ranked."""
+    """`python -m watcher --once --sweep` with nothing new: a top_10 or production_candidate set
+    by hand on a run that holds no model_rank goes in that one pass, and a best run whose end
+    time is older than the watermark (another client's clock) is ranked (without --sweep,
+    a `--once` sweeps what was last swept 15 minutes ago or more)."""
     exp_id, name = new_experiment(client)
     made = make_runs(client, exp_id, [0.3 + 0.01 * i for i in range(20)])
     watcher = watcher_for(mlflow_server.url, rule(name))
@@ -131,7 +136,7 @@ def test_once_removes_hand_set_top_n_and_candidate_tags_on_runs_without_model_ra
     config = tmp_path / "watcher.yaml"
     config.write_text(yaml.safe_dump({"tracking_uri": mlflow_server.url, "rules": [rule(name)]}))
     done = subprocess.run(
-        [sys.executable, "-m", "watcher", "--config", str(config), "--once", "--log-format", "json"],
+        [sys.executable, "-m", "watcher", "--config", str(config), "--once", "--sweep", "--log-format", "json"],
         capture_output=True,
         text=True,
         timeout=120,

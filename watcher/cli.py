@@ -1,4 +1,4 @@
-"""``python -m watcher [--config FILE] [--once] [--dry-run] [--log-format json|console]``
+"""``python -m watcher [--config FILE] [--once [--sweep]] [--dry-run] [--log-format json|console]``
 and ``python -m watcher check-config [--config FILE]``.
 
 Exit codes: 0 success; 1 a ``--once`` pass failed; 2 bad usage or bad config (one message
@@ -53,6 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--once", action="store_true", help="run one reconcile pass and exit (0 ok, 1 failed)"
     )
     parser.add_argument(
+        "--sweep",
+        action="store_true",
+        help="with --once: sweep every watched experiment now (hand-set top_N/production_candidate "
+        "tags, late runs); without it, only those not swept for 15 minutes",
+    )
+    parser.add_argument(
         "--dry-run",
         action="store_true",
         help="plan one pass and print the tag changes; write nothing (implies --once)",
@@ -79,7 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if not args.dry_run:
             check_runnable(settings, daemon=not args.once)
-        return run(settings, once=args.once or args.dry_run, dry_run=args.dry_run)
+        return run(settings, once=args.once or args.dry_run, dry_run=args.dry_run, sweep=args.sweep)
     except ConfigError as e:
         message, config = str(e), str(Path(args.config))
         # Errors found after loading (an unset url_env, the API's token or bind) name the
@@ -111,7 +117,7 @@ def print_config(settings: WatcherSettings, out: TextIO) -> None:
     out.write(yaml.safe_dump(effective_config(settings), sort_keys=False))
 
 
-def run(settings: WatcherSettings, *, once: bool, dry_run: bool) -> int:
+def run(settings: WatcherSettings, *, once: bool, dry_run: bool, sweep: bool = False) -> int:
     from watcher.mlflow_io import MlflowTracking
     from watcher.service import Watcher
 
@@ -129,7 +135,9 @@ def run(settings: WatcherSettings, *, once: bool, dry_run: bool) -> int:
         delivery = build_handlers(settings, tracking)
     watcher = Watcher(settings, tracking, delivery.handlers if delivery is not None else ())
     if once:
-        result = watcher.run_pass(dry_run=dry_run, sweep=True)
+        # A one-off pass always reads the holders (no later pass would put a hand-set tag
+        # right) and sweeps what the schedule kept in MLflow says is due, or all with --sweep.
+        result = watcher.run_pass(dry_run=dry_run, sweep=True if sweep else None, holder_check=True)
         if dry_run:
             print_plan(result, sys.stdout)
         elif delivery is not None:

@@ -16,9 +16,10 @@ and the orphan-tag searches (``top_{N}``, ``production_candidate`` on runs witho
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
+from functools import partial
 
 import structlog
 
@@ -50,6 +51,7 @@ from watcher.planner import (
     orphan_tag_keys,
     redundant_advance,
     sample_cutoffs,
+    sweeps,
     with_rule_filter,
 )
 from watcher.ranking import order, split_ranked
@@ -133,7 +135,10 @@ class PassEngine:
         watched: Sequence[WatchedExperiment],
         now_ms: int,
         stall_check: Mapping[str, bool] | None = None,
-        sweep: bool = False,
+        sweep: bool | Collection[str] = False,
+        *,
+        holder_check: bool = True,
+        admit: Collection[str] | None = None,
     ) -> list[ExperimentPlan]:
         by_rule: dict[str, list[WatchedExperiment]] = defaultdict(list)
         for exp in watched:
@@ -145,8 +150,28 @@ class PassEngine:
             for start in range(0, len(exps), EXPERIMENT_BATCH):
                 batch = exps[start : start + EXPERIMENT_BATCH]
                 stall = (stall_check or {}).get(rule.name, False)
-                plans.extend(self.plan_batch(rule, batch, now_ms, stall, sweep=sweep))
+                plans.extend(
+                    self.plan_batch(
+                        rule, batch, now_ms, stall, sweep=sweep, holder_check=holder_check, admit=admit
+                    )
+                )
         return plans
+
+    def latest_ends(self, rule: Rule, ids: Sequence[str], rows: int) -> dict[str, int]:
+        """The latest end time of those experiments of ``ids`` that own one of the ``rows``
+        runs that ended last in their batch (one ordered search per batch): the ones to rank
+        first when a pass may not rank them all."""
+        latest: dict[str, int] = {}
+        for start in range(0, len(ids), EXPERIMENT_BATCH):
+            runs, _ = self.tracking.search_page(
+                ids[start : start + EXPERIMENT_BATCH],
+                and_filters(FINISHED_FILTER, rule.filter),
+                rows,
+                order_by=["attributes.end_time DESC"],
+            )
+            for run in runs:
+                latest[run.experiment_id] = max(latest.get(run.experiment_id, 0), run.end_time or 0)
+        return latest
 
     def plan_batch(
         self,
@@ -156,24 +181,37 @@ class PassEngine:
         stall_check: bool = False,
         *,
         force_rank: bool = False,
-        sweep: bool = False,
+        sweep: bool | Collection[str] = False,
+        holder_check: bool = True,
+        admit: Collection[str] | None = None,
     ) -> list[ExperimentPlan]:
         """Plans for one rule's batch; ``force_rank`` ranks every experiment (the API);
-        ``sweep`` searches the ``top_{N}``/``production_candidate`` holders of every experiment
-        of the batch, not only of those it re-ranks, and re-ranks every idle one from its kept
-        cutoff (one threshold search each)."""
-        reads = self.gather(rule, exps, stall_check, sweep=sweep)
-        decision = decide_batch(rule, reads, now_ms, force_rank=force_rank, sweep=sweep)
+        ``sweep`` (True: every experiment, else the ids to sweep) searches the
+        ``top_{N}``/``production_candidate`` holders of those experiments, not only of those it
+        re-ranks, and re-ranks each idle one from its kept cutoff (one threshold search each).
+        ``holder_check`` False leaves the batch's holder search out (the experiments ranked
+        have theirs read first); ``admit`` (None: all) the experiments a first ranking may
+        start for (see :func:`decide_batch`)."""
+        reads = self.gather(rule, exps, stall_check, sweep=sweep, holder_check=holder_check)
+        decide = partial(decide_batch, rule, now_ms=now_ms, force_rank=force_rank, sweep=sweep, admit=admit)
+        decision = decide(reads)
         while decision.to_read is not None:
             reads = self.read_more(rule, reads, decision.to_read)
-            decision = decide_batch(rule, reads, now_ms, force_rank=force_rank, sweep=sweep)
+            decision = decide(reads)
         log_decision(rule, reads, decision)
         return list(decision.plans)
 
     def gather(
-        self, rule: Rule, exps: Sequence[WatchedExperiment], stall_check: bool = False, *, sweep: bool = False
+        self,
+        rule: Rule,
+        exps: Sequence[WatchedExperiment],
+        stall_check: bool = False,
+        *,
+        sweep: bool | Collection[str] = False,
+        holder_check: bool = True,
     ) -> list[ExperimentRead]:
-        """The batch searches: what MLflow holds for every experiment of the batch."""
+        """The batch searches: what MLflow holds for every experiment of the batch (the
+        holders only when ``holder_check``)."""
         fp = fingerprint(rule.metric, rule.ascending, rule.filter)
         states = {e.experiment_id: ExperimentState.from_tag(e.tags.get(STATE_TAG)) for e in exps}
         ids = [e.experiment_id for e in exps]
@@ -196,12 +234,13 @@ class PassEngine:
                     news, and_filters(FINISHED_FILTER, f"attributes.end_time > {news_low}", rule.filter)
                 )
                 ended, filtered_out = with_rule_filter(ended, matching)
-        holders = by_experiment(self.tracking.search_runs(ids, f"tags.{MODEL_RANK} LIKE '%'"))
+        holders = self._holders(ids) if holder_check else None
         ended_by = by_experiment(ended)
         running: dict[str, tuple[RunRecord, ...]] | None = None
         if needs_running_search(rule, fp, states, ended_by, stall_check):
             running = by_experiment(self.tracking.search_runs(ids, RUNNING_FILTER))
-        swept = self._orphans(rule, tracked, states) if sweep else None
+        to_sweep = [i for i in tracked if sweeps(sweep, i)]
+        swept = self._orphans(rule, to_sweep, states) if to_sweep else {}
         advance_to = redundant_advance(ended, states)
         return [
             ExperimentRead(
@@ -209,11 +248,11 @@ class PassEngine:
                 states[exp.experiment_id],
                 Observed(
                     ended=ended_by.get(exp.experiment_id, ()),
-                    holders=holders.get(exp.experiment_id, ()),
+                    holders=None if holders is None else holders.get(exp.experiment_id, ()),
                     running=None if running is None else running.get(exp.experiment_id, ()),
                     advance_to=advance_to,
                     filtered_out=filtered_out.get(exp.experiment_id, 0),
-                    orphans=None if swept is None else swept.get(exp.experiment_id, ()),
+                    orphans=swept.get(exp.experiment_id, ()) if exp.experiment_id in to_sweep else None,
                     alert_room=(
                         webhook_room(exp.experiment_id, exp.tags, rule.notify)
                         if rule.alerts and rule.notify
@@ -228,6 +267,11 @@ class PassEngine:
     def read_more(self, rule: Rule, reads: Sequence[ExperimentRead], need: ToRead) -> list[ExperimentRead]:
         """Read what the decision asked for; the reads come back with the answers filled in."""
         by_id = {r.experiment_id: r for r in reads}
+        if need.holders:
+            # The holder check was not due: the experiments ranked have their holders read.
+            held = self._holders(need.holders)
+            for i in need.holders:
+                by_id[i] = replace(by_id[i], observed=replace(by_id[i].observed, holders=held.get(i, ())))
         if need.orphans:
             found = self._orphans(rule, need.orphans, {i: by_id[i].state for i in need.orphans})
             for i in need.orphans:
@@ -296,6 +340,10 @@ class PassEngine:
             board.append(BoardRun(run_id, folds))
         log.info("selection_read", ranked_runs=len(board), histories_read=histories)
         return tuple(board)
+
+    def _holders(self, ids: Sequence[str]) -> dict[str, tuple[RunRecord, ...]]:
+        """The runs of the experiments ``ids`` that carry ``model_rank`` now (one search)."""
+        return by_experiment(self.tracking.search_runs(ids, f"tags.{MODEL_RANK} LIKE '%'"))
 
     def _orphans(
         self, rule: Rule, ids: Sequence[str], states: Mapping[str, ExperimentState | None]

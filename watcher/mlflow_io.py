@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, TypeVar
@@ -109,8 +110,11 @@ class MlflowTracking:
             first = (str(e.message).strip().splitlines() or [""])[0].replace(uri, redact_uri(uri))
             raise ConfigError(f"tracking URI {redact_uri(uri)!r} cannot be used: {first}") from e
         self.calls_by_method: Counter[str] = Counter()
-        # Run tag changes MLflow accepted (a pass reports the difference, not what it planned).
+        # Run tag changes MLflow accepted (a pass reports the difference, not what it planned),
+        # in all and per experiment (a pass writes several experiments at once).
         self.tag_writes = 0
+        self.tag_writes_by_experiment: Counter[str] = Counter()
+        self._counts = threading.Lock()
 
     @property
     def tracking_uri(self) -> str:
@@ -121,7 +125,8 @@ class MlflowTracking:
         return sum(self.calls_by_method.values())
 
     def _call(self, name: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        self.calls_by_method[name] += 1
+        with self._counts:
+            self.calls_by_method[name] += 1
         metrics.TRACKING_CALLS.labels(call=name).inc()
         try:
             return fn(*args, **kwargs)
@@ -265,7 +270,7 @@ class MlflowTracking:
         written again). Returns the number of tag changes planned; ``tag_writes`` grows by
         the ones MLflow accepted, also when a later write raises.
         """
-        self.apply_changes(plan.changes)
+        self.apply_changes(plan.changes, plan.experiment_id)
         if plan.selection_tag is not None:
             self.set_experiment_tag(plan.experiment_id, SELECTION_TAG, plan.selection_tag)
         if plan.state is not None:
@@ -274,17 +279,23 @@ class MlflowTracking:
                 self.set_experiment_tag(plan.experiment_id, STATE_TAG, text)
         return len(plan.changes)
 
-    def apply_changes(self, changes: Sequence[TagChange]) -> None:
+    def _accepted(self, experiment_id: str, n: int) -> None:
+        with self._counts:
+            self.tag_writes += n
+            self.tag_writes_by_experiment[experiment_id] += n
+
+    def apply_changes(self, changes: Sequence[TagChange], experiment_id: str = "") -> None:
         """Deletions one call each, then one ``log_batch`` per run (changes come grouped).
 
         A tag already gone or a run deleted meanwhile is no write; each accepted call adds
-        its changes to ``tag_writes`` at once, so a failure part way leaves it exact."""
+        its changes to ``tag_writes`` (and the experiment's count) at once, so a failure part
+        way leaves them exact."""
         i = 0
         while i < len(changes):
             change = changes[i]
             if change.is_delete:
                 if self.delete_run_tag(change.run_id, change.key):
-                    self.tag_writes += 1
+                    self._accepted(experiment_id, 1)
                 else:
                     log.info("tag_already_gone", run_id=change.run_id, key=change.key)
                 metrics.TAG_WRITES.inc()
@@ -297,7 +308,7 @@ class MlflowTracking:
                     batch[changes[i].key] = new
                 i += 1
             if self.set_run_tags(change.run_id, batch):
-                self.tag_writes += len(batch)
+                self._accepted(experiment_id, len(batch))
             else:
                 log.warning("run_gone_before_tagging", run_id=change.run_id)
             metrics.TAG_WRITES.inc(len(batch))

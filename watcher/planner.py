@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Literal
@@ -86,13 +86,14 @@ class Observed:
     """What the pass's batch searches returned for one experiment.
 
     ``ended``: runs that ended after the experiment's watermark (any status; FINISHED ones
-    match the rule's filter). ``holders``: runs carrying ``model_rank`` now. ``running``: the
+    match the rule's filter). ``holders``: runs carrying ``model_rank`` now (None: not read this pass). ``running``: the
     RUNNING runs, or None when the pass did not search them. ``advance_to``: set when the
     batch search returned many runs the watermark already covers (the largest end time seen).
     """
 
     ended: tuple[RunRecord, ...] = ()
-    holders: tuple[RunRecord, ...] = ()
+    # None: the holder check is not due this pass (the holders are read only to rank).
+    holders: tuple[RunRecord, ...] | None = ()
     running: tuple[RunRecord, ...] | None = None
     advance_to: int | None = None
     # Runs carrying ``top_{N}`` or ``production_candidate`` (None: not searched this pass).
@@ -316,7 +317,7 @@ def triage(
         if wait:
             return Triage("pending", reason, **common)  # type: ignore[arg-type]
         return Triage("full", reason, **common)  # type: ignore[arg-type]
-    if not holders_agree(state, seen.holders, rule.metric):
+    if seen.holders is not None and not holders_agree(state, seen.holders, rule.metric):
         return Triage("rerank", "holders", **common)  # type: ignore[arg-type]
     if seen.orphans is not None and not orphans_agree(state, seen.orphans):
         return Triage("rerank", "orphans", **common)  # type: ignore[arg-type]
@@ -570,6 +571,7 @@ def plan_board(
             else board_digest([e.run_id for e in entries])
         ),
         held=gate.held,
+        swept=state.swept if state is not None else None,
     )
     event = leaderboard_event(leaderboard, state, against_announced=rule.name != ON_DEMAND_RULE)
     if event is not None and gate.summary is not None:
@@ -850,11 +852,13 @@ class CountRequest:
 
 @dataclass(frozen=True)
 class ToRead:
-    """What :func:`decide_batch` must see before it can plan: the orphan-tag holders of
-    ``orphans`` (experiment ids), the ``boards``, the ``counts``, for the first rankings
-    ``firsts`` the runs that ended after ``since`` (their common watermark), and the per-fold
-    values of the ``selections``."""
+    """What :func:`decide_batch` must see before it can plan: the ``model_rank`` holders of
+    ``holders`` (experiments to rank when the pass made no holder check), the orphan-tag
+    holders of ``orphans`` (experiment ids), the ``boards``, the ``counts``, for the first
+    rankings ``firsts`` the runs that ended after ``since`` (their common watermark), and the
+    per-fold values of the ``selections``."""
 
+    holders: tuple[str, ...] = ()
     orphans: tuple[str, ...] = ()
     boards: tuple[BoardRequest, ...] = ()
     counts: tuple[CountRequest, ...] = ()
@@ -875,13 +879,27 @@ class BatchDecision:
     counts: Mapping[str, Counts] = field(default_factory=dict)
 
 
+def sweeps(sweep: bool | Collection[str], experiment_id: str) -> bool:
+    """Whether a pass's ``sweep`` (True: every experiment, else the ids to sweep) takes in
+    this experiment."""
+    return sweep is True or (sweep is not False and experiment_id in sweep)
+
+
 def triage_for_pass(
-    rule: Rule, fp: str, read: ExperimentRead, now_ms: int, *, force_rank: bool = False, sweep: bool = False
+    rule: Rule,
+    fp: str,
+    read: ExperimentRead,
+    now_ms: int,
+    *,
+    force_rank: bool = False,
+    sweep: bool = False,
+    admitted: bool = True,
 ) -> Triage:
     """:func:`triage`, then what the pass asks on top: ``force_rank`` (the API) ranks every
     experiment; ``sweep`` re-ranks every idle one the rule ranks from its kept cutoff, since
     a run whose end time is older than the watermark when it appears (another client's clock,
-    a slow commit) is in no ended-after search, while the threshold search finds it."""
+    a slow commit) is in no ended-after search, while the threshold search finds it. A first
+    ranking not ``admitted`` this pass waits (``pending``, reason ``deferred``)."""
     t = triage(rule, fp, read.experiment, read.state, read.observed, now_ms)
     ranked_here = read.state is not None and read.state.fingerprint == fp
     if force_rank and t.action not in RANKING:
@@ -890,6 +908,8 @@ def triage_for_pass(
         return replace(t, action="rerank", reason="sweep")
     if t.action in ("idle", "advance") and ranked_here and selection_outdated(rule, read):
         return replace(t, action="rerank", reason="selection")
+    if t.action == "full" and not admitted and not force_rank:
+        return replace(t, action="pending", reason="deferred")
     return t
 
 
@@ -913,32 +933,61 @@ def computes_selection(rule: Rule, read: ExperimentRead, t: Triage) -> bool:
     return t.reason != "sweep" or selection_outdated(rule, read)
 
 
+def record_sweep(
+    plan: ExperimentPlan, state: ExperimentState | None, swept: bool, now_ms: int
+) -> ExperimentPlan:
+    """A plan whose state keeps that this pass swept the experiment: a first ranking, or a
+    re-rank of an experiment the sweep took in (its tag holders and its board from the kept
+    cutoff were read)."""
+    if plan.action == "full" or (plan.action == "rerank" and swept):
+        base = plan.state if plan.state is not None else state
+        if base is not None:
+            return replace(plan, state=replace(base, swept=now_ms))
+    return plan
+
+
 def decide_batch(
     rule: Rule,
     reads: Sequence[ExperimentRead],
     now_ms: int,
     *,
     force_rank: bool = False,
-    sweep: bool = False,
+    sweep: bool | Collection[str] = False,
+    admit: Collection[str] | None = None,
 ) -> BatchDecision:
     """The plans of one rule's batch from what the pass read, or what it must read first.
 
     Pure: the engine reads what ``to_read`` asks and calls this again with the answers, until
-    it returns the plans. A ranking needs its board (from the kept cutoff on a re-rank, from
-    scratch on a first ranking or a rule change) and the orphan-tag holders the sweep did not
-    read; a paged count needs its next pages. The experiments ranked for the first time then
-    share one watermark (see :func:`align_first_rankings`), except on ``force_rank``.
+    it returns the plans. A ranking needs its holders (read by the batch's holder check, or
+    for it alone), its board (from the kept cutoff on a re-rank, from scratch on a first
+    ranking or a rule change) and the orphan-tag holders the sweep did not read; a paged count
+    needs its next pages. The experiments ranked for the first time then share one watermark
+    (see :func:`align_first_rankings`), except on ``force_rank``. ``sweep``: True, or the ids
+    the sweep takes in; ``admit`` (None: all): the experiments a first ranking may start for,
+    the others wait with nothing written. A swept or first-ranked experiment's state keeps
+    ``now_ms`` as its last sweep.
     """
     fp = fingerprint(rule.metric, rule.ascending, rule.filter)
     triaged = {
-        r.experiment_id: triage_for_pass(rule, fp, r, now_ms, force_rank=force_rank, sweep=sweep)
+        r.experiment_id: triage_for_pass(
+            rule,
+            fp,
+            r,
+            now_ms,
+            force_rank=force_rank,
+            sweep=sweeps(sweep, r.experiment_id),
+            admitted=admit is None or r.experiment_id in admit,
+        )
         for r in reads
     }
     ranking = [r for r in reads if triaged[r.experiment_id].action in RANKING]
     counting = [r for r in reads if triaged[r.experiment_id].action == "count" and r.state is not None]
     need = ToRead(
+        holders=tuple(r.experiment_id for r in ranking if r.observed.holders is None),
         orphans=tuple(
-            r.experiment_id for r in ranking if r.orphans is None and not (sweep and is_tracked(r.state, fp))
+            r.experiment_id
+            for r in ranking
+            if r.orphans is None and not (sweeps(sweep, r.experiment_id) and is_tracked(r.state, fp))
         ),
         boards=tuple(
             BoardRequest(
@@ -974,6 +1023,8 @@ def decide_batch(
             plan, counts[r.experiment_id] = rank_plan(rule, fp, r, t, now_ms)
         elif t.action == "count" and r.state is not None:
             plan = count_plan(rule, r, r.state, t)
+        elif t.reason == "deferred":
+            plan = ExperimentPlan(r.experiment_id, r.experiment.name, rule.name, t.action, t.reason)
         else:
             plan = state_only(r.experiment, rule, r.state, t)
         plans.append(plan)
@@ -986,6 +1037,8 @@ def decide_batch(
                 triaged, to_read=ToRead(firsts=tuple(p.experiment_id for p in firsts), since=since)
             )
         plans = align_first_rankings(rule, plans, by_id)
+    states = {r.experiment_id: r.state for r in reads}
+    plans = [record_sweep(p, states[p.experiment_id], sweeps(sweep, p.experiment_id), now_ms) for p in plans]
     return BatchDecision(triaged, plans=tuple(plans), counts=counts)
 
 
@@ -1003,7 +1056,7 @@ def rank_plan(
         t = replace(t, seen=max([t.seen, *(r.end_time or 0 for r in found.runs)]))
     counts = counts_after_ranking(read.state, fp, t, found, rule.metric)
     orphans = read.orphans if read.orphans is not None else (read.observed.orphans or ())
-    seen = [*read.observed.holders, *orphans, *found.runs]
+    seen = [*(read.observed.holders or ()), *orphans, *found.runs]
     board = read.board
     gate = selection_gate(rule, read, board.board, now_ms)
     if read.selection_input is not None:

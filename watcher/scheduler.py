@@ -55,8 +55,16 @@ def run_daemon(
     shutdown.install()
     interval = watcher.settings.poll_interval_seconds
     scheduler = BackgroundScheduler(timezone=UTC)
+
+    def reconcile() -> None:
+        # While first rankings wait (max_rankings_per_pass), the next pass starts at once; each
+        # pass takes the watcher's lock apart, so API rankings go in between.
+        result = watcher.run_pass()
+        while result.ok and result.rankings_deferred and not shutdown.requested.is_set():
+            result = watcher.run_pass()
+
     scheduler.add_job(
-        watcher.run_pass,
+        reconcile,
         "interval",
         seconds=interval,
         next_run_time=datetime.now(UTC),  # the first pass at start

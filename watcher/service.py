@@ -9,11 +9,13 @@ answer is an error (unknown experiment, no ranked run).
 
 from __future__ import annotations
 
+import contextvars
 import json
 import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
@@ -27,7 +29,7 @@ from watcher.model import ON_DEMAND_RULE, Handler, Leaderboard, Rule, WatchedExp
 from watcher.planner import ExperimentPlan
 from watcher.selection import details, plain_line
 from watcher.settings import RuleConfig, WatcherSettings
-from watcher.state import STATE_TAG
+from watcher.state import STATE_TAG, UNRANKED, ExperimentState, fingerprint
 
 log = structlog.get_logger("watcher")
 
@@ -56,6 +58,9 @@ class PassResult:
     error: str | None = None
     # What the handlers did (e.g. webhooks_failed), from their optional ``pass_report()``.
     handler_report: Mapping[str, int] = field(default_factory=dict)
+    # First rankings left for later passes (``max_rankings_per_pass``): the daemon goes on
+    # at once while there are some.
+    rankings_deferred: int = 0
 
 
 @dataclass
@@ -66,20 +71,45 @@ class PassHealth:
     last_pass_at: float | None = None
     last_ok: bool | None = None
     last_success_at: float | None = None
+    # When the pass in flight last wrote an experiment's plan (a long pass makes progress
+    # long before it ends).
+    last_progress_at: float | None = None
 
     def is_healthy(self, now: float) -> bool:
-        """Healthy while a pass succeeded within three poll intervals."""
-        if self.last_success_at is None:
-            return False
-        return now - self.last_success_at <= 3 * self.poll_interval_seconds
+        """Healthy while a pass succeeded, or the pass in flight wrote a plan, within three
+        poll intervals."""
+        times = [t for t in (self.last_success_at, self.last_progress_at) if t is not None]
+        return bool(times) and now - max(times) <= 3 * self.poll_interval_seconds
 
 
-# Seconds between sweeps: passes that also search the top_{N}/production_candidate holders of
-# every watched experiment (two calls per batch) and re-rank each idle one from its kept cutoff
-# (one threshold search each). Hand-set tags on runs without model_rank, and a run whose end
-# time was older than the watermark when it appeared, are put right within this time even when
-# nothing finishes; every other idle pass stays at 3 calls per batch.
+# Seconds between sweeps of an experiment: its top_{N}/production_candidate holders searched
+# (two calls per batch swept) and its board re-read from the kept cutoff (one threshold search).
+# Hand-set tags on runs without model_rank, and a run whose end time was older than the
+# watermark when it appeared, are put right within this time even when nothing finishes. When
+# an experiment was swept is kept in its podium.state, so `--once` and a restarted daemon keep
+# the schedule; at most max_rankings_per_pass experiments are swept per pass, oldest first.
 SWEEP_SECONDS = 900.0
+
+
+def sweep_due(watched: Sequence[WatchedExperiment], now_ms: int, limit: int) -> list[str]:
+    """The ranked experiments whose last sweep is older than ``SWEEP_SECONDS`` (or unknown),
+    the oldest first, at most ``limit``."""
+    due: list[tuple[int, str]] = []
+    for exp in watched:
+        state = ExperimentState.from_tag(exp.tags.get(STATE_TAG))
+        if state is None or state.fingerprint == UNRANKED:
+            continue
+        if state.swept is None or now_ms - state.swept >= SWEEP_SECONDS * 1000:
+            due.append((state.swept or 0, exp.experiment_id))
+    return [i for _, i in sorted(due)[:limit]]
+
+
+def needs_first_ranking(exp: WatchedExperiment) -> bool:
+    """The experiment's state holds no ranking by its rule's current definition."""
+    rule = exp.rule
+    assert rule is not None
+    state = ExperimentState.from_tag(exp.tags.get(STATE_TAG))
+    return state is None or state.fingerprint != fingerprint(rule.metric, rule.ascending, rule.filter)
 
 
 def stall_check_interval(rule: Rule) -> float:
@@ -109,20 +139,25 @@ class Watcher:
         self.selections: dict[str, dict[str, Any]] = {}
         self._lock = threading.Lock()
         self._stall_checked: dict[str, float] = {}
-        self._swept = clock()
+        # When the holders of every watched experiment were last read (None: not yet).
+        self._holders_checked: float | None = None
 
     # -- a pass ------------------------------------------------------------------------------
 
-    def run_pass(self, dry_run: bool = False, sweep: bool | None = None) -> PassResult:
+    def run_pass(
+        self, dry_run: bool = False, sweep: bool | None = None, holder_check: bool | None = None
+    ) -> PassResult:
         """Reconcile every watched experiment once; never raises (failures are in the result).
 
-        ``sweep``: also search the ``top_{N}``/``production_candidate`` holders of every
-        watched experiment and re-rank each idle one from its kept cutoff (see
-        ``SWEEP_SECONDS``). None leaves it to the daemon's clock; a one-off pass (``--once``)
-        asks for it, since no later pass will put a hand-set tag or a late run right.
+        ``sweep``: True sweeps every watched experiment (searches its ``top_{N}``/
+        ``production_candidate`` holders, re-ranks it from its kept cutoff); None those whose
+        last sweep, kept in MLflow, is older than ``SWEEP_SECONDS``; False none.
+        ``holder_check``: True reads the holders of every watched experiment; None when
+        ``holder_check_seconds`` have passed since the last check (a one-off pass asks for it:
+        no later pass would put a hand-set tag right).
         """
         with self._lock:
-            return self._run_pass(dry_run, sweep)
+            return self._run_pass(dry_run, sweep, holder_check)
 
     def _stall_checks(self, now: float) -> dict[str, bool]:
         due = {}
@@ -135,28 +170,60 @@ class Watcher:
                 self._stall_checked[rule.name] = now
         return due
 
-    def _run_pass(self, dry_run: bool, sweep: bool | None) -> PassResult:
+    def _holder_check_due(self, now: float) -> bool:
+        last, interval = self._holders_checked, self.settings.holder_check_seconds
+        return interval == 0 or last is None or now - last >= interval
+
+    def _admitted(self, watched: Sequence[WatchedExperiment]) -> tuple[set[str] | None, int]:
+        """The experiments this pass may rank for the first time (None: every one) and how
+        many wait for a later pass: at most ``max_rankings_per_pass``, those whose runs ended
+        last first."""
+        limit = self.settings.max_rankings_per_pass
+        firsts = [e for e in watched if needs_first_ranking(e)]
+        if len(firsts) <= limit:
+            return None, 0
+        latest: dict[str, int] = {}
+        for rule in self.settings.rules:
+            ids = [e.experiment_id for e in firsts if e.rule is not None and e.rule.name == rule.name]
+            latest.update(self.engine.latest_ends(rule, ids, limit))
+        order = sorted(firsts, key=lambda e: (-latest.get(e.experiment_id, 0), e.name))
+        return {e.experiment_id for e in order[:limit]}, len(firsts) - limit
+
+    def _run_pass(self, dry_run: bool, sweep: bool | None, holder_check: bool | None) -> PassResult:
         pass_id = uuid.uuid4().hex[:12]
         started = self.clock()
         wall = time.perf_counter()
         calls_before = self.tracking.calls
         # The apply step: the one writer and the handlers, or (a dry run) the plan kept as it is.
-        apply: Apply = Planned() if dry_run else Applied(self.tracking, self.handlers)
+        apply: Apply = (
+            Planned()
+            if dry_run
+            else Applied(self.tracking, self.handlers, self.settings.write_concurrency, self._progressed)
+        )
         watched: list[WatchedExperiment] = []
         error: str | None = None
         report: dict[str, int] = {}
+        deferred = 0
         with structlog.contextvars.bound_contextvars(pass_id=pass_id):
             log.info("pass_started", dry_run=dry_run)
             apply.start()
             try:
                 watched = watched_experiments(self.settings, self.tracking)
-                if sweep is None:
-                    sweep = started - self._swept >= SWEEP_SECONDS
+                now_ms = int(started * 1000)
+                check = self._holder_check_due(started) if holder_check is None else holder_check
+                admit, deferred = self._admitted(watched)
+                limit = self.settings.max_rankings_per_pass
                 plans = self.engine.plan_pass(
-                    self.settings, watched, int(started * 1000), self._stall_checks(started), sweep
+                    self.settings,
+                    watched,
+                    now_ms,
+                    self._stall_checks(started),
+                    sweep_due(watched, now_ms, limit) if sweep is None else sweep,
+                    holder_check=check,
+                    admit=admit,
                 )
-                if sweep:
-                    self._swept = started
+                if check:
+                    self._holders_checked = started
                 apply.apply(plans, watched)
                 if not dry_run:
                     self._keep_selections(plans)
@@ -186,6 +253,7 @@ class Watcher:
                 outcomes=tuple(apply.plans),
                 error=error,
                 handler_report=report,
+                rankings_deferred=deferred,
             )
             self._record(result)
             log.info(
@@ -197,6 +265,7 @@ class Watcher:
                 tag_writes=result.tag_writes,
                 tracking_calls=result.tracking_calls,
                 duration_seconds=round(duration, 3),
+                **({"rankings_deferred": deferred} if deferred else {}),
                 **report,
             )
         return result
@@ -214,6 +283,9 @@ class Watcher:
 
     def selection_view(self, experiment_id: str) -> dict[str, Any] | None:
         return self.selections.get(experiment_id)
+
+    def _progressed(self) -> None:
+        self.health.last_progress_at = self.clock()
 
     def _record(self, result: PassResult) -> None:
         self.last_result = result
@@ -329,14 +401,25 @@ class Planned:
 class Applied:
     """A pass's apply step: every plan through the one writer, the handlers told.
 
-    What reached MLflow is counted, not what was planned: the plans applied in full, the
-    experiments with a run tag written (a failed pass stops part way) or whose leaderboard
-    event went out, and the adapter's count of tag writes.
+    Up to ``concurrency`` experiments' plans are written at once, each experiment's writes
+    in the planner's order (which keeps its ranks unique at every step; no two writes to one
+    run at once), and the handlers are told in plan order. What reached MLflow is counted,
+    not what was planned: the plans applied in full, the experiments with a run tag written
+    (a failed pass stops part way) or whose leaderboard event went out, and the adapter's
+    count of tag writes. ``progressed`` is called after each plan written.
     """
 
-    def __init__(self, tracking: MlflowTracking, handlers: Sequence[Handler]) -> None:
+    def __init__(
+        self,
+        tracking: MlflowTracking,
+        handlers: Sequence[Handler],
+        concurrency: int = 1,
+        progressed: Callable[[], None] = lambda: None,
+    ) -> None:
         self.tracking = tracking
         self.handlers = handlers
+        self.concurrency = concurrency
+        self.progressed = progressed
         self.plans: list[ExperimentPlan] = []
         self._touched: set[str] = set()
         self._writes_before = tracking.tag_writes
@@ -348,23 +431,63 @@ class Applied:
             _hook(handler, "on_pass_start", lambda h: h.on_pass_start())
 
     def apply(self, plans: Sequence[ExperimentPlan], watched: Sequence[WatchedExperiment]) -> None:
+        """After a failure no new experiment starts; those in flight end, every plan written
+        in full is announced, then the first failure is raised."""
         listed = {e.experiment_id: e for e in watched}
-        for p in plans:
-            exp = listed[p.experiment_id]
-            assert exp.rule is not None
-            writes = self.tracking.tag_writes
+        before = dict(self.tracking.tag_writes_by_experiment)
+        failed = threading.Event()
+
+        def write(plan: ExperimentPlan) -> bool:
+            if failed.is_set():
+                return False
             try:
-                self.apply_one(p, exp.tags.get(STATE_TAG), exp.rule)
-            finally:
-                # A plan that failed part way still changed what it wrote.
-                if self.tracking.tag_writes > writes:
-                    self._touched.add(p.experiment_id)
-            self.plans.append(p)
+                self.write(plan, listed[plan.experiment_id].tags.get(STATE_TAG))
+            except BaseException:
+                failed.set()
+                raise
+            self.progressed()
+            return True
+
+        error: Exception | None = None
+        try:
+            with ThreadPoolExecutor(self.concurrency, thread_name_prefix="apply") as pool:
+                futures = [
+                    pool.submit(contextvars.copy_context().run, write, p) if p.changes or p.state else None
+                    for p in plans
+                ]
+                for plan, future in zip(plans, futures, strict=True):
+                    try:
+                        # False: not started, an earlier write failed (a plan with nothing
+                        # to write is passed over after a failure too).
+                        written = future.result() if future is not None else error is None
+                    except Exception as e:
+                        error = error or e
+                        continue
+                    if not written:
+                        continue
+                    rule = listed[plan.experiment_id].rule
+                    assert rule is not None
+                    self.announce(plan, rule)
+                    self.plans.append(plan)
+        finally:
+            # A plan that failed part way still changed what it wrote.
+            after = self.tracking.tag_writes_by_experiment
+            self._touched.update(e for e, n in after.items() if n > before.get(e, 0))
+        if error is not None:
+            raise error
 
     def apply_one(self, plan: ExperimentPlan, stored_state: str | None, rule: Rule) -> None:
         """Write one experiment's plan, then tell the handlers what it changed."""
+        self.write(plan, stored_state)
+        self.announce(plan, rule)
+
+    def write(self, plan: ExperimentPlan, stored_state: str | None) -> None:
         with structlog.contextvars.bound_contextvars(experiment_id=plan.experiment_id):
             self.tracking.apply_plan(plan, stored_state)
+
+    def announce(self, plan: ExperimentPlan, rule: Rule) -> None:
+        """Log what a written plan changed and tell the handlers."""
+        with structlog.contextvars.bound_contextvars(experiment_id=plan.experiment_id):
             if plan.changes:
                 log.info(
                     "experiment_ranked",

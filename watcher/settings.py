@@ -177,6 +177,13 @@ class WatcherSettings(BaseSettings):
 
     tracking_uri: str | None = None
     poll_interval_seconds: float = Field(default=60.0, gt=0)
+    # The daemon reads the ranking tags' holders (hand-set, deleted, stale tags) at most this
+    # often; 0: every pass. A pass that ranks an experiment reads its holders all the same.
+    holder_check_seconds: float = Field(default=60.0, ge=0)
+    # First rankings per pass (experiments with the most recent runs first); the rest wait.
+    max_rankings_per_pass: int = Field(default=100, ge=1)
+    # Experiments whose writes one pass sends at once (one experiment's writes stay in order).
+    write_concurrency: int = Field(default=4, ge=1, le=32)
     ui_base_url: str | None = None
     http: HttpConfig = Field(default_factory=HttpConfig)
     webhooks: list[WebhookConfig] = Field(default_factory=list)
@@ -195,6 +202,14 @@ class WatcherSettings(BaseSettings):
         # List items (WATCHER_RULES__0__TOP_N) are merged into the file's values by
         # load_settings, so this source skips them (it would replace the whole list).
         return (_EnvWithoutListItems(settings_cls), init_settings)
+
+    @field_validator("max_rankings_per_pass", "write_concurrency", mode="before")
+    @classmethod
+    def _whole_number(cls, value: Any) -> Any:
+        # YAML's true/false would pass as 1/0; 2.5 would be cut to 2.
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise ValueError("must be a whole number")
+        return value
 
     def rule_for(self, experiment_name: str) -> RuleConfig | None:
         """The first rule (file order) whose patterns match the name; see the module doc."""

@@ -27,6 +27,9 @@ or replaced watcher carries on where the last one stopped and two replicas conve
   while it is set, and the runs at or after it (in ``(end_time, run_id)`` order) that ended
   unsuccessfully are due again; the watermark still moves, so nothing is counted twice.
 - ``held``: the rule's selection gate held ``production_candidate`` back at the last ranking.
+- ``swept``: when the experiment was last swept (ms): its ``top_{N}``/``production_candidate``
+  holders searched and its board re-read from the kept cutoff (a first ranking counts as one).
+  Kept in MLflow so that ``--once`` and a restarted daemon sweep on the same schedule.
 - ``announced``: a digest of the run ids, in order, of the top N the rule last planned its
   summary from. An API ranking (another ``top_n``) leaves it as it is, so the rule's next
   pass posts ``leaderboard.changed`` only when its own board differs from that one.
@@ -106,6 +109,7 @@ class ExperimentState:
     # The selection gate held production_candidate back at the last ranking (PBO above the
     # rule's max_pbo, or none): the holders carry no production_candidate.
     held: bool = False
+    swept: int | None = None
 
     @property
     def search_after(self) -> int:
@@ -139,6 +143,7 @@ class ExperimentState:
                 "ascending": self.ascending,
                 # Only when set: a rule without a selection gate writes the same tag as before.
                 **({"held": True} if self.held else {}),
+                "swept": self.swept,
                 # Run names are left out (searches return them fresh): a board of MAX_BOARD
                 # entries then fits an experiment tag whatever the names.
                 "board": [[c.run_id, c.value, c.end_time] for c in self.board],
@@ -183,6 +188,7 @@ class ExperimentState:
                 metric=_opt_str(data.get("metric")),
                 ascending=None if data.get("ascending") is None else bool(data["ascending"]),
                 held=bool(data.get("held", False)),
+                swept=_opt_int(data.get("swept")),  # absent in older tags: swept at the next pass
             )
         except (ValueError, TypeError, KeyError, IndexError):
             return None

@@ -49,7 +49,7 @@ from bench.fill import (
 from bench.servers import BACKENDS, running_server
 from tests.support.proxy import Proxy
 from watcher.cli import build_parser
-from watcher.detect import STATE_TAG, UNRANKED, ExperimentState
+from watcher.state import STATE_TAG, UNRANKED, ExperimentState
 from watcher.service import Watcher
 from watcher.settings import HttpConfig, RuleConfig, WatcherSettings
 

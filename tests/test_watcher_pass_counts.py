@@ -54,6 +54,7 @@ def test_a_pass_that_fails_mid_apply_reports_the_writes_mlflow_holds(
         tracking_uri=proxy.url,
         rules=[{"name": "r", "experiments": [f"{prefix}_*"], "metric": "avg_test_r2", "top_n": 3}],
         http={"enabled": False},
+        write_concurrency=1,  # the second experiment's writes start after the first's handlers
     )
     dies = ServerDiesAfterFirstBoard(proxy)
     watcher = Watcher(settings, MlflowTracking(proxy.url), [dies])

@@ -136,7 +136,17 @@ def test_once_removes_hand_set_top_n_and_candidate_tags_on_runs_without_model_ra
     config = tmp_path / "watcher.yaml"
     config.write_text(yaml.safe_dump({"tracking_uri": mlflow_server.url, "rules": [rule(name)]}))
     done = subprocess.run(
-        [sys.executable, "-m", "watcher", "--config", str(config), "--once", "--sweep", "--log-format", "json"],
+        [
+            sys.executable,
+            "-m",
+            "watcher",
+            "--config",
+            str(config),
+            "--once",
+            "--sweep",
+            "--log-format",
+            "json",
+        ],
         capture_output=True,
         text=True,
         timeout=120,

@@ -14,8 +14,9 @@ import json
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
@@ -431,44 +432,48 @@ class Applied:
             _hook(handler, "on_pass_start", lambda h: h.on_pass_start())
 
     def apply(self, plans: Sequence[ExperimentPlan], watched: Sequence[WatchedExperiment]) -> None:
-        """After a failure no new experiment starts; those in flight end, every plan written
-        in full is announced, then the first failure is raised."""
+        """A window of ``concurrency`` plans in flight: the next plan's writes start once the
+        oldest one in flight is announced (with 1, write and announce alternate). After a
+        failure no new plan starts; those in flight end, each plan written in full is
+        announced, then the first failure is raised."""
         listed = {e.experiment_id: e for e in watched}
         before = dict(self.tracking.tag_writes_by_experiment)
-        failed = threading.Event()
 
-        def write(plan: ExperimentPlan) -> bool:
-            if failed.is_set():
-                return False
-            try:
-                self.write(plan, listed[plan.experiment_id].tags.get(STATE_TAG))
-            except BaseException:
-                failed.set()
-                raise
+        def write(plan: ExperimentPlan) -> None:
+            self.write(plan, listed[plan.experiment_id].tags.get(STATE_TAG))
             self.progressed()
-            return True
 
         error: Exception | None = None
+        waiting = iter(plans)
+        in_flight: deque[tuple[ExperimentPlan, Future[None] | None]] = deque()
         try:
             with ThreadPoolExecutor(self.concurrency, thread_name_prefix="apply") as pool:
-                futures = [
-                    pool.submit(contextvars.copy_context().run, write, p) if p.changes or p.state else None
-                    for p in plans
-                ]
-                for plan, future in zip(plans, futures, strict=True):
+
+                def start_next() -> None:
+                    plan = next(waiting, None)
+                    if plan is not None:
+                        writes = plan.changes or plan.state is not None
+                        run = contextvars.copy_context().run
+                        in_flight.append((plan, pool.submit(run, write, plan) if writes else None))
+
+                for _ in range(self.concurrency):
+                    start_next()
+                while in_flight:
+                    plan, future = in_flight.popleft()
                     try:
-                        # False: not started, an earlier write failed (a plan with nothing
-                        # to write is passed over after a failure too).
-                        written = future.result() if future is not None else error is None
+                        if future is not None:
+                            future.result()
                     except Exception as e:
                         error = error or e
                         continue
-                    if not written:
+                    if error is not None and future is None:
                         continue
                     rule = listed[plan.experiment_id].rule
                     assert rule is not None
                     self.announce(plan, rule)
                     self.plans.append(plan)
+                    if error is None:
+                        start_next()
         finally:
             # A plan that failed part way still changed what it wrote.
             after = self.tracking.tag_writes_by_experiment

@@ -49,9 +49,9 @@ from bench.fill import (
 from bench.servers import BACKENDS, running_server
 from tests.support.proxy import Proxy
 from watcher.cli import build_parser
-from watcher.state import STATE_TAG, UNRANKED, ExperimentState
 from watcher.service import Watcher
 from watcher.settings import HttpConfig, RuleConfig, WatcherSettings
+from watcher.state import STATE_TAG, UNRANKED, ExperimentState
 
 RUNS = 10
 TOP_N = 10

@@ -168,7 +168,9 @@ def once(proxy: Proxy, n: int, workdir: Path, extra: Sequence[str] = ()) -> dict
     return row
 
 
-def universe(direct: MlflowClient, proxy: Proxy, n: int, ids: Sequence[str], workdir: Path) -> dict[str, Any]:
+def universe(
+    direct: MlflowClient, proxy: Proxy, n: int, ids: Sequence[str], workdir: Path, once_sweep: bool
+) -> dict[str, Any]:
     clock = Clock()
     watcher = Watcher(make_settings(proxy.url, n), CountingTracking(proxy.url), clock=clock)
     first: list[dict[str, Any]] = []
@@ -203,7 +205,7 @@ def universe(direct: MlflowClient, proxy: Proxy, n: int, ids: Sequence[str], wor
     out["settle_passes"] = settle
     idle_no_check = [daemon_pass(watcher, proxy, sweep=False) for _ in range(2)]
     idle_check = []
-    for _ in range(2):
+    for _ in range(1 if HOLDER_SCHEDULE else 2):
         clock.offset += 3600  # any holder check schedule falls due
         idle_check.append(daemon_pass(watcher, proxy, sweep=False))
     out["idle"] = {
@@ -227,7 +229,9 @@ def universe(direct: MlflowClient, proxy: Proxy, n: int, ids: Sequence[str], wor
         reranks.append(p)
         log(f"  {n}: re-rank of one experiment: {p['calls']['total']} calls, {p['seconds'] * 1000:.0f} ms")
     out["rerank"] = reranks
-    runs = [once(proxy, n, workdir, ["--sweep"] if SWEEP_FLAG else [])]
+    runs = (
+        [once(proxy, n, workdir, ["--sweep"] if SWEEP_FLAG else [])] if once_sweep or not SWEEP_FLAG else []
+    )
     if SWEEP_FLAG:
         runs.append(once(proxy, n, workdir))
     for r in runs:
@@ -239,7 +243,7 @@ def universe(direct: MlflowClient, proxy: Proxy, n: int, ids: Sequence[str], wor
     return out
 
 
-def run_backend(backend: str, sizes: Sequence[int]) -> dict[str, Any]:
+def run_backend(backend: str, sizes: Sequence[int], once_sweep: bool) -> dict[str, Any]:
     log(f"{backend}: starting mlflow server")
     with running_server(backend) as server, tempfile.TemporaryDirectory() as tmp:
         direct = MlflowClient(server.url)
@@ -253,7 +257,7 @@ def run_backend(backend: str, sizes: Sequence[int]) -> dict[str, Any]:
         try:
             out: dict[str, Any] = {"fill_seconds": fill_seconds, "sizes": {}}
             for n in groups:
-                out["sizes"][str(n)] = universe(direct, proxy, n, ids[n], Path(tmp))
+                out["sizes"][str(n)] = universe(direct, proxy, n, ids[n], Path(tmp), once_sweep)
                 out["sizes"][str(n)]["loadavg"] = os.getloadavg()[0]
             return out
         finally:
@@ -268,6 +272,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--sizes", default="100,500,1000")
     parser.add_argument("--out", default="universe", help="bench/results/OUT.json")
     parser.add_argument("--label", default="", help="what code was measured (e.g. 'before')")
+    parser.add_argument(
+        "--no-once-sweep", action="store_true", help="leave out `--once --sweep` (it sweeps every experiment)"
+    )
     args = parser.parse_args(argv)
     common.quiet_logs()
     commit = subprocess.run(
@@ -283,7 +290,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         "backends": {},
     }
     for backend in args.backends.split(","):
-        results["backends"][backend] = run_backend(backend, [int(s) for s in args.sizes.split(",")])
+        sizes = [int(s) for s in args.sizes.split(",")]
+        results["backends"][backend] = run_backend(backend, sizes, not args.no_once_sweep)
         common.save(args.out, results)  # what is done so far survives a later failure
     results["finished"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     results["loadavg_at_end"] = os.getloadavg()[0]

@@ -103,6 +103,31 @@ CASES = [
         ["field 'poll_interval_seconds'", "greater than 0"],
         id="poll-interval",
     ),
+    pytest.param(
+        {"holder_check_seconds": -1, "rules": [GOOD_RULE]},
+        ["field 'holder_check_seconds'", "greater than or equal to 0 (got -1)"],
+        id="holder-check-negative",
+    ),
+    pytest.param(
+        {"max_rankings_per_pass": 0, "rules": [GOOD_RULE]},
+        ["field 'max_rankings_per_pass'", "greater than or equal to 1 (got 0)"],
+        id="max-rankings-zero",
+    ),
+    pytest.param(
+        {"max_rankings_per_pass": True, "rules": [GOOD_RULE]},
+        ["field 'max_rankings_per_pass'", "whole number (got True)"],
+        id="max-rankings-boolean",
+    ),
+    pytest.param(
+        {"write_concurrency": 2.5, "rules": [GOOD_RULE]},
+        ["field 'write_concurrency'", "whole number (got 2.5)"],
+        id="write-concurrency-fraction",
+    ),
+    pytest.param(
+        {"write_concurrency": 64, "rules": [GOOD_RULE]},
+        ["field 'write_concurrency'", "less than or equal to 32 (got 64)"],
+        id="write-concurrency-too-many",
+    ),
     pytest.param({"rules": [GOOD_RULE], "polling": 3}, ["unknown key 'polling'"], id="unknown-top-level-key"),
     pytest.param({"rules": [GOOD_RULE, GOOD_RULE]}, ["rules[1]", "duplicate rule name"], id="duplicate-rule"),
     pytest.param("rules:\n  - name: x\n   metric: [1\n", ["invalid YAML at line"], id="yaml-syntax"),
@@ -248,6 +273,32 @@ def test_environment_overrides_the_file_and_is_validated_too(
     monkeypatch.setenv("WATCHER_POLL_INTERVAL_SECONDS", "-1")
     assert cli.main(["check-config", "--config", str(path)]) == 2
     assert "field 'poll_interval_seconds'" in capsys.readouterr().err
+
+
+def test_the_scale_keys_default_come_from_the_environment_and_are_checked_there(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(tmp_path, {"rules": [GOOD_RULE]})
+    settings = load_settings(path)
+    assert (settings.holder_check_seconds, settings.max_rankings_per_pass, settings.write_concurrency) == (
+        60.0,
+        100,
+        4,
+    )
+    monkeypatch.setenv("WATCHER_HOLDER_CHECK_SECONDS", "0")
+    monkeypatch.setenv("WATCHER_MAX_RANKINGS_PER_PASS", "25")
+    monkeypatch.setenv("WATCHER_WRITE_CONCURRENCY", "1")
+    settings = load_settings(path)
+    assert (settings.holder_check_seconds, settings.max_rankings_per_pass, settings.write_concurrency) == (
+        0.0,
+        25,
+        1,
+    )
+    monkeypatch.setenv("WATCHER_MAX_RANKINGS_PER_PASS", "many")
+    assert cli.main(["check-config", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "field 'max_rankings_per_pass'" in err
+    assert "(got 'many')" in err
 
 
 def test_check_config_prints_the_effective_config_with_secrets_redacted(

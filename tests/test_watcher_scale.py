@@ -1,0 +1,163 @@
+"""Many experiments, one rule: idle passes stay cheap and the schedules live in MLflow (real
+server behind the counting proxy; the watcher's clock is passed in, never patched)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from uuid import uuid4
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from tests.support.mlflow_server import ServerHandle
+from tests.support.proxy import Proxy
+from tests.support.watcher_runs import make_runs, podium_tags
+from watcher import cli
+from watcher.mlflow_io import MlflowTracking
+from watcher.service import SWEEP_SECONDS, Watcher
+from watcher.settings import WatcherSettings
+from watcher.state import STATE_TAG, ExperimentState
+
+pytestmark = pytest.mark.server
+
+METRIC = "avg_test_r2"
+
+
+def rule(pattern: str) -> dict[str, object]:
+    return {"name": "r", "experiments": [pattern], "metric": METRIC, "top_n": 3, "trigger": "run_finished"}
+
+
+def watcher_at(url: str, pattern: str, now: list[float], **settings: object) -> Watcher:
+    config = WatcherSettings(tracking_uri=url, rules=[rule(pattern)], http={"enabled": False}, **settings)
+    return Watcher(config, MlflowTracking(url), clock=lambda: now[0])
+
+
+def searched(proxy: Proxy) -> list[str]:
+    """The filter of each search the proxy passed, in order ("" for other calls)."""
+    return [json.loads(b).get("filter", "") if b else "" for b in proxy.bodies]
+
+
+def test_once_twice_within_15_minutes_the_second_is_three_calls_over_40_experiments(
+    sqlite_server: ServerHandle, counting_proxy: Callable[[str], Proxy], tmp_path: Path
+) -> None:
+    """The first `--once` ranks 40 experiments (each first ranking counts as a sweep, kept in
+    its podium.state); a second `--once` minutes later sweeps nothing: one listing, one search
+    after the watermark, one holder check, no write."""
+    client = MlflowClient(sqlite_server.url)
+    prefix = f"once40_{uuid4().hex[:6]}"
+    for i in range(40):
+        make_runs(client, client.create_experiment(f"{prefix}_{i:02d}"), [0.1 + 0.01 * i])
+    proxy = counting_proxy(sqlite_server.url)
+    config = tmp_path / "watcher.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {"tracking_uri": proxy.url, "http": {"enabled": False}, "rules": [rule(f"{prefix}_*")]}
+        )
+    )
+    assert cli.main(["--once", "--config", str(config), "--log-format", "json"]) == 0
+    proxy.reset()
+    assert cli.main(["--once", "--config", str(config), "--log-format", "json"]) == 0
+    calls = proxy.tracking_calls()
+    assert len(calls) == 3 <= 5
+    assert [p.rsplit("/", 1)[-1] for _, p in calls] == ["search"] * 3
+    assert searched(proxy)[2] == "tags.model_rank LIKE '%'"  # --once always checks the holders
+
+
+def test_a_hand_set_model_rank_is_put_right_within_holder_check_seconds(
+    mlflow_server: ServerHandle, counting_proxy: Callable[[str], Proxy]
+) -> None:
+    """With the holder check every 60 seconds, a pass 30 seconds after a hand-set
+    ``model_rank=1`` on a poor run makes two calls and leaves it; the pass 60 seconds after
+    the last check reads the holders and puts the true board back."""
+    client = MlflowClient(mlflow_server.url)
+    name = f"hand_{uuid4().hex[:6]}"
+    exp_id = client.create_experiment(name)
+    made = make_runs(client, exp_id, [0.1 * i for i in range(8)])
+    proxy = counting_proxy(mlflow_server.url)
+    now = [time.time()]
+    watcher = watcher_at(proxy.url, name, now, holder_check_seconds=60)
+    assert watcher.run_pass().ok
+    board = podium_tags(client, exp_id)
+    poor = made[0].run_id
+    client.set_tag(poor, "model_rank", "1")
+
+    now[0] += 30
+    proxy.reset()
+    early = watcher.run_pass()
+    assert (early.ok, early.tracking_calls, early.tag_writes) == (True, 2, 0)
+    assert podium_tags(client, exp_id)[poor] == {"model_rank": "1"}
+
+    now[0] += 30
+    proxy.reset()
+    checked = watcher.run_pass()
+    assert (checked.outcomes[0].action, checked.outcomes[0].reason) == ("rerank", "holders")
+    assert "tags.model_rank LIKE '%'" in searched(proxy)
+    assert podium_tags(client, exp_id) == board
+
+
+def test_a_restarted_daemon_keeps_the_sweep_schedule_kept_in_mlflow(
+    sqlite_server: ServerHandle, counting_proxy: Callable[[str], Proxy]
+) -> None:
+    """A new watcher process (a restarted pod) a minute after the first ranking does not sweep
+    at once: the experiment's podium.state says when it was swept. Fifteen minutes after that
+    sweep its pass sweeps (the orphan-tag searches) and keeps the new time."""
+    client = MlflowClient(sqlite_server.url)
+    name = f"restart_{uuid4().hex[:6]}"
+    exp_id = client.create_experiment(name)
+    make_runs(client, exp_id, [0.1 * i for i in range(6)])
+    proxy = counting_proxy(sqlite_server.url)
+    now = [time.time()]
+    assert watcher_at(proxy.url, name, now).run_pass().ok
+    state = ExperimentState.from_tag(client.get_experiment(exp_id).tags[STATE_TAG])
+    assert state is not None
+    assert state.swept == int(now[0] * 1000)
+
+    now[0] += 60
+    proxy.reset()
+    restarted = watcher_at(proxy.url, name, now)
+    idle = restarted.run_pass()
+    assert [o.action for o in idle.outcomes] == ["idle"]
+    assert not any(f.startswith("tags.`") for f in searched(proxy))  # no orphan-tag search
+
+    now[0] += SWEEP_SECONDS
+    proxy.reset()
+    swept = watcher_at(proxy.url, name, now).run_pass()
+    assert [(o.action, o.reason) for o in swept.outcomes] == [("rerank", "sweep")]
+    assert sum(f.startswith("tags.`") for f in searched(proxy)) == 2  # top_3, production_candidate
+    state = ExperimentState.from_tag(client.get_experiment(exp_id).tags[STATE_TAG])
+    assert state is not None
+    assert state.swept == int(now[0] * 1000)
+
+
+def test_a_first_pass_ranks_at_most_max_rankings_per_pass_latest_runs_first(
+    sqlite_server: ServerHandle, counting_proxy: Callable[[str], Proxy]
+) -> None:
+    """Five unranked experiments, two rankings per pass: the two whose runs ended last go
+    first, the others are left unwritten and say so; the passes after finish the work, and
+    ``/healthz``'s health holds from the first written plan on."""
+    client = MlflowClient(sqlite_server.url)
+    prefix = f"spread_{uuid4().hex[:6]}"
+    ids = [client.create_experiment(f"{prefix}_{i}") for i in range(5)]
+    for exp_id in reversed(ids):  # the first experiment's run ends last
+        make_runs(client, exp_id, [0.5, 0.6])
+    proxy = counting_proxy(sqlite_server.url)
+    now = [time.time()]
+    watcher = watcher_at(proxy.url, f"{prefix}_*", now, max_rankings_per_pass=2)
+    first = watcher.run_pass()
+    assert first.rankings_deferred == 3
+    ranked = {o.experiment_id for o in first.outcomes if o.action == "full"}
+    assert ranked == set(ids[:2])
+    assert [(o.action, o.reason) for o in first.outcomes if o.experiment_id not in ranked] == [
+        ("pending", "deferred")
+    ] * 3
+    assert all(STATE_TAG not in client.get_experiment(i).tags for i in ids[2:])
+    assert watcher.health.is_healthy(now[0])
+
+    second, third = watcher.run_pass(), watcher.run_pass()
+    assert (second.rankings_deferred, third.rankings_deferred) == (1, 0)
+    assert all(podium_tags(client, i) for i in ids)
+    assert [o.action for o in watcher.run_pass().outcomes] == ["idle"] * 5

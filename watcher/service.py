@@ -172,7 +172,13 @@ class Watcher:
         return due
 
     def _holder_check_due(self, now: float) -> bool:
+        """Due ``holder_check_seconds`` after the last check ended; not while the passes catch
+        up with first rankings left by the last one (each reads its own holders, and a check
+        per pass would read the holders of every experiment ranked so far, pass after pass)."""
         last, interval = self._holders_checked, self.settings.holder_check_seconds
+        previous = self.last_result
+        if previous is not None and previous.ok and previous.rankings_deferred and interval > 0:
+            return False
         return interval == 0 or last is None or now - last >= interval
 
     def _admitted(self, watched: Sequence[WatchedExperiment]) -> tuple[set[str] | None, int]:
@@ -224,7 +230,7 @@ class Watcher:
                     admit=admit,
                 )
                 if check:
-                    self._holders_checked = started
+                    self._holders_checked = self.clock()
                 apply.apply(plans, watched)
                 if not dry_run:
                     self._keep_selections(plans)

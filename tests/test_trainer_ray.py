@@ -154,6 +154,7 @@ def test_ray_runs_log_the_contract_and_the_local_numbers(
             k: v for k, v in other.data.params.items() if k != "sweep_seed"
         }
         assert metrics.keys() == other.data.metrics.keys()
+        assert run.data.tags["podium.folds"] == other.data.tags["podium.folds"]
         for key, value in metrics.items():
             assert math.isclose(value, other.data.metrics[key], rel_tol=0, abs_tol=0), key
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -9,12 +10,16 @@ from pathlib import Path
 from uuid import uuid4
 
 import mlflow
+import numpy as np
 import pytest
 from mlflow.models.utils import load_serving_example
 from mlflow.pyfunc.scoring_server import _parse_json_data
 
 from tests.support.mlflow_server import ServerHandle
 from tests.support.proxy import Proxy
+from trainer.config import load_config, sample_trial
+from trainer.prepare import load_checked
+from trainer.train import Prepared, run_trial
 
 pytestmark = pytest.mark.server
 
@@ -51,9 +56,11 @@ AVERAGES = (
     "avg_train_r2",
     "avg_train_rmse",
     "avg_train_mae",
+    "avg_test_r2_os",
+    *(f"{agg}_test_{score}" for agg in ("std", "min", "median") for score in ("r2", "rmse", "mae")),
     "num_folds",
 )
-PER_FOLD = ("test_r2", "test_rmse", "test_mae", "train_r2", "train_rmse", "train_mae")
+PER_FOLD = ("test_r2", "test_rmse", "test_mae", "train_r2", "train_rmse", "train_mae", "test_r2_os")
 IMPORTANCE_STATS = ("importance_max", "importance_mean", "importance_median", "importance_min")
 ARTIFACTS = (
     "permutation_importance.json",
@@ -154,6 +161,18 @@ def test_every_contract_name_is_on_the_runs(
         assert model.name == "model"
         assert model.source_run_id == run.info.run_id
         assert model.experiment_id == run.info.experiment_id  # not MLflow's default experiment
+        # the per-fold test values in the tag, in fold order, as the metric history has them
+        folds = json.loads(run.data.tags["podium.folds"])
+        for score in ("r2", "rmse", "mae"):
+            history = sorted(
+                client.get_metric_history(run.info.run_id, f"test_{score}"), key=lambda m: m.step
+            )
+            assert folds[f"test_{score}"] == [float(f"{m.value:.6g}") for m in history], score
+        values = [m.value for m in history]  # test_mae
+        assert metrics["min_test_mae"] == min(values)
+        assert metrics["median_test_mae"] == pytest.approx(float(np.median(values)))
+        assert metrics["std_test_mae"] == pytest.approx(float(np.std(values)))
+        assert "degenerate" not in run.data.tags
 
 
 def test_logged_model_loads_and_predicts_with_its_signature(
@@ -175,6 +194,47 @@ def test_logged_model_loads_and_predicts_with_its_signature(
     payload = load_serving_example(f"models:/{model_id}")
     served = _parse_json_data(payload, loaded.metadata, loaded.metadata.get_input_schema())
     assert list(loaded.predict(served.data)) == list(loaded.predict(example))
+
+
+def test_the_served_model_answers_like_the_trainers_own_predictions(
+    sweep: tuple[str, list[tuple[str, str]], subprocess.CompletedProcess[str]],
+    sqlite_server: ServerHandle,
+    tmp_path: Path,
+) -> None:
+    """The trial fits a standardised target, yet the logged model predicts in the data's units:
+    through ``mlflow.pyfunc.load_model`` and through ``mlflow.models.predict`` on its serving
+    example it answers what the trainer's own deployable model answers on those rows."""
+    experiment, _, _ = sweep
+    run = _runs(sqlite_server, experiment)[0]
+    config_file = tmp_path / "small.yaml"
+    config_file.write_text(SMALL_YAML)
+    config = load_config(config_file)
+    prepared = Prepared(load_checked(config), config)
+    index = int(run.data.tags["trial_index"])
+    result = run_trial(
+        prepared,
+        index,
+        sample_trial(config.search_space, config.seed, index),
+        int(run.data.params["trial_seed"]),
+    )
+    own = np.asarray(result.model.inplace_predict(result.example), dtype="float64")
+    assert 1e-4 < np.abs(own).max() < 0.1  # returns, not standard deviations
+
+    mlflow.set_tracking_uri(sqlite_server.url)  # conftest restores it after the test
+    model_uri = f"models:/{run.outputs.model_outputs[0].model_id}"
+    loaded = mlflow.pyfunc.load_model(model_uri)
+    assert np.allclose(np.asarray(loaded.predict(loaded.input_example), dtype="float64"), own, rtol=1e-6)
+    local = Path(mlflow.artifacts.download_artifacts(model_uri, dst_path=str(tmp_path / "model")))
+    out = tmp_path / "predictions.json"
+    mlflow.models.predict(
+        model_uri=str(local),
+        input_path=str(local / "serving_input_example.json"),
+        content_type="json",
+        output_path=str(out),
+        env_manager="local",
+    )
+    served = json.loads(out.read_text())["predictions"]
+    assert np.allclose(np.asarray(served, dtype="float64"), own, rtol=1e-6)
 
 
 def test_ui_search_for_positive_r2_finds_the_runs(
@@ -215,7 +275,6 @@ def test_logging_a_model_leaves_the_callers_tracking_uri_variable_alone(
 ) -> None:
     """A caller that relies on MLFLOW_TRACKING_URI (a notebook, --jobs 1 in-process) still has
     it after a model was logged to another store."""
-    import numpy as np
     import xgboost as xgb
 
     from trainer.tracking import Tracking, example_frame

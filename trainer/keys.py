@@ -24,6 +24,9 @@ MAX_KEY_LENGTH = 250  # mlflow.utils.validation.MAX_ENTITY_KEY_LENGTH
 # MLflow's limit on a param value (mlflow.utils.validation.MAX_PARAM_VAL_LENGTH); feature_names
 # can come close with long column names.
 MAX_PARAM_LENGTH = 6000
+# MLflow's limit on a run tag's value (mlflow.utils.validation.MAX_TAG_VAL_LENGTH); a longer
+# value is cut, so a JSON tag over it would no longer parse.
+MAX_TAG_LENGTH = 8000
 RESERVED_SUFFIXES = frozenset({"max", "mean", "median", "min"})
 _HASH_LENGTH = 8
 _MAX_NAME_LENGTH = MAX_KEY_LENGTH - len(METRIC_PREFIX)

@@ -103,3 +103,60 @@ def unscored_reason(test_values: list[float], task: Task | None = None) -> str |
         f"test R² is undefined on all {len(test_values)} folds "
         "(the target is constant, or there is one row, in every test window)"
     )
+
+
+# --- Against the zero forecast ------------------------------------------------------------------
+
+
+def oos_sums(y: np.ndarray, pred: np.ndarray, baseline: float) -> tuple[float, float]:
+    """``(Σ(y − pred)², Σ(y − baseline)²)`` of one test window: the two sums of Campbell &
+    Thompson's out-of-sample R², kept apart so that windows can be pooled."""
+    y64 = np.asarray(y, dtype=np.float64)
+    err = y64 - np.asarray(pred, dtype=np.float64)
+    off = y64 - baseline
+    return float(np.dot(err, err)), float(np.dot(off, off))
+
+
+def r2_os(sums: Iterable[tuple[float, float]]) -> float:
+    """``1 − Σ(y − pred)² / Σ(y − baseline)²`` over the pooled windows; NaN when the baseline
+    forecast is exact on every row (nothing to beat)."""
+    pairs = list(sums)
+    sse = sum(a for a, _ in pairs)
+    sso = sum(b for _, b in pairs)
+    return 1.0 - sse / sso if sso > 0 else math.nan
+
+
+# --- Over the folds ----------------------------------------------------------------------------
+
+AGGREGATES = ("std", "min", "median")
+FOLD_TAG_DIGITS = 6
+
+
+def aggregates(values: Iterable[float]) -> dict[str, float]:
+    """Population standard deviation, minimum and median of the finite values (NaN when none)."""
+    finite = np.array([v for v in values if math.isfinite(v)], dtype=np.float64)
+    if not len(finite):
+        return dict.fromkeys(AGGREGATES, math.nan)
+    return {"std": float(finite.std()), "min": float(finite.min()), "median": float(np.median(finite))}
+
+
+def _compact(value: float) -> str:
+    """``value`` to 6 significant digits as a JSON number, as short as it goes (``null`` when
+    undefined): ``-0.0123457``, ``1.23457e-5``."""
+    if not math.isfinite(value):
+        return "null"
+    text = f"{value:.{FOLD_TAG_DIGITS}g}"
+    mantissa, _, exponent = text.partition("e")
+    if exponent:
+        text = f"{mantissa}e{int(exponent)}"
+    return text
+
+
+def folds_tag(per_fold: dict[str, list[float]]) -> str:
+    """Compact JSON ``{"test_r2": [...], "test_rmse": [...], "test_mae": [...]}``: each score's
+    per-fold test values in fold order (scores in the order given), 6 significant digits,
+    ``null`` where undefined."""
+    parts = (
+        f'"test_{score}":[{",".join(_compact(v) for v in values)}]' for score, values in per_fold.items()
+    )
+    return "{" + ",".join(parts) + "}"

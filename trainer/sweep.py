@@ -26,6 +26,7 @@ from trainer.executor import ExecutorFactory, ExecutorSession, local_executor
 from trainer.prepare import prepare, static_params
 from trainer.tasks import REGRESSION, Task
 from trainer.tracking import Tracking, quiet_mlflow
+from trainer.train import DEGENERATE_REASON
 from trainer.worker import (
     FAILED,
     FINISHED,
@@ -219,6 +220,14 @@ def _collect(
             )
         if outcome.status == FINISHED and outcome.unscored:
             log.warning("trial_unscored", trial=f"trial_{outcome.index}", reason=outcome.unscored)
+        if outcome.status == FINISHED and outcome.degenerate:
+            log.warning(
+                "trial_degenerate",
+                trial=f"trial_{outcome.index}",
+                run_id=outcome.run_id,
+                reason=DEGENERATE_REASON,
+                tag="degenerate=true",
+            )
         if outcome.status != FINISHED:
             log.error(
                 "trial_failed", trial=f"trial_{outcome.index}", run_id=outcome.run_id, error=outcome.error
@@ -235,9 +244,15 @@ def _ended_by_worker(future: Future[TrialOutcome]) -> bool:
 # --------------------------------------------------------------------------------------------
 
 TABLE_PARAMS = ("n_estimators", "max_depth", "learning_rate")
+DEGENERATE_MARK = "*"
 # The metrics of the table (name, format), after the run: the main metric first.
 TABLE_METRICS: dict[bool, tuple[tuple[str, str], ...]] = {
-    False: (("avg_test_r2", ".5f"), ("avg_test_rmse", ".6f"), ("avg_train_r2", ".5f")),
+    False: (
+        ("avg_test_r2", ".5f"),
+        ("avg_test_r2_os", ".5f"),
+        ("avg_test_rmse", ".6f"),
+        ("avg_train_r2", ".5f"),
+    ),
     True: (
         ("avg_test_auc", ".4f"),
         ("avg_test_logloss", ".4f"),
@@ -249,8 +264,8 @@ TABLE_METRICS: dict[bool, tuple[tuple[str, str], ...]] = {
 
 
 def print_summary(summary: SweepSummary, top: int, out: TextIO) -> None:
-    """The best trials by the main metric (avg_test_r2, avg_test_auc), and how to open them in
-    the MLflow UI."""
+    """The best trials by the main metric (avg_test_r2, avg_test_auc; a trial that learned
+    nothing is marked ``*``), and how to open them in the MLflow UI."""
     best = summary.best(top)
     metric = summary.task.main_metric
     columns = TABLE_METRICS[summary.task.classifies]
@@ -265,7 +280,7 @@ def print_summary(summary: SweepSummary, top: int, out: TextIO) -> None:
         rows = [
             [
                 str(rank),
-                f"trial_{o.index}",
+                f"trial_{o.index}{DEGENERATE_MARK if o.degenerate else ''}",
                 o.run_id,
                 *(format(o.metrics.get(name, math.nan), spec) for name, spec in columns),
                 *(str(o.hyperparameters.get(p, "")) for p in TABLE_PARAMS),
@@ -276,6 +291,14 @@ def print_summary(summary: SweepSummary, top: int, out: TextIO) -> None:
         print(f"Best {len(best)} by {metric}:", file=out)
         for row in [headers, *rows]:
             print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip(), file=out)
+    degenerate = [o for o in summary.finished if o.degenerate]
+    if degenerate:
+        print(
+            f"{DEGENERATE_MARK} learned nothing ({len(degenerate)} of {len(summary.finished)} trials, "
+            "tagged degenerate=true): no tree split, or one prediction for every training row, in "
+            "every fold",
+            file=out,
+        )
     unscored = summary.unscored
     if unscored:
         print(f"Not ranked ({len(unscored)} without a finite {metric}):", file=out)

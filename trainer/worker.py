@@ -20,6 +20,7 @@ import structlog
 from trainer.config import TrainerConfig
 from trainer.data import Dataset
 from trainer.errors import TrackingError, TrainingError, describe
+from trainer.keys import MAX_TAG_LENGTH
 from trainer.logs import configure_logging
 from trainer.tracking import Tracking, example_frame, params_of, quiet_mlflow
 from trainer.train import Prepared, TrialResult, run_trial
@@ -29,6 +30,12 @@ log = structlog.get_logger(__name__)
 FINISHED, FAILED, KILLED = "FINISHED", "FAILED", "KILLED"
 # Tag of a run its worker could not end itself (the worker died): why it is FAILED.
 FAILURE_TAG = "failure_reason"
+# Tag of a trial whose model learned nothing in any fold.
+DEGENERATE_TAG = "degenerate"
+# Run tag with the per-fold test values as compact JSON, and the param that says why a run
+# has none (too many folds for MLflow's tag limit: the metric history has them all).
+FOLDS_TAG = "podium.folds"
+FOLDS_TAG_LEFT_OUT = "folds_tag"
 
 
 @dataclass(frozen=True)
@@ -65,6 +72,7 @@ class TrialOutcome:
     seconds: float = 0.0
     error: str | None = None
     unscored: str | None = None
+    degenerate: bool = False
 
 
 class _Worker:
@@ -91,6 +99,7 @@ class _Worker:
             metrics=result.averages(),
             seconds=result.seconds,
             unscored=result.unscored_reason(),
+            degenerate=result.degenerate,
         )
 
     def _log(self, task: TrialTask, result: TrialResult) -> None:
@@ -102,6 +111,14 @@ class _Worker:
         params = {**ctx.static_params, **params_of(result.hyperparameters), "trial_seed": str(task.seed)}
         metrics = [(k, v, 0) for k, v in result.averages().items()] + result.fold_series()
         tags = {"trial_index": str(task.index)}
+        if result.degenerate:
+            tags[DEGENERATE_TAG] = "true"
+        folds = result.folds_tag()
+        if len(folds) <= MAX_TAG_LENGTH:
+            tags[FOLDS_TAG] = folds
+        else:
+            params[FOLDS_TAG_LEFT_OUT] = folds_left_out(len(folds))
+            log.warning("folds_tag_left_out", run_id=task.run_id, chars=len(folds), limit=MAX_TAG_LENGTH)
         report = result.importance
         if report is not None:
             params.update(report.params())
@@ -136,6 +153,14 @@ def execute(task: TrialTask) -> TrialOutcome:
     if _worker is None:
         raise TrainingError("worker used before init_worker")
     return _worker.run(task)
+
+
+def folds_left_out(chars: int) -> str:
+    """Why a run has no ``podium.folds`` tag."""
+    return (
+        f"left out: {chars} characters, over MLflow's tag limit of {MAX_TAG_LENGTH}; the per-fold "
+        "values are the history of metrics test_r2, test_rmse and test_mae (step = fold)"
+    )
 
 
 def mark_ended(tracking: Tracking, run_id: str, status: str, reason: str | None = None) -> None:

@@ -44,6 +44,8 @@ PHASES = {
     ("trainer/train.py", "matrix"): "data",
     ("trainer/importance.py", "for_trial"): "importance",
     ("trainer/worker.py", "_log"): "logging",
+    # the target's scale: rescaling a booster to the data's units (XGBoost's model round trip)
+    ("trainer/booster.py", "in_data_units"): "scaling",
 }
 
 
@@ -78,7 +80,8 @@ class Profile:
     """One profiled sweep: wall time, its parts, and XGBoost's time by phase."""
 
     wall: float
-    parts: dict[str, float]  # xgboost, data, importance_outside_xgboost, logging_outside_xgboost, other
+    # xgboost, data, importance_outside_xgboost, logging_outside_xgboost, scaling_outside_xgboost, other
+    parts: dict[str, float]
     xgboost_by_phase: dict[str, float]
     text: str  # pyinstrument's call tree
 
@@ -90,6 +93,7 @@ class Profile:
         per_trial_outside = (
             self.parts["importance_outside_xgboost"]
             + self.parts["logging_outside_xgboost"]
+            + self.parts["scaling_outside_xgboost"]
             + self.parts["other"]
         )
         return {
@@ -119,6 +123,7 @@ def profile_sweep(config: TrainerConfig, tracking_uri: str) -> Profile:
         "data": spent.get("data", 0.0),
         "importance_outside_xgboost": spent.get("importance", 0.0),
         "logging_outside_xgboost": spent.get("logging", 0.0),
+        "scaling_outside_xgboost": spent.get("scaling", 0.0),
     }
     parts["other"] = wall - sum(parts.values())
     return Profile(wall, parts, xgb, profiler.output_text(unicode=True, color=False, show_all=False))

@@ -514,6 +514,7 @@ def profile_section(p: dict[str, Any]) -> list[str]:
         "data": "data outside XGBoost: loading, checks, features",
         "importance_outside_xgboost": "importance outside XGBoost (shuffles, R², split paths, tables)",
         "logging_outside_xgboost": "logging: model, batch, artifacts, charts",
+        "scaling_outside_xgboost": "the target's scale: boosters rescaled to the data's units",
         "other": "the rest (run creation, the sweep loop, fold scores)",
     }
     out = [
@@ -533,7 +534,8 @@ def profile_section(p: dict[str, Any]) -> list[str]:
         "|---|---|---|",
     ]
     for key, label in names.items():
-        out.append(f"| {label} | {parts[key]:.1f} | {parts[key] / total:.0%} |")
+        if key in parts:
+            out.append(f"| {label} | {parts[key]:.1f} | {parts[key] / total:.0%} |")
     out.append(
         f"| process start | {p['process_start_seconds']:.1f} | {p['process_start_seconds'] / total:.0%} |"
     )

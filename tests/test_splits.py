@@ -281,3 +281,35 @@ def test_walk_forward_properties(times: np.ndarray, train: int, test: int, windo
         )  # only whole windows skipped
     tested = [row for f in folds for row in range(f.test.start, f.test.stop)]
     assert len(tested) == len(set(tested))
+
+
+def test_purge_cuts_the_last_rows_of_each_training_window_and_embargo_the_first_test_rows() -> None:
+    """With a horizon of H the last H training rows (labels reaching into the test window) are
+    gone, so the last training row's label ends at the test window's first row at the latest;
+    the embargo leaves that many rows out at the start of each test window."""
+    times = hourly("2024-01-01", "2024-07-01")
+    plain = plan_folds(times, 3, 1)
+    plan = plan_folds(times, 3, 1, purge=3, embargo=5)
+    assert len(plan.folds) == len(plain.folds) == 3
+    for fold, before in zip(plan.folds, plain.folds, strict=True):
+        assert fold.train == slice(before.train.start, before.train.stop - 3)
+        assert fold.test == slice(before.test.start + 5, before.test.stop)
+        assert fold.train.stop + 3 <= fold.test.start  # no training label reaches a tested row
+    assert (plan.purged_rows, plan.embargoed_rows) == (9, 15)
+    assert (plain.purged_rows, plain.embargoed_rows) == (0, 0)
+    assert plan.min_test_rows == plain.min_test_rows  # thresholds come from whole windows
+
+
+def test_a_training_window_whose_target_does_not_vary_is_skipped_and_counted() -> None:
+    """Not a crash: the fold is skipped like a short window, with the reason."""
+    times = hourly("2024-01-01", "2024-07-01")
+    target = np.random.default_rng(0).normal(size=len(times))
+    flat = (times >= np.datetime64("2024-02-01")) & (times < np.datetime64("2024-05-01"))
+    target[flat] = 0.25  # February to April: the training window of the May fold
+    plan = plan_folds(times, 3, 1, purge=1, target=target)
+    assert [str(f.test_start)[:7] for f in plan.folds] == ["2024-04", "2024-06"]
+    assert [f.index for f in plan.folds] == [0, 1]
+    (skipped,) = plan.skipped
+    assert "target is constant in the training window before 2024-05" in skipped.reason
+    with pytest.raises(NotEnoughMonths, match="does not vary in any training window"):
+        plan_folds(times, 3, 1, target=np.zeros(len(times)))

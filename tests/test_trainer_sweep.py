@@ -26,6 +26,7 @@ from tests.support.trainer_data import write_linear_csv
 from trainer import cli, data
 from trainer.config import TrainerConfig, sample_trial
 from trainer.prepare import load_checked
+from trainer.sample import sample_bars
 from trainer.sweep import print_summary, run_sweep
 from trainer.train import Prepared, run_trial
 
@@ -288,3 +289,18 @@ def test_trials_without_a_finite_score_are_listed_apart_with_the_reason(
     assert "nan" not in text.lower()
     assert "Not ranked (2 without a finite avg_test_r2):" in text
     assert "test R² is undefined on all 5 folds" in text
+
+
+def test_a_horizon_purges_each_training_window_and_logs_what_it_did(sqlite_uri: str) -> None:
+    """--horizon 3 --embargo 4: the target is the 3-bar return, 3 rows purged and 4 left out
+    per fold, params say so, and the experiment is apart from the next bar's."""
+    config = small_config(trials=1, horizon=3, embargo=4, importance={"enabled": False})
+    summary = run_sweep(config, progress=False)
+    assert summary.experiment_name == "wf_xgboost_SAMPLE_f150_tr6m_te6m_h3"
+    (outcome,) = summary.finished
+    params = mlflow.MlflowClient(sqlite_uri).get_run(outcome.run_id).data.params
+    assert (params["horizon"], params["embargo"], params["target"]) == ("3", "4", "next_return_3")
+    assert (params["purged_rows"], params["embargoed_rows"]) == ("9", "12")  # three folds
+    dataset = load_checked(config)
+    prices = sample_bars()["close"].to_numpy()
+    assert dataset.y[0] == pytest.approx(np.log(prices[169 + 3] / prices[169]))

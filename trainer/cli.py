@@ -92,6 +92,19 @@ def build_parser() -> argparse.ArgumentParser:
         "median test window)",
     )
     train.add_argument(
+        "--horizon",
+        metavar="H",
+        type=_positive,
+        help="predict the log return over the next H bars (default 1); the last H rows of each "
+        "training window, whose labels reach into the test window, are purged",
+    )
+    train.add_argument(
+        "--embargo",
+        metavar="BARS",
+        type=_at_least(0),
+        help="rows left out at the start of each test window, after the previous one (default 0)",
+    )
+    train.add_argument(
         "--experiment",
         metavar="NAME",
         help="MLflow experiment (default: wf_xgboost_{SYMBOL}_f{n}_tr{m}m_te{m}m)",
@@ -145,6 +158,8 @@ TRAIN_OVERRIDES = {
     "test_months": "walk_forward.test_months",
     "window": "walk_forward.window",
     "min_test_rows": "walk_forward.min_test_rows",
+    "horizon": "horizon",
+    "embargo": "embargo",
     "experiment": "experiment",
     "seed": "seed",
     "jobs": "jobs",

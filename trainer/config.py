@@ -266,6 +266,10 @@ class TrainerConfig(_Strict):
     top: int = Field(default=5, ge=1)
     data: DataConfig = DataConfig()
     walk_forward: WalkForwardConfig = WalkForwardConfig()
+    # OHLCV mode predicts the log return over the next `horizon` bars; in every mode the last
+    # `horizon` rows of each training window (labels reaching into the test window) are purged
+    horizon: int = Field(default=1, ge=1)
+    embargo: int = Field(default=0, ge=0)  # rows left out at the start of each test window
     xgboost: XGBoostConfig = XGBoostConfig()
     importance: ImportanceConfig = ImportanceConfig()
     search_space: dict[str, Distribution] = Field(default_factory=_default_space)
@@ -325,7 +329,12 @@ class TrainerConfig(_Strict):
             return self.experiment
         wf = self.walk_forward
         infix = self.resolved_task().infix
-        return f"wf_xgboost_{self.resolved_symbol()}_{infix}f{n_features}_tr{wf.train_months}m_te{wf.test_months}m"
+        # another horizon is another target: its trials are not ranked with the next bar's
+        horizon = f"_h{self.horizon}" if self.horizon != 1 else ""
+        return (
+            f"wf_xgboost_{self.resolved_symbol()}_{infix}f{n_features}_tr{wf.train_months}m_te{wf.test_months}m"
+            f"{horizon}"
+        )
 
 
 def symbol_of(text: str) -> str:

@@ -75,15 +75,17 @@ def load(
     *,
     target: str | None = None,
     time_column: str | None = None,
+    horizon: int = 1,
 ) -> Dataset:
-    """The training data set, from ``path`` or (``None``) the built-in sample."""
+    """The training data set, from ``path`` or (``None``) the built-in sample; in OHLCV mode its
+    target is the log return over the next ``horizon`` bars."""
     if path is None:
         with _about("builtin sample"):
-            return _prepare(sample_bars(), SAMPLE_SOURCE, None, "timestamp")
+            return _prepare(sample_bars(), SAMPLE_SOURCE, None, "timestamp", horizon)
     frame = read_table(path)
     with _about(str(path)):
         # the source param is absolute so that `retrain` finds the file from any directory
-        return _prepare(frame, str(path.resolve()), target, time_column)
+        return _prepare(frame, str(path.resolve()), target, time_column, horizon)
 
 
 @contextmanager
@@ -96,7 +98,9 @@ def _about(name: str) -> Iterator[None]:
             raise e.in_file(name) from e
 
 
-def _prepare(frame: pd.DataFrame, source: str, target: str | None, time_column: str | None) -> Dataset:
+def _prepare(
+    frame: pd.DataFrame, source: str, target: str | None, time_column: str | None, horizon: int = 1
+) -> Dataset:
     if len(frame) == 0:
         raise DataError("has no rows")
     frame = without_row_numbers(frame)
@@ -113,7 +117,7 @@ def _prepare(frame: pd.DataFrame, source: str, target: str | None, time_column: 
         log.info("rows_sorted", rows=len(frame))
     reject_duplicates(times, time_column)
     if target is None:
-        dataset = _ohlcv(frame, times, local, source, notes)
+        dataset = _ohlcv(frame, times, local, source, notes, horizon)
     else:
         dataset = _with_target(frame, times, source, target, time_column, notes)
     return _without_constants(dataset, time_column)
@@ -189,9 +193,15 @@ def _file_row(frame: pd.DataFrame, position: int) -> int:
 
 
 def _ohlcv(
-    frame: pd.DataFrame, times: np.ndarray, local: np.ndarray, source: str, notes: dict[str, int]
+    frame: pd.DataFrame,
+    times: np.ndarray,
+    local: np.ndarray,
+    source: str,
+    notes: dict[str, int],
+    horizon: int = 1,
 ) -> Dataset:
-    """OHLCV mode; ``local`` holds the wall-clock times the calendar features come from."""
+    """OHLCV mode; ``local`` holds the wall-clock times the calendar features come from, and the
+    target is the log return over the next ``horizon`` bars."""
     by_lower: dict[str, list[str]] = {}
     for column in frame.columns:
         by_lower.setdefault(column_key(column), []).append(str(column))
@@ -209,7 +219,7 @@ def _ohlcv(
     missing_values = _missing_counted({by_lower[k][0]: bars[k].to_numpy() for k in present})
     bars, filled = _holes_filled(bars, {k: by_lower[k][0] for k in present})
     feats = features.engineer(bars, pd.Series(local))
-    y = features.next_return(bars["close"]).to_numpy()
+    y = features.forward_return(bars["close"], horizon).to_numpy()
     keep = np.isfinite(y)
     keep[: features.WARMUP_BARS] = False
     if not keep.any():
@@ -235,7 +245,7 @@ def _ohlcv(
         feature_names=list(feats.columns),
         source=source,
         mode="ohlcv",
-        target=features.TARGET,
+        target=features.target_name(horizon),
         notes=notes,
     )
 

@@ -1,10 +1,12 @@
-"""Features engineered from OHLCV bars, and the next-bar return they predict.
+"""Features engineered from OHLCV bars, and the return over the next bars they predict.
 
 Every feature uses only bars up to and including its own row, and its name says what it is
 (windows are counted in bars). Without a volume column the volume features are left out;
 calendar features are made only for the parts of the date that vary over the data (no hour
 of day on daily bars). ``ret_lag_1`` is the log return of the bar just closed,
-``ret_lag_2`` the one before it, and so on. The target is the log return of the next bar.
+``ret_lag_2`` the one before it, and so on. The target is the log return over the next
+``horizon`` bars (default 1: the next bar's), from this bar's close to the close ``horizon``
+bars later; the last ``horizon`` rows have none.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import pandas as pd
 
 OHLCV = ("open", "high", "low", "close", "volume")
 PRICES = OHLCV[:4]  # volume is optional
-TARGET = "next_return"
+TARGET = "next_return"  # the target's name with a horizon of 1 (target_name for others)
 
 RETURN_LAGS = 24
 WINDOWS = (3, 6, 12, 24, 48, 72, 120, 168)
@@ -134,7 +136,15 @@ def _varies(values: pd.Series) -> bool:
     return bool(values.nunique(dropna=True) > 1)
 
 
-def next_return(close: pd.Series) -> pd.Series:
-    """Log return from each bar's close to the next bar's close (NaN on the last row)."""
+def target_name(horizon: int = 1) -> str:
+    """``next_return``, or ``next_return_{horizon}`` over more than one bar."""
+    return TARGET if horizon == 1 else f"{TARGET}_{horizon}"
+
+
+def forward_return(close: pd.Series, horizon: int = 1) -> pd.Series:
+    """Log return from each bar's close to the close ``horizon`` bars later (NaN on the last
+    ``horizon`` rows)."""
+    if horizon < 1:
+        raise ValueError(f"horizon must be at least 1 bar, not {horizon}")
     c = close.astype("float64").reset_index(drop=True)
-    return np.log(_safe_div(c.shift(-1), c))
+    return np.log(_safe_div(c.shift(-horizon), c))

@@ -15,8 +15,9 @@ from trainer.config import TrainerConfig
 from trainer.data import Dataset
 from trainer.errors import InputError
 from trainer.importance import feature_params
-from trainer.splits import MIN_WINDOW_ROWS, FoldPlan, NotEnoughMonths, plan_folds
+from trainer.splits import MIN_WINDOW_ROWS, FoldPlan, NotEnoughMonths
 from trainer.tasks import Task
+from trainer.train import fold_plan
 
 log = structlog.get_logger(__name__)
 
@@ -36,11 +37,11 @@ def prepare(config: TrainerConfig) -> Inputs:
     task = config.resolved_task()
     check_task(task, dc.target)
     where = str(dc.path) if dc.path is not None else "the built-in sample"
-    dataset = data.load(dc.path, target=dc.target, time_column=dc.time_column)
+    dataset = data.load(dc.path, target=dc.target, time_column=dc.time_column, horizon=config.horizon)
     dataset, positive_class = labelled(dataset, task, where)
     wf = config.walk_forward
     try:
-        plan = plan_folds(dataset.times, wf.train_months, wf.test_months, wf.window, wf.min_test_rows)
+        plan = fold_plan(dataset, config)
     except NotEnoughMonths as e:
         raise InputError(no_fold_message(e, where, wf.train_months, wf.test_months, wf.min_test_rows)) from e
     log.info(
@@ -55,6 +56,8 @@ def prepare(config: TrainerConfig) -> Inputs:
         folds=len(plan.folds),
         folds_skipped=len(plan.skipped),
         min_test_rows=plan.min_test_rows,
+        purged_rows=plan.purged_rows,
+        embargoed_rows=plan.embargoed_rows,
         dropped_constant_features=len(dataset.dropped_constant),
         dropped_empty_features=len(dataset.dropped_empty),
         **dataset.notes,
@@ -127,7 +130,12 @@ def no_fold_message(
             f"the usable rows cover {e.available} ({e.first} .. {e.last}); the file has {e.rows} "
             f"usable rows, and a test window needs at least {min_test_rows or MIN_WINDOW_ROWS}"
         )
-    if e.largest_test < e.min_test_rows:
+    if e.constant_target:
+        need = (
+            f"the target does not vary in any training window that has enough rows "
+            f"({e.constant_target} such window(s)), so there is nothing to learn"
+        )
+    elif e.largest_test < e.min_test_rows:
         need = (
             f"a test window of {test_months} month(s) needs at least {e.min_test_rows} rows "
             f"(min_test_rows, --min-test-rows), the largest has {e.largest_test}"
@@ -155,6 +163,10 @@ def static_params(config: TrainerConfig, inputs: Inputs) -> dict[str, str]:
         "window": wf.window,
         "min_test_rows": str(plan.min_test_rows),
         "folds_skipped": str(len(plan.skipped)),
+        "horizon": str(config.horizon),
+        "embargo": str(config.embargo),
+        "purged_rows": str(plan.purged_rows),
+        "embargoed_rows": str(plan.embargoed_rows),
         "bar_interval": dataset.bar_interval,
         "data_source": dataset.source,
         "data_mode": dataset.mode,

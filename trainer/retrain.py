@@ -189,6 +189,8 @@ def config_of(run: LoggedRun, importance_settings: dict[str, Any]) -> TrainerCon
     optional = {
         "window": "walk_forward.window",
         "min_test_rows": "walk_forward.min_test_rows",
+        "horizon": "horizon",
+        "embargo": "embargo",
         "sweep_seed": "seed",
         "tree_method": "xgboost.tree_method",
         "max_bin": "xgboost.max_bin",

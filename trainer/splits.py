@@ -6,10 +6,19 @@ first month, so consecutive test windows touch without overlapping. Its training
 the ``train_months`` months just before the test window (``rolling``) or everything from the
 first month on (``expanding``). Rows must be sorted by time; ranges are half-open slices.
 
+Leakage: a row's label can look ahead (the return over the next ``horizon`` bars), so the
+last ``purge`` rows of each training window, whose labels reach into the test window, are
+purged; and the first ``embargo`` rows of each test window -- the rows right after the
+previous test window, and after the training window -- are left out, so a model is never
+scored on the rows that follow its training data most closely.
+
 A window too short to say anything is not a fold: a test window with fewer than
 ``min_test_rows`` rows (by default the larger of 10 and half the median test window), so a
 partial last month never becomes a one-row fold, and a training window with fewer than the
-larger of 10 and half the median ``rolling`` training window (a partial first month).
+larger of 10 and half the median ``rolling`` training window (a partial first month). The
+defaults are measured on whole calendar windows; the counts compared with them are of the rows
+left after purging and the embargo. A training window whose target does not vary (given
+``target``) is not a fold either: there is nothing to learn from it.
 """
 
 from __future__ import annotations
@@ -47,6 +56,7 @@ class NotEnoughMonths(ValueError):
         largest_test: int = 0,
         min_train_rows: int = 0,
         largest_train: int = 0,
+        constant_target: int = 0,
     ) -> None:
         self.needed = needed
         self.available = available
@@ -57,7 +67,10 @@ class NotEnoughMonths(ValueError):
         self.largest_test = largest_test
         self.min_train_rows = min_train_rows
         self.largest_train = largest_train
-        if min_test_rows and largest_test >= min_test_rows:
+        self.constant_target = constant_target  # windows long enough whose target never varies
+        if constant_target:
+            detail = f"the target does not vary in any training window long enough ({constant_target})"
+        elif min_test_rows and largest_test >= min_test_rows:
             detail = (
                 f"its training window needs at least {min_train_rows} rows, the largest has {largest_train}"
             )
@@ -110,6 +123,8 @@ class FoldPlan:
     skipped: list[SkippedWindow]
     min_test_rows: int
     min_train_rows: int
+    purged_rows: int = 0  # training rows purged, over the folds used
+    embargoed_rows: int = 0  # test rows left out by the embargo, over the folds used
 
 
 def default_min_rows(window_rows: list[int]) -> int:
@@ -143,12 +158,18 @@ def plan_folds(
     test_months: int,
     window: Window = "rolling",
     min_test_rows: int | None = None,
+    *,
+    purge: int = 0,
+    embargo: int = 0,
+    target: np.ndarray | None = None,
 ) -> FoldPlan:
     """Every fold whose windows lie inside the months ``times`` touch and hold enough rows.
 
-    ``min_test_rows`` None: the default (``default_min_rows`` of the test windows). Fold
-    indices stay consecutive over the folds used. Raises ``NotEnoughMonths`` when no fold is
-    left.
+    ``min_test_rows`` None: the default (``default_min_rows`` of the test windows). ``purge``
+    rows are cut from the end of each training window and ``embargo`` rows from the start of
+    each test window; with ``target``, a training window where it does not vary is skipped.
+    Fold indices stay consecutive over the folds used. Raises ``NotEnoughMonths`` when no fold
+    is left.
     """
     if train_months < 1 or test_months < 1:
         raise ValueError("train_months and test_months must be >= 1")
@@ -156,6 +177,8 @@ def plan_folds(
         raise ValueError(f"window must be one of {WINDOWS}, not {window!r}")
     if min_test_rows is not None and min_test_rows < 1:
         raise ValueError("min_test_rows must be >= 1")
+    if purge < 0 or embargo < 0:
+        raise ValueError("purge and embargo must be >= 0")
     times_ns = np.asarray(times, dtype="datetime64[ns]")
     first, n_months = month_span(times_ns)
     needed = train_months + test_months
@@ -184,8 +207,13 @@ def plan_folds(
 
     folds: list[Fold] = []
     skipped: list[SkippedWindow] = []
-    for test_start, test_end, train_start, train, _, test in candidates:
+    purged = embargoed = constant = 0
+    largest_train = largest_test = 0
+    for test_start, test_end, train_start, whole_train, _, whole_test in candidates:
+        train = slice(whole_train.start, max(whole_train.start, whole_train.stop - purge))
+        test = slice(min(whole_test.stop, whole_test.start + embargo), whole_test.stop)
         n_train, n_test = train.stop - train.start, test.stop - test.start
+        largest_train, largest_test = max(largest_train, n_train), max(largest_test, n_test)
         reason = None
         if n_test < test_threshold:
             reason = (
@@ -193,9 +221,17 @@ def plan_folds(
             )
         elif n_train < train_threshold:
             reason = f"training window before {test_start} has {n_train} rows, fewer than {train_threshold}"
+        elif target is not None and np.ptp(target[train]) == 0:
+            constant += 1
+            reason = (
+                f"target is constant in the training window before {test_start} "
+                f"({n_train} rows of {float(target[train.start]):g}): nothing to learn"
+            )
         if reason is not None:
             skipped.append(SkippedWindow(test_start, n_train, n_test, reason))
             continue
+        purged += whole_train.stop - train.stop
+        embargoed += test.start - whole_test.start
         folds.append(Fold(len(folds), train_start, test_start, test_start, test_end, train, test))
     if not folds:
         raise NotEnoughMonths(
@@ -205,11 +241,12 @@ def plan_folds(
             str(last),
             rows=len(times_ns),
             min_test_rows=test_threshold,
-            largest_test=max((c[5].stop - c[5].start for c in candidates), default=0),
+            largest_test=largest_test,
             min_train_rows=train_threshold,
-            largest_train=max((c[3].stop - c[3].start for c in candidates), default=0),
+            largest_train=largest_train,
+            constant_target=constant,
         )
-    return FoldPlan(folds, skipped, test_threshold, train_threshold)
+    return FoldPlan(folds, skipped, test_threshold, train_threshold, purged, embargoed)
 
 
 def walk_forward_splits(

@@ -32,7 +32,7 @@ from trainer.scoring import (
     task_scores,
     unscored_reason,
 )
-from trainer.splits import Fold, latest_window, walk_forward_splits
+from trainer.splits import Fold, FoldPlan, latest_window, plan_folds
 from trainer.tasks import REGRESSION, Task
 
 # Rows of the input example logged with the model.
@@ -118,6 +118,23 @@ class TrialResult:
         ] + [("test_r2_os", f.test_r2_os, f.index) for f in self.folds if not self.task.classifies]
 
 
+def fold_plan(dataset: Dataset, config: TrainerConfig) -> FoldPlan:
+    """The folds of ``dataset`` under ``config``: purged of the last ``horizon`` rows of each
+    training window, the ``embargo`` rows at the start of each test window left out, training
+    windows where the target does not vary skipped."""
+    wf = config.walk_forward
+    return plan_folds(
+        dataset.times,
+        wf.train_months,
+        wf.test_months,
+        wf.window,
+        wf.min_test_rows,
+        purge=config.horizon,
+        embargo=config.embargo,
+        target=dataset.y,
+    )
+
+
 class Prepared:
     """Data, folds and cached DMatrices of one process; reused by every trial it runs."""
 
@@ -126,9 +143,7 @@ class Prepared:
         self.dataset = dataset
         self.config = config
         self.task = config.resolved_task()
-        self.folds: list[Fold] = walk_forward_splits(
-            dataset.times, wf.train_months, wf.test_months, wf.window, wf.min_test_rows
-        )
+        self.folds: list[Fold] = fold_plan(dataset, config).folds
         self.final: slice = latest_window(dataset.times, wf.train_months, wf.window)
         self.fixed: dict[str, Any] = {
             "objective": self.task.objective(config.xgboost.objective),
@@ -137,7 +152,7 @@ class Prepared:
             "nthread": config.xgboost.nthread,
             "verbosity": 0,
         }
-        self.scales_target = scales_target(config.xgboost.objective)
+        self.scales_target = scales_target(self.fixed["objective"])
         self._matrices: dict[tuple[int, int], xgb.QuantileDMatrix] = {}
 
     def scale(self, rows: slice) -> TargetScale:

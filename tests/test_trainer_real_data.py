@@ -13,8 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
-import numpy as np
-import pandas as pd
 import pytest
 import yaml
 from structlog.testing import capture_logs
@@ -76,17 +74,17 @@ def test_the_end_of_sweep_table_shows_r2_against_the_zero_forecast(
     assert f"{best.metrics['avg_test_r2_os']:.5f}" in out.getvalue()
 
 
-def _flat_sweep(tmp_path: Path, uri: str) -> SweepSummary:
-    """Two trials whose trees can never split (a split must gain more than 1e9)."""
+def _linear_sweep(tmp_path: Path, uri: str, trials: int, space: dict[str, Any]) -> SweepSummary:
+    """Daily rows whose target is x0 plus a little noise, five monthly folds."""
     path = write_linear_csv(tmp_path / "linear.csv", periods=240, freq="D")
     config = TrainerConfig.model_validate(
         {
-            "trials": 2,
+            "trials": trials,
             "jobs": 1,
             "data": {"path": str(path), "target": "y"},
             "walk_forward": {"train_months": 3, "test_months": 1},
             "importance": {"n_repeats": 1},
-            "search_space": {"n_estimators": 5, "gamma": 1e9},
+            "search_space": space,
         }
     )
     return run_sweep(config, tracking_uri=uri, progress=False)
@@ -100,8 +98,8 @@ def test_a_trial_that_learned_nothing_is_tagged_warned_marked_and_filtered_out(
     watcher rule's filter leaves the runs out."""
     monkeypatch.chdir(tmp_path)
     uri = sqlite_uri(tmp_path / "mlflow.db")
-    with capture_logs() as logs:
-        summary = _flat_sweep(tmp_path, uri)
+    with capture_logs() as logs:  # two trials whose trees never split (a split must gain 1e9)
+        summary = _linear_sweep(tmp_path, uri, 2, {"n_estimators": 5, "gamma": 1e9})
     client = mlflow.MlflowClient(uri)
     runs = client.search_runs([summary.experiment_id])
     assert len(runs) == 2
@@ -130,21 +128,8 @@ def test_a_model_that_learned_is_not_degenerate_on_the_same_data(
 ) -> None:
     """The same data and trials with splits allowed: no tag, importance computed."""
     monkeypatch.chdir(tmp_path)
-    path = write_linear_csv(tmp_path / "linear.csv", periods=240, freq="D")
-    frame = pd.read_csv(path)
-    assert np.std(frame["y"]) > 0
-    config = TrainerConfig.model_validate(
-        {
-            "trials": 1,
-            "jobs": 1,
-            "data": {"path": str(path), "target": "y"},
-            "walk_forward": {"train_months": 3, "test_months": 1},
-            "importance": {"n_repeats": 1},
-            "search_space": {"n_estimators": 5},
-        }
-    )
     uri = sqlite_uri(tmp_path / "mlflow.db")
-    summary = run_sweep(config, tracking_uri=uri, progress=False)
+    summary = _linear_sweep(tmp_path, uri, 1, {"n_estimators": 5})
     (run,) = mlflow.MlflowClient(uri).search_runs([summary.experiment_id])
     assert "degenerate" not in run.data.tags
     assert run.data.metrics["importance_max"] > 0

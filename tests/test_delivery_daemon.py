@@ -13,10 +13,10 @@ import yaml
 from mlflow.tracking import MlflowClient
 from pytest_httpserver import HTTPServer
 
+from tests.support.daemon import Daemon
 from tests.support.mlflow_server import ServerHandle
 from tests.support.watcher_runs import make_runs
-from tests.test_notify_handler import requests_to
-from tests.test_watcher_daemon import Daemon
+from tests.support.webhooks import requests_to
 from watcher.cli import main
 from watcher.notify.sender import DELIVERY_ID_HEADER
 from watcher.outbox import TAG_PREFIX

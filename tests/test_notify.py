@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import json
 import socket
 from typing import Any
@@ -15,7 +12,8 @@ from structlog.testing import capture_logs
 from werkzeug import Request, Response
 
 from tests.support.mlflow_server import free_port
-from watcher.model import Leaderboard, LeaderboardChanged, RankedRun, RunAlert
+from tests.support.webhooks import SECRET, Sleeps, make_alert, make_event, verify
+from watcher.model import Leaderboard, LeaderboardChanged, RankedRun
 from watcher.notify.payloads import (
     SLACK_HEADER_MAX,
     SLACK_MAX_BLOCKS,
@@ -34,48 +32,7 @@ from watcher.notify.sender import (
     sign,
 )
 
-SECRET = "s3cr3t-for-tests"
 NOW = 1_767_225_600.0  # 2026-01-01T00:00:00Z
-
-
-def make_event(n: int = 3, *, new_leader: bool = True, experiment_id: str = "7") -> LeaderboardChanged:
-    entries = tuple(
-        RankedRun(rank=i + 1, run_id=f"run{i}", run_name=f"trial-{i}", value=0.9 - i / 100) for i in range(n)
-    )
-    board = Leaderboard(
-        experiment_id=experiment_id,
-        experiment_name="wf_xgboost_AAPL_f12_tr12m_te3m",
-        rule="wf-xgboost",
-        metric="avg_test_r2",
-        ascending=False,
-        top_n=10,
-        production_candidates=3,
-        entries=entries,
-        ranked_runs=n,
-        unranked_runs=1,
-    )
-    return LeaderboardChanged(board=board, new_leader=new_leader, entered=("run0",), left=("gone1",))
-
-
-def verify(secret: str, headers: Any, body: bytes) -> bool:
-    """The receiver's side of the documented scheme, written out independently of watcher.notify."""
-    delivery_id = headers[DELIVERY_ID_HEADER]
-    timestamp = headers[TIMESTAMP_HEADER]
-    version, _, signature = headers[SIGNATURE_HEADER].partition(",")
-    expected = hmac.new(
-        secret.encode(), f"{delivery_id}.{timestamp}.{body.decode()}".encode(), hashlib.sha256
-    ).digest()
-    return version == "v1" and hmac.compare_digest(base64.b64decode(signature), expected)
-
-
-class Sleeps:
-    """An injectable sleep that records the back-off instead of waiting."""
-
-    def __init__(self) -> None:
-        self.calls: list[float] = []
-
-    def __call__(self, seconds: float) -> None:
-        self.calls.append(seconds)
 
 
 # --- payload -------------------------------------------------------------------------------
@@ -114,19 +71,6 @@ def test_json_payload_has_exactly_the_documented_fields_and_run_links() -> None:
 def test_run_url_is_null_without_ui_base_url() -> None:
     payload = leaderboard_payload(make_event(), ui_base_url=None, now=NOW)
     assert [m["url"] for m in payload["models"]] == [None, None, None]
-
-
-def make_alert(kind: str = "failed", *, last_activity: int | None = 1_767_225_000_000) -> RunAlert:
-    return RunAlert(
-        kind=kind,  # type: ignore[arg-type]
-        experiment_id="7",
-        experiment_name="wf_xgboost_AAPL_f12_tr12m_te3m",
-        rule="wf-xgboost",
-        run_id="run9",
-        run_name="trial-<9>",
-        status="FAILED" if kind == "failed" else "RUNNING",
-        last_activity=last_activity,
-    )
 
 
 def test_alert_payload_has_exactly_the_documented_fields() -> None:

@@ -12,8 +12,7 @@ from pytest_httpserver import HTTPServer
 from structlog.testing import capture_logs
 
 from tests.support.mlflow_server import ServerHandle, free_port
-from tests.test_notify import SECRET, Sleeps, make_alert, make_event, verify
-from watcher import metrics
+from tests.support.webhooks import SECRET, Sleeps, make_alert, make_event, requests_to, sample, verify
 from watcher.delivery import DeliveryWorker
 from watcher.errors import ConfigError
 from watcher.mlflow_io import MlflowRegistry, MlflowTracking
@@ -99,14 +98,6 @@ def hook(server: HTTPServer, name: str = "team", fmt: str = "json") -> WebhookTa
     return WebhookTarget(name=name, format=fmt, url=server.url_for(f"/{name}"), secret=SECRET)  # type: ignore[arg-type]
 
 
-def requests_to(server: HTTPServer, path: str) -> list:
-    return [request for request, _ in server.log if request.path == path]
-
-
-def sample(name: str, webhook: str = "team") -> float:
-    return metrics.REGISTRY.get_sample_value(name, {"webhook": webhook}) or 0.0
-
-
 def test_exactly_one_signed_delivery_per_change_and_nothing_on_idle_passes(
     tracking_uri: str, httpserver: HTTPServer
 ) -> None:
@@ -179,34 +170,6 @@ def test_500_500_200_delivers_the_summary_once(tracking_uri: str, httpserver: HT
     assert len(requests) == 3  # two refused attempts and one delivery, all of one summary
     assert len({r.headers[DELIVERY_ID_HEADER] for r in requests}) == 1
     assert world.sleeps.calls == [1.0, 2.0]
-    assert world.pending() == {}
-
-
-def test_receiver_down_for_a_pass_gets_the_summary_on_the_next_pass_once(
-    tracking_uri: str, receiver: HTTPServer
-) -> None:
-    receiver.expect_request("/team").respond_with_data("ok")
-    world = World(tracking_uri, [hook(receiver)])
-    failures = sample("podium_watcher_webhook_failures_total")
-
-    with capture_logs() as logs:
-        report = world.run_pass(world.change())
-    assert [e["event"] for e in logs if e["log_level"] == "warning"] == ["webhook_failed"]
-    assert report == {"webhooks_failed": 1}
-    assert world.worker.pass_report() == {"outbox_pending": 1}
-    [value] = world.pending().values()
-    delivery_id = json.loads(value)["entry_id"]
-    assert sample("podium_watcher_webhook_failures_total") == failures + 3  # every failed attempt
-
-    receiver.start()
-    assert world.run_pass() == {"webhooks_delivered": 1}  # the next pass, nothing changed
-    assert world.run_pass() == {}
-    assert world.run_pass() == {}
-
-    [request] = requests_to(receiver, "/team")
-    assert request.headers[DELIVERY_ID_HEADER] == delivery_id  # the receiver can deduplicate
-    assert verify(SECRET, request.headers, request.get_data())
-    assert json.loads(request.get_data())["experiment_id"] == world.experiment_id
     assert world.pending() == {}
 
 

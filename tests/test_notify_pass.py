@@ -13,12 +13,12 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 from pytest_httpserver import HTTPServer
+from structlog.testing import capture_logs
 from werkzeug import Request, Response
 
 from tests.support.mlflow_server import ServerHandle
-from tests.test_notify import SECRET, Sleeps, verify
-from tests.test_notify_handler import requests_to
-from tests.test_registry import log_run, predict
+from tests.support.registry_runs import log_run, predict
+from tests.support.webhooks import SECRET, Sleeps, requests_to, sample, verify
 from watcher.api import bind_socket, create_app, run_in_thread
 from watcher.cli import build_handlers, main
 from watcher.delivery import DeliveryWorker
@@ -122,6 +122,9 @@ def test_a_pass_posts_one_summary_per_change_and_moves_the_alias(
 def test_receiver_down_never_blocks_ranking_and_gets_the_summary_once_later(
     server: ServerHandle, receiver: HTTPServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The receiver is down for a pass: the ranking is tagged anyway, the webhook's only
+    warning is its failure (every attempt counted), the summary waits in MLflow, and the next
+    pass delivers it once, signed, with the same delivery id; later passes send nothing."""
     monkeypatch.setenv("PODIUM_TEST_SECRET", SECRET)
     name = f"exp_{uuid4().hex[:8]}"
     exp_id = mlflow.create_experiment(name)
@@ -133,11 +136,16 @@ def test_receiver_down_never_blocks_ranking_and_gets_the_summary_once_later(
     outbox = Outbox(store)
     worker = DeliveryWorker(outbox, targets=targets, registry=store, sender=Sender(sleep=Sleeps()))
     watcher = Watcher(settings, tracking, [RegistryPromoter(outbox), Notifier(outbox, targets), worker])
+    failures = sample("podium_watcher_webhook_failures_total")
 
     down = watcher.run_pass()
     assert down.ok  # ranking done and tagged although the receiver is down
     assert MlflowClient(server.url).get_run(leader).data.tags["model_rank"] == "1"
-    assert worker.drain() == {"webhooks_failed": 1, "registry_no_model": 1}
+    with capture_logs() as logs:
+        assert worker.drain() == {"webhooks_failed": 1, "registry_no_model": 1}
+    assert [e["event"] for e in logs if e["log_level"] == "warning" and "webhook" in e] == ["webhook_failed"]
+    assert worker.pass_report() == {"outbox_pending": 1}
+    assert sample("podium_watcher_webhook_failures_total") == failures + 3  # every failed attempt
 
     [pending] = pending_summaries(server, exp_id)
 
@@ -150,7 +158,10 @@ def test_receiver_down_never_blocks_ranking_and_gets_the_summary_once_later(
     assert reports == [{"webhooks_delivered": 1}, {}, {}]
     [request] = requests_to(receiver, "/hook")
     assert verify(SECRET, request.headers, request.get_data())
-    assert request.headers[DELIVERY_ID_HEADER] == json.loads(pending)["entry_id"]
+    assert (
+        request.headers[DELIVERY_ID_HEADER] == json.loads(pending)["entry_id"]
+    )  # the receiver can deduplicate
+    assert json.loads(request.get_data())["experiment_id"] == exp_id
     assert json.loads(request.get_data())["models"][0]["run_id"] == leader
     assert pending_summaries(server, exp_id) == []
 

@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import json
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from uuid import uuid4
 
 import mlflow
-import numpy as np
 import pytest
-import xgboost as xgb
 from mlflow import MlflowClient
-from mlflow.models import infer_signature
 from structlog.testing import capture_logs
 
 from tests.support.mlflow_server import ServerHandle, sqlite_uri, start_server
+from tests.support.registry_runs import log_run, predict
 from watcher.cli import build_handlers
 from watcher.delivery import DeliveryWorker
 from watcher.mlflow_io import MlflowRegistry, MlflowTracking
@@ -27,8 +24,6 @@ from watcher.service import Watcher
 from watcher.settings import RegistryConfig, RuleConfig, WatcherSettings
 
 pytestmark = pytest.mark.server
-
-X = np.random.default_rng(0).random((64, 3))
 
 
 def use(server: ServerHandle) -> str:
@@ -81,29 +76,6 @@ def registry_calls(tracking: MlflowTracking) -> dict[str, int]:
     return {k: v for k, v in tracking.calls_by_method.items() if k in REGISTRY_CALLS}
 
 
-def log_run(
-    experiment_id: str, value: float, *, scale: float | None = None, how: str = "logged_model"
-) -> str:
-    """A finished run like the trainer's: a metric and (unless how="none") an XGBoost model.
-
-    The model predicts `scale * x0`, so a prediction tells which run's model was loaded.
-    how="artifacts" logs the model as plain run artifacts, the way pre-3.0 clients did.
-    """
-    with mlflow.start_run(experiment_id=experiment_id) as run:
-        mlflow.log_metric("avg_test_r2", value)
-        if how != "none":
-            model = xgb.XGBRegressor(n_estimators=8, max_depth=2, random_state=0)
-            model.fit(X, X[:, 0] * (scale if scale is not None else value))
-            signature = infer_signature(X, model.predict(X))
-            if how == "logged_model":
-                mlflow.xgboost.log_model(model, name="model", signature=signature)
-            else:
-                with tempfile.TemporaryDirectory() as tmp:
-                    mlflow.xgboost.save_model(model, Path(tmp, "model"), signature=signature)
-                    mlflow.log_artifacts(str(Path(tmp, "model")), "model")
-    return run.info.run_id
-
-
 def changed(
     experiment_id: str, name: str, ranked: list[tuple[str, float]], *, new_leader: bool
 ) -> LeaderboardChanged:
@@ -129,10 +101,6 @@ def changed(
 def new_experiment() -> tuple[str, str]:
     name = f"exp_{uuid4().hex[:8]}"
     return mlflow.create_experiment(name), name
-
-
-def predict(uri: str) -> float:
-    return float(mlflow.pyfunc.load_model(uri).predict(X[:1])[0])
 
 
 def test_alias_follows_a_better_run_and_loads_and_predicts(mlflow_server: ServerHandle) -> None:

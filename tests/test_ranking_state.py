@@ -1,4 +1,4 @@
-"""Pure detection: the state kept in MLflow and the per-experiment triage of a pass."""
+"""The state kept in MLflow and the per-experiment triage of a pass (pure)."""
 
 from __future__ import annotations
 

@@ -10,7 +10,16 @@ import pytest
 from mlflow.utils.validation import MAX_TAG_VAL_LENGTH
 
 from trainer.keys import MAX_TAG_LENGTH
-from trainer.scoring import aggregates, average, folds_tag, oos_sums, r2_os, scores, unscored_reason
+from trainer.scoring import (
+    aggregates,
+    average,
+    fitting_folds_tag,
+    folds_tag,
+    oos_sums,
+    r2_os,
+    scores,
+    unscored_reason,
+)
 from trainer.worker import folds_left_out
 
 
@@ -78,14 +87,32 @@ def test_the_folds_tag_is_compact_json_in_fold_order_with_6_significant_digits()
     }
 
 
-def test_the_folds_tag_fits_mlflows_limit_up_to_220_folds_and_is_left_out_beyond() -> None:
-    """At the longest a 6-digit value gets (``-1.23457e-5``), 220 folds fit in MLflow's 8,000
-    characters; 500 folds cannot at 6 digits (1,500 values of 7+ characters each), so the
-    worker leaves the tag out and says why in param ``folds_tag``."""
+def test_the_folds_tag_fits_mlflows_limit_up_to_220_folds_and_keeps_the_main_score_at_500() -> None:
+    """At the longest a 6-digit value gets (``-1.23457e-5``), 220 folds of all three scores fit in
+    MLflow's 8,000 characters; 500 folds of three cannot at 6 digits (1,500 values of 7+
+    characters each), so the tag keeps the lists that fit, the main score first, and the
+    worker names the rest in param ``folds_tag``; past ~600 folds no list fits and there is no
+    tag."""
     assert MAX_TAG_LENGTH == MAX_TAG_VAL_LENGTH
     widest = -1.23456789e-5
-    assert len(folds_tag({s: [widest] * 220 for s in ("r2", "rmse", "mae")})) <= MAX_TAG_LENGTH
-    at_500 = folds_tag({s: [widest] * 500 for s in ("r2", "rmse", "mae")})
+    scores3 = ("r2", "rmse", "mae")
+    assert len(folds_tag({s: [widest] * 220 for s in scores3})) <= MAX_TAG_LENGTH
+    at_500 = folds_tag({s: [widest] * 500 for s in scores3})
     assert len(at_500) > MAX_TAG_LENGTH
-    assert len(folds_tag({s: [0.001234] * 500 for s in ("r2", "rmse", "mae")})) > MAX_TAG_LENGTH
-    assert "test_r2, test_rmse and test_mae" in folds_left_out(len(at_500))
+    assert len(folds_tag({s: [0.001234] * 500 for s in scores3})) > MAX_TAG_LENGTH
+    assert "test_r2, test_rmse and test_mae" in folds_left_out(["test_r2", "test_rmse", "test_mae"])
+
+    whole, left = fitting_folds_tag({s: [widest] * 220 for s in scores3}, MAX_TAG_LENGTH)
+    assert left == []
+    assert whole is not None
+    assert set(json.loads(whole)) == {"test_r2", "test_rmse", "test_mae"}
+    tag, left = fitting_folds_tag({s: [widest] * 500 for s in scores3}, MAX_TAG_LENGTH)
+    assert tag is not None
+    assert len(tag) <= MAX_TAG_LENGTH
+    assert list(json.loads(tag)) == ["test_r2"]
+    assert len(json.loads(tag)["test_r2"]) == 500
+    assert left == ["test_rmse", "test_mae"]
+    assert "test_rmse and test_mae left out" in folds_left_out(left)
+    none, left = fitting_folds_tag({s: [widest] * 700 for s in scores3}, MAX_TAG_LENGTH)
+    assert none is None
+    assert left == ["test_r2", "test_rmse", "test_mae"]

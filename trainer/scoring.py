@@ -160,3 +160,20 @@ def folds_tag(per_fold: dict[str, list[float]]) -> str:
         f'"test_{score}":[{",".join(_compact(v) for v in values)}]' for score, values in per_fold.items()
     )
     return "{" + ",".join(parts) + "}"
+
+
+def fitting_folds_tag(per_fold: dict[str, list[float]], limit: int) -> tuple[str | None, list[str]]:
+    """The ``podium.folds`` tag with each score's list that fits in ``limit`` characters, tried
+    in the order given (the task's main score first, the one a selection rule reads by default),
+    and the scores left out (``test_rmse``...); no tag when not even the first fits.
+
+    MLflow cuts a longer tag value, which would leave broken JSON. At 500 folds the main
+    score's list alone fits (about 5,500 characters), all three do not."""
+    kept: dict[str, list[float]] = {}
+    left_out: list[str] = []
+    for score, values in per_fold.items():
+        if len(folds_tag({**kept, score: values})) <= limit:
+            kept[score] = values
+        else:
+            left_out.append(f"test_{score}")
+    return (folds_tag(kept) if kept else None), left_out

@@ -21,12 +21,13 @@ from trainer.booster import TargetScale, in_data_units, scales_target
 from trainer.config import HYPERPARAMETERS, TrainerConfig
 from trainer.data import Dataset
 from trainer.importance import ImportanceReport, for_trial
+from trainer.keys import MAX_TAG_LENGTH
 from trainer.scoring import (
     AGGREGATES,
     PARTS,
     aggregates,
     average,
-    folds_tag,
+    fitting_folds_tag,
     oos_sums,
     r2_os,
     task_scores,
@@ -98,10 +99,12 @@ class TrialResult:
         out["num_folds"] = float(len(self.folds))
         return out
 
-    def folds_tag(self) -> str:
+    def folds_tag(self) -> tuple[str | None, list[str]]:
         """The ``podium.folds`` tag: per-fold test values of the task's scores (r2, rmse, mae for
-        a regression) as compact JSON."""
-        return folds_tag({score: [f.test[score] for f in self.folds] for score in self.task.scores})
+        a regression) as compact JSON, each list that fits MLflow's tag limit; and the scores
+        left out."""
+        per_fold = {score: [f.test[score] for f in self.folds] for score in self.task.scores}
+        return fitting_folds_tag(per_fold, MAX_TAG_LENGTH)
 
     def unscored_reason(self) -> str | None:
         """Why the task's main metric (``avg_test_r2``, ``avg_test_auc``) is not finite, or None."""

@@ -113,12 +113,12 @@ class _Worker:
         tags = {"trial_index": str(task.index)}
         if result.degenerate:
             tags[DEGENERATE_TAG] = "true"
-        folds = result.folds_tag()
-        if len(folds) <= MAX_TAG_LENGTH:
+        folds, left_out = result.folds_tag()
+        if folds is not None:
             tags[FOLDS_TAG] = folds
-        else:
-            params[FOLDS_TAG_LEFT_OUT] = folds_left_out(len(folds))
-            log.warning("folds_tag_left_out", run_id=task.run_id, chars=len(folds), limit=MAX_TAG_LENGTH)
+        if left_out:
+            params[FOLDS_TAG_LEFT_OUT] = folds_left_out(left_out)
+            log.warning("folds_tag_left_out", run_id=task.run_id, scores=left_out, limit=MAX_TAG_LENGTH)
         report = result.importance
         if report is not None:
             params.update(report.params())
@@ -155,11 +155,12 @@ def execute(task: TrialTask) -> TrialOutcome:
     return _worker.run(task)
 
 
-def folds_left_out(chars: int) -> str:
-    """Why a run has no ``podium.folds`` tag."""
+def folds_left_out(scores: list[str]) -> str:
+    """Why scores are missing from the ``podium.folds`` tag (or the tag is missing)."""
+    named = " and ".join([", ".join(scores[:-1]), scores[-1]]) if len(scores) > 1 else scores[0]
     return (
-        f"left out: {chars} characters, over MLflow's tag limit of {MAX_TAG_LENGTH}; the per-fold "
-        "values are the history of metrics test_r2, test_rmse and test_mae (step = fold)"
+        f"{named} left out of podium.folds: over MLflow's tag limit of {MAX_TAG_LENGTH} characters; "
+        "their per-fold values are the metric history (step = fold)"
     )
 
 

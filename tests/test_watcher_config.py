@@ -191,6 +191,16 @@ CASES = [
         id="selection-fold-metric-empty",
     ),
     pytest.param(
+        with_rule(selection={"max_pbo": True}),
+        ["rule #2 'wf-xgboost' (rules[1])", "field 'selection.max_pbo'", "not true/false"],
+        id="selection-max-pbo-boolean",
+    ),
+    pytest.param(
+        with_rule(metric="avg_test_rmse", ascending=True, selection={"max_pbo": 0.5}),
+        ["rule #2 'wf-xgboost' (rules[1])", "field 'selection'", "fold_metric must be given"],
+        id="selection-default-fold-metric-lower-is-better",
+    ),
+    pytest.param(
         with_rule(selection={"block": 8}),
         ["rules[1]", "unknown key 'block'", "did you mean 'blocks'"],
         id="selection-unknown-key",

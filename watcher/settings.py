@@ -98,6 +98,14 @@ class SelectionConfig(_Strict):
             raise ValueError("must name a metric logged once per fold (such as 'test_r2')")
         return value.strip()
 
+    @field_validator("alpha", "max_pbo", mode="before")
+    @classmethod
+    def _a_number_not_a_switch(cls, value: Any) -> Any:
+        # YAML's true/yes would otherwise be read as 1.0 (no gate) and false/no as 0.0.
+        if isinstance(value, bool):
+            raise ValueError("must be a number, not true/false")
+        return value
+
     @field_validator("blocks")
     @classmethod
     def _even_blocks(cls, value: int) -> int:
@@ -152,6 +160,20 @@ class RuleConfig(_Strict):
         for i, pattern in enumerate(value):
             if not pattern.strip():
                 raise ValueError(f"pattern #{i + 1} is empty (give a name or a glob such as 'wf_xgboost_*')")
+        return value
+
+    @field_validator("selection")
+    @classmethod
+    def _fold_metric_named_when_lower_is_better(
+        cls, value: SelectionConfig | None, info: Any
+    ) -> SelectionConfig | None:
+        # The default fold metric (test_r2) is higher-is-better; on a rule where lower is better
+        # it would be read in the wrong direction, and the statistics would favour the worst runs.
+        if value is not None and info.data.get("ascending") and "fold_metric" not in value.model_fields_set:
+            raise ValueError(
+                "fold_metric must be given on a rule with ascending: true (the default, test_r2, "
+                "is higher-is-better; name the per-fold metric the rule's metric averages, e.g. test_rmse)"
+            )
         return value
 
     @field_validator("filter")

@@ -25,7 +25,7 @@ import pytest
 
 from tests.support.mlflow_server import ServerHandle, free_port
 from tests.support.ray_cluster import RayCluster
-from tests.test_trainer_tracking import (
+from tests.support.run_contract import (
     ARTIFACTS,
     AVERAGES,
     DATA_PARAMS,

@@ -17,6 +17,15 @@ from mlflow.pyfunc.scoring_server import _parse_json_data
 
 from tests.support.mlflow_server import ServerHandle
 from tests.support.proxy import Proxy
+from tests.support.run_contract import (
+    ARTIFACTS,
+    AVERAGES,
+    DATA_PARAMS,
+    HYPERPARAMETERS,
+    IMPORTANCE_STATS,
+    PER_FOLD,
+    SMALL_YAML,
+)
 from trainer.config import load_config, sample_trial
 from trainer.prepare import load_checked
 from trainer.train import Prepared, run_trial
@@ -25,50 +34,6 @@ pytestmark = pytest.mark.server
 
 TRIALS = 2
 CALL_BUDGET_PER_TRIAL = 12
-SMALL_YAML = """
-trials: 2
-jobs: 2
-walk_forward: {train_months: 6, test_months: 6}
-importance: {n_repeats: 1}
-search_space:
-  n_estimators: {type: int, low: 30, high: 50}
-  max_depth: {type: int, low: 3, high: 4}
-  learning_rate: {type: float, low: 0.08, high: 0.15}
-  subsample: {type: float, low: 0.7, high: 1.0}
-"""
-HYPERPARAMETERS = ("n_estimators", "max_depth", "learning_rate", "subsample")
-DATA_PARAMS = (
-    "symbol",
-    "train_months",
-    "test_months",
-    "data_source",
-    "feature_names",
-    "total_features",
-    "window",
-    "time_column",
-    "data_mode",
-    "trial_seed",
-)
-AVERAGES = (
-    "avg_test_r2",
-    "avg_test_rmse",
-    "avg_test_mae",
-    "avg_train_r2",
-    "avg_train_rmse",
-    "avg_train_mae",
-    "avg_test_r2_os",
-    *(f"{agg}_test_{score}" for agg in ("std", "min", "median") for score in ("r2", "rmse", "mae")),
-    "num_folds",
-)
-PER_FOLD = ("test_r2", "test_rmse", "test_mae", "train_r2", "train_rmse", "train_mae", "test_r2_os")
-IMPORTANCE_STATS = ("importance_max", "importance_mean", "importance_median", "importance_min")
-ARTIFACTS = (
-    "permutation_importance.json",
-    "feature_importance.csv",
-    "feature_importance.png",
-    "shap_importance.csv",
-    "shap_importance.png",
-)
 
 
 @pytest.fixture(scope="module")

@@ -161,3 +161,21 @@ def test_a_first_pass_ranks_at_most_max_rankings_per_pass_latest_runs_first(
     assert (second.rankings_deferred, third.rankings_deferred) == (1, 0)
     assert all(podium_tags(client, i) for i in ids)
     assert [o.action for o in watcher.run_pass().outcomes] == ["idle"] * 5
+
+
+def test_first_rankings_go_to_the_experiments_whose_runs_ended_last_whatever_their_names(
+    sqlite_server: ServerHandle,
+) -> None:
+    """Three runs per experiment, two first rankings per pass: the experiments whose runs ended
+    last and second to last go first, not the one whose name sorts first (a single page of
+    max_rankings_per_pass runs holds only the last experiment's runs)."""
+    client = MlflowClient(sqlite_server.url)
+    prefix = f"latest_{uuid4().hex[:6]}"
+    oldest, middle, newest = (client.create_experiment(f"{prefix}_{c}") for c in "azb")
+    for exp_id in (oldest, middle, newest):
+        make_runs(client, exp_id, [0.5, 0.6, 0.7])
+    now = [time.time()]
+    watcher = watcher_at(sqlite_server.url, f"{prefix}_*", now, max_rankings_per_pass=2)
+    first = watcher.run_pass()
+    assert first.rankings_deferred == 1
+    assert {o.experiment_id for o in first.outcomes if o.action == "full"} == {newest, middle}

@@ -70,6 +70,10 @@ COUNT_PAGES_PER_PASS = 5
 # inside the client timeout (MLFLOW_HTTP_REQUEST_TIMEOUT, 30 s in the image): one 50,000-run page
 # took 138 s on a sqlite-backed server. Only the paged count and a last-resort board scan page.
 SCAN_PAGE = 1_000
+# Pages of the ordered search that picks the experiments a pass ranks first when it may not rank
+# them all: ten pages of max_rankings_per_pass runs find that many experiments of ten runs each
+# (a trading universe's); past them the rest go in name order.
+LATEST_PAGES = 10
 
 
 def and_filters(*parts: str | None) -> str:
@@ -158,19 +162,28 @@ class PassEngine:
         return plans
 
     def latest_ends(self, rule: Rule, ids: Sequence[str], rows: int) -> dict[str, int]:
-        """The latest end time of those experiments of ``ids`` that own one of the ``rows``
-        runs that ended last in their batch (one ordered search per batch): the ones to rank
-        first when a pass may not rank them all."""
+        """The latest end time of the ``rows`` experiments of each batch of ``ids`` whose runs
+        ended last: the ones to rank first when a pass may not rank them all. An ordered search
+        per batch, paged on until ``rows`` experiments are found (an experiment's many runs
+        would otherwise fill the page), at most ``LATEST_PAGES`` pages; experiments not found
+        have none."""
         latest: dict[str, int] = {}
         for start in range(0, len(ids), EXPERIMENT_BATCH):
-            runs, _ = self.tracking.search_page(
-                ids[start : start + EXPERIMENT_BATCH],
-                and_filters(FINISHED_FILTER, rule.filter),
-                rows,
-                order_by=["attributes.end_time DESC"],
-            )
-            for run in runs:
-                latest[run.experiment_id] = max(latest.get(run.experiment_id, 0), run.end_time or 0)
+            found: dict[str, int] = {}
+            token: str | None = None
+            for _ in range(LATEST_PAGES):
+                runs, token = self.tracking.search_page(
+                    ids[start : start + EXPERIMENT_BATCH],
+                    and_filters(FINISHED_FILTER, rule.filter),
+                    rows,
+                    token,
+                    order_by=["attributes.end_time DESC"],
+                )
+                for run in runs:
+                    found.setdefault(run.experiment_id, run.end_time or 0)
+                if len(found) >= rows or token is None:
+                    break
+            latest.update(found)
         return latest
 
     def plan_batch(

@@ -3,9 +3,11 @@ interval they step by.
 
 The time column is the one named, else the single column called ``timestamp``, ``time``,
 ``datetime``, ``date`` or ``ts`` (any case, also as ``<DATE>``), else separate ``Date`` and ``Time`` columns joined
-(MT4 exports), else an unnamed first column of times (a pandas index written by ``to_csv``).
-Times are ISO 8601 text, text in one consistent format (day-first or month-first decided from
-the values), or whole Unix epoch numbers (the unit decided from their size). The bar interval
+(MT4 exports; Stooq's whole-number ``<DATE>`` 20130102 and ``<TIME>`` 153000 too), else an
+unnamed first column of times (a pandas index written by ``to_csv``). Times are ISO 8601 text,
+text in one consistent format (day-first or month-first decided from the values), whole numbers
+written as dates (``20130102`` as YYYYMMDD, ``192607`` as YYYYMM, when every value reads so), or
+whole Unix epoch numbers (the unit decided from their size). The bar interval
 is the median step between rows, in calendar units (``1mo``, ``1q``, ``1y``) for rows a whole
 number of calendar months apart.
 
@@ -37,6 +39,9 @@ TIME_COLUMN_NAMES = ("timestamp", "time", "datetime", "date", "ts")
 # Epoch units by the size of a typical value: below 1e8 no unit gives a date after 1973.
 _EPOCH_UNITS = ((1e11, "s"), (1e14, "ms"), (1e17, "us"), (float("inf"), "ns"))
 _MIN_EPOCH = 1e8
+# Whole numbers written as dates, by their number of digits: YYYYMMDD (Stooq, CRSP) and YYYYMM
+# (Ken French's monthly files). All are below _MIN_EPOCH, so no epoch time reads as one.
+_DATE_NUMBERS = {8: ("%Y%m%d", "YYYYMMDD"), 6: ("%Y%m", "YYYYMM")}
 _ISO_EXAMPLE = "2024-01-31T15:00:00"
 # Calendar steps by their number of months, largest first, spelt as bar intervals.
 _CALENDAR_UNITS = ((12, "y"), (3, "q"), (1, "mo"))
@@ -68,13 +73,32 @@ def joined_date_and_time(frame: pd.DataFrame) -> tuple[pd.DataFrame, str | None]
         return frame, None
     (date,), (time,) = by_lower["date"], by_lower["time"]
     name = f"{date} {time}"
-    joined = frame[date].astype("string").str.strip() + " " + frame[time].astype("string").str.strip()
+    joined = _date_text(frame[date]) + " " + _clock_text(frame[time])
     parsed, ambiguous = to_times(joined)
     if ambiguous is None and (parsed.isna() & joined.notna()).any():
         return frame, None  # not a date and a time of day: two candidates, the user picks one
     rest = frame.drop(columns=[date, time])
     log.info("date_and_time_joined", columns=[date, time], time_column=name)
     return pd.concat([joined.rename(name).to_frame(), rest], axis=1), name
+
+
+def _date_text(raw: pd.Series) -> pd.Series:
+    """A date column as text to join with a time of day: whole-number dates (YYYYMMDD) as ISO."""
+    dates = date_numbers(raw)
+    if dates is not None:
+        return dates.dt.strftime("%Y-%m-%d").astype("string")
+    return raw.astype("string").str.strip()
+
+
+def _clock_text(raw: pd.Series) -> pd.Series:
+    """A time-of-day column as text: whole numbers HHMMSS (Stooq's ``000000``, read as 0) as
+    ``HH:MM:SS`` when every one is a time of day."""
+    if _whole_numbers(raw) is not None:
+        digits = raw.astype("Int64").astype("string").str.zfill(6)
+        clock = pd.to_datetime(digits, format="%H%M%S", errors="coerce")
+        if len(digits) and not (clock.isna() & raw.notna()).any():
+            return digits.str[:2] + ":" + digits.str[2:4] + ":" + digits.str[4:]
+    return raw.astype("string").str.strip()
 
 
 def find_time_column(frame: pd.DataFrame, named: str | None) -> str:
@@ -168,11 +192,39 @@ def _guessed_formats(raw: pd.Series, sample: int = 50) -> list[str]:
     return formats
 
 
-def _epoch_times(raw: pd.Series, subject: str) -> pd.Series:
-    """UTC times from whole Unix epoch numbers; the unit (s, ms, us, ns) from their size."""
-    values = raw.to_numpy(dtype="float64")
+def _whole_numbers(raw: pd.Series) -> np.ndarray | None:
+    """The present values of a numeric column when every one is a whole number, else None."""
+    if not _is_number(raw):
+        return None
+    values = raw.to_numpy(dtype="float64", na_value=np.nan)
     present = values[np.isfinite(values)]
     if len(present) == 0 or not np.all(present == np.round(present)):
+        return None
+    return present
+
+
+def date_numbers(raw: pd.Series) -> pd.Series | None:
+    """UTC dates from whole numbers written as dates, ``20130102`` (YYYYMMDD) or ``192607``
+    (YYYYMM, the month's first day), when every value has the same 8 or 6 digits and reads as
+    such a date; None otherwise."""
+    present = _whole_numbers(raw)
+    if present is None or np.any(present <= 0):
+        return None
+    digits = set(np.floor(np.log10(present)).astype(int) + 1)
+    if len(digits) != 1 or (size := int(digits.pop())) not in _DATE_NUMBERS:
+        return None
+    fmt, spelt = _DATE_NUMBERS[size]
+    parsed = pd.to_datetime(raw.astype("Int64").astype("string"), format=fmt, utc=True, errors="coerce")
+    if (parsed.isna() & raw.notna()).any():
+        return None
+    log.info("date_numbers", column=str(raw.name), format=spelt)
+    return pd.Series(parsed, index=raw.index)
+
+
+def _epoch_times(raw: pd.Series, subject: str) -> pd.Series:
+    """UTC times from whole Unix epoch numbers; the unit (s, ms, us, ns) from their size."""
+    present = _whole_numbers(raw)
+    if present is None:
         raise DataError(
             "holds numbers that are not whole Unix epoch times; write timestamps as ISO 8601 text "
             f"such as {_ISO_EXAMPLE}",
@@ -200,7 +252,8 @@ def parse_times(frame: pd.DataFrame, col: str) -> tuple[np.ndarray, dict[str, in
     raw = frame[col]
     subject = f"time column {col!r}"
     if _is_number(raw):
-        parsed = _epoch_times(raw, subject)
+        dates = date_numbers(raw)
+        parsed = dates if dates is not None else _epoch_times(raw, subject)
     else:
         parsed, ambiguous = to_times(raw)
         if ambiguous is not None:

@@ -4,8 +4,11 @@ Parquet, into a frame.
 CSV files (``.csv``, ``.tsv``, ``.txt``) may be compressed: ``.gz``, ``.bz2``, ``.xz``, or
 ``.zip`` holding one file. They may be separated by commas, semicolons or tabs (sniffed from the
 decompressed header line); with semicolons or tabs, decimal commas (``1,2345``) are read as
-numbers. Text is UTF-8 (a byte-order mark is skipped), else Windows-1252, the encoding Excel
-on Windows saves a CSV in (log line ``encoding``). The markers people's sources write for a
+numbers. Text is UTF-8 (a byte-order mark is skipped), UTF-16 when it starts with its
+byte-order mark (Excel's "Unicode Text"), else Windows-1252, the encoding Excel on Windows saves
+a CSV in (log line ``encoding``). yfinance's three-line header (``Price,Close,...`` /
+``Ticker,SPY,...`` / ``Date,,...``) is read as the columns of its first line, the first named by
+the third (log line ``yfinance_header``). The markers people's sources write for a
 missing value (``.`` from FRED, ``NA``, ``N/A``, ``null``, ``-``, ``#N/A``, an empty field)
 are read as missing. An unnamed first column
 holding the row numbers 0..n-1 or 1..n (``df.to_csv()`` of a plain index) is dropped.
@@ -14,12 +17,15 @@ holding the row numbers 0..n-1 or 1..n (``df.to_csv()`` of a plain index) is dro
 from __future__ import annotations
 
 import bz2
+import codecs
 import gzip
+import io
 import lzma
 import re
 import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from io import BufferedIOBase
 from pathlib import Path
 from typing import IO
@@ -84,25 +90,65 @@ def read_table(path: Path) -> pd.DataFrame:
                 else f"data file {path} is neither CSV (.csv, also as .csv.gz, .csv.bz2, .csv.xz or "
                 ".csv.zip) nor Parquet (.parquet)"
             )
-        with _opened(path, compression, member) as handle:
+        source = _Source(path, compression, member, _starts_utf16(path, compression, member))
+        if source.utf16:
+            log.info("encoding", encoding="utf-16")
+        with source.opened() as handle:
             sep, decimal = csv_dialect(handle, tsv=".tsv" in suffixes)
+        with source.opened() as handle:
+            index, tickers = yfinance_header(handle, sep)
+        if len(tickers) > 1:
+            raise InputError(
+                f"data file {path} holds {len(tickers)} tickers ({', '.join(tickers)}) in yfinance's "
+                "header; download one ticker per file"
+            )
         try:
-            return _read_csv(path, compression, member, sep, decimal, "utf-8")
+            frame = _read_csv(source, sep, decimal, "utf-8", yfinance=index is not None)
         except UnicodeDecodeError:
             log.info("encoding", encoding="cp1252")
-            return _read_csv(path, compression, member, sep, decimal, "cp1252")
+            frame = _read_csv(source, sep, decimal, "cp1252", yfinance=index is not None)
+        if index is not None:
+            log.info("yfinance_header", tickers=tickers, time_column=index)
+            frame = frame.rename(columns={frame.columns[0]: index})
+        return frame
     except InputError:
         raise
     except Exception as e:  # pandas, pyarrow and the decompressors raise many types for a bad file
         raise InputError(f"cannot read data file {path}: {describe(e)}") from e
 
 
-def _read_csv(
-    path: Path, compression: str | None, member: str | None, sep: str, decimal: str, encoding: str
-) -> pd.DataFrame:
+@dataclass(frozen=True)
+class _Source:
+    """Where a CSV's bytes come from: the file, its compression, the member a zip archive holds,
+    and whether the text is UTF-16 (read as UTF-8 bytes)."""
+
+    path: Path
+    compression: str | None
+    member: str | None
+    utf16: bool
+
+    @contextmanager
+    def opened(self) -> Iterator[ByteStream]:
+        with _opened(self.path, self.compression, self.member) as handle:
+            yield io.BytesIO(handle.read().decode("utf-16").encode("utf-8")) if self.utf16 else handle
+
+
+def _starts_utf16(path: Path, compression: str | None, member: str | None) -> bool:
+    """The (decompressed) bytes start with a UTF-16 byte-order mark."""
     with _opened(path, compression, member) as handle:
+        return handle.read(2) in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
+
+
+def _read_csv(source: _Source, sep: str, decimal: str, encoding: str, *, yfinance: bool) -> pd.DataFrame:
+    """The table; with yfinance's header, its ``Ticker`` and index-name lines skipped."""
+    with source.opened() as handle:
         return pd.read_csv(
-            handle, sep=sep, decimal=decimal, na_values=list(MISSING_MARKERS), encoding=encoding
+            handle,
+            sep=sep,
+            decimal=decimal,
+            na_values=list(MISSING_MARKERS),
+            encoding=encoding,
+            skiprows=[1, 2] if yfinance else None,
         )
 
 
@@ -151,6 +197,23 @@ def csv_dialect(handle: ByteStream, *, tsv: bool = False) -> tuple[str, str]:
         return sep, "."
     fields = [v.strip().strip('"') for line in lines[1:] for v in line.rstrip("\r\n").split(sep)]
     return sep, "," if any(_DECIMAL_COMMA.fullmatch(v) for v in fields) else "."
+
+
+def yfinance_header(handle: ByteStream, sep: str) -> tuple[str | None, list[str]]:
+    """The index name (``Date``, ``Datetime``) and the tickers of the three-line header yfinance
+    writes (``Price,Close,High,...`` / ``Ticker,SPY,SPY,...`` / ``Date,,,...``); ``(None, [])``
+    for any other header."""
+    price, ticker, index = (
+        handle.readline().decode("utf-8-sig", errors="replace").rstrip("\r\n").split(sep) for _ in range(3)
+    )
+    if (
+        price[0].strip() != "Price"
+        or ticker[0].strip() != "Ticker"
+        or not index[0].strip()
+        or any(v.strip() for v in index[1:])
+    ):
+        return None, []
+    return index[0].strip(), sorted({t.strip() for t in ticker[1:] if t.strip()})
 
 
 def column_key(column: object) -> str:

@@ -72,8 +72,11 @@ def test_a_stooq_bulk_file_joins_its_yyyymmdd_date_and_hhmmss_time(tmp_path: Pat
     assert text.splitlines()[1].startswith("^SPX,D,19990104,000000,1229.22998,")
     path = tmp_path / "^spx_d.txt"
     path.write_text(text)
-    loaded = data.load(path)
+    with structlog.testing.capture_logs() as logs:
+        loaded = data.load(path)
     assert loaded.time_column == "<DATE> <TIME>"
+    # Stooq's <VOL> is not a column named volume: OHLCV mode leaves it out, and says so
+    assert [e["columns"] for e in logs if e["event"] == "ignored_columns"] == [["<VOL>", "<OPENINT>"]]
     _same_bars(loaded, data.load(arch_file("sp500")))
 
 
@@ -92,6 +95,17 @@ def test_yyyymmdd_dates_of_a_real_file_read_alone_and_epochs_still_refuse_small_
     (tmp_path / "cut.csv").write_text(cut.to_csv(index=False))
     with pytest.raises(InputError, match=r"cut.csv.*too small for Unix epoch"):
         data.load(tmp_path / "cut.csv")
+
+
+def test_adj_close_left_out_of_ohlcv_mode_is_named_in_a_log_line() -> None:
+    """sp500.csv.gz as shipped: `Adj Close` is numeric but no OHLCV column; one `ignored_columns`
+    line names it (and not the time column or the prices)."""
+    with structlog.testing.capture_logs() as logs:
+        loaded = data.load(arch_file("sp500"))
+    assert loaded.mode == "ohlcv"
+    assert [(e["columns"], e["count"]) for e in logs if e["event"] == "ignored_columns"] == [
+        (["Adj Close"], 1)
+    ]
 
 
 # --------------------------------------------------------------------------------------------

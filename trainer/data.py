@@ -30,7 +30,7 @@ import structlog
 from trainer import features
 from trainer.errors import DataError
 from trainer.sample import SAMPLE_SOURCE, sample_bars
-from trainer.tables import column_key, listed, read_table, without_row_numbers
+from trainer.tables import column_key, is_number, listed, read_table, without_row_numbers
 from trainer.times import (
     bar_interval,
     find_time_column,
@@ -117,7 +117,7 @@ def _prepare(
         log.info("rows_sorted", rows=len(frame))
     reject_duplicates(times, time_column)
     if target is None:
-        dataset = _ohlcv(frame, times, local, source, notes, horizon)
+        dataset = _ohlcv(frame, times, local, source, time_column, notes, horizon)
     else:
         dataset = _with_target(frame, times, source, target, time_column, notes)
     return _without_constants(dataset, time_column)
@@ -197,11 +197,13 @@ def _ohlcv(
     times: np.ndarray,
     local: np.ndarray,
     source: str,
+    time_column: str,
     notes: dict[str, int],
     horizon: int = 1,
 ) -> Dataset:
     """OHLCV mode; ``local`` holds the wall-clock times the calendar features come from, and the
-    target is the log return over the next ``horizon`` bars."""
+    target is the log return over the next ``horizon`` bars. Numeric columns besides the prices,
+    volume and time (``Adj Close``) are named in a log line."""
     by_lower: dict[str, list[str]] = {}
     for column in frame.columns:
         by_lower.setdefault(column_key(column), []).append(str(column))
@@ -215,6 +217,10 @@ def _ohlcv(
     for k in present:
         if len(by_lower[k]) > 1:
             raise DataError(f"has several {k} columns ({', '.join(repr(c) for c in by_lower[k])}); keep one")
+    used = {time_column, *(by_lower[k][0] for k in present)}
+    ignored = [str(c) for c in frame.columns if str(c) not in used and is_number(frame[c])]
+    if ignored:
+        log.info("ignored_columns", columns=ignored[:20], count=len(ignored))
     bars = pd.DataFrame({k: _numeric(frame, by_lower[k][0], "OHLCV") for k in present})
     missing_values = _missing_counted({by_lower[k][0]: bars[k].to_numpy() for k in present})
     bars, filled = _holes_filled(bars, {k: by_lower[k][0] for k in present})

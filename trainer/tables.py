@@ -223,6 +223,11 @@ def column_key(column: object) -> str:
     return key[1:-1].strip() if key.startswith("<") and key.endswith(">") else key
 
 
+def is_number(raw: pd.Series) -> bool:
+    """A column of numbers (booleans are not)."""
+    return bool(pd.api.types.is_numeric_dtype(raw) and not pd.api.types.is_bool_dtype(raw))
+
+
 def unnamed(column: object) -> bool:
     """A column whose header is empty (pandas names it ``Unnamed: N``)."""
     return str(column).strip() == "" or bool(_UNNAMED.fullmatch(str(column)))

@@ -30,7 +30,7 @@ import structlog
 from pandas.tseries.api import guess_datetime_format
 
 from trainer.errors import DataError, describe
-from trainer.tables import column_key, listed, unnamed
+from trainer.tables import column_key, is_number, listed, unnamed
 
 log = structlog.get_logger(__name__)
 
@@ -112,7 +112,7 @@ def find_time_column(frame: pd.DataFrame, named: str | None) -> str:
     first = columns[0]
     if unnamed(first) and first not in found:
         raw = frame[frame.columns[0]]
-        if not _is_number(raw) and not to_times(raw)[0].isna().any():
+        if not is_number(raw) and not to_times(raw)[0].isna().any():
             found.append(first)
     if len(found) == 1:
         return found[0]
@@ -125,10 +125,6 @@ def find_time_column(frame: pd.DataFrame, named: str | None) -> str:
     raise DataError(
         f"has several time columns ({', '.join(repr(c) for c in found)}); pick one with --time-column"
     )
-
-
-def _is_number(raw: pd.Series) -> bool:
-    return bool(pd.api.types.is_numeric_dtype(raw) and not pd.api.types.is_bool_dtype(raw))
 
 
 def to_times(raw: pd.Series) -> tuple[pd.Series, str | None]:
@@ -194,7 +190,7 @@ def _guessed_formats(raw: pd.Series, sample: int = 50) -> list[str]:
 
 def _whole_numbers(raw: pd.Series) -> np.ndarray | None:
     """The present values of a numeric column when every one is a whole number, else None."""
-    if not _is_number(raw):
+    if not is_number(raw):
         return None
     values = raw.to_numpy(dtype="float64", na_value=np.nan)
     present = values[np.isfinite(values)]
@@ -251,7 +247,7 @@ def parse_times(frame: pd.DataFrame, col: str) -> tuple[np.ndarray, dict[str, in
     ``rows_sorted`` (1 when they are not in order)."""
     raw = frame[col]
     subject = f"time column {col!r}"
-    if _is_number(raw):
+    if is_number(raw):
         dates = date_numbers(raw)
         parsed = dates if dates is not None else _epoch_times(raw, subject)
     else:
@@ -280,7 +276,7 @@ def wall_clock(raw: pd.Series, times: np.ndarray) -> np.ndarray:
     UTC time plus the value's own UTC offset; ``times`` itself when no value carries one."""
     if isinstance(raw.dtype, pd.DatetimeTZDtype):
         return raw.dt.tz_localize(None).to_numpy(dtype="datetime64[ns]")
-    if _is_number(raw) or pd.api.types.is_datetime64_any_dtype(raw):
+    if is_number(raw) or pd.api.types.is_datetime64_any_dtype(raw):
         return times
     parts = raw.astype("string").str.strip().str.extract(_UTC_OFFSET)
     if parts["hours"].isna().all():

@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from uuid import uuid4
@@ -25,7 +26,21 @@ from structlog.testing import capture_logs
 
 from tests.support.mlflow_server import ServerHandle
 from tests.support.proxy import Proxy
-from tests.support.watcher_runs import make_run, make_runs, new_experiment, next_ms, podium_tags
+from tests.support.watcher_runs import (
+    METRIC,
+    WRITE_PATHS,
+    assert_board,
+    expected_order,
+    make_run,
+    make_runs,
+    new_experiment,
+    next_ms,
+    podium_tags,
+    rule,
+    true_board,
+    writes,
+)
+from tests.support.watcher_runs import watcher_for as watcher_over
 from watcher.errors import NoRankedRuns
 from watcher.mlflow_io import MlflowTracking
 from watcher.model import Handler, RunAlert
@@ -35,51 +50,11 @@ from watcher.state import STATE_TAG
 
 pytestmark = pytest.mark.server
 
-METRIC = "avg_test_r2"
-WRITE_PATHS = ("set-tag", "delete-tag", "log-batch", "set-experiment-tag", "delete-experiment-tag")
-
-
-def rule(pattern: str, **overrides: object) -> dict[str, object]:
-    base: dict[str, object] = {
-        "name": "r",
-        "experiments": [pattern],
-        "metric": METRIC,
-        "trigger": "run_finished",
-    }
-    base.update(overrides)
-    return base
-
 
 def watcher_for(url: str, *rules: dict[str, object]) -> Watcher:
     """A watcher whose holder check is due every pass: what a user or a replica does is put
     right by the very next pass (the daemon's default checks every 60 seconds)."""
-    settings = WatcherSettings(
-        tracking_uri=url, rules=list(rules), http={"enabled": False}, holder_check_seconds=0
-    )
-    return Watcher(settings, MlflowTracking(url))
-
-
-def writes(proxy: Proxy) -> list[tuple[str, str]]:
-    return [(m, p) for m, p in proxy.tracking_calls() if p.rsplit("/", 1)[-1] in WRITE_PATHS]
-
-
-def true_board(client: MlflowClient, exp_id: str, top_n: int = 10, k: int = 3) -> dict[str, dict[str, str]]:
-    """The guide's way over what MLflow holds now: every FINISHED run with a finite value,
-    best first, ties by earlier end time, then run id; the contract's tags for the top N."""
-    runs = client.search_runs([exp_id], "attributes.status = 'FINISHED'", max_results=50000)
-    ranked = []
-    for run in runs:
-        value = run.data.metrics.get(METRIC)
-        if value is not None and math.isfinite(value) and abs(value) < sys.float_info.max:
-            ranked.append((-value, run.info.end_time, run.info.run_id))
-    ranked.sort()
-    board = {}
-    for i, (_, _, run_id) in enumerate(ranked[:top_n]):
-        tags = {"model_rank": str(i + 1), f"top_{top_n}": "true"}
-        if i < k:
-            tags["production_candidate"] = "true"
-        board[run_id] = tags
-    return board
+    return watcher_over(url, *rules, holder_check_seconds=0)
 
 
 @pytest.fixture
@@ -158,24 +133,46 @@ def test_once_removes_hand_set_top_n_and_candidate_tags_on_runs_without_model_ra
     assert podium_tags(client, exp_id)[late]["model_rank"] == "1"
 
 
-def test_a_deleted_leader_is_replaced_at_once_and_a_restored_one_never_doubles_rank_1(
+def test_a_deleted_or_worsened_holder_is_replaced_at_once_and_a_restored_one_never_doubles_rank_1(
     mlflow_server: ServerHandle, client: MlflowClient
 ) -> None:
+    """A deleted leader is replaced by the holder check at once; holders deleted or whose value
+    dropped are replaced from the kept board by the re-rank a new run starts, exactly, with no
+    holder check due; a deleted leader restored with its old model_rank=1 never doubles rank 1."""
     exp_id, name = new_experiment(client)
-    made = make_runs(client, exp_id, [0.1 * i for i in range(15)])
-    watcher = watcher_for(mlflow_server.url, rule(name))
+    made = make_runs(client, exp_id, [0.01 * i for i in range(20)])
+    now = [time.time()]
+    watcher = watcher_over(
+        mlflow_server.url, rule(name, top_n=4), holder_check_seconds=60, clock=lambda: now[0]
+    )
     assert watcher.run_pass().ok
-    leader = max(made, key=lambda m: m.value or 0).run_id
+    ranked = expected_order(made)
+    leader = ranked[0]
 
     client.delete_run(leader)
-    assert watcher.run_pass().outcomes[0].reason == "holders"
+    now[0] += 60
+    result = watcher.run_pass()
+    assert (result.outcomes[0].action, result.outcomes[0].reason) == ("rerank", "holders")
     board = podium_tags(client, exp_id)
-    assert board == true_board(client, exp_id)
-    assert sorted(int(t["model_rank"]) for t in board.values()) == list(range(1, 11))
+    assert board == true_board(client, exp_id, top_n=4)
+    assert sorted(int(t["model_rank"]) for t in board.values()) == list(range(1, 5))
+
+    client.log_metric(ranked[1], METRIC, -5.0, timestamp=next_ms())
+    newcomer = make_runs(client, exp_id, [0.055], prefix="new")
+    result = watcher.run_pass()
+    assert result.ok
+    assert result.outcomes[0].action == "rerank"
+    alive = [m for m in made if m.run_id != leader]
+    values = {m.run_id: m.value for m in [*alive, *newcomer]}
+    values[ranked[1]] = -5.0
+    truth = sorted(values, key=lambda r: -values[r])  # values are distinct
+    assert_board(client, exp_id, truth, top_n=4)
+    assert podium_tags(client, exp_id) == true_board(client, exp_id, top_n=4)
 
     client.restore_run(leader)  # it comes back with its old model_rank=1
+    now[0] += 60
     assert watcher.run_pass().ok
-    assert podium_tags(client, exp_id) == true_board(client, exp_id)
+    assert podium_tags(client, exp_id) == true_board(client, exp_id, top_n=4)
     assert podium_tags(client, exp_id)[leader]["model_rank"] == "1"
 
 
@@ -234,32 +231,6 @@ def test_rank_now_with_a_metric_no_run_has_writes_nothing(
         watcher.rank_now(name, "no_such_metric", top_n=10, ascending=False)
     assert (podium_tags(client, exp_id), client.get_experiment(exp_id).tags.get(STATE_TAG)) == before
     assert watcher.run_pass().outcomes[0].action == "idle"
-
-
-def test_the_pass_after_the_first_is_idle_across_interleaved_experiments(
-    sqlite_server: ServerHandle, counting_proxy: Callable[[str], Proxy]
-) -> None:
-    """Experiments whose runs' end times interleave across experiments (each experiment's
-    watermark lags the others'): right after the first pass, a pass with nothing new makes 3
-    calls (listing, watermark search, holder check) and writes nothing. Sixteen experiments of
-    four runs show it as well as forty of six did, at a fifth of the runs."""
-    experiments, rounds = 16, 4
-    client = MlflowClient(sqlite_server.url)
-    prefix = f"inter_{uuid4().hex[:6]}"
-    ids = [client.create_experiment(f"{prefix}_{i:02d}") for i in range(experiments)]
-    for round_ in range(rounds):
-        for exp_id in ids:
-            make_run(client, exp_id, f"t{round_}", {METRIC: 0.1 * round_})
-    proxy = counting_proxy(sqlite_server.url)
-    watcher = watcher_for(proxy.url, rule(f"{prefix}_*", trigger="experiment_finished"))
-    first = watcher.run_pass()
-    assert first.ok
-    assert first.experiments_changed == experiments
-
-    proxy.reset()
-    idle = watcher.run_pass()
-    assert (idle.tracking_calls, len(proxy.tracking_calls()), writes(proxy)) == (3, 3, [])
-    assert [o.action for o in idle.outcomes] == ["idle"] * experiments
 
 
 def test_a_first_ranking_finds_the_board_without_a_scan_and_counts_later(

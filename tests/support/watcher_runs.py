@@ -1,16 +1,27 @@
-"""Make runs for watcher tests with plain MlflowClient calls (not the trainer)."""
+"""Make runs for watcher tests with plain MlflowClient calls (not the trainer); a watcher over a
+rule; the board the contract expects, and the writes a counting proxy saw."""
 
 from __future__ import annotations
 
 import json
 import math
+import sys
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 from uuid import uuid4
 
 from mlflow.entities import Metric, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
+
+from tests.support.proxy import Proxy
+from watcher.mlflow_io import MlflowTracking
+from watcher.service import Watcher
+from watcher.settings import WatcherSettings
+
+METRIC = "avg_test_r2"
+WRITE_PATHS = ("set-tag", "delete-tag", "log-batch", "set-experiment-tag", "delete-experiment-tag")
 
 _clock = [int(time.time() * 1000)]
 
@@ -135,3 +146,61 @@ def make_fold_runs(
         client.set_terminated(run.info.run_id, status="FINISHED", end_time=next_ms())
         made.append(MadeRun(run.info.run_id, f"{prefix}_{i}", mean, "FINISHED"))
     return made
+
+
+def rule(pattern: str, **overrides: object) -> dict[str, object]:
+    """One rule over ``pattern`` ranking by the contract's metric; ``overrides`` replace keys."""
+    base: dict[str, object] = {
+        "name": "r",
+        "experiments": [pattern],
+        "metric": METRIC,
+        "top_n": 10,
+        "production_candidates": 3,
+        "trigger": "run_finished",
+    }
+    base.update(overrides)
+    return base
+
+
+def watcher_for(
+    url: str, *rules: dict[str, object], clock: Callable[[], float] = time.time, **settings: Any
+) -> Watcher:
+    """A watcher over ``rules`` without its HTTP server, on ``clock``; ``settings`` are further
+    settings keys."""
+    config = WatcherSettings(tracking_uri=url, rules=list(rules), http={"enabled": False}, **settings)
+    return Watcher(config, MlflowTracking(url), clock=clock)
+
+
+def writes(proxy: Proxy) -> list[tuple[str, str]]:
+    """The tag and state writes among the calls the proxy saw."""
+    return [(m, p) for m, p in proxy.tracking_calls() if p.rsplit("/", 1)[-1] in WRITE_PATHS]
+
+
+def board_for(ranked: list[str], top_n: int = 10, k: int = 3) -> dict[str, dict[str, str]]:
+    """The contract's tags for runs in this order: model_rank and top_N for the first N, and
+    production_candidate for the first k."""
+    board = {}
+    for i, run_id in enumerate(ranked[:top_n]):
+        tags = {"model_rank": str(i + 1), f"top_{top_n}": "true"}
+        if i < k:
+            tags["production_candidate"] = "true"
+        board[run_id] = tags
+    return board
+
+
+def true_board(client: MlflowClient, exp_id: str, top_n: int = 10, k: int = 3) -> dict[str, dict[str, str]]:
+    """The guide's way over what MLflow holds now: every FINISHED run with a finite value,
+    best first, ties by earlier end time, then run id; the contract's tags for the top N."""
+    runs = client.search_runs([exp_id], "attributes.status = 'FINISHED'", max_results=50000)
+    ranked = []
+    for run in runs:
+        value = run.data.metrics.get(METRIC)
+        if value is not None and math.isfinite(value) and abs(value) < sys.float_info.max:
+            ranked.append((-value, run.info.end_time, run.info.run_id))
+    ranked.sort()
+    return board_for([run_id for _, _, run_id in ranked], top_n, k)
+
+
+def assert_board(client: MlflowClient, exp_id: str, ranked: list[str], top_n: int = 10, k: int = 3) -> None:
+    """The tags are exactly the contract for this order: no stale or extra watcher tag anywhere."""
+    assert podium_tags(client, exp_id) == board_for(ranked, top_n, k)

@@ -144,3 +144,20 @@ def test_dry_run_prints_the_selection_it_would_write_and_writes_nothing(
     held = reference_pbo(board_order(noise(4, runs=6)), 4) > 0.0
     assert ("(production_candidate and the alias held back)" in out) == held
     assert "podium.selection" not in client.get_experiment(exp_id).tags
+
+
+def test_a_podium_selection_tag_edited_by_hand_is_written_again_on_the_next_pass(
+    mlflow_server: ServerHandle, client: MlflowClient
+) -> None:
+    """The board is unchanged (no run tag to change, the same state): the recomputed statistics
+    are written all the same, so the next pass has nothing to recompute."""
+    exp_id, name = new_experiment(client, "wf_sel_edited")
+    make_fold_runs(client, exp_id, noise(5, runs=4))
+    watcher = watcher_for(mlflow_server.url, name)
+    assert watcher.run_pass().ok
+    first = selection_tag(client, exp_id)
+    client.set_experiment_tag(exp_id, "podium.selection", "edited by hand")
+    assert watcher.run_pass().ok
+    assert {k: v for k, v in selection_tag(client, exp_id).items() if k != "computed_at"} == {
+        k: v for k, v in first.items() if k != "computed_at"
+    }

@@ -458,7 +458,8 @@ class Applied:
                 def start_next() -> None:
                     plan = next(waiting, None)
                     if plan is not None:
-                        writes = plan.changes or plan.state is not None
+                        # A recomputed podium.selection alone (hand-edited tag, same board) is a write too.
+                        writes = plan.changes or plan.state is not None or plan.selection_tag is not None
                         run = contextvars.copy_context().run
                         in_flight.append((plan, pool.submit(run, write, plan) if writes else None))
 

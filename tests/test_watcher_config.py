@@ -307,8 +307,15 @@ def test_the_scale_keys_default_come_from_the_environment_and_are_checked_there(
     monkeypatch.setenv("WATCHER_MAX_RANKINGS_PER_PASS", "many")
     assert cli.main(["check-config", "--config", str(path)]) == 2
     err = capsys.readouterr().err
-    assert "field 'max_rankings_per_pass'" in err
+    assert "environment variable WATCHER_MAX_RANKINGS_PER_PASS: field 'max_rankings_per_pass'" in err
     assert "(got 'many')" in err
+    monkeypatch.setenv("WATCHER_MAX_RANKINGS_PER_PASS", "25")
+    monkeypatch.setenv("WATCHER_HOLDER_CHECK_SECONDS", "abc")
+    assert cli.main(["check-config", "--config", str(path)]) == 2
+    assert (
+        "environment variable WATCHER_HOLDER_CHECK_SECONDS: field 'holder_check_seconds'"
+        in capsys.readouterr().err
+    )
 
 
 def test_check_config_prints_the_effective_config_with_secrets_redacted(

@@ -390,7 +390,19 @@ def _describe(error: ValidationError, path: Path, raw: dict[str, Any]) -> str:
         msg = first["msg"].removeprefix("Value error, ")
         what = f"field {field!r}: {msg} (got {first.get('input')!r})"
     more = f" (and {len(errors) - 1} more error(s))" if len(errors) > 1 else ""
+    env = _env_override(loc)
+    if env is not None:
+        # The value came from the environment, not the file: name the variable to fix.
+        return f"{path}: environment variable {env}: {what}{more}"
     return f"{path}: {where}{what}{more}"
+
+
+def _env_override(loc: tuple[Any, ...]) -> str | None:
+    """The ``WATCHER_<KEY>`` variable that set the top-level key an error is about, if one did."""
+    if not loc or not isinstance(loc[0], str):
+        return None
+    name = f"WATCHER_{loc[0]}".upper()
+    return next((k for k in os.environ if k.upper() == name), None)
 
 
 def _field_name(loc: tuple[Any, ...]) -> str:

@@ -109,6 +109,16 @@ CASES = [
         id="holder-check-negative",
     ),
     pytest.param(
+        {"holder_check_seconds": float("inf"), "rules": [GOOD_RULE]},
+        ["field 'holder_check_seconds'", "less than or equal to 86400"],
+        id="holder-check-infinite",
+    ),
+    pytest.param(
+        {"poll_interval_seconds": 1e308, "rules": [GOOD_RULE]},
+        ["field 'poll_interval_seconds'", "less than or equal to 86400"],
+        id="poll-interval-huge",
+    ),
+    pytest.param(
         {"max_rankings_per_pass": 0, "rules": [GOOD_RULE]},
         ["field 'max_rankings_per_pass'", "greater than or equal to 1 (got 0)"],
         id="max-rankings-zero",

@@ -198,10 +198,12 @@ class WatcherSettings(BaseSettings):
     )
 
     tracking_uri: str | None = None
-    poll_interval_seconds: float = Field(default=60.0, gt=0)
+    # At most a day: a longer (or infinite) interval would quietly switch the daemon off.
+    poll_interval_seconds: float = Field(default=60.0, gt=0, le=86400)
     # The daemon reads the ranking tags' holders (hand-set, deleted, stale tags) at most this
-    # often; 0: every pass. A pass that ranks an experiment reads its holders all the same.
-    holder_check_seconds: float = Field(default=60.0, ge=0)
+    # often; 0: every pass. A pass that ranks an experiment reads its holders all the same. At
+    # most a day, so interference is always put right in a bounded time.
+    holder_check_seconds: float = Field(default=60.0, ge=0, le=86400)
     # First rankings per pass (experiments with the most recent runs first); the rest wait.
     max_rankings_per_pass: int = Field(default=100, ge=1)
     # Experiments whose writes one pass sends at once (one experiment's writes stay in order).

@@ -18,7 +18,9 @@ from tests.support.proxy import Proxy
 from tests.support.watcher_runs import make_runs, podium_tags
 from watcher import cli
 from watcher.mlflow_io import MlflowTracking
-from watcher.service import SWEEP_SECONDS, Watcher
+from watcher.model import WatchedExperiment
+from watcher.ranking import Candidate
+from watcher.service import SWEEP_SECONDS, Watcher, holder_checks_due
 from watcher.settings import WatcherSettings
 from watcher.state import STATE_TAG, ExperimentState
 
@@ -179,3 +181,75 @@ def test_first_rankings_go_to_the_experiments_whose_runs_ended_last_whatever_the
     first = watcher.run_pass()
     assert first.rankings_deferred == 1
     assert {o.experiment_id for o in first.outcomes if o.action == "full"} == {newest, middle}
+
+
+def watched(name: str, holders: int, top_n: int = 10) -> WatchedExperiment:
+    """A watched experiment whose kept board has ``holders`` runs (0: not ranked yet)."""
+    board = tuple(Candidate(f"{name}_{i}", f"r{i}", 1.0 - i / 100, i) for i in range(holders))
+    state = ExperimentState(rule="r", fingerprint="f" * 16, top_n=top_n, production_candidates=1, board=board)
+    return WatchedExperiment(name, name, {STATE_TAG: state.to_tag()} if holders else {})
+
+
+@pytest.mark.parametrize(
+    ("checked_at", "interval", "budget", "expected"),
+    [
+        # Never checked: the whole budget, in id order; the first always goes.
+        ({}, 60.0, 25, (["a", "b", "c"], 1)),
+        ({}, 60.0, 5, (["a"], 3)),
+        # The longest unchecked first; those checked within the interval are not due.
+        ({"a": 101.0, "b": 10.0, "c": 50.0, "d": 150.0}, 60.0, 12, (["b", "c"], 0)),
+        ({"a": 100.0, "b": 10.0, "c": 50.0, "d": 150.0}, 60.0, 12, (["b", "c"], 1)),
+        ({"a": 100.0, "b": 10.0, "c": 50.0, "d": 150.0}, 60.0, 11, (["b"], 2)),
+        # 0: every ranked experiment, every pass, whatever the budget.
+        ({"a": 159.0, "b": 159.0, "c": 159.0, "d": 159.0}, 0.0, 5, (["a", "b", "c", "d"], 0)),
+    ],
+)
+def test_a_due_holder_check_takes_the_longest_unchecked_experiments_within_its_run_budget(
+    checked_at: dict[str, float], interval: float, budget: int, expected: tuple[list[str], int]
+) -> None:
+    """Experiments a, b, c, d hold 10, 10, 2 and 10 ranked runs (top 10), at time 160; e is
+    not ranked yet (its first ranking reads its holders)."""
+    exps = [watched("a", 12), watched("b", 10), watched("c", 2), watched("d", 10), watched("e", 0)]
+    assert holder_checks_due(exps, checked_at, 160.0, interval, budget) == expected
+
+
+def test_holder_checks_of_many_experiments_are_spread_over_passes_that_follow_at_once(
+    sqlite_server: ServerHandle, counting_proxy: Callable[[str], Proxy]
+) -> None:
+    """Six ranked experiments of three holders each, a budget of seven holder runs: a due
+    check reads two experiments' holders per pass (one search naming only those two) and
+    says how many wait; three passes check all six, and a hand-set ``model_rank`` in the last
+    one checked is put right by the third. Then no check is due until 60 seconds after."""
+    client = MlflowClient(sqlite_server.url)
+    prefix = f"slice_{uuid4().hex[:6]}"
+    ids = [client.create_experiment(f"{prefix}_{i}") for i in range(6)]
+    made = {i: make_runs(client, i, [0.1, 0.2, 0.3, 0.4]) for i in ids}
+    proxy = counting_proxy(sqlite_server.url)
+    now = [time.time()]
+    watcher = watcher_at(proxy.url, f"{prefix}_*", now, holder_check_seconds=60)
+    watcher.holder_check_runs = 7
+    assert watcher.run_pass().ok  # first rankings: each reads its own holders
+    boards = {i: podium_tags(client, i) for i in ids}
+    last = sorted(ids)[-1]
+    client.set_tag(made[last][0].run_id, "model_rank", "1")
+
+    now[0] += 60
+    deferred, holder_searches = [], []
+    for _ in range(3):
+        proxy.reset()
+        result = watcher.run_pass()
+        assert result.ok
+        deferred.append(result.holder_checks_deferred)
+        holder_searches += [
+            sorted(json.loads(b)["experiment_ids"])
+            for b in proxy.bodies
+            if b and json.loads(b).get("filter") == "tags.model_rank LIKE '%'"
+        ]
+    assert deferred == [4, 2, 0]
+    assert holder_searches == [sorted(ids)[0:2], sorted(ids)[2:4], sorted(ids)[4:6]]
+    assert {i: podium_tags(client, i) for i in ids} == boards
+
+    now[0] += 30
+    proxy.reset()
+    idle = watcher.run_pass()
+    assert (idle.tracking_calls, idle.holder_checks_deferred) == (2, 0)

@@ -45,13 +45,13 @@ from watcher.planner import (
     decide_batch,
     drops_filter,
     has_news,
+    includes,
     is_tracked,
     needs_running_search,
     ordered_search_proof,
     orphan_tag_keys,
     redundant_advance,
     sample_cutoffs,
-    sweeps,
     with_rule_filter,
 )
 from watcher.ranking import order, split_ranked
@@ -141,7 +141,7 @@ class PassEngine:
         stall_check: Mapping[str, bool] | None = None,
         sweep: bool | Collection[str] = False,
         *,
-        holder_check: bool = True,
+        holder_check: bool | Collection[str] = True,
         admit: Collection[str] | None = None,
     ) -> list[ExperimentPlan]:
         by_rule: dict[str, list[WatchedExperiment]] = defaultdict(list)
@@ -195,15 +195,15 @@ class PassEngine:
         *,
         force_rank: bool = False,
         sweep: bool | Collection[str] = False,
-        holder_check: bool = True,
+        holder_check: bool | Collection[str] = True,
         admit: Collection[str] | None = None,
     ) -> list[ExperimentPlan]:
         """Plans for one rule's batch; ``force_rank`` ranks every experiment (the API);
         ``sweep`` (True: every experiment, else the ids to sweep) searches the
         ``top_{N}``/``production_candidate`` holders of those experiments, not only of those it
         re-ranks, and re-ranks each idle one from its kept cutoff (one threshold search each).
-        ``holder_check`` False leaves the batch's holder search out (the experiments ranked
-        have theirs read first); ``admit`` (None: all) the experiments a first ranking may
+        ``holder_check`` (True: every experiment, else the ids) says whose holders the batch
+        search reads; the experiments ranked and not among them have theirs read first; ``admit`` (None: all) the experiments a first ranking may
         start for (see :func:`decide_batch`)."""
         reads = self.gather(rule, exps, stall_check, sweep=sweep, holder_check=holder_check)
         decide = partial(decide_batch, rule, now_ms=now_ms, force_rank=force_rank, sweep=sweep, admit=admit)
@@ -221,10 +221,10 @@ class PassEngine:
         stall_check: bool = False,
         *,
         sweep: bool | Collection[str] = False,
-        holder_check: bool = True,
+        holder_check: bool | Collection[str] = True,
     ) -> list[ExperimentRead]:
         """The batch searches: what MLflow holds for every experiment of the batch (the
-        holders only when ``holder_check``)."""
+        holders of those ``holder_check`` takes in)."""
         fp = fingerprint(rule.metric, rule.ascending, rule.filter)
         states = {e.experiment_id: ExperimentState.from_tag(e.tags.get(STATE_TAG)) for e in exps}
         ids = [e.experiment_id for e in exps]
@@ -247,12 +247,13 @@ class PassEngine:
                     news, and_filters(FINISHED_FILTER, f"attributes.end_time > {news_low}", rule.filter)
                 )
                 ended, filtered_out = with_rule_filter(ended, matching)
-        holders = self._holders(ids) if holder_check else None
+        checked = {i for i in ids if includes(holder_check, i)}
+        holders = self._holders([i for i in ids if i in checked]) if checked else {}
         ended_by = by_experiment(ended)
         running: dict[str, tuple[RunRecord, ...]] | None = None
         if needs_running_search(rule, fp, states, ended_by, stall_check):
             running = by_experiment(self.tracking.search_runs(ids, RUNNING_FILTER))
-        to_sweep = [i for i in tracked if sweeps(sweep, i)]
+        to_sweep = [i for i in tracked if includes(sweep, i)]
         swept = self._orphans(rule, to_sweep, states) if to_sweep else {}
         advance_to = redundant_advance(ended, states)
         return [
@@ -261,7 +262,7 @@ class PassEngine:
                 states[exp.experiment_id],
                 Observed(
                     ended=ended_by.get(exp.experiment_id, ()),
-                    holders=None if holders is None else holders.get(exp.experiment_id, ()),
+                    holders=holders.get(exp.experiment_id, ()) if exp.experiment_id in checked else None,
                     running=None if running is None else running.get(exp.experiment_id, ()),
                     advance_to=advance_to,
                     filtered_out=filtered_out.get(exp.experiment_id, 0),
@@ -281,7 +282,7 @@ class PassEngine:
         """Read what the decision asked for; the reads come back with the answers filled in."""
         by_id = {r.experiment_id: r for r in reads}
         if need.holders:
-            # The holder check was not due: the experiments ranked have their holders read.
+            # The experiments ranked whose holders the batch search did not read.
             held = self._holders(need.holders)
             for i in need.holders:
                 by_id[i] = replace(by_id[i], observed=replace(by_id[i].observed, holders=held.get(i, ())))

@@ -879,10 +879,10 @@ class BatchDecision:
     counts: Mapping[str, Counts] = field(default_factory=dict)
 
 
-def sweeps(sweep: bool | Collection[str], experiment_id: str) -> bool:
-    """Whether a pass's ``sweep`` (True: every experiment, else the ids to sweep) takes in
-    this experiment."""
-    return sweep is True or (sweep is not False and experiment_id in sweep)
+def includes(which: bool | Collection[str], experiment_id: str) -> bool:
+    """Whether a pass's ``sweep`` or holder check (True: every experiment, False: none, else
+    the ids) takes in this experiment."""
+    return which is True or (which is not False and experiment_id in which)
 
 
 def triage_for_pass(
@@ -975,7 +975,7 @@ def decide_batch(
             r,
             now_ms,
             force_rank=force_rank,
-            sweep=sweeps(sweep, r.experiment_id),
+            sweep=includes(sweep, r.experiment_id),
             admitted=admit is None or r.experiment_id in admit,
         )
         for r in reads
@@ -987,7 +987,7 @@ def decide_batch(
         orphans=tuple(
             r.experiment_id
             for r in ranking
-            if r.orphans is None and not (sweeps(sweep, r.experiment_id) and is_tracked(r.state, fp))
+            if r.orphans is None and not (includes(sweep, r.experiment_id) and is_tracked(r.state, fp))
         ),
         boards=tuple(
             BoardRequest(
@@ -1038,7 +1038,9 @@ def decide_batch(
             )
         plans = align_first_rankings(rule, plans, by_id)
     states = {r.experiment_id: r.state for r in reads}
-    plans = [record_sweep(p, states[p.experiment_id], sweeps(sweep, p.experiment_id), now_ms) for p in plans]
+    plans = [
+        record_sweep(p, states[p.experiment_id], includes(sweep, p.experiment_id), now_ms) for p in plans
+    ]
     return BatchDecision(triaged, plans=tuple(plans), counts=counts)
 
 

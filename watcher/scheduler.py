@@ -57,10 +57,15 @@ def run_daemon(
     scheduler = BackgroundScheduler(timezone=UTC)
 
     def reconcile() -> None:
-        # While first rankings wait (max_rankings_per_pass), the next pass starts at once; each
-        # pass takes the watcher's lock apart, so API rankings go in between.
+        # While first rankings or holder checks wait (max_rankings_per_pass,
+        # HOLDER_CHECK_RUNS), the next pass starts at once; each pass takes the watcher's lock
+        # apart, so API rankings go in between.
         result = watcher.run_pass()
-        while result.ok and result.rankings_deferred and not shutdown.requested.is_set():
+        while (
+            result.ok
+            and (result.rankings_deferred or result.holder_checks_deferred)
+            and not shutdown.requested.is_set()
+        ):
             result = watcher.run_pass()
 
     scheduler.add_job(

@@ -27,7 +27,7 @@ from watcher.engine import PassEngine, and_filters, metric_ref, number_literal, 
 from watcher.errors import ExperimentNotFound, NoRankedRuns, WatcherError
 from watcher.mlflow_io import MlflowTracking
 from watcher.model import ON_DEMAND_RULE, Handler, Leaderboard, Rule, WatchedExperiment
-from watcher.planner import ExperimentPlan
+from watcher.planner import RANKING, ExperimentPlan
 from watcher.selection import details, plain_line
 from watcher.settings import RuleConfig, WatcherSettings
 from watcher.state import STATE_TAG, UNRANKED, ExperimentState, fingerprint
@@ -62,6 +62,9 @@ class PassResult:
     # First rankings left for later passes (``max_rankings_per_pass``): the daemon goes on
     # at once while there are some.
     rankings_deferred: int = 0
+    # Experiments whose holder check was due but did not fit this pass (``HOLDER_CHECK_RUNS``):
+    # the daemon goes on at once while there are some.
+    holder_checks_deferred: int = 0
 
 
 @dataclass
@@ -105,6 +108,46 @@ def sweep_due(watched: Sequence[WatchedExperiment], now_ms: int, limit: int) -> 
     return [i for _, i in sorted(due)[:limit]]
 
 
+# Holder runs one pass's holder check reads at most: MLflow's search returns whole runs, and
+# reading a trainer-sized run (30 params, 40 metrics) costs the server 3-5 ms, so this keeps a
+# pass with a due check near a second. The experiments left over are checked by the passes that
+# follow at once, the longest unchecked first.
+HOLDER_CHECK_RUNS = 250
+
+
+def holder_checks_due(
+    watched: Sequence[WatchedExperiment],
+    checked_at: Mapping[str, float],
+    now: float,
+    interval: float,
+    budget: int = HOLDER_CHECK_RUNS,
+) -> tuple[list[str], int]:
+    """The ranked experiments whose holders this pass reads, and how many more are due.
+
+    Due: not checked within ``interval`` seconds (or never), the longest unchecked first, taken
+    while their holders (the top N of the kept board; an empty board counts one) fit ``budget``
+    runs; the first always goes. ``interval`` 0 takes every ranked experiment, every pass. An
+    experiment not ranked yet has no holders to check: its first ranking reads them."""
+    due: list[tuple[float, str, int]] = []
+    for exp in watched:
+        state = ExperimentState.from_tag(exp.tags.get(STATE_TAG))
+        if state is None or state.fingerprint == UNRANKED:
+            continue
+        last = checked_at.get(exp.experiment_id)
+        if interval == 0 or last is None or now - last >= interval:
+            due.append((-1.0 if last is None else last, exp.experiment_id, max(1, len(state.holders()))))
+    if interval == 0:
+        return [i for _, i, _ in due], 0
+    taken: list[str] = []
+    runs = 0
+    for _, exp_id, holders in sorted(due):
+        if taken and runs + holders > budget:
+            break
+        taken.append(exp_id)
+        runs += holders
+    return taken, len(due) - len(taken)
+
+
 def needs_first_ranking(exp: WatchedExperiment) -> bool:
     """The experiment's state holds no ranking by its rule's current definition."""
     rule = exp.rule
@@ -140,8 +183,10 @@ class Watcher:
         self.selections: dict[str, dict[str, Any]] = {}
         self._lock = threading.Lock()
         self._stall_checked: dict[str, float] = {}
-        # When the holders of every watched experiment were last read (None: not yet).
-        self._holders_checked: float | None = None
+        # When each experiment's holders were last read by a holder check (this process only:
+        # a restarted daemon checks every experiment again).
+        self._holders_checked: dict[str, float] = {}
+        self.holder_check_runs = HOLDER_CHECK_RUNS
 
     # -- a pass ------------------------------------------------------------------------------
 
@@ -153,9 +198,9 @@ class Watcher:
         ``sweep``: True sweeps every watched experiment (searches its ``top_{N}``/
         ``production_candidate`` holders, re-ranks it from its kept cutoff); None those whose
         last sweep, kept in MLflow, is older than ``SWEEP_SECONDS``; False none.
-        ``holder_check``: True reads the holders of every watched experiment; None when
-        ``holder_check_seconds`` have passed since the last check (a one-off pass asks for it:
-        no later pass would put a hand-set tag right).
+        ``holder_check``: True reads the holders of every watched experiment; None those not
+        read for ``holder_check_seconds``, at most ``holder_check_runs`` holder runs (a one-off
+        pass asks for all: no later pass would put a hand-set tag right); False none.
         """
         with self._lock:
             return self._run_pass(dry_run, sweep, holder_check)
@@ -171,15 +216,15 @@ class Watcher:
                 self._stall_checked[rule.name] = now
         return due
 
-    def _holder_check_due(self, now: float) -> bool:
-        """Due ``holder_check_seconds`` after the last check ended; not while the passes catch
-        up with first rankings left by the last one (each reads its own holders, and a check
-        per pass would read the holders of every experiment ranked so far, pass after pass)."""
-        last, interval = self._holders_checked, self.settings.holder_check_seconds
+    def _holder_checks(self, watched: Sequence[WatchedExperiment], now: float) -> tuple[list[str], int]:
+        """The experiments whose holder check is due (see :func:`holder_checks_due`), counted
+        from the end of their last check; none while the passes catch up with first rankings
+        left by the last one (each reads its own holders)."""
+        interval = self.settings.holder_check_seconds
         previous = self.last_result
         if previous is not None and previous.ok and previous.rankings_deferred and interval > 0:
-            return False
-        return interval == 0 or last is None or now - last >= interval
+            return [], 0
+        return holder_checks_due(watched, self._holders_checked, now, interval, self.holder_check_runs)
 
     def _admitted(self, watched: Sequence[WatchedExperiment]) -> tuple[set[str] | None, int]:
         """The experiments this pass may rank for the first time (None: every one) and how
@@ -210,14 +255,16 @@ class Watcher:
         watched: list[WatchedExperiment] = []
         error: str | None = None
         report: dict[str, int] = {}
-        deferred = 0
+        deferred = checks_deferred = 0
         with structlog.contextvars.bound_contextvars(pass_id=pass_id):
             log.info("pass_started", dry_run=dry_run)
             apply.start()
             try:
                 watched = watched_experiments(self.settings, self.tracking)
                 now_ms = int(started * 1000)
-                check = self._holder_check_due(started) if holder_check is None else holder_check
+                check: bool | list[str] = holder_check if holder_check is not None else False
+                if holder_check is None:
+                    check, checks_deferred = self._holder_checks(watched, started)
                 admit, deferred = self._admitted(watched)
                 limit = self.settings.max_rankings_per_pass
                 plans = self.engine.plan_pass(
@@ -229,9 +276,11 @@ class Watcher:
                     holder_check=check,
                     admit=admit,
                 )
-                if check:
-                    self._holders_checked = self.clock()
                 apply.apply(plans, watched)
+                # The experiments checked, and those ranked (a ranking reads its holders first).
+                checked = [e.experiment_id for e in watched] if check is True else list(check or [])
+                checked += [p.experiment_id for p in plans if p.action in RANKING]
+                self._holders_checked.update(dict.fromkeys(checked, self.clock()))
                 if not dry_run:
                     self._keep_selections(plans)
             except Exception as e:  # the daemon must survive anything one pass runs into
@@ -261,6 +310,7 @@ class Watcher:
                 error=error,
                 handler_report=report,
                 rankings_deferred=deferred,
+                holder_checks_deferred=checks_deferred,
             )
             self._record(result)
             log.info(
@@ -273,6 +323,7 @@ class Watcher:
                 tracking_calls=result.tracking_calls,
                 duration_seconds=round(duration, 3),
                 **({"rankings_deferred": deferred} if deferred else {}),
+                **({"holder_checks_deferred": checks_deferred} if checks_deferred else {}),
                 **report,
             )
         return result

@@ -200,9 +200,10 @@ class WatcherSettings(BaseSettings):
     tracking_uri: str | None = None
     # At most a day: a longer (or infinite) interval would quietly switch the daemon off.
     poll_interval_seconds: float = Field(default=60.0, gt=0, le=86400)
-    # The daemon reads the ranking tags' holders (hand-set, deleted, stale tags) at most this
-    # often; 0: every pass. A pass that ranks an experiment reads its holders all the same. At
-    # most a day, so interference is always put right in a bounded time.
+    # The daemon reads each experiment's ranking tag holders (hand-set, deleted, stale tags)
+    # this long after it last read them, at most HOLDER_CHECK_RUNS per pass; 0: every pass. A
+    # pass that ranks an experiment reads its holders all the same. At most a day, so
+    # interference is always put right in a bounded time.
     holder_check_seconds: float = Field(default=60.0, ge=0, le=86400)
     # First rankings per pass (experiments with the most recent runs first); the rest wait.
     max_rankings_per_pass: int = Field(default=100, ge=1)

@@ -34,9 +34,9 @@ or replaced watcher carries on where the last one stopped and two replicas conve
   summary from. An API ranking (another ``top_n``) leaves it as it is, so the rule's next
   pass posts ``leaderboard.changed`` only when its own board differs from that one.
 
-Limits, by design of an O(1) idle pass: the holder check of every pass finds runs carrying
+Limits, by design of an O(1) idle pass: the holder check (on a schedule) finds runs carrying
 ``model_rank``; a ``top_{N}`` or ``production_candidate`` tag on a run without ``model_rank``
-(set by hand) is found at the experiment's next re-rank. A run whose ``end_time`` lies before
+(set by hand) is found at the experiment's next re-rank or sweep. A run whose ``end_time`` lies before
 the watermark when it becomes visible (a client clock far behind) does not trigger a re-rank
 by itself, but any later re-rank includes it, since the threshold search does not look at
 end times.

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
 from uuid import uuid4
 
 import httpx
@@ -15,7 +14,8 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.mlflow_server import ServerHandle, free_port, sqlite_uri, start_server
+from tests.support.mlflow_server import ServerHandle, free_port
+from tests.support.proxy import Proxy
 from watcher.api import bind_socket, create_app, run_in_thread, serve_in_thread
 from watcher.errors import ConfigError
 from watcher.mlflow_io import MlflowTracking
@@ -261,7 +261,8 @@ def test_bearer_token_is_required_on_post_only(sqlite_server, serve):
     ok = http.post("/models/rank", params=params, headers={"Authorization": "Bearer s3cret-token"})
     assert ok.status_code == 200, ok.text
     assert http.get("/metrics").status_code == 200
-    assert http.get("/healthz").status_code == 503  # open, and no pass has run yet
+    health = http.get("/healthz")  # open; the watcher just started, no pass has run yet
+    assert (health.status_code, health.json()["status"]) == (200, "starting")
 
 
 def test_docs_serve_the_openapi_page_with_all_routes(sqlite_server, serve):
@@ -290,63 +291,73 @@ def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     }
 
 
-def test_healthz_turns_503_while_the_server_is_down_and_200_when_it_is_back(tmp_path: Path, serve: Serve):
-    """A throwaway server: a pass succeeds (200); the server stops and three intervals pass
-    with failing passes (503, last pass not ok; POST /models/rank answers 503 too); it restarts
-    on the same port and database and the next pass brings /healthz back to 200. /metrics
-    counts the ok and failed passes, tracking calls and tag writes."""
-    server = start_server(sqlite_uri(tmp_path / "mlflow.db"), tmp_path, backend="sqlite")
-    try:
-        client = MlflowClient(server.url)
-        make_runs(client, new_name(), [0.1, 0.2, 0.3])
-        clock = Clock()
-        watcher = Watcher(settings_for(poll=10.0), MlflowTracking(server.url), clock=clock)
-        http = serve(create_app(watcher, clock=clock))
-        assert http.get("/healthz").status_code == 503  # no pass yet
-        before = _samples(http.get("/metrics").text)
+def test_healthz_says_starting_then_turns_503_while_the_server_is_down_and_200_when_it_is_back(
+    sqlite_server: ServerHandle, serve: Serve, counting_proxy: Callable[[str], Proxy]
+):
+    """A watcher just started answers 200 "starting" before any pass, and 503 once three poll
+    intervals went by without a successful pass. A pass succeeds (200 "ok"); the tracking
+    server goes down (its proxy answers 503) and three intervals pass with failing passes (503,
+    last pass not ok; POST /models/rank answers 503 too); it comes back and the next pass brings
+    /healthz back to 200. /metrics counts the ok and failed passes, tracking calls and tag
+    writes."""
+    proxy = counting_proxy(sqlite_server.url)
+    name = new_name()
+    make_runs(MlflowClient(sqlite_server.url), name, [0.1, 0.2, 0.3])
+    clock = Clock()
+    watcher = Watcher(settings_for(pattern=name, poll=10.0), MlflowTracking(proxy.url), clock=clock)
+    http = serve(create_app(watcher, clock=clock))
+    starting = http.get("/healthz")
+    assert starting.status_code == 200, starting.text
+    assert starting.json()["status"] == "starting"
+    assert starting.json()["last_pass_at"] is None
+    clock.now += 30.0
+    assert http.get("/healthz").json()["status"] == "starting"  # three intervals are allowed
+    clock.now += 1.0
+    stuck = http.get("/healthz")
+    assert (stuck.status_code, stuck.json()["status"]) == (503, "unhealthy")
+    assert stuck.json()["started_at"] == starting.json()["started_at"]
+    before = _samples(http.get("/metrics").text)
 
-        assert watcher.run_pass().ok
-        up = http.get("/healthz")
-        assert up.status_code == 200, up.text
-        assert up.json()["status"] == "ok"
-        assert up.json()["last_pass_ok"] is True
+    assert watcher.run_pass().ok
+    up = http.get("/healthz")
+    assert up.status_code == 200, up.text
+    assert up.json()["status"] == "ok"
+    assert up.json()["last_pass_ok"] is True
 
-        server.stop()
-        for _ in range(4):
-            clock.now += 10.0
-            assert not watcher.run_pass().ok
-        down = http.get("/healthz")
-        assert down.status_code == 503
-        refused = http.post("/models/rank", params={"experiment_name": "anything"})
-        assert refused.status_code == 503  # the tracking server is down: retry later
-        assert str(server.port) not in refused.json()["detail"]  # details stay in the log
-        assert down.json()["status"] == "unhealthy"
-        assert down.json()["last_pass_ok"] is False
-        assert down.json()["last_success_at"] == up.json()["last_success_at"]
-
-        server.restart()
+    proxy.down = True
+    for _ in range(4):
         clock.now += 10.0
-        assert watcher.run_pass().ok
-        assert http.get("/healthz").status_code == 200
+        assert not watcher.run_pass().ok
+    down = http.get("/healthz")
+    assert down.status_code == 503
+    refused = http.post("/models/rank", params={"experiment_name": "anything"})
+    assert refused.status_code == 503  # the tracking server is down: retry later
+    assert proxy.url.rsplit(":", 1)[-1] not in refused.json()["detail"]  # details stay in the log
+    assert down.json()["status"] == "unhealthy"
+    assert down.json()["last_pass_ok"] is False
+    assert down.json()["last_success_at"] == up.json()["last_success_at"]
 
-        after = _samples(http.get("/metrics").text)
-        ok = ("podium_watcher_passes_total", (("outcome", "ok"),))
-        failed = ("podium_watcher_passes_total", (("outcome", "failed"),))
-        assert after[ok] - before.get(ok, 0.0) == 2
-        assert after[failed] - before.get(failed, 0.0) == 4
-        assert (
-            after[("podium_watcher_pass_duration_seconds_count", ())]
-            - before.get(("podium_watcher_pass_duration_seconds_count", ()), 0.0)
-            == 6
-        )
-        assert after[("podium_watcher_last_success_timestamp_seconds", ())] == watcher.health.last_success_at
-        calls = sum(v for (n, _), v in after.items() if n == "podium_watcher_tracking_calls_total")
-        calls_before = sum(v for (n, _), v in before.items() if n == "podium_watcher_tracking_calls_total")
-        assert calls > calls_before
-        writes = ("podium_watcher_tag_writes_total", ())
-        assert after[writes] - before.get(writes, 0.0) >= 3
-    finally:
-        server.stop()
+    proxy.down = False
+    clock.now += 10.0
+    assert watcher.run_pass().ok
+    assert http.get("/healthz").status_code == 200
+
+    after = _samples(http.get("/metrics").text)
+    ok = ("podium_watcher_passes_total", (("outcome", "ok"),))
+    failed = ("podium_watcher_passes_total", (("outcome", "failed"),))
+    assert after[ok] - before.get(ok, 0.0) == 2
+    assert after[failed] - before.get(failed, 0.0) == 4
+    assert (
+        after[("podium_watcher_pass_duration_seconds_count", ())]
+        - before.get(("podium_watcher_pass_duration_seconds_count", ()), 0.0)
+        == 6
+    )
+    assert after[("podium_watcher_last_success_timestamp_seconds", ())] == watcher.health.last_success_at
+    calls = sum(v for (n, _), v in after.items() if n == "podium_watcher_tracking_calls_total")
+    calls_before = sum(v for (n, _), v in before.items() if n == "podium_watcher_tracking_calls_total")
+    assert calls > calls_before
+    writes = ("podium_watcher_tag_writes_total", ())
+    assert after[writes] - before.get(writes, 0.0) >= 3
 
 
 # ---- the daemon's uvicorn thread ---------------------------------------------------------------

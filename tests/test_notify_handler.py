@@ -58,8 +58,8 @@ class World:
             ui_base_url="http://mlflow.local:5000",
         )
 
-    def change(self, n: int = 3) -> LeaderboardChanged:
-        return make_event(n, experiment_id=self.experiment_id)
+    def change(self, n: int = 3, sequence: int = 1) -> LeaderboardChanged:
+        return make_event(n, experiment_id=self.experiment_id, sequence=sequence)
 
     def alert(self, kind: str = "failed") -> RunAlert:
         alert = make_alert(kind)
@@ -213,6 +213,44 @@ def test_summaries_kept_by_an_earlier_version_are_still_sent_once(
     assert world.pending() == {}
 
 
+def test_one_change_kept_by_two_notifiers_is_one_entry_and_a_later_identical_change_another(
+    tracking_uri: str, receiver: HTTPServer
+) -> None:
+    """Two processes' notifiers, with their own clocks, keep the same change (and alert) under
+    one delivery id, so one tag; the same board change numbered later is a new entry. A process
+    that adopted the entry from the listing and keeps it again sends it once."""
+    world = World(tracking_uri, [hook(receiver)], alerts=["failed"])
+    other = Notifier(
+        Outbox(MlflowRegistry(world.tracking)),
+        ["team"],
+        ui_base_url="http://mlflow.local:5000",
+        clock=lambda: 2_000_000_000.0,
+    )
+    other.on_leaderboard_changed(world.change(sequence=2), world.rule)
+    other.on_run_alert(world.alert("failed"), world.rule)
+    world.notifier.on_leaderboard_changed(world.change(sequence=2), world.rule)
+    world.notifier.on_run_alert(world.alert("failed"), world.rule)
+    kept = [json.loads(v) for v in world.pending().values()]
+    assert sorted(e["data"]["payload"]["event"] for e in kept) == ["leaderboard.changed", "run.failed"]
+    [summary] = [e["entry_id"] for e in kept if e["data"]["payload"]["event"] == "leaderboard.changed"]
+
+    world.notifier.on_leaderboard_changed(world.change(sequence=4), world.rule)
+    ids = {json.loads(v)["entry_id"] for v in world.pending().values()}
+    assert len(ids) == 3
+    assert summary in ids
+
+    receiver.expect_request("/team").respond_with_data("ok")
+    receiver.start()
+    world.restart()  # adopts the three from the listing
+    world.run_pass()
+    world.notifier.on_leaderboard_changed(world.change(sequence=2), world.rule)  # done here already
+    assert world.notifier.pass_report() == {}
+    assert world.run_pass() == {}
+    requests = requests_to(receiver, "/team")
+    assert sorted(r.headers[DELIVERY_ID_HEADER] for r in requests) == sorted(ids)
+    assert world.pending() == {}
+
+
 def test_refused_summary_is_not_kept(tracking_uri: str, httpserver: HTTPServer) -> None:
     httpserver.expect_request("/team").respond_with_data("no such hook", status=404)
     world = World(tracking_uri, [hook(httpserver)])
@@ -245,8 +283,8 @@ def test_a_webhook_that_failed_is_not_retried_again_in_the_same_pass(
 ) -> None:
     world = World(tracking_uri, [hook(receiver)])
     world.worker.on_pass_start()
-    for _ in range(3):  # three experiments changed in one pass while the receiver is down
-        world.notifier.on_leaderboard_changed(world.change(), world.rule)
+    for sequence in (1, 2, 3):  # three changes in one pass while the receiver is down
+        world.notifier.on_leaderboard_changed(world.change(sequence=sequence), world.rule)
         world.worker.drain()  # the daemon's worker wakes on every queued entry
     assert world.sleeps.calls == [1.0, 2.0]  # one round of back-off, not three
     assert len(world.pending()) == 3

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from uuid import uuid4
 
@@ -17,6 +19,7 @@ from structlog.testing import capture_logs
 from werkzeug import Request, Response
 
 from tests.support.mlflow_server import ServerHandle
+from tests.support.proxy import Proxy
 from tests.support.registry_runs import log_run, predict
 from tests.support.webhooks import SECRET, Sleeps, requests_to, sample, verify
 from watcher.api import bind_socket, create_app, run_in_thread
@@ -27,7 +30,7 @@ from watcher.notify.handler import Notifier
 from watcher.notify.sender import DELIVERY_ID_HEADER, Sender, resolve_targets
 from watcher.outbox import TAG_PREFIX, Outbox
 from watcher.registry import RegistryPromoter
-from watcher.service import Watcher
+from watcher.service import PassResult, Watcher
 from watcher.settings import WatcherSettings
 
 pytestmark = pytest.mark.server
@@ -509,3 +512,65 @@ def test_an_api_ranking_with_another_top_n_posts_no_false_summary_and_a_real_cha
     change = summaries()[1]["changes"]
     assert change == {"new_leader": True, "entered": [better], "left": [announced[-1]]}
     assert top(10) == [better, *announced[:9]]
+
+
+def test_two_replicas_deciding_one_change_keep_one_outbox_entry_and_post_one_delivery_id(
+    server: ServerHandle,
+    receiver: HTTPServer,
+    monkeypatch: pytest.MonkeyPatch,
+    counting_proxy: Callable[[str], Proxy],
+) -> None:
+    """Two watchers over one experiment both read it before either writes (each held at its
+    first write by its own proxy), so both decide its first ranking: they keep one summary and
+    one promotion, under one tag each. Each replica still holds the summary it kept and sends
+    it, so the receiver gets two POSTs, both with the tag's delivery id: it drops the copy.
+    Later passes of either send nothing more."""
+    monkeypatch.setenv("PODIUM_TEST_SECRET", SECRET)
+    receiver.expect_request("/hook").respond_with_data("ok")
+    receiver.start()
+    name = f"exp_{uuid4().hex[:8]}"
+    exp_id = mlflow.create_experiment(name)
+    log_run(exp_id, 0.5, how="none")
+    log_run(exp_id, 0.6, how="none")
+    replicas = []
+    for _ in range(2):
+        proxy = counting_proxy(server.url)
+        proxy.writes_open.clear()
+        settings = make_settings(proxy.url, name, receiver.url_for("/hook"), f"wf-{exp_id}")
+        tracking = MlflowTracking(proxy.url)
+        delivery = build_handlers(settings, tracking)
+        replicas.append((proxy, Watcher(settings, tracking, delivery.handlers), delivery.worker))
+
+    results: list[PassResult] = []
+    threads = [threading.Thread(target=lambda w=w: results.append(w.run_pass())) for _, w, _ in replicas]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 60
+    while not all(p.held for p, _, _ in replicas) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert all(p.held for p, _, _ in replicas), "a replica never reached its first write"
+    for proxy, _, _ in replicas:
+        proxy.writes_open.set()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert [r.ok for r in results] == [True, True]
+    # Both decided the change: each queued it, under the same tags.
+    assert [r.handler_report.get("webhooks_queued") for r in results] == [1, 1]
+    assert [r.handler_report.get("registry_queued") for r in results] == [1, 1]
+    kept = {k: json.loads(v) for k, v in MlflowClient(server.url).get_experiment(exp_id).tags.items()}
+    [summary] = [v for k, v in kept.items() if k.startswith(f"{TAG_PREFIX}webhook.")]
+    [promotion] = [k for k in kept if k.startswith(f"{TAG_PREFIX}registry.")]
+    assert promotion
+
+    for _, _, worker in replicas:
+        worker.drain()
+    requests = requests_to(receiver, "/hook")
+    assert len(requests) == 2  # one per replica: the outbox has no claim, receivers deduplicate
+    assert {r.headers[DELIVERY_ID_HEADER] for r in requests} == {summary["entry_id"]}
+    assert all(verify(SECRET, r.headers, r.get_data()) for r in requests)
+    assert pending_summaries(server, exp_id) == []
+    for _, watcher, worker in replicas:
+        assert watcher.run_pass().ok
+        worker.drain()
+    assert len(requests_to(receiver, "/hook")) == 2
+    assert pending_summaries(server, exp_id) == []

@@ -11,7 +11,9 @@ from dataclasses import replace
 
 import pytest
 
-from watcher.model import MODEL_RANK, RunRecord
+from watcher.model import MODEL_RANK, LeaderboardChanged, RunRecord, TagChange
+from watcher.notify.handler import delivery_id
+from watcher.notify.payloads import leaderboard_payload
 from watcher.planner import (
     BatchDecision,
     BoardFound,
@@ -29,6 +31,7 @@ from watcher.planner import (
     with_rule_filter,
 )
 from watcher.ranking import podium_tags
+from watcher.registry import promotion_id
 from watcher.settings import RuleConfig
 from watcher.state import UNRANKED, ExperimentState, board_size, fingerprint
 
@@ -235,3 +238,64 @@ def test_when_the_batch_searches_running_runs(
 ) -> None:
     rule = RULE.model_copy(update={"trigger": trigger, "alerts": alerts})
     assert needs_running_search(rule, FP, {"1": state}, {"1": ended}, stall_check) is expected
+
+
+def tagged(runs: tuple[RunRecord, ...], changes: tuple[TagChange, ...]) -> tuple[RunRecord, ...]:
+    """``runs`` with a plan's tag changes applied (a change to a run not among them is lost,
+    as a write to a deleted run is)."""
+    tags = {r.run_id: dict(r.tags) for r in runs}
+    for change in changes:
+        if change.run_id in tags:
+            if change.new is None:
+                tags[change.run_id].pop(change.key, None)
+            else:
+                tags[change.run_id][change.key] = change.new
+    return tuple(replace(r, tags=tags[r.run_id]) for r in runs)
+
+
+def test_a_change_is_numbered_from_the_kept_state_so_its_ids_repeat_for_a_replica_not_later() -> None:
+    """The board goes A→B (a better run d finishes), back to A (d deleted), then A→B again (d
+    restored): the same payload twice, yet the second A→B gets new delivery and promotion ids,
+    as every change is numbered after those the kept state counts. The same change decided
+    again from the same state (a replica, a restart) gets the same ids whatever the clock."""
+    state, runs = ranked()
+    assert state.announced_changes == 1
+    d = run("d", 0.95, 400)
+
+    def decide(
+        state: ExperimentState, runs: tuple[RunRecord, ...], ended: tuple[RunRecord, ...] = ()
+    ) -> tuple[LeaderboardChanged, ExperimentState, tuple[RunRecord, ...]]:
+        """One pass: the change it announces, the state it writes, the runs as it leaves them."""
+        observed = Observed(ended=ended, holders=holders(runs), running=())
+        plan = settle(ExperimentRead(Experiment("1", "e"), state, observed), runs)[0].plans[0]
+        assert plan.event is not None
+        assert plan.state is not None
+        return plan.event, plan.state, tagged(runs, plan.changes)
+
+    def ids(event: LeaderboardChanged, now: float) -> tuple[str, str]:
+        payload = leaderboard_payload(event, ui_base_url=None, now=now)
+        leader = event.board.leader
+        assert leader is not None
+        return (
+            delivery_id("1", "team", payload, event.sequence),
+            promotion_id("1", "m@champion", leader.run_id, event.sequence),
+        )
+
+    def document(event: LeaderboardChanged) -> dict[str, object]:
+        payload = leaderboard_payload(event, ui_base_url=None, now=0)
+        return {k: v for k, v in payload.items() if k != "timestamp"}
+
+    first_ab, with_b, runs_b = decide(state, (*runs, d), ended=(d,))
+    replica_ab, _, _ = decide(state, (*runs, d), ended=(d,))
+    back_to_a, with_a, runs_a = decide(with_b, runs_b[:3])  # d deleted, its tags still on it
+    again_ab, last, _ = decide(with_a, (*runs_a, runs_b[3]))  # d restored
+    events = [first_ab, back_to_a, again_ab]
+    assert [[e.run_id for e in ev.board.entries] for ev in events] == [["d", "a"], ["a", "c"], ["d", "a"]]
+    assert [ev.sequence for ev in events] == [2, 3, 4]
+    assert last.announced_changes == 4
+
+    assert document(first_ab) == document(again_ab)  # only the number tells them apart
+    assert ids(first_ab, 1.0) == ids(replica_ab, 2.0)
+    assert set(ids(first_ab, 1.0)).isdisjoint(ids(again_ab, 1.0))
+    payload = leaderboard_payload(first_ab, ui_base_url=None, now=1.0)
+    assert delivery_id("1", "team", payload, 2) != delivery_id("1", "chat", payload, 2)  # one per webhook

@@ -77,8 +77,9 @@ def registry_calls(tracking: MlflowTracking) -> dict[str, int]:
 
 
 def changed(
-    experiment_id: str, name: str, ranked: list[tuple[str, float]], *, new_leader: bool
+    experiment_id: str, name: str, ranked: list[tuple[str, float]], *, new_leader: bool, sequence: int = 1
 ) -> LeaderboardChanged:
+    """The experiment's change number ``sequence``: a promotion's entry id is derived from it."""
     entries = tuple(
         RankedRun(rank=i + 1, run_id=run_id, run_name=run_id[:8], value=value)
         for i, (run_id, value) in enumerate(ranked)
@@ -95,7 +96,7 @@ def changed(
         ranked_runs=len(entries),
         unranked_runs=0,
     )
-    return LeaderboardChanged(board=board, new_leader=new_leader, entered=(), left=())
+    return LeaderboardChanged(board=board, new_leader=new_leader, entered=(), left=(), sequence=sequence)
 
 
 def new_experiment() -> tuple[str, str]:
@@ -121,7 +122,7 @@ def test_alias_follows_a_better_run_and_loads_and_predicts(mlflow_server: Server
     better = log_run(exp_id, 0.9)
     with capture_logs() as logs:
         promoter.on_leaderboard_changed(
-            changed(exp_id, exp_name, [(better, 0.9), (first, 0.5)], new_leader=True), rule
+            changed(exp_id, exp_name, [(better, 0.9), (first, 0.5)], new_leader=True, sequence=2), rule
         )
     assert [e["event"] for e in logs if e["log_level"] in ("warning", "error")] == []
     v2 = client.get_model_version_by_alias(model_name, "champion")
@@ -139,7 +140,7 @@ def test_alias_follows_a_better_run_and_loads_and_predicts(mlflow_server: Server
     # outbox entry's tag: written in the pass, deleted once done).
     tracking.calls_by_method.clear()
     report = promoter.on_leaderboard_changed(
-        changed(exp_id, exp_name, [(better, 0.9), (first, 0.5)], new_leader=False), rule
+        changed(exp_id, exp_name, [(better, 0.9), (first, 0.5)], new_leader=False, sequence=3), rule
     )
     assert report == {"registry_current": 1}
     assert registry_calls(tracking) == {"get_model_version_by_alias": 1}
@@ -156,9 +157,11 @@ def test_returning_leader_reuses_its_version(sqlite_server: ServerHandle) -> Non
     rule = make_rule(model_name)
     a, b = log_run(exp_id, 0.5), log_run(exp_id, 0.6)
     promoter.on_leaderboard_changed(changed(exp_id, exp_name, [(a, 0.5)], new_leader=True), rule)
-    promoter.on_leaderboard_changed(changed(exp_id, exp_name, [(b, 0.6), (a, 0.5)], new_leader=True), rule)
+    promoter.on_leaderboard_changed(
+        changed(exp_id, exp_name, [(b, 0.6), (a, 0.5)], new_leader=True, sequence=2), rule
+    )
     # b's run is deleted from the board (e.g. its metric was corrected): a leads again.
-    promoter.on_leaderboard_changed(changed(exp_id, exp_name, [(a, 0.5)], new_leader=True), rule)
+    promoter.on_leaderboard_changed(changed(exp_id, exp_name, [(a, 0.5)], new_leader=True, sequence=3), rule)
     assert client.get_model_version_by_alias(model_name, "champion").version == "1"
     assert "model_rank" not in client.get_model_version(model_name, "2").tags
     assert len(client.search_model_versions(f"name = '{model_name}'")) == 2

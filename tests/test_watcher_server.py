@@ -291,7 +291,10 @@ def test_an_unreachable_server_fails_the_pass_fast_and_is_logged() -> None:
     assert result.error
     assert [e["event"] for e in logs if e["log_level"] == "error"] == ["pass_failed"]
     assert watcher.health.last_ok is False
-    assert not watcher.health.is_healthy(result.started_at)
+    # Just started: "starting" for three poll intervals, then unhealthy without a success.
+    assert watcher.health.status(result.started_at) == "starting"
+    limit = watcher.health.started_at + 3 * watcher.settings.poll_interval_seconds
+    assert watcher.health.status(limit + 1) == "unhealthy"
 
 
 def test_idle_from_the_first_pass_on_across_interleaved_experiments(

@@ -17,7 +17,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Literal
 from urllib.parse import urlsplit
 
 import structlog
@@ -76,7 +76,8 @@ class RankResponse(BaseModel):
 
 
 class Health(BaseModel):
-    status: str  # "ok" | "unhealthy"
+    status: Literal["ok", "starting", "unhealthy"]
+    started_at: str | None
     last_pass_at: str | None
     last_pass_ok: bool | None
     last_success_at: str | None
@@ -184,17 +185,19 @@ def create_app(
 
     @app.get("/healthz", response_model=Health, responses={503: {"model": Health}})
     def healthz() -> JSONResponse:
-        """200 while a pass succeeded within three poll intervals, else 503."""
+        """200 while a pass succeeded within three poll intervals, or, "starting", the watcher
+        started within three poll intervals and no pass succeeded yet; else 503."""
         health = watcher.health
-        healthy = health.is_healthy(clock())
+        state = health.status(clock())
         body = Health(
-            status="ok" if healthy else "unhealthy",
+            status=state,
+            started_at=_iso(health.started_at),
             last_pass_at=_iso(health.last_pass_at),
             last_pass_ok=health.last_ok,
             last_success_at=_iso(health.last_success_at),
             poll_interval_seconds=health.poll_interval_seconds,
         )
-        return JSONResponse(body.model_dump(), status_code=200 if healthy else 503)
+        return JSONResponse(body.model_dump(), status_code=503 if state == "unhealthy" else 200)
 
     @app.get("/metrics", response_class=Response)
     def prometheus_metrics() -> Response:

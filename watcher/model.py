@@ -164,7 +164,9 @@ class LeaderboardChanged:
     """Emitted after the tags of a changed leaderboard were written.
 
     ``entered``/``left`` are run ids that joined/left the top ``top_n``; ``selection`` is set
-    when the rule has a ``selection`` key.
+    when the rule has a ``selection`` key. ``sequence`` numbers the rule's announced changes of
+    the experiment (1 for the first), counted in its ``podium.state``: replicas that decide the
+    same change from the same state give it the same number, a later identical change the next.
     """
 
     board: Leaderboard
@@ -172,6 +174,7 @@ class LeaderboardChanged:
     entered: tuple[str, ...]
     left: tuple[str, ...]
     selection: SelectionSummary | None = None
+    sequence: int = 1
 
 
 @dataclass(frozen=True)

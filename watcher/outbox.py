@@ -9,6 +9,11 @@ restart or a replaced container: the next process finds it in the pass's experim
 delivery id, so a delivery retried after a restart still carries the same
 ``X-Podium-Delivery-Id``.
 
+Entry ids are derived from what the entry is (`entry_id`), not drawn at random: two replicas
+(or a restarted process) that decide the same delivery keep it under the same id, hence the
+same tag, one entry instead of two. An entry this process already holds, kept, adopted or done,
+is not kept again, so one process carries out one entry once.
+
 Tags written by earlier versions are honoured as they are: ``podium.webhook_pending.<webhook>.
 <delivery id>`` (one undelivered summary) and ``podium.registry_pending`` (one failed
 promotion) are read as entries and their tags deleted once done.
@@ -26,9 +31,11 @@ Thread-safe: the pass thread keeps and adopts, the worker thread takes and finis
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import threading
+import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Literal, Protocol
@@ -160,6 +167,13 @@ class Entry:
         )
 
 
+def entry_id(*parts: object) -> str:
+    """The id of the entry that ``parts`` (JSON values) describe, uuid4-shaped: the same parts
+    give the same id in every process."""
+    text = json.dumps(parts, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return str(uuid.UUID(bytes=hashlib.sha256(text.encode()).digest()[:16], version=4))
+
+
 def parse_tag(experiment_id: str, key: str, value: str) -> Entry | None:
     """The entry an experiment tag holds, in the current or an earlier format; None if the
     tag is not the outbox's. Raises ValueError (KeyError, TypeError) on an unreadable value."""
@@ -266,8 +280,21 @@ class Outbox:
 
     # -- the pass's side ---------------------------------------------------------------------
 
-    def keep(self, entry: Entry) -> Entry:
-        """Record `entry` as due: one experiment tag write (memory only if that fails)."""
+    def keep(self, entry: Entry) -> Entry | None:
+        """Record `entry` as due: one experiment tag write (memory only if that fails). None,
+        and no write, when this process already holds an entry of that id (due, in flight or
+        done): the same id is the same work."""
+        with self._lock:
+            held = entry.key in self._due or entry.key in self._in_flight or entry.key in self._done
+        if held:
+            log.info(
+                "outbox_entry_known",
+                kind=entry.kind,
+                target=entry.target,
+                entry_id=entry.entry_id,
+                experiment_id=entry.experiment_id,
+            )
+            return None
         value = entry.tag_value()
         ctx = {"kind": entry.kind, "target": entry.target, "entry_id": entry.entry_id}
         if len(value) > MAX_TAG_VALUE:

@@ -546,6 +546,10 @@ def plan_board(
         ranked_runs=max(counts.ranked, len(board) if counts.counting else counts.ranked),
         unranked_runs=counts.unranked,
     )
+    announces = rule.name != ON_DEMAND_RULE
+    event = leaderboard_event(leaderboard, state, against_announced=announces)
+    if event is not None and gate.summary is not None:
+        event = replace(event, selection=gate.summary)
     new_state = ExperimentState(
         rule=rule.name,
         fingerprint=fp,
@@ -566,16 +570,18 @@ def plan_board(
         alerted=t.alerted,
         alert_cursor=t.alert_cursor,
         announced=(
-            (state.announced if state is not None else None)
-            if rule.name == ON_DEMAND_RULE
-            else board_digest([e.run_id for e in entries])
+            board_digest([e.run_id for e in entries])
+            if announces
+            else (state.announced if state is not None else None)
+        ),
+        announced_changes=(
+            event.sequence
+            if announces and event is not None
+            else (state.announced_changes if state is not None else 0)
         ),
         held=gate.held,
         swept=state.swept if state is not None else None,
     )
-    event = leaderboard_event(leaderboard, state, against_announced=rule.name != ON_DEMAND_RULE)
-    if event is not None and gate.summary is not None:
-        event = replace(event, selection=gate.summary)
     action: Action = "full" if t.action == "full" else "rerank"
     return ExperimentPlan(
         exp_id,
@@ -633,7 +639,8 @@ def counted_page(
 def leaderboard_event(
     board: Leaderboard, previous: ExperimentState | None, *, against_announced: bool = True
 ) -> LeaderboardChanged | None:
-    """The change against the last board, or None when the top N is the same.
+    """The change against the last board, or None when the top N is the same; numbered
+    after the changes ``previous`` counts.
 
     ``against_announced`` (a config rule's pass): when the state keeps the digest of what the
     rule last announced, the board is compared with that, so an API ranking under another
@@ -657,6 +664,7 @@ def leaderboard_event(
         new_leader=bool(new) and (not old or old[0] != new[0]),
         entered=tuple(r for r in new if r not in old),
         left=tuple(r for r in old if r not in new),
+        sequence=(previous.announced_changes if previous is not None else 0) + 1,
     )
 
 

@@ -15,7 +15,9 @@ Versions of earlier leaders stay; only the alias moves. `RegistryPromoter`, the 
 none of this in the pass: it keeps a promotion entry in the outbox (`watcher.outbox`), and the
 delivery worker carries it out with `carry_out`. A failed promotion stays in the outbox and is
 retried in a later round while its run still holds `model_rank=1`; a newer leader's promotion
-supersedes it.
+supersedes it. A promotion's entry id is its experiment, target, run and the number of the
+board's change (`promotion_id`), so replicas promoting the same leader of the same board keep
+one entry.
 
 A rule that gains `registry:` (or names another model or alias) after its experiments were
 ranked gets no leaderboard change to react to. So once an experiment's leader was promoted
@@ -29,7 +31,6 @@ not put back until the leader changes.
 from __future__ import annotations
 
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
@@ -47,7 +48,7 @@ from watcher.model import (
     Rule,
     WatchedExperiment,
 )
-from watcher.outbox import LEGACY_REGISTRY_TAG, TAG_PREFIX, Entry, Outbox, Promotion
+from watcher.outbox import LEGACY_REGISTRY_TAG, TAG_PREFIX, Entry, Outbox, Promotion, entry_id
 from watcher.state import STATE_TAG, ExperimentState, fingerprint
 
 log = structlog.get_logger(__name__)
@@ -200,6 +201,12 @@ def target_of(registry: RegistryTarget) -> str:
     return f"{registry.model_name}@{registry.alias}"
 
 
+def promotion_id(experiment_id: str, target: str, run_id: str, sequence: int) -> str:
+    """The entry id of promoting ``run_id`` to ``target`` as the leader of the experiment's
+    board after its change number ``sequence``."""
+    return entry_id("registry", experiment_id, target, run_id, sequence)
+
+
 class RegistryPromoter(Handler):
     """Handler: queues the promotion of the leader after a rule's leaderboard changed.
 
@@ -211,12 +218,10 @@ class RegistryPromoter(Handler):
         outbox: Outbox,
         *,
         clock: Callable[[], float] = time.time,
-        new_id: Callable[[], str] = lambda: uuid.uuid4().hex,
     ) -> None:
         self._outbox = outbox
         outbox.supersede("registry", newest_promotion)
         self._clock = clock
-        self._new_id = new_id
         # Per experiment: the registry target its last listing recorded, and the one this
         # process queued a promotion for (the listing lags behind the worker).
         self._listed: dict[str, str | None] = {}
@@ -236,7 +241,7 @@ class RegistryPromoter(Handler):
             )
             return
         ranks = {entry.run_id: str(entry.rank) for entry in event.board.entries}
-        self._queue(event.board.experiment_id, leader.run_id, rule.registry, ranks)
+        self._queue(event.board.experiment_id, leader.run_id, rule.registry, ranks, event.sequence)
 
     def on_pass_start(self) -> None:
         self._report.clear()
@@ -256,6 +261,7 @@ class RegistryPromoter(Handler):
         run_id: str,
         registry: RegistryTarget,
         ranks: Mapping[str, str] | None,
+        sequence: int,
     ) -> None:
         """Keep a promotion entry; without ``ranks`` the worker reads the runs' rank tags."""
         target = target_of(registry)
@@ -270,13 +276,14 @@ class RegistryPromoter(Handler):
         )
         entry = Entry(
             experiment_id=experiment_id,
-            entry_id=self._new_id(),
+            entry_id=promotion_id(experiment_id, target, run_id, sequence),
             target=target,
             work=promotion,
             created_at=self._clock(),
         )
-        self._outbox.keep(entry)
         self._queued[experiment_id] = target
+        if self._outbox.keep(entry) is None:
+            return  # this process holds that promotion already
         self._report["registry_queued"] += 1
         log.info("registry_promotion_queued", experiment_id=experiment_id, run_id=run_id, target=target)
 
@@ -297,4 +304,4 @@ class RegistryPromoter(Handler):
         ranking = fingerprint(rule.metric, rule.ascending, rule.filter)
         if state is None or state.fingerprint != ranking or not state.board:
             return  # not ranked this way yet: that ranking will be a change
-        self._queue(experiment_id, state.board[0].run_id, rule.registry, None)
+        self._queue(experiment_id, state.board[0].run_id, rule.registry, None, state.announced_changes)

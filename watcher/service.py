@@ -18,7 +18,7 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 import structlog
 
@@ -72,6 +72,8 @@ class PassHealth:
     """What ``GET /healthz`` reports; times are unix seconds from the watcher's clock."""
 
     poll_interval_seconds: float
+    # When the watcher started: it is given three poll intervals for its first success.
+    started_at: float
     last_pass_at: float | None = None
     last_ok: bool | None = None
     last_success_at: float | None = None
@@ -79,11 +81,18 @@ class PassHealth:
     # long before it ends).
     last_progress_at: float | None = None
 
-    def is_healthy(self, now: float) -> bool:
-        """Healthy while a pass succeeded, or the pass in flight wrote a plan, within three
-        poll intervals."""
+    def status(self, now: float) -> Literal["ok", "starting", "unhealthy"]:
+        """``ok`` while a pass succeeded, or the pass in flight wrote a plan, within three poll
+        intervals; ``starting`` while neither happened yet and the watcher started within three
+        poll intervals; else ``unhealthy``."""
         times = [t for t in (self.last_success_at, self.last_progress_at) if t is not None]
-        return bool(times) and now - max(times) <= 3 * self.poll_interval_seconds
+        since = max(times) if times else self.started_at
+        if now - since > 3 * self.poll_interval_seconds:
+            return "unhealthy"
+        return "ok" if times else "starting"
+
+    def is_healthy(self, now: float) -> bool:
+        return self.status(now) != "unhealthy"
 
 
 # Seconds between sweeps of an experiment: its top_{N}/production_candidate holders searched
@@ -177,7 +186,7 @@ class Watcher:
         self.tracking = tracking
         self.handlers = tuple(handlers)
         self.clock = clock
-        self.health = PassHealth(poll_interval_seconds=settings.poll_interval_seconds)
+        self.health = PassHealth(poll_interval_seconds=settings.poll_interval_seconds, started_at=clock())
         self.last_result: PassResult | None = None
         self.engine = PassEngine(tracking)
         self.selections: dict[str, dict[str, Any]] = {}

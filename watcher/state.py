@@ -33,6 +33,10 @@ or replaced watcher carries on where the last one stopped and two replicas conve
 - ``announced``: a digest of the run ids, in order, of the top N the rule last planned its
   summary from. An API ranking (another ``top_n``) leaves it as it is, so the rule's next
   pass posts ``leaderboard.changed`` only when its own board differs from that one.
+- ``announced_changes``: how many changes of its board the rule has announced in this
+  experiment. A change is numbered from the state it was decided from, and its delivery ids
+  derive from that number: replicas deciding the same change from the same state give it the
+  same ids, and a board that later goes through the same change again gets new ones.
 
 Limits, by design of an O(1) idle pass: the holder check (on a schedule) finds runs carrying
 ``model_rank``; a ``top_{N}`` or ``production_candidate`` tag on a run without ``model_rank``
@@ -104,6 +108,7 @@ class ExperimentState:
     alerted: tuple[str, ...] = ()
     alert_cursor: tuple[int, str] | None = None
     announced: str | None = None
+    announced_changes: int = 0
     metric: str | None = None
     ascending: bool | None = None
     # The selection gate held production_candidate back at the last ranking (PBO above the
@@ -139,6 +144,7 @@ class ExperimentState:
                 "alerted": list(self.alerted[-MAX_ALERTED:]),
                 "alert_cursor": None if self.alert_cursor is None else list(self.alert_cursor),
                 "announced": self.announced,
+                "announced_changes": self.announced_changes,
                 "metric": self.metric,
                 "ascending": self.ascending,
                 # Only when set: a rule without a selection gate writes the same tag as before.
@@ -184,6 +190,7 @@ class ExperimentState:
                 alerted=tuple(str(r) for r in data.get("alerted") or ()),
                 alert_cursor=_opt_cursor(data.get("alert_cursor")),  # absent in older tags
                 announced=_opt_str(data.get("announced")),
+                announced_changes=int(data.get("announced_changes") or 0),  # absent in older tags
                 # Absent in older tags: the dashboard then recovers them from the fingerprint.
                 metric=_opt_str(data.get("metric")),
                 ascending=None if data.get("ascending") is None else bool(data["ascending"]),

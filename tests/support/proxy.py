@@ -13,6 +13,8 @@ from urllib.parse import urlsplit
 
 _ARTIFACT_PREFIXES = ("/api/2.0/mlflow-artifacts/", "/ajax-api/2.0/mlflow-artifacts/")
 _HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "host"}
+# The tracking API's writes of runs' and experiments' tags and data (the last path segment).
+_WRITE_ENDPOINTS = ("set-tag", "delete-tag", "log-batch", "set-experiment-tag", "delete-experiment-tag")
 
 
 class Proxy:
@@ -31,6 +33,11 @@ class Proxy:
         # While True, every request is answered 503 without reaching the server: the tracking
         # server as a client sees it when it goes down (tests flip it mid-pass).
         self.down = False
+        # While cleared, writes wait for it (up to ``timeout``) before they reach the server: a
+        # client stopped between what it read and what it writes. ``held`` counts them.
+        self.writes_open = threading.Event()
+        self.writes_open.set()
+        self.held = 0
         self._lock = threading.Lock()
         proxy = self
 
@@ -49,6 +56,13 @@ class Proxy:
                 with proxy._lock:
                     proxy.requests.append((self.command, self.path))
                     proxy.bodies.append(body or b"")
+                if (
+                    self.path.split("?")[0].rsplit("/", 1)[-1] in _WRITE_ENDPOINTS
+                    and not proxy.writes_open.is_set()
+                ):
+                    with proxy._lock:
+                        proxy.held += 1
+                    proxy.writes_open.wait(proxy.timeout)
                 if proxy.down:
                     data = b"server down"
                     self.send_response(503, "Service Unavailable")

@@ -17,7 +17,9 @@ from watcher.notify.sender import DELIVERY_ID_HEADER, SIGNATURE_HEADER, TIMESTAM
 SECRET = "s3cr3t-for-tests"
 
 
-def make_event(n: int = 3, *, new_leader: bool = True, experiment_id: str = "7") -> LeaderboardChanged:
+def make_event(
+    n: int = 3, *, new_leader: bool = True, experiment_id: str = "7", sequence: int = 1
+) -> LeaderboardChanged:
     entries = tuple(
         RankedRun(rank=i + 1, run_id=f"run{i}", run_name=f"trial-{i}", value=0.9 - i / 100) for i in range(n)
     )
@@ -33,7 +35,9 @@ def make_event(n: int = 3, *, new_leader: bool = True, experiment_id: str = "7")
         ranked_runs=n,
         unranked_runs=1,
     )
-    return LeaderboardChanged(board=board, new_leader=new_leader, entered=("run0",), left=("gone1",))
+    return LeaderboardChanged(
+        board=board, new_leader=new_leader, entered=("run0",), left=("gone1",), sequence=sequence
+    )
 
 
 def verify(secret: str, headers: Any, body: bytes) -> bool:

@@ -118,10 +118,10 @@ def sweep_due(watched: Sequence[WatchedExperiment], now_ms: int, limit: int) -> 
 
 
 # Holder runs one pass's holder check reads at most: MLflow's search returns whole runs, and
-# reading a trainer-sized run (30 params, 40 metrics) costs the server 3-5 ms, so this keeps a
-# pass with a due check near a second. The experiments left over are checked by the passes that
+# reading a trainer-sized run (30 params, 40 metrics) costs 5-14 ms, server and client, so this
+# keeps a pass with a due check near a second. The experiments left over are checked by the passes that
 # follow at once, the longest unchecked first.
-HOLDER_CHECK_RUNS = 250
+HOLDER_CHECK_RUNS = 150
 
 
 def holder_checks_due(

@@ -119,6 +119,16 @@ CASES = [
         id="poll-interval-huge",
     ),
     pytest.param(
+        {"holder_check_seconds": True, "rules": [GOOD_RULE]},
+        ["field 'holder_check_seconds'", "not true/false (got True)"],
+        id="holder-check-boolean",
+    ),
+    pytest.param(
+        {"poll_interval_seconds": True, "rules": [GOOD_RULE]},
+        ["field 'poll_interval_seconds'", "not true/false (got True)"],
+        id="poll-interval-boolean",
+    ),
+    pytest.param(
         {"max_rankings_per_pass": 0, "rules": [GOOD_RULE]},
         ["field 'max_rankings_per_pass'", "greater than or equal to 1 (got 0)"],
         id="max-rankings-zero",
@@ -326,6 +336,26 @@ def test_the_scale_keys_default_come_from_the_environment_and_are_checked_there(
         "environment variable WATCHER_HOLDER_CHECK_SECONDS: field 'holder_check_seconds'"
         in capsys.readouterr().err
     )
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "expected"),
+    [
+        ("WATCHER_HTTP__PORT", "abc", "field 'port': Input should be a valid integer"),
+        ("WATCHER_RULES__0__TOP_N", "0", "field 'top_n': Input should be greater than or equal to 1"),
+        ("WATCHER_RULES__0__SELECTION__ALPHA", "2", "field 'selection.alpha'"),
+    ],
+)
+def test_a_bad_nested_value_from_the_environment_names_its_variable_not_the_file(
+    tmp_path: Path, variable: str, value: str, expected: str
+) -> None:
+    """The file holds nothing wrong (and no such key): the message must send the user to the
+    variable that set the value."""
+    path = write(tmp_path, {"rules": [GOOD_RULE]})
+    proc = run_watcher("check-config", "--config", str(path), env={**os.environ, variable: value})
+    assert (proc.returncode, "Traceback" in proc.stderr) == (2, False)
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
+    assert proc.stderr.startswith(f"error: {path}: environment variable {variable}: {expected}")
 
 
 def test_check_config_prints_the_effective_config_with_secrets_redacted(

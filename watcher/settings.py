@@ -228,6 +228,14 @@ class WatcherSettings(BaseSettings):
         # load_settings, so this source skips them (it would replace the whole list).
         return (_EnvWithoutListItems(settings_cls), init_settings)
 
+    @field_validator("poll_interval_seconds", "holder_check_seconds", mode="before")
+    @classmethod
+    def _seconds_not_a_switch(cls, value: Any) -> Any:
+        # YAML's true/false would pass as 1/0 seconds (0: a holder check every pass).
+        if isinstance(value, bool):
+            raise ValueError("must be a number of seconds, not true/false")
+        return value
+
     @field_validator("max_rankings_per_pass", "write_concurrency", mode="before")
     @classmethod
     def _whole_number(cls, value: Any) -> Any:
@@ -401,11 +409,17 @@ def _describe(error: ValidationError, path: Path, raw: dict[str, Any]) -> str:
 
 
 def _env_override(loc: tuple[Any, ...]) -> str | None:
-    """The ``WATCHER_<KEY>`` variable that set the top-level key an error is about, if one did."""
+    """The ``WATCHER_<KEY>[__<KEY>...]`` variable that set the value an error is about, if one
+    did: the one naming the key itself (``WATCHER_HTTP__PORT``, ``WATCHER_RULES__0__TOP_N``)
+    before those naming a section it lies in (``WATCHER_RULES``)."""
     if not loc or not isinstance(loc[0], str):
         return None
-    name = f"WATCHER_{loc[0]}".upper()
-    return next((k for k in os.environ if k.upper() == name), None)
+    set_names = {k.upper(): k for k in os.environ}
+    for depth in range(len(loc), 0, -1):
+        name = "WATCHER_" + "__".join(str(part) for part in loc[:depth]).upper()
+        if name in set_names:
+            return set_names[name]
+    return None
 
 
 def _field_name(loc: tuple[Any, ...]) -> str:

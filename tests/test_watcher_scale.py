@@ -17,6 +17,7 @@ from tests.support.mlflow_server import ServerHandle
 from tests.support.proxy import Proxy
 from tests.support.watcher_runs import make_runs, podium_tags
 from watcher import cli
+from watcher.engine import SCAN_PAGE
 from watcher.mlflow_io import MlflowTracking
 from watcher.model import WatchedExperiment
 from watcher.ranking import Candidate
@@ -253,3 +254,58 @@ def test_holder_checks_of_many_experiments_are_spread_over_passes_that_follow_at
     proxy.reset()
     idle = watcher.run_pass()
     assert (idle.tracking_calls, idle.holder_checks_deferred) == (2, 0)
+
+
+def run_searches(proxy: Proxy) -> list[dict[str, object]]:
+    """The bodies of the run searches the proxy passed, in order."""
+    return [
+        json.loads(body)
+        for (_, path), body in zip(proxy.requests, proxy.bodies, strict=True)
+        if path.endswith("/runs/search")
+    ]
+
+
+def test_the_batch_searches_go_in_pages_so_no_answer_outlasts_the_client_timeout(
+    mlflow_server: ServerHandle, counting_proxy: Callable[[str], Proxy]
+) -> None:
+    """1,000 experiments hold 10,000 holder runs, and a night of sweeps ends as many: one answer
+    of that many trainer runs outlasts the client's 30 s timeout, so a `--once` (which checks
+    every holder) or a pass after the night fails, every time. The batch searches ask for at
+    most SCAN_PAGE runs per request; with pages of four runs, a one-off pass over three
+    experiments of three holders and two new runs each reads each search in pages, sees every
+    new run and puts a hand-set rank right."""
+    client = MlflowClient(mlflow_server.url)
+    prefix = f"paged_{uuid4().hex[:6]}"
+    ids = [client.create_experiment(f"{prefix}_{i}") for i in range(3)]
+    made = {i: make_runs(client, i, [0.1, 0.2, 0.3, 0.4]) for i in ids}
+    proxy = counting_proxy(mlflow_server.url)
+    now = [time.time()]
+    watcher = watcher_at(proxy.url, f"{prefix}_*", now)
+    assert watcher.run_pass().ok
+    boards = {i: podium_tags(client, i) for i in ids}
+
+    proxy.reset()
+    assert watcher.run_pass(holder_check=True).ok  # idle: the ended-after search, the holders
+    searches = run_searches(proxy)
+    assert len(searches) == 2
+    assert all(0 < int(str(s["max_results"])) <= SCAN_PAGE for s in searches)
+
+    for i in ids:
+        make_runs(client, i, [0.05, 0.06])  # below every board
+    client.set_tag(made[ids[-1]][0].run_id, "model_rank", "1")
+    watcher.engine.batch_page = 4
+    now[0] += 60
+    proxy.reset()
+    result = watcher.run_pass(holder_check=True)
+    assert result.ok
+    searches = run_searches(proxy)
+    holder_pages = [s for s in searches if s["filter"] == "tags.model_rank LIKE '%'"]
+    ended_pages = [s for s in searches if str(s["filter"]).startswith("attributes.end_time >")]
+    # Ten holder runs (the hand-set one too) and six new runs, four per page.
+    assert (len(holder_pages), len(ended_pages)) == (3, 2)
+    assert all(int(str(s["max_results"])) <= 4 for s in searches if s in holder_pages + ended_pages)
+    assert {i: podium_tags(client, i) for i in ids} == boards
+    for i in ids:
+        state = ExperimentState.from_tag(client.get_experiment(i).tags[STATE_TAG])
+        assert state is not None
+        assert state.ranked_runs == 6

@@ -68,7 +68,10 @@ RUNNING_FILTER = "attributes.status = 'RUNNING'"
 COUNT_PAGES_PER_PASS = 5
 # A full scan reads MLflow's default page of 1,000 runs per request, so every request stays well
 # inside the client timeout (MLFLOW_HTTP_REQUEST_TIMEOUT, 30 s in the image): one 50,000-run page
-# took 138 s on a sqlite-backed server. Only the paged count and a last-resort board scan page.
+# took 138 s on a sqlite-backed server. The paged count, a last-resort board scan and the batch
+# searches page: over a universe the latter grow with it (1,000 experiments hold 10,000 holder
+# runs; a night of sweeps ends 10,000 runs), and 10,000 trainer runs in one answer outlast the
+# timeout, so every pass would fail on it.
 SCAN_PAGE = 1_000
 # Pages of the ordered search that picks the experiments a pass ranks first when it may not rank
 # them all: ten pages of max_rankings_per_pass runs find that many experiments of ten runs each
@@ -129,6 +132,8 @@ class PassEngine:
     tracking: MlflowTracking
     # Runs in the unordered page a first ranking estimates its cutoffs from.
     sample_size: int = SAMPLE_SIZE
+    # Runs per request of a search over a batch of experiments.
+    batch_page: int = SCAN_PAGE
     # Per-fold values read from metric histories, by (run id, metric): finished runs do not
     # change, so each is read once in the daemon's life.
     fold_values: dict[tuple[str, str], tuple[float | None, ...]] = field(default_factory=dict)
@@ -237,13 +242,13 @@ class PassEngine:
         filtered_out: dict[str, int] = {}
         if tracked:
             low = min(s.search_after for s in kept.values())
-            ended = self.tracking.search_runs(
+            ended = self._search(
                 tracked, and_filters(f"attributes.end_time > {low}", None if drop_filter else rule.filter)
             )
             news = sorted({r.experiment_id for r in ended if has_news(kept[r.experiment_id], [r])})
             if drop_filter and news:
                 news_low = min(kept[i].seen for i in news)
-                matching = self.tracking.search_runs(
+                matching = self._search(
                     news, and_filters(FINISHED_FILTER, f"attributes.end_time > {news_low}", rule.filter)
                 )
                 ended, filtered_out = with_rule_filter(ended, matching)
@@ -252,7 +257,7 @@ class PassEngine:
         ended_by = by_experiment(ended)
         running: dict[str, tuple[RunRecord, ...]] | None = None
         if needs_running_search(rule, fp, states, ended_by, stall_check):
-            running = by_experiment(self.tracking.search_runs(ids, RUNNING_FILTER))
+            running = by_experiment(self._search(ids, RUNNING_FILTER))
         to_sweep = [i for i in tracked if includes(sweep, i)]
         swept = self._orphans(rule, to_sweep, states) if to_sweep else {}
         advance_to = redundant_advance(ended, states)
@@ -301,16 +306,14 @@ class PassEngine:
                 by_id[count.experiment_id], count_pages=self.count_pages(rule, count)
             )
         if need.selections:
-            tied = by_experiment(
-                self.tracking.search_runs(list(need.selections), f"tags.`{TIED_WITH_LEADER}` LIKE '%'")
-            )
+            tied = by_experiment(self._search(list(need.selections), f"tags.`{TIED_WITH_LEADER}` LIKE '%'"))
             for i in need.selections:
                 with structlog.contextvars.bound_contextvars(experiment_id=i):
                     runs = self.selection_board(rule, by_id[i])
                 by_id[i] = replace(by_id[i], selection_input=SelectionInput(runs, tied.get(i, ())))
         if need.firsts:
             rows = by_experiment(
-                self.tracking.search_runs(
+                self._search(
                     list(need.firsts),
                     and_filters(
                         f"attributes.end_time > {need.since}", None if drops_filter(rule) else rule.filter
@@ -355,9 +358,13 @@ class PassEngine:
         log.info("selection_read", ranked_runs=len(board), histories_read=histories)
         return tuple(board)
 
+    def _search(self, ids: Sequence[str], filter_string: str) -> list[RunRecord]:
+        """A search over a batch of experiments, in pages of ``batch_page`` runs."""
+        return list(self.tracking.iter_runs(ids, filter_string, page_size=self.batch_page))
+
     def _holders(self, ids: Sequence[str]) -> dict[str, tuple[RunRecord, ...]]:
         """The runs of the experiments ``ids`` that carry ``model_rank`` now (one search)."""
-        return by_experiment(self.tracking.search_runs(ids, f"tags.{MODEL_RANK} LIKE '%'"))
+        return by_experiment(self._search(ids, f"tags.{MODEL_RANK} LIKE '%'"))
 
     def _orphans(
         self, rule: Rule, ids: Sequence[str], states: Mapping[str, ExperimentState | None]
@@ -368,7 +375,7 @@ class PassEngine:
             return {}
         rows: list[RunRecord] = []
         for key in orphan_tag_keys(rule, (states.get(i) for i in ids)):
-            rows.extend(self.tracking.search_runs(ids, f"tags.`{key}` LIKE '%'"))
+            rows.extend(self._search(ids, f"tags.`{key}` LIKE '%'"))
         return by_experiment(rows)
 
     def find_board(self, exp_id: str, rule: Rule, cutoff: float | None, keep: int) -> BoardFound:

@@ -148,7 +148,9 @@ class PassEngine:
         *,
         holder_check: bool | Collection[str] = True,
         admit: Collection[str] | None = None,
+        reranks: int | None = None,
     ) -> list[ExperimentPlan]:
+        """Every rule's batches; ``reranks`` (None: no bound) the re-ranks of the whole pass."""
         by_rule: dict[str, list[WatchedExperiment]] = defaultdict(list)
         for exp in watched:
             assert exp.rule is not None
@@ -159,11 +161,19 @@ class PassEngine:
             for start in range(0, len(exps), EXPERIMENT_BATCH):
                 batch = exps[start : start + EXPERIMENT_BATCH]
                 stall = (stall_check or {}).get(rule.name, False)
-                plans.extend(
-                    self.plan_batch(
-                        rule, batch, now_ms, stall, sweep=sweep, holder_check=holder_check, admit=admit
-                    )
+                batch_plans = self.plan_batch(
+                    rule,
+                    batch,
+                    now_ms,
+                    stall,
+                    sweep=sweep,
+                    holder_check=holder_check,
+                    admit=admit,
+                    reranks=reranks,
                 )
+                plans.extend(batch_plans)
+                if reranks is not None:
+                    reranks = max(0, reranks - sum(p.action == "rerank" for p in batch_plans))
         return plans
 
     def latest_ends(self, rule: Rule, ids: Sequence[str], rows: int) -> dict[str, int]:
@@ -202,6 +212,7 @@ class PassEngine:
         sweep: bool | Collection[str] = False,
         holder_check: bool | Collection[str] = True,
         admit: Collection[str] | None = None,
+        reranks: int | None = None,
     ) -> list[ExperimentPlan]:
         """Plans for one rule's batch; ``force_rank`` ranks every experiment (the API);
         ``sweep`` (True: every experiment, else the ids to sweep) searches the
@@ -209,9 +220,17 @@ class PassEngine:
         re-ranks, and re-ranks each idle one from its kept cutoff (one threshold search each).
         ``holder_check`` (True: every experiment, else the ids) says whose holders the batch
         search reads; the experiments ranked and not among them have theirs read first; ``admit`` (None: all) the experiments a first ranking may
-        start for (see :func:`decide_batch`)."""
+        start for, ``reranks`` (None: no bound) the re-ranks it may make (see :func:`decide_batch`)."""
         reads = self.gather(rule, exps, stall_check, sweep=sweep, holder_check=holder_check)
-        decide = partial(decide_batch, rule, now_ms=now_ms, force_rank=force_rank, sweep=sweep, admit=admit)
+        decide = partial(
+            decide_batch,
+            rule,
+            now_ms=now_ms,
+            force_rank=force_rank,
+            sweep=sweep,
+            admit=admit,
+            reranks=reranks,
+        )
         decision = decide(reads)
         while decision.to_read is not None:
             reads = self.read_more(rule, reads, decision.to_read)

@@ -954,6 +954,28 @@ def record_sweep(
     return plan
 
 
+def defer_reranks(
+    triaged: Mapping[str, Triage], reads: Sequence[ExperimentRead], limit: int
+) -> dict[str, Triage]:
+    """At most ``limit`` re-ranks, those whose new runs ended last first (then batch order);
+    the others wait (``pending``, reason ``deferred``) with nothing written, so a later pass
+    finds them again. A pass after a night of sweeps over a universe would otherwise read the
+    boards, holders and tags of every experiment before it writes the first plan."""
+    reranks = [r for r in reads if triaged[r.experiment_id].action == "rerank"]
+    if len(reranks) <= limit:
+        return dict(triaged)
+
+    def latest(read: ExperimentRead) -> int:
+        seen = read.state.seen if read.state is not None else 0
+        return max((end for run in read.observed.ended if (end := run.end_time or 0) > seen), default=0)
+
+    kept = {r.experiment_id for r in sorted(reranks, key=lambda r: -latest(r))[:limit]}
+    return {
+        i: replace(t, action="pending", reason="deferred") if t.action == "rerank" and i not in kept else t
+        for i, t in triaged.items()
+    }
+
+
 def decide_batch(
     rule: Rule,
     reads: Sequence[ExperimentRead],
@@ -962,6 +984,7 @@ def decide_batch(
     force_rank: bool = False,
     sweep: bool | Collection[str] = False,
     admit: Collection[str] | None = None,
+    reranks: int | None = None,
 ) -> BatchDecision:
     """The plans of one rule's batch from what the pass read, or what it must read first.
 
@@ -972,7 +995,8 @@ def decide_batch(
     needs its next pages. The experiments ranked for the first time then share one watermark
     (see :func:`align_first_rankings`), except on ``force_rank``. ``sweep``: True, or the ids
     the sweep takes in; ``admit`` (None: all): the experiments a first ranking may start for,
-    the others wait with nothing written. A swept or first-ranked experiment's state keeps
+    the others wait with nothing written; ``reranks`` (None: no bound) the re-ranks it may
+    make (see :func:`defer_reranks`). A swept or first-ranked experiment's state keeps
     ``now_ms`` as its last sweep.
     """
     fp = fingerprint(rule.metric, rule.ascending, rule.filter)
@@ -988,6 +1012,8 @@ def decide_batch(
         )
         for r in reads
     }
+    if reranks is not None and not force_rank:
+        triaged = defer_reranks(triaged, reads, reranks)
     ranking = [r for r in reads if triaged[r.experiment_id].action in RANKING]
     counting = [r for r in reads if triaged[r.experiment_id].action == "count" and r.state is not None]
     need = ToRead(

@@ -284,11 +284,19 @@ class Watcher:
                     sweep_due(watched, now_ms, limit) if sweep is None else sweep,
                     holder_check=check,
                     admit=admit,
+                    reranks=limit,
+                )
+                # Re-ranks beyond the limit wait too (first rankings were counted above).
+                waiting = {p.experiment_id for p in plans if p.reason == "deferred"}
+                deferred += sum(
+                    1 for e in watched if e.experiment_id in waiting and not needs_first_ranking(e)
                 )
                 apply.apply(plans, watched)
-                # The experiments checked, and those ranked (a ranking reads its holders first).
+                # The experiments checked, and those ranked (a ranking reads its holders first);
+                # not those whose ranking waits: their next check must find what this one did.
                 checked = [e.experiment_id for e in watched] if check is True else list(check or [])
                 checked += [p.experiment_id for p in plans if p.action in RANKING]
+                checked = [i for i in checked if i not in waiting]
                 self._holders_checked.update(dict.fromkeys(checked, self.clock()))
                 if not dry_run:
                     self._keep_selections(plans)

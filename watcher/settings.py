@@ -205,7 +205,8 @@ class WatcherSettings(BaseSettings):
     # pass that ranks an experiment reads its holders all the same. At most a day, so
     # interference is always put right in a bounded time.
     holder_check_seconds: float = Field(default=60.0, ge=0, le=86400)
-    # First rankings per pass (experiments with the most recent runs first); the rest wait.
+    # First rankings and re-ranks per pass (experiments with the most recent runs first); the
+    # rest wait for the passes that follow.
     max_rankings_per_pass: int = Field(default=100, ge=1)
     # Experiments whose writes one pass sends at once (one experiment's writes stay in order).
     write_concurrency: int = Field(default=4, ge=1, le=32)

@@ -6,7 +6,8 @@ import contextlib
 import json
 import socket
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from uuid import uuid4
 
@@ -16,6 +17,7 @@ from mlflow.tracking import MlflowClient
 
 from tests.support.daemon import Daemon
 from tests.support.mlflow_server import ServerHandle
+from tests.support.proxy import Proxy
 from tests.support.watcher_runs import expected_order, make_runs, podium_tags
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
@@ -151,3 +153,32 @@ def test_the_daemon_survives_an_outage_and_recovers(
     assert {r: t["model_rank"] for r, t in podium_tags(client, exp_id).items()} == {
         r: str(i + 1) for i, r in enumerate(ranked)
     }
+
+
+def test_a_pass_longer_than_the_interval_logs_no_scheduler_warning_per_tick(
+    sqlite_server: ServerHandle, counting_proxy: Callable[[str], Proxy], tmp_path: Path
+) -> None:
+    """A pass may outlast the poll interval (a first pass over a universe, the passes that
+    follow at once): the ticks it covers are skipped as meant, and the log says nothing of
+    them (APScheduler warned once per tick, over a catch-up of minutes hundreds of lines)."""
+    client = MlflowClient(sqlite_server.url)
+    name = f"longpass_{uuid4().hex[:6]}"
+    make_runs(client, client.create_experiment(name), [0.1, 0.2])
+    proxy = counting_proxy(sqlite_server.url)
+    proxy.writes_open.clear()  # the first pass waits at its first write
+    daemon = Daemon(write_config(tmp_path, name, poll=1), proxy.url)
+    try:
+        daemon.wait_for("pass_started")
+        deadline = time.monotonic() + 60
+        while proxy.held == 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(3.5)  # three ticks go by
+        proxy.writes_open.set()
+        finished = daemon.wait_for("pass_finished")
+        assert daemon.stop() == 0
+    finally:
+        proxy.writes_open.set()
+        daemon.kill()
+    assert finished["ok"] is True
+    assert finished["duration_seconds"] > 3
+    assert [e for e in daemon.events if str(e.get("logger", "")).startswith("apscheduler")] == []

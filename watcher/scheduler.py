@@ -7,6 +7,7 @@ in the outbox, in MLflow), then the process exits 0.
 
 from __future__ import annotations
 
+import logging
 import signal
 import threading
 from collections.abc import Callable
@@ -55,6 +56,10 @@ def run_daemon(
     shutdown.install()
     interval = watcher.settings.poll_interval_seconds
     scheduler = BackgroundScheduler(timezone=UTC)
+    # A pass may outlast the interval (a long first pass, the passes that follow at once while
+    # rankings or holder checks wait): the ticks that find it running are skipped, as meant,
+    # and APScheduler's warning for each tick would fill the log with noise.
+    logging.getLogger("apscheduler.scheduler").setLevel(logging.ERROR)
 
     def reconcile() -> None:
         # While first rankings or holder checks wait (max_rankings_per_pass,

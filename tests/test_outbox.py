@@ -90,6 +90,27 @@ def test_a_done_entry_whose_tag_could_not_be_deleted_is_never_done_again(store: 
     assert outbox.adopt(store.listing()) == 0
 
 
+def test_an_entry_done_here_is_not_taken_up_again_when_another_replica_writes_its_tag(
+    store: Store,
+) -> None:
+    """Two replicas decide one change: one sends it and deletes its tag, and its next listing
+    no longer shows it; then the other writes the same tag (its pass read MLflow a moment
+    earlier). The first must not send it a second time: it deletes the tag instead."""
+    first, second = Outbox(store.registry), Outbox(store.registry)
+    entry = store.entry("webhook", "d1", 1.0, payload={"event": "leaderboard.changed"})
+    first.keep(entry)
+    [taken] = first.take_due()
+    first.done(taken)  # delivered
+    assert store.tags() == {}
+    assert first.adopt(store.listing()) == 0
+    second.keep(entry)
+    assert list(store.tags()) == [entry.tag_key()]
+    assert first.adopt(store.listing()) == 0
+    assert first.take_due() == []
+    assert store.tags() == {}
+    assert first.keep(entry) is None
+
+
 def test_a_payload_too_large_for_a_tag_is_kept_in_memory(store: Store) -> None:
     outbox = Outbox(store.registry)
     with capture_logs() as logs:

@@ -12,7 +12,8 @@ delivery id, so a delivery retried after a restart still carries the same
 Entry ids are derived from what the entry is (`entry_id`), not drawn at random: two replicas
 (or a restarted process) that decide the same delivery keep it under the same id, hence the
 same tag, one entry instead of two. An entry this process already holds, kept, adopted or done,
-is not kept again, so one process carries out one entry once.
+is not kept again, nor taken up again when another replica writes its tag after this process
+finished it (its tag is deleted then), so one process carries out one entry once.
 
 Tags written by earlier versions are honoured as they are: ``podium.webhook_pending.<webhook>.
 <delivery id>`` (one undelivered summary) and ``podium.registry_pending`` (one failed
@@ -36,6 +37,7 @@ import json
 import re
 import threading
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Literal, Protocol
@@ -53,6 +55,8 @@ LEGACY_REGISTRY_TAG = "podium.registry_pending"
 MAX_TAG_VALUE = 20_000
 # Entries kept per experiment, kind and target.
 MAX_PER_TARGET = 20
+# Entries this process finished that it remembers after their tags are gone (the newest).
+MAX_FINISHED = 10_000
 
 Kind = Literal["webhook", "registry"]
 
@@ -276,6 +280,10 @@ class Outbox:
         self._done: dict[tuple[str, str, str], Entry] = {}
         # Done, but the tag could not be deleted: deleted again when a listing shows it.
         self._undeleted: set[tuple[str, str, str]] = set()
+        # Every entry finished here, the newest MAX_FINISHED, still known once ``_done`` has
+        # forgotten it: a replica that decided the same delivery may write its tag again after
+        # this process sent it and deleted the tag; it is not taken up again (its tag goes).
+        self._finished: OrderedDict[tuple[str, str, str], None] = OrderedDict()
         self._supersede: dict[str, Supersede] = {}
 
     # -- the pass's side ---------------------------------------------------------------------
@@ -285,7 +293,12 @@ class Outbox:
         and no write, when this process already holds an entry of that id (due, in flight or
         done): the same id is the same work."""
         with self._lock:
-            held = entry.key in self._due or entry.key in self._in_flight or entry.key in self._done
+            held = (
+                entry.key in self._due
+                or entry.key in self._in_flight
+                or entry.key in self._done
+                or entry.key in self._finished
+            )
         if held:
             log.info(
                 "outbox_entry_known",
@@ -346,6 +359,9 @@ class Outbox:
                         if entry.key in self._undeleted:
                             redelete.append(entry)
                         continue
+                    if entry.key in self._finished:  # its tag written again by another replica
+                        redelete.append(entry)
+                        continue
                     if entry.key in self._due or entry.key in self._in_flight:
                         continue
                     self._due[entry.key] = entry
@@ -405,7 +421,7 @@ class Outbox:
         with self._lock:
             self._in_flight.pop(entry.key, None)
             self._due.pop(entry.key, None)
-            self._done[entry.key] = entry
+            self._finish(entry)
         if reason is not None:
             log.info(
                 "outbox_entry_dropped" if reason != "superseded" else "outbox_entry_superseded",
@@ -443,8 +459,16 @@ class Outbox:
         excess = same[: max(0, len(same) - self._max)]
         for old in excess:
             del self._due[old.key]
-            self._done[old.key] = old
+            self._finish(old)
         return excess
+
+    def _finish(self, entry: Entry) -> None:
+        """Mark `entry` done (lock held)."""
+        self._done[entry.key] = entry
+        self._finished[entry.key] = None
+        self._finished.move_to_end(entry.key)
+        while len(self._finished) > MAX_FINISHED:
+            self._finished.popitem(last=False)
 
     def _drop(self, entries: Iterable[Entry]) -> None:
         for entry in entries:

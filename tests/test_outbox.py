@@ -3,6 +3,9 @@ done entries whose tag could not be deleted, payloads too large for a tag."""
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Callable
 from uuid import uuid4
 
 import pytest
@@ -10,6 +13,7 @@ from mlflow import MlflowClient
 from structlog.testing import capture_logs
 
 from tests.support.mlflow_server import ServerHandle, free_port
+from tests.support.proxy import Proxy
 from watcher.mlflow_io import MlflowRegistry, MlflowTracking
 from watcher.model import WatchedExperiment
 from watcher.outbox import MAX_TAG_VALUE, TAG_PREFIX, Entry, Outbox, Promotion, WebhookDelivery
@@ -109,6 +113,36 @@ def test_an_entry_done_here_is_not_taken_up_again_when_another_replica_writes_it
     assert first.take_due() == []
     assert store.tags() == {}
     assert first.keep(entry) is None
+
+
+def test_two_replicas_keeping_one_entry_at_the_same_instant_both_keep_it_in_mlflow(
+    mlflow_server: ServerHandle, counting_proxy: Callable[[str], Proxy]
+) -> None:
+    """Replicas decide a change at the same moment and write its one outbox tag at once. The
+    server creates an experiment tag by a read, then an insert, so one of two writes creating
+    it failed on the unique key (the entry then lived in that process's memory only, and a
+    pass writing podium.state failed). Both must succeed, each time."""
+    store = Store(mlflow_server)
+    proxy = counting_proxy(mlflow_server.url)
+    replicas = [Outbox(MlflowRegistry(MlflowTracking(proxy.url))) for _ in range(2)]
+    for attempt in range(10):
+        entry = store.entry("webhook", f"d{attempt}", 1.0, payload={"event": "leaderboard.changed"})
+        kept: list[Entry | None] = []
+        proxy.writes_open.clear()  # both writes reach the server together
+        proxy.held = 0
+        threads = [
+            threading.Thread(target=lambda o=o, e=entry, k=kept: k.append(o.keep(e))) for o in replicas
+        ]
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 30
+        while proxy.held < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        proxy.writes_open.set()
+        for thread in threads:
+            thread.join(timeout=60)
+        assert [k.tag if k is not None else None for k in kept] == [entry.tag_key()] * 2
+    assert len(store.tags()) == 10
 
 
 def test_a_payload_too_large_for_a_tag_is_kept_in_memory(store: Store) -> None:

@@ -98,6 +98,12 @@ def _is_missing(e: MlflowException) -> bool:
     )
 
 
+def _is_duplicate_key(e: MlflowException) -> bool:
+    """The server's store refused an insert on a unique key (sqlite, PostgreSQL, MySQL)."""
+    text = str(e.message)
+    return any(m in text for m in ("UNIQUE constraint failed", "duplicate key value", "Duplicate entry"))
+
+
 class MlflowTracking:
     """Adapter over :class:`MlflowClient`; counts calls in ``calls_by_method`` and the run
     tag changes that reached MLflow in ``tag_writes``."""
@@ -164,7 +170,15 @@ class MlflowTracking:
         return _experiment(exp)
 
     def set_experiment_tag(self, experiment_id: str, key: str, value: str) -> None:
-        self._call("set_experiment_tag", self._client.set_experiment_tag, experiment_id, key, value)
+        try:
+            self._call("set_experiment_tag", self._client.set_experiment_tag, experiment_id, key, value)
+        except TrackingError as e:
+            # The server sets an experiment tag by a read, then an insert: two writers creating
+            # one tag at once (replicas: their podium.state and outbox tags are the same) make
+            # one fail on the unique key. The tag exists now, so a second try updates it.
+            if not (isinstance(e.__cause__, MlflowException) and _is_duplicate_key(e.__cause__)):
+                raise
+            self._call("set_experiment_tag", self._client.set_experiment_tag, experiment_id, key, value)
 
     # -- runs --------------------------------------------------------------------------------
 

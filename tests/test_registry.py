@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from pathlib import Path
 from uuid import uuid4
 
 import mlflow
@@ -12,7 +11,8 @@ import pytest
 from mlflow import MlflowClient
 from structlog.testing import capture_logs
 
-from tests.support.mlflow_server import ServerHandle, sqlite_uri, start_server
+from tests.support.mlflow_server import ServerHandle
+from tests.support.proxy import Proxy
 from tests.support.registry_runs import log_run, predict
 from watcher.cli import build_handlers
 from watcher.delivery import DeliveryWorker
@@ -198,12 +198,13 @@ def test_model_logged_as_plain_run_artifacts_is_registered_from_the_run(sqlite_s
 
 
 @pytest.fixture
-def own_server(tmp_path: Path) -> Iterator[ServerHandle]:
-    """A server of this test's own, so it can be stopped and restarted."""
-    server = start_server(sqlite_uri(tmp_path / "mlflow.db"), tmp_path)
-    mlflow.set_tracking_uri(server.url)
-    yield server
-    server.stop()
+def outage(sqlite_server: ServerHandle) -> Iterator[Proxy]:
+    """The session's server behind a proxy of this test's own, which goes down (refuses and cuts
+    connections) and comes back on the same port as a stopped and restarted server would."""
+    proxy = Proxy(sqlite_server.url)
+    mlflow.set_tracking_uri(proxy.url)
+    yield proxy
+    proxy.close()
 
 
 def watched(tracking: MlflowTracking, name: str) -> list[WatchedExperiment]:
@@ -212,28 +213,28 @@ def watched(tracking: MlflowTracking, name: str) -> list[WatchedExperiment]:
     return [WatchedExperiment(record.experiment_id, record.name, record.tags)]
 
 
-@pytest.mark.slow
-def test_promotion_that_failed_is_retried_on_the_next_pass(own_server: ServerHandle) -> None:
+def test_promotion_that_failed_is_retried_on_the_next_pass(outage: Proxy) -> None:
     exp_id, exp_name = new_experiment()
-    client = MlflowClient(own_server.url)
-    tracking = MlflowTracking(own_server.url)
+    model_name = f"wf-{uuid4().hex[:8]}"
+    client = MlflowClient(outage.url)
+    tracking = MlflowTracking(outage.url)
     promoter = Promotions(MlflowRegistry(tracking))
     run_id = log_run(exp_id, 0.8)
     client.set_tag(run_id, "model_rank", "1")  # what the watcher's tagger wrote before handlers run
 
-    own_server.stop()
+    outage.stop_listening()
     with capture_logs() as logs:
         promoter.on_leaderboard_changed(
-            changed(exp_id, exp_name, [(run_id, 0.8)], new_leader=True), make_rule("wf")
+            changed(exp_id, exp_name, [(run_id, 0.8)], new_leader=True), make_rule(model_name)
         )
     events = [e["event"] for e in logs]
     assert "registry_promotion_failed" in events  # logged, never raised
     assert "outbox_store_failed" in events  # the server is down: kept in memory
     promoter.on_pass_end([WatchedExperiment(exp_id, exp_name)])  # the failed pass ends
 
-    own_server.restart()
+    outage.listen_again()
     assert promoter.on_pass_end(watched(tracking, exp_name)) == {"registry_promoted": 1}
-    assert client.get_model_version_by_alias("wf", "champion").run_id == run_id
+    assert client.get_model_version_by_alias(model_name, "champion").run_id == run_id
     assert not [k for k in client.get_experiment(exp_id).tags if k.startswith(TAG_PREFIX)]
 
 

@@ -6,7 +6,9 @@ client-side spy could not see.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
+import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
@@ -39,6 +41,7 @@ class Proxy:
         self.writes_open.set()
         self.held = 0
         self._lock = threading.Lock()
+        self._connections: set[socket.socket] = set()
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -50,6 +53,16 @@ class Proxy:
 
             def log_message(self, format: str, *args: object) -> None:
                 pass
+
+            def setup(self) -> None:
+                super().setup()
+                with proxy._lock:
+                    proxy._connections.add(self.connection)
+
+            def finish(self) -> None:
+                with proxy._lock:
+                    proxy._connections.discard(self.connection)
+                super().finish()
 
             def _forward(self) -> None:
                 body = self._read_body()
@@ -107,11 +120,31 @@ class Proxy:
 
             do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = _forward
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._handler = Handler
+        self._listen(0)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def _listen(self, port: int) -> None:
+        self._server = ThreadingHTTPServer(("127.0.0.1", port), self._handler)
         self._server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
+        self.port = int(self._server.server_address[1])
+        self._listening = True
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def stop_listening(self) -> None:
+        """Go away as a stopped server does: the port refuses connections and every open one is
+        cut, so a client's pooled connection fails too. ``listen_again`` takes the same port."""
+        self._server.shutdown()
+        self._server.server_close()
+        self._listening = False
+        with self._lock:
+            for conn in self._connections:
+                with contextlib.suppress(OSError):
+                    conn.shutdown(socket.SHUT_RDWR)
+
+    def listen_again(self) -> None:
+        """Accept connections on the same port again (the server is back)."""
+        self._listen(self.port)
 
     def reset(self) -> None:
         with self._lock:
@@ -130,5 +163,5 @@ class Proxy:
             return sum(n for p, n in self.answers if not p.startswith(_ARTIFACT_PREFIXES))
 
     def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        if self._listening:
+            self.stop_listening()

@@ -12,6 +12,9 @@ import xgboost as xgb
 from mlflow.models import infer_signature
 
 X = np.random.default_rng(0).random((64, 3))
+# Given, as the trainer gives its own: left to infer them, MLflow loads the model in a new Python
+# process to see what it imports, several seconds per logged model.
+REQUIREMENTS = [f"xgboost=={xgb.__version__}", "numpy"]
 
 
 def log_run(
@@ -29,10 +32,14 @@ def log_run(
             model.fit(X, X[:, 0] * (scale if scale is not None else value))
             signature = infer_signature(X, model.predict(X))
             if how == "logged_model":
-                mlflow.xgboost.log_model(model, name="model", signature=signature)
+                mlflow.xgboost.log_model(
+                    model, name="model", signature=signature, pip_requirements=REQUIREMENTS
+                )
             else:
                 with tempfile.TemporaryDirectory() as tmp:
-                    mlflow.xgboost.save_model(model, Path(tmp, "model"), signature=signature)
+                    mlflow.xgboost.save_model(
+                        model, Path(tmp, "model"), signature=signature, pip_requirements=REQUIREMENTS
+                    )
                     mlflow.log_artifacts(str(Path(tmp, "model")), "model")
     return run.info.run_id
 

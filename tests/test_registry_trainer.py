@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 from uuid import uuid4
 
 import mlflow
@@ -12,6 +13,7 @@ import pytest
 from mlflow import MlflowClient
 
 from tests.support.mlflow_server import ServerHandle
+from tests.support.run_contract import SMALL_YAML
 from watcher.cli import build_handlers
 from watcher.mlflow_io import MlflowTracking
 from watcher.service import Watcher
@@ -20,9 +22,10 @@ from watcher.settings import WatcherSettings
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 
 
-def train(server: ServerHandle, experiment: str, *, trials: int, seed: int) -> None:
+def train(server: ServerHandle, config: Path, experiment: str, *, trials: int, seed: int) -> None:
     env = {**os.environ, "MLFLOW_TRACKING_URI": server.url}
-    cmd = [sys.executable, "-m", "trainer", "train", "--experiment", experiment, "--trials", str(trials)]
+    cmd = [sys.executable, "-m", "trainer", "train", "--config", str(config), "--experiment", experiment]
+    cmd += ["--trials", str(trials)]
     cmd += ["--seed", str(seed), "--jobs", "1", "--no-progress"]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -44,7 +47,11 @@ def assert_alias_serves_the_leader(client: MlflowClient, experiment_id: str, mod
     return leader.info.run_id
 
 
-def test_alias_follows_the_trainers_best_run_and_serves_its_model(sqlite_server: ServerHandle) -> None:
+def test_alias_follows_the_trainers_best_run_and_serves_its_model(
+    sqlite_server: ServerHandle, tmp_path: Path
+) -> None:
+    config = tmp_path / "small.yaml"  # the sample's three 6-month folds, short trees
+    config.write_text(SMALL_YAML)
     name, model_name = f"exp_{uuid4().hex[:8]}", f"wf-{uuid4().hex[:8]}"
     settings = WatcherSettings(
         tracking_uri=sqlite_server.url,
@@ -63,13 +70,13 @@ def test_alias_follows_the_trainers_best_run_and_serves_its_model(sqlite_server:
     watcher = Watcher(settings, tracking, delivery.handlers)
     client = MlflowClient(sqlite_server.url)
     mlflow.set_tracking_uri(sqlite_server.url)  # conftest restores it after the test
-    train(sqlite_server, name, trials=1, seed=1)
+    train(sqlite_server, config, name, trials=1, seed=1)
     experiment_id = client.get_experiment_by_name(name).experiment_id
     assert watcher.run_pass().handler_report == {"registry_queued": 1, "outbox_pending": 1}
     assert delivery.worker.drain() == {"registry_promoted": 1}  # as --once does after its pass
     first = assert_alias_serves_the_leader(client, experiment_id, model_name)
 
-    train(sqlite_server, name, trials=2, seed=2)
+    train(sqlite_server, config, name, trials=2, seed=2)
     assert watcher.run_pass().ok
     delivery.worker.drain()
     leader = assert_alias_serves_the_leader(client, experiment_id, model_name)

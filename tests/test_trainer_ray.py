@@ -3,6 +3,8 @@
 One sweep with a worker killed mid-trial serves most checks: its finished runs carry the whole
 contract and the local backend's numbers, the killed trial alone fails, and `retrain --backend
 ray` retrains one of its runs. A second, interrupted sweep shows SIGTERM leaves no run RUNNING.
+A direction trial with no address (the sweep starts a Ray of its own) shows that path and the
+classifier's numbers, equal to the local backend's.
 Missing Ray or an unreachable cluster is exit 2 before anything is logged.
 """
 
@@ -332,66 +334,54 @@ def test_a_bad_or_closed_address_is_an_input_error_naming_it(address: str, messa
         check_reachable(address, timeout=2)
 
 
-def test_without_an_address_the_sweep_starts_its_own_ray_and_finishes(
-    sqlite_server: ServerHandle, small_config: Path
-) -> None:
-    """No --ray-address: the sweep starts a local Ray on the main thread (Ray's processes die
-    with the thread that forked them), runs the trial there and stops that Ray again."""
+class OwnRay:
+    """One direction trial with ``--backend ray`` and no ``--ray-address``, and the same trial
+    run locally (in this process, while the Ray sweep runs)."""
+
+    def __init__(self, experiment: str, proc: subprocess.CompletedProcess[str]) -> None:
+        self.experiment, self.proc = experiment, proc
+
+
+@pytest.fixture(scope="module")
+def own_ray(sqlite_server: ServerHandle, small_config: Path) -> OwnRay:
     experiment = f"ray_own_{uuid4().hex[:8]}"
     env = {**os.environ, "MLFLOW_TRACKING_URI": sqlite_server.url}
     env.pop("RAY_ADDRESS", None)
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "trainer",
-            "train",
-            "--config",
-            str(small_config),
-            "--no-progress",
-            "--experiment",
-            experiment,
-            "--trials",
-            "1",
-            "--jobs",
-            "1",
-            "--backend",
-            "ray",
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=small_config.parent,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert [r.info.status for r in _runs(sqlite_server, experiment)] == ["FINISHED"]
-
-
-def test_a_direction_trial_on_ray_logs_the_local_numbers(
-    ray_cluster: RayCluster, sqlite_server: ServerHandle, small_config: Path
-) -> None:
-    """--task direction on the cluster: the classifier's metrics, equal to the local backend's."""
-    experiment = f"ray_dir_{uuid4().hex[:8]}"
-    proc = _train(
-        small_config,
-        sqlite_server,
-        ray_cluster,
-        "--task",
-        "direction",
-        "--experiment",
-        experiment,
-        "--trials",
-        "1",
-    )
-    _, err = proc.communicate(timeout=600)
-    assert proc.returncode == 0, err[-3000:]
+    argv = ["--config", str(small_config), "--no-progress", "--experiment", experiment]
+    argv += ["--task", "direction", "--trials", "1", "--jobs", "1", "--backend", "ray"]
     config = load_config(
         small_config, {"task": "direction", "trials": 1, "jobs": 1, "experiment": f"local_{experiment}"}
     )
-    run_sweep(config, tracking_uri=sqlite_server.url, progress=False)
-    (ray_run,) = _runs(sqlite_server, experiment)
-    (local_run,) = _runs(sqlite_server, f"local_{experiment}")
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        local = pool.submit(run_sweep, config, tracking_uri=sqlite_server.url, progress=False)
+        proc = subprocess.run(
+            [sys.executable, "-m", "trainer", "train", *argv],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=small_config.parent,
+            timeout=600,
+        )
+        assert len(local.result().finished) == 1
+    return OwnRay(experiment, proc)
+
+
+def test_without_an_address_the_sweep_starts_its_own_ray_and_finishes(
+    own_ray: OwnRay, sqlite_server: ServerHandle
+) -> None:
+    """No --ray-address: the sweep starts a local Ray on the main thread (Ray's processes die
+    with the thread that forked them), runs the trial there and stops that Ray again."""
+    assert own_ray.proc.returncode == 0, own_ray.proc.stderr[-2000:]
+    assert [r.info.status for r in _runs(sqlite_server, own_ray.experiment)] == ["FINISHED"]
+
+
+def test_a_direction_trial_on_ray_logs_the_local_numbers(
+    own_ray: OwnRay, sqlite_server: ServerHandle
+) -> None:
+    """--task direction on Ray: the classifier's metrics, equal to the local backend's."""
+    assert own_ray.proc.returncode == 0, own_ray.proc.stderr[-3000:]
+    (ray_run,) = _runs(sqlite_server, own_ray.experiment)
+    (local_run,) = _runs(sqlite_server, f"local_{own_ray.experiment}")
     assert ray_run.data.params["task"] == "direction"
     assert "avg_test_auc" in ray_run.data.metrics
     assert ray_run.data.metrics == local_run.data.metrics

@@ -13,4 +13,8 @@ if [ ! -x /usr/bin/chromium ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium fonts-noto-color-emoji >/dev/null
 fi
 bash scripts/setup.sh dev
-exec .venv/bin/python -m pytest -q --durations=15 --cov --cov-report=term:skip-covered "$@"
+# Two pytest-xdist workers, one file at a time each (a file's module fixtures stay in one worker;
+# each worker starts its own session servers): on 2 cores one worker computes while the other
+# waits on a server or a subprocess. Branch coverage of trainer/ and watcher/, combined over the
+# workers. Arguments are pytest's and come last: `-n 0` runs in one process, `-n 4` in four.
+exec .venv/bin/python -m pytest -q -n 2 --dist loadfile --durations=15 --cov --cov-report=term:skip-covered "$@"

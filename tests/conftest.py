@@ -1,4 +1,8 @@
-"""Shared fixtures: real MLflow stores and real `mlflow server` processes, never mocks."""
+"""Shared fixtures: real MLflow stores and real `mlflow server` processes, never mocks.
+
+Session fixtures live once per pytest process: under pytest-xdist (scripts/test.sh) each worker
+starts its own servers, PostgreSQL database and Ray cluster when a test of its files asks.
+"""
 
 from __future__ import annotations
 

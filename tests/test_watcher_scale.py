@@ -12,6 +12,7 @@ from uuid import uuid4
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
+from structlog.testing import capture_logs
 
 from tests.support.mlflow_server import ServerHandle
 from tests.support.proxy import Proxy
@@ -356,3 +357,37 @@ def test_a_pass_re_ranks_at_most_max_rankings_per_pass_the_latest_news_first(
     assert all(podium_tags(client, i)[leaders[i]]["model_rank"] == "1" for i in ids)
     assert "model_rank" not in podium_tags(client, ids[4]).get(poor[ids[4]], {})
     assert [o.action for o in watcher.run_pass().outcomes] == ["idle"] * 5
+
+
+def test_holder_checks_that_cannot_keep_up_with_holder_check_seconds_say_so_once(
+    sqlite_server: ServerHandle,
+) -> None:
+    """Six ranked experiments of three holders, two checked per pass. Passes a second apart
+    finish the round well inside the 60 s: nothing to say. Passes 70 s apart (a round of
+    three takes 140 s) leave an experiment waiting a whole interval past due: the daemon
+    would run passes back to back for good, and one warning names the key to raise."""
+    client = MlflowClient(sqlite_server.url)
+    prefix = f"behind_{uuid4().hex[:6]}"
+    for i in range(6):
+        make_runs(client, client.create_experiment(f"{prefix}_{i}"), [0.1, 0.2, 0.3, 0.4])
+    now = [time.time()]
+    watcher = watcher_at(sqlite_server.url, f"{prefix}_*", now, holder_check_seconds=60)
+    watcher.holder_check_runs = 7
+    assert watcher.run_pass().ok
+
+    def passes(gaps: list[float]) -> tuple[list[int], list[dict[str, object]]]:
+        deferred = []
+        with capture_logs() as logs:
+            for gap in gaps:
+                now[0] += gap
+                result = watcher.run_pass()
+                assert result.ok
+                deferred.append(result.holder_checks_deferred)
+        return deferred, [e for e in logs if e["event"] == "holder_checks_behind"]
+
+    assert passes([60, 1, 1]) == ([4, 2, 0], [])
+    deferred, said = passes([60, 70, 70, 70])
+    assert deferred[1:] == [4, 4, 4]
+    assert len(said) == 1
+    assert (said[0]["log_level"], said[0]["holder_check_seconds"]) == ("warning", 60)
+    assert int(str(said[0]["longest_unchecked_seconds"])) > 120

@@ -196,6 +196,8 @@ class Watcher:
         # a restarted daemon checks every experiment again).
         self._holders_checked: dict[str, float] = {}
         self.holder_check_runs = HOLDER_CHECK_RUNS
+        # Said once while the holder checks cannot keep up with holder_check_seconds.
+        self._holder_checks_behind = False
 
     # -- a pass ------------------------------------------------------------------------------
 
@@ -233,7 +235,31 @@ class Watcher:
         previous = self.last_result
         if previous is not None and previous.ok and previous.rankings_deferred and interval > 0:
             return [], 0
-        return holder_checks_due(watched, self._holders_checked, now, interval, self.holder_check_runs)
+        due, deferred = holder_checks_due(
+            watched, self._holders_checked, now, interval, self.holder_check_runs
+        )
+        self._say_if_behind(due, deferred, now, interval)
+        return due, deferred
+
+    def _say_if_behind(self, due: Sequence[str], deferred: int, now: float, interval: float) -> None:
+        """Warn once when an experiment waits for its check a whole interval past due: a round
+        of checks (``holder_check_runs`` holder runs a pass) takes longer than
+        ``holder_check_seconds``, so the daemon runs passes back to back for good."""
+        if not deferred:
+            self._holder_checks_behind = False
+            return
+        last = [self._holders_checked[i] for i in due if i in self._holders_checked]
+        waited = now - min(last) if last else 0.0
+        if interval > 0 and waited > 2 * interval and not self._holder_checks_behind:
+            self._holder_checks_behind = True
+            log.warning(
+                "holder_checks_behind",
+                holder_check_seconds=interval,
+                longest_unchecked_seconds=round(waited),
+                holder_checks_deferred=deferred,
+                hint="a round of holder checks takes longer than holder_check_seconds: passes run "
+                "back to back; raise holder_check_seconds above the round's length",
+            )
 
     def _admitted(self, watched: Sequence[WatchedExperiment]) -> tuple[set[str] | None, int]:
         """The experiments this pass may rank for the first time (None: every one) and how

@@ -4,6 +4,7 @@ server behind the counting proxy; the watcher's clock is passed in, never patche
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,7 +23,7 @@ from watcher.engine import SCAN_PAGE
 from watcher.mlflow_io import MlflowTracking
 from watcher.model import WatchedExperiment
 from watcher.ranking import Candidate
-from watcher.service import SWEEP_SECONDS, Watcher, holder_checks_due
+from watcher.service import SWEEP_SECONDS, PassResult, Watcher, holder_checks_due
 from watcher.settings import WatcherSettings
 from watcher.state import STATE_TAG, ExperimentState
 
@@ -391,3 +392,40 @@ def test_holder_checks_that_cannot_keep_up_with_holder_check_seconds_say_so_once
     assert len(said) == 1
     assert (said[0]["log_level"], said[0]["holder_check_seconds"]) == ("warning", 60)
     assert int(str(said[0]["longest_unchecked_seconds"])) > 120
+
+
+def test_a_pass_that_reads_long_before_its_first_write_keeps_healthz_ok_until_it_fails(
+    sqlite_server: ServerHandle, counting_proxy: Callable[[str], Proxy]
+) -> None:
+    """A catch-up pass over a universe reads for minutes before its first write (the batch
+    searches, then each board): /healthz turned 503 in the middle of such passes, every few
+    minutes. Its answered reads are progress; a pass that then fails is none."""
+    client = MlflowClient(sqlite_server.url)
+    prefix = f"reads_{uuid4().hex[:6]}"
+    ids = [client.create_experiment(f"{prefix}_{i}") for i in range(3)]
+    for i in ids:
+        make_runs(client, i, [0.1, 0.2, 0.3])
+    proxy = counting_proxy(sqlite_server.url)
+    now = [time.time()]
+    watcher = watcher_at(proxy.url, f"{prefix}_*", now, poll_interval_seconds=60)
+    assert watcher.run_pass().ok
+    for i in ids:
+        make_runs(client, i, [0.9])  # a new leader everywhere: each board is read again
+    now[0] += 170
+    proxy.writes_open.clear()  # the pass stops at its first write, its reads done
+    results: list[PassResult] = []
+    passing = threading.Thread(target=lambda: results.append(watcher.run_pass()))
+    passing.start()
+    deadline = time.monotonic() + 60
+    while proxy.held == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    now[0] += 20  # 190 s after the last success, 20 s after the reads
+    try:
+        assert watcher.health.status(now[0]) == "ok"
+        proxy.down = True  # the write fails: so does the pass
+    finally:
+        proxy.writes_open.set()
+        passing.join(timeout=60)
+        proxy.down = False
+    assert results[0].ok is False
+    assert watcher.health.status(now[0]) == "unhealthy"

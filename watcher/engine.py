@@ -16,7 +16,7 @@ and the orphan-tag searches (``top_{N}``, ``production_candidate`` on runs witho
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from functools import partial
@@ -134,6 +134,9 @@ class PassEngine:
     sample_size: int = SAMPLE_SIZE
     # Runs per request of a search over a batch of experiments.
     batch_page: int = SCAN_PAGE
+    # Called after each page of a batch search and each board found: a pass that reads for
+    # minutes before its first write (a catch-up over a universe) makes progress all the same.
+    progressed: Callable[[], None] = lambda: None
     # Per-fold values read from metric histories, by (run id, metric): finished runs do not
     # change, so each is read once in the daemon's life.
     fold_values: dict[tuple[str, str], tuple[float | None, ...]] = field(default_factory=dict)
@@ -320,6 +323,7 @@ class PassEngine:
                     by_id[board.experiment_id],
                     board=self.find_board(board.experiment_id, rule, board.cutoff, board.keep),
                 )
+            self.progressed()
         for count in need.counts:
             by_id[count.experiment_id] = replace(
                 by_id[count.experiment_id], count_pages=self.count_pages(rule, count)
@@ -379,7 +383,13 @@ class PassEngine:
 
     def _search(self, ids: Sequence[str], filter_string: str) -> list[RunRecord]:
         """A search over a batch of experiments, in pages of ``batch_page`` runs."""
-        return list(self.tracking.iter_runs(ids, filter_string, page_size=self.batch_page))
+        rows: list[RunRecord] = []
+        for run in self.tracking.iter_runs(ids, filter_string, page_size=self.batch_page):
+            rows.append(run)
+            if len(rows) % self.batch_page == 0:
+                self.progressed()
+        self.progressed()
+        return rows
 
     def _holders(self, ids: Sequence[str]) -> dict[str, tuple[RunRecord, ...]]:
         """The runs of the experiments ``ids`` that carry ``model_rank`` now (one search)."""

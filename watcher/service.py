@@ -77,12 +77,13 @@ class PassHealth:
     last_pass_at: float | None = None
     last_ok: bool | None = None
     last_success_at: float | None = None
-    # When the pass in flight last wrote an experiment's plan (a long pass makes progress
-    # long before it ends).
+    # When the pass in flight last had a read answered (a page of a batch search, a board) or
+    # wrote an experiment's plan: a long pass makes progress long before it ends. Cleared when
+    # the pass ends: a failed pass is no progress.
     last_progress_at: float | None = None
 
     def status(self, now: float) -> Literal["ok", "starting", "unhealthy"]:
-        """``ok`` while a pass succeeded, or the pass in flight wrote a plan, within three poll
+        """``ok`` while a pass succeeded, or the pass in flight made progress, within three poll
         intervals; ``starting`` while neither happened yet and the watcher started within three
         poll intervals; else ``unhealthy``."""
         times = [t for t in (self.last_success_at, self.last_progress_at) if t is not None]
@@ -188,7 +189,8 @@ class Watcher:
         self.clock = clock
         self.health = PassHealth(poll_interval_seconds=settings.poll_interval_seconds, started_at=clock())
         self.last_result: PassResult | None = None
-        self.engine = PassEngine(tracking)
+        self.engine = PassEngine(tracking, progressed=self._read)
+        self._passing = False
         self.selections: dict[str, dict[str, Any]] = {}
         self._lock = threading.Lock()
         self._stall_checked: dict[str, float] = {}
@@ -214,7 +216,11 @@ class Watcher:
         pass asks for all: no later pass would put a hand-set tag right); False none.
         """
         with self._lock:
-            return self._run_pass(dry_run, sweep, holder_check)
+            self._passing = True
+            try:
+                return self._run_pass(dry_run, sweep, holder_check)
+            finally:
+                self._passing = False
 
     def _stall_checks(self, now: float) -> dict[str, bool]:
         due = {}
@@ -388,6 +394,11 @@ class Watcher:
     def _progressed(self) -> None:
         self.health.last_progress_at = self.clock()
 
+    def _read(self) -> None:
+        """A pass's read answered (a page, a board): progress; an API ranking's is not."""
+        if self._passing:
+            self._progressed()
+
     def _record(self, result: PassResult) -> None:
         self.last_result = result
         metrics.PASSES.labels(outcome="ok" if result.ok else "failed").inc()
@@ -395,6 +406,7 @@ class Watcher:
         ended = result.started_at + result.duration_seconds
         self.health.last_pass_at = ended
         self.health.last_ok = result.ok
+        self.health.last_progress_at = None
         if result.ok:
             self.health.last_success_at = ended
             metrics.LAST_SUCCESS.set(ended)

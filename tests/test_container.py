@@ -350,13 +350,14 @@ def test_image_command_serves_healthz_ranks_and_exits_0_on_sigterm(image, daemon
         while time.monotonic() < deadline and proc.poll() is None:
             try:
                 health = httpx.get(f"{url}/healthz", timeout=5)
-                status = (health.status_code, health.json()["status"])
+                status = (health.status_code, health.json()["status"], bool(health.json()["last_success_at"]))
             except httpx.TransportError:
                 status = None
-            if status == (200, "ok"):  # 200 "starting" comes first, before the first pass ended
+            # 200 "starting" comes first, then "ok" while the first pass reads, before it wrote.
+            if status == (200, "ok", True):
                 break
             time.sleep(0.5)
-        assert status == (200, "ok"), f"exit={proc.poll()} log:\n{log_path.read_text()[-3000:]}"
+        assert status == (200, "ok", True), f"exit={proc.poll()} log:\n{log_path.read_text()[-3000:]}"
         assert _healthcheck(image, env) == 0
         # The first pass ranked the watched experiment by the env's rule.
         assert MlflowClient(sqlite_server.url).get_run(watched[0]).data.tags["model_rank"] == "1"

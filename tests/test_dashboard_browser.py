@@ -97,9 +97,10 @@ def wait_healthy(url: str, proc: subprocess.Popen[str], log: Path) -> None:
         if proc.poll() is not None:
             raise AssertionError(f"the daemon exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
         with contextlib.suppress(httpx.HTTPError):
-            # "ok" once the first pass succeeded (a daemon just started answers 200 "starting").
+            # Once the first pass succeeded: a daemon just started answers 200 "starting", and
+            # "ok" already while its first pass makes progress, before it wrote anything.
             health = httpx.get(f"{url}/healthz", timeout=2)
-            if health.status_code == 200 and health.json().get("status") == "ok":
+            if health.status_code == 200 and health.json().get("last_success_at"):
                 return
         time.sleep(0.3)
     raise AssertionError(f"the daemon did not turn healthy:\n{log.read_text()[-3000:]}")

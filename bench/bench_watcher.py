@@ -81,19 +81,22 @@ class CountingTracking(MlflowTracking):
         row["seconds"] += seconds
         row["runs"] += runs
 
-    def search_runs(
+    def iter_runs(
         self, experiment_ids: Sequence[str], filter_string: str = "", **kwargs: Any
-    ) -> list[RunRecord]:
-        runs, seconds = timed(
-            lambda: super(CountingTracking, self).search_runs(experiment_ids, filter_string, **kwargs)
-        )
-        self._searched(search_kind(filter_string), seconds, len(runs))
-        return runs
-
-    def iter_runs(self, *args: Any, **kwargs: Any) -> Iterator[RunRecord]:
-        for run in super().iter_runs(*args, **kwargs):
-            self.runs_read += 1
-            yield run
+    ) -> Iterator[RunRecord]:
+        """Every search that follows page tokens (``search_runs`` and the batch searches) goes
+        through here: its runs and its wall time (the caller's work between pages included,
+        which for the watcher's batch searches is appending to a list) count for its kind."""
+        started = time.perf_counter()
+        runs = 0
+        try:
+            for run in super().iter_runs(experiment_ids, filter_string, **kwargs):
+                self.runs_read += 1
+                runs += 1
+                yield run
+        finally:
+            if experiment_ids:
+                self._searched(search_kind(filter_string), time.perf_counter() - started, runs)
 
     def search_page(self, *args: Any, **kwargs: Any) -> tuple[list[RunRecord], str | None]:
         (runs, token), seconds = timed(lambda: super(CountingTracking, self).search_page(*args, **kwargs))

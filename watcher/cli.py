@@ -165,13 +165,13 @@ def build_handlers(settings: WatcherSettings, tracking: Any) -> Delivery:
     sharing one outbox. The worker talks to MLflow through a tracking adapter of its own, so
     its calls never count in a pass's tracking calls."""
     from watcher.delivery import DeliveryWorker
-    from watcher.mlflow_io import MlflowRegistry, MlflowTracking
+    from watcher.mlflow_io import MlflowRegistry
     from watcher.notify.handler import Notifier
     from watcher.notify.sender import resolve_targets
     from watcher.outbox import Outbox
     from watcher.registry import RegistryPromoter
 
-    worker_store = MlflowRegistry(MlflowTracking(tracking.tracking_uri))
+    worker_store = MlflowRegistry(tracking.twin())
     outbox = Outbox(MlflowRegistry(tracking), worker_store=worker_store)
     targets = resolve_targets(settings.webhooks)
     worker = DeliveryWorker(outbox, targets=targets, registry=worker_store, ui_base_url=settings.ui_base_url)

@@ -11,7 +11,7 @@ import os
 import re
 import threading
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 # MLflow's client retries a failing request 7 times with minutes of back-off by default; a
@@ -44,6 +44,8 @@ MAX_PAGE = 50_000
 EXPERIMENT_BATCH = 1000
 
 T = TypeVar("T")
+# Told of every experiment tag this process wrote (value) or deleted (None), once MLflow took it.
+TagListener = Callable[[str, str, str | None], None]
 
 
 _COMPARATORS: dict[str, set[str]] = {
@@ -106,9 +108,13 @@ def _is_duplicate_key(e: MlflowException) -> bool:
 
 class MlflowTracking:
     """Adapter over :class:`MlflowClient`; counts calls in ``calls_by_method`` and the run
-    tag changes that reached MLflow in ``tag_writes``."""
+    tag changes that reached MLflow in ``tag_writes``. Every experiment tag it writes or
+    deletes is told to ``tag_listeners`` (the watcher's kept listing), shared with its
+    :meth:`twin`."""
 
-    def __init__(self, tracking_uri: str | None = None) -> None:
+    def __init__(
+        self, tracking_uri: str | None = None, tag_listeners: list[TagListener] | None = None
+    ) -> None:
         try:
             self._client = MlflowClient(tracking_uri=tracking_uri)
         except MlflowException as e:
@@ -123,6 +129,16 @@ class MlflowTracking:
         self.tag_writes = 0
         self.tag_writes_by_experiment: Counter[str] = Counter()
         self._counts = threading.Lock()
+        self.tag_listeners: list[TagListener] = tag_listeners if tag_listeners is not None else []
+
+    def twin(self) -> MlflowTracking:
+        """An adapter of its own (its calls counted apart, e.g. the delivery worker's) to the
+        same server, whose experiment tag writes reach the same listeners."""
+        return MlflowTracking(self.tracking_uri, tag_listeners=self.tag_listeners)
+
+    def _told(self, experiment_id: str, key: str, value: str | None) -> None:
+        for listener in list(self.tag_listeners):
+            listener(experiment_id, key, value)
 
     @property
     def tracking_uri(self) -> str:
@@ -145,15 +161,18 @@ class MlflowTracking:
 
     # -- experiments -------------------------------------------------------------------------
 
-    def search_experiments(self, filter_string: str | None = None) -> list[ExperimentRecord]:
-        """Active experiments (with their tags) matching an MLflow experiment filter."""
+    def search_experiments(
+        self, filter_string: str | None = None, *, deleted_too: bool = False
+    ) -> list[ExperimentRecord]:
+        """Active experiments (with their tags) matching an MLflow experiment filter; with
+        ``deleted_too`` the deleted ones as well (``deleted`` set)."""
         found: list[ExperimentRecord] = []
         token: str | None = None
         while True:
             page = self._call(
                 "search_experiments",
                 self._client.search_experiments,
-                view_type=ViewType.ACTIVE_ONLY,
+                view_type=ViewType.ALL if deleted_too else ViewType.ACTIVE_ONLY,
                 max_results=MAX_PAGE,
                 filter_string=filter_string,
                 page_token=token,
@@ -179,6 +198,16 @@ class MlflowTracking:
             if not (isinstance(e.__cause__, MlflowException) and _is_duplicate_key(e.__cause__)):
                 raise
             self._call("set_experiment_tag", self._client.set_experiment_tag, experiment_id, key, value)
+        self._told(experiment_id, key, value)
+
+    def delete_experiment_tag(self, experiment_id: str, key: str) -> None:
+        """Delete an experiment tag; a tag that is already gone is not an error."""
+        try:
+            self._call("delete_experiment_tag", self._client.delete_experiment_tag, experiment_id, key)
+        except TrackingError as e:
+            if not _not_found(e):
+                raise
+        self._told(experiment_id, key, None)
 
     # -- runs --------------------------------------------------------------------------------
 
@@ -377,7 +406,13 @@ class MlflowTracking:
 
 
 def _experiment(exp: Experiment) -> ExperimentRecord:
-    return ExperimentRecord(experiment_id=str(exp.experiment_id), name=exp.name, tags=dict(exp.tags or {}))
+    return ExperimentRecord(
+        experiment_id=str(exp.experiment_id),
+        name=exp.name,
+        tags=dict(exp.tags or {}),
+        last_update_time=int(exp.last_update_time or 0),
+        deleted=exp.lifecycle_stage != "active",
+    )
 
 
 def _run(run: Run) -> RunRecord:
@@ -433,12 +468,7 @@ class MlflowRegistry:
         self._tracking.set_experiment_tag(experiment_id, key, value)
 
     def delete_experiment_tag(self, experiment_id: str, key: str) -> None:
-        """Delete an experiment tag; a tag that is already gone is not an error."""
-        try:
-            self._call("delete_experiment_tag", self._client.delete_experiment_tag, experiment_id, key)
-        except TrackingError as e:
-            if not _not_found(e):
-                raise
+        self._tracking.delete_experiment_tag(experiment_id, key)
 
     # -- runs --------------------------------------------------------------------------------
 

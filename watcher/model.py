@@ -225,11 +225,15 @@ class TagChange:
 
 @dataclass(frozen=True)
 class ExperimentRecord:
-    """An active MLflow experiment as listed: id, name and experiment tags."""
+    """An MLflow experiment as listed: id, name and experiment tags; ``last_update_time`` (ms,
+    the server's clock) moves when it is created, renamed, deleted or restored, not when a tag
+    is written; ``deleted`` only in a listing that asked for deleted experiments too."""
 
     experiment_id: str
     name: str
     tags: Mapping[str, str] = field(default_factory=dict)
+    last_update_time: int = 0
+    deleted: bool = False
 
 
 @dataclass(frozen=True)

@@ -100,25 +100,64 @@ def threshold(rule: Rule, cutoff: float) -> str:
     return f"{metric_ref(rule.metric)} {op} {number_literal(cutoff)}"
 
 
-def watched_experiments(settings: WatcherSettings, tracking: MlflowTracking) -> list[WatchedExperiment]:
-    """Active experiments that a rule matches (first matching rule in file order)."""
-    patterns = sorted({p for rule in settings.rules for p in rule.experiments})
-    likes = [glob_to_like(p) for p in patterns]
-    found: dict[str, ExperimentRecord] = {}
-    listings: Iterable[str | None]
+def listing_filters(settings: WatcherSettings) -> Sequence[str | None]:
+    """The experiment searches that list every experiment a rule may match (None: all)."""
+    likes = [glob_to_like(p) for p in sorted({p for rule in settings.rules for p in rule.experiments})]
     if any(like is None for like in likes):
-        listings = [None]
-    else:
-        listings = sorted({f"name LIKE '{like}'" for like in likes if like is not None})
-    for filter_string in listings:
-        for exp in tracking.search_experiments(filter_string):
-            found[exp.experiment_id] = exp
+        return [None]
+    return sorted({f"name LIKE '{like}'" for like in likes if like is not None})
+
+
+def watched_from(settings: WatcherSettings, records: Iterable[ExperimentRecord]) -> list[WatchedExperiment]:
+    """The active experiments that a rule matches (first matching rule in file order), by name."""
     watched = []
-    for exp in sorted(found.values(), key=lambda e: e.name):
+    for exp in sorted(records, key=lambda e: e.name):
         rule = settings.rule_for(exp.name)
-        if rule is not None:
+        if rule is not None and not exp.deleted:
             watched.append(WatchedExperiment(exp.experiment_id, exp.name, dict(exp.tags), rule))
     return watched
+
+
+def list_experiments(settings: WatcherSettings, tracking: MlflowTracking) -> list[ExperimentRecord]:
+    """Every active experiment the listing filters take in (a superset of the watched ones)."""
+    found: dict[str, ExperimentRecord] = {}
+    for filter_string in listing_filters(settings):
+        for exp in tracking.search_experiments(filter_string):
+            found[exp.experiment_id] = exp
+    return list(found.values())
+
+
+def watched_experiments(settings: WatcherSettings, tracking: MlflowTracking) -> list[WatchedExperiment]:
+    """The watched experiments, listed afresh (a one-off pass)."""
+    return watched_from(settings, list_experiments(settings, tracking))
+
+
+# Re-reads experiments whose tags a pass took from the kept listing: each id's record as it is
+# now, None when it is gone or deleted.
+Reread = Callable[[Sequence[str]], Mapping[str, ExperimentRecord | None]]
+
+
+def tracked_states(fp: str, exps: Sequence[WatchedExperiment]) -> dict[str, ExperimentState]:
+    """The states of the experiments ranked by the rule's current definition, by id."""
+    states = ((e.experiment_id, ExperimentState.from_tag(e.tags.get(STATE_TAG))) for e in exps)
+    return {i: s for i, s in states if s is not None and is_tracked(s, fp)}
+
+
+def afresh(
+    exps: Sequence[WatchedExperiment], found: Mapping[str, ExperimentRecord | None]
+) -> list[WatchedExperiment]:
+    """The experiments with the records read afresh in place of the kept ones; those gone or
+    deleted are left out."""
+    out = []
+    for exp in exps:
+        if exp.experiment_id not in found:
+            out.append(exp)
+            continue
+        record = found[exp.experiment_id]
+        if record is None or record.deleted:
+            continue
+        out.append(WatchedExperiment(record.experiment_id, record.name, dict(record.tags), exp.rule))
+    return out
 
 
 @dataclass
@@ -152,8 +191,10 @@ class PassEngine:
         holder_check: bool | Collection[str] = True,
         admit: Collection[str] | None = None,
         reranks: int | None = None,
+        reread: Reread | None = None,
     ) -> list[ExperimentPlan]:
-        """Every rule's batches; ``reranks`` (None: no bound) the re-ranks of the whole pass."""
+        """Every rule's batches; ``reranks`` (None: no bound) the re-ranks of the whole pass;
+        ``reread`` (None: the tags were listed this pass) see :meth:`gather`."""
         by_rule: dict[str, list[WatchedExperiment]] = defaultdict(list)
         for exp in watched:
             assert exp.rule is not None
@@ -173,6 +214,7 @@ class PassEngine:
                     holder_check=holder_check,
                     admit=admit,
                     reranks=reranks,
+                    reread=reread,
                 )
                 plans.extend(batch_plans)
                 if reranks is not None:
@@ -216,6 +258,7 @@ class PassEngine:
         holder_check: bool | Collection[str] = True,
         admit: Collection[str] | None = None,
         reranks: int | None = None,
+        reread: Reread | None = None,
     ) -> list[ExperimentPlan]:
         """Plans for one rule's batch; ``force_rank`` ranks every experiment (the API);
         ``sweep`` (True: every experiment, else the ids to sweep) searches the
@@ -224,7 +267,7 @@ class PassEngine:
         ``holder_check`` (True: every experiment, else the ids) says whose holders the batch
         search reads; the experiments ranked and not among them have theirs read first; ``admit`` (None: all) the experiments a first ranking may
         start for, ``reranks`` (None: no bound) the re-ranks it may make (see :func:`decide_batch`)."""
-        reads = self.gather(rule, exps, stall_check, sweep=sweep, holder_check=holder_check)
+        reads = self.gather(rule, exps, stall_check, sweep=sweep, holder_check=holder_check, reread=reread)
         decide = partial(
             decide_batch,
             rule,
@@ -249,24 +292,38 @@ class PassEngine:
         *,
         sweep: bool | Collection[str] = False,
         holder_check: bool | Collection[str] = True,
+        reread: Reread | None = None,
     ) -> list[ExperimentRead]:
         """The batch searches: what MLflow holds for every experiment of the batch (the
-        holders of those ``holder_check`` takes in)."""
+        holders of those ``holder_check`` takes in).
+
+        ``reread`` is given when the experiments' tags come from the listing kept between
+        passes: those with news (runs ended after their watermark) are read afresh and
+        decided from their tags as they are now (another replica's state, a state deleted by
+        hand); one gone or deleted is left out of the batch."""
         fp = fingerprint(rule.metric, rule.ascending, rule.filter)
+        ended, low = self._ended(rule, fp, exps)
+        if reread is not None and low is not None:
+            listed = tracked_states(fp, exps)
+            news = sorted({r.experiment_id for r in ended if has_news(listed[r.experiment_id], [r])})
+            if news:
+                found = reread(news)
+                for i in news:
+                    if found.get(i) is None or found[i].deleted:  # type: ignore[union-attr]
+                        log.info("experiment_gone", experiment_id=i)
+                exps = afresh(exps, found)
+                fresh = tracked_states(fp, exps)
+                if min((s.search_after for s in fresh.values()), default=low) < low:
+                    ended, low = self._ended(rule, fp, exps)  # a state read afresh reaches further back
+                else:
+                    ended = [r for r in ended if r.experiment_id in fresh]
         states = {e.experiment_id: ExperimentState.from_tag(e.tags.get(STATE_TAG)) for e in exps}
         ids = [e.experiment_id for e in exps]
-        kept = {i: s for i in ids if (s := states[i]) is not None and is_tracked(s, fp)}
+        kept = tracked_states(fp, exps)
         tracked = list(kept)
         drop_filter = drops_filter(rule)
-        # The search reaches back to the alert cursor of an experiment with failed runs still
-        # to announce; FINISHED runs at or before a watermark are left out by the triage.
-        ended: list[RunRecord] = []
         filtered_out: dict[str, int] = {}
         if tracked:
-            low = min(s.search_after for s in kept.values())
-            ended = self._search(
-                tracked, and_filters(f"attributes.end_time > {low}", None if drop_filter else rule.filter)
-            )
             news = sorted({r.experiment_id for r in ended if has_news(kept[r.experiment_id], [r])})
             if drop_filter and news:
                 news_low = min(kept[i].seen for i in news)
@@ -304,6 +361,22 @@ class PassEngine:
             )
             for exp in exps
         ]
+
+    def _ended(
+        self, rule: Rule, fp: str, exps: Sequence[WatchedExperiment]
+    ) -> tuple[list[RunRecord], int | None]:
+        """The runs ended after the watermarks of the experiments the rule ranks already, and
+        the end time searched after. The search reaches back to the alert cursor of an
+        experiment with failed runs still to announce; FINISHED runs at or before a watermark
+        are left out by the triage."""
+        kept = tracked_states(fp, exps)
+        if not kept:
+            return [], None
+        low = min(s.search_after for s in kept.values())
+        drop_filter = drops_filter(rule)
+        return self._search(
+            list(kept), and_filters(f"attributes.end_time > {low}", None if drop_filter else rule.filter)
+        ), low
 
     def read_more(self, rule: Rule, reads: Sequence[ExperimentRead], need: ToRead) -> list[ExperimentRead]:
         """Read what the decision asked for; the reads come back with the answers filled in."""

@@ -23,10 +23,19 @@ from typing import Any, Literal, Protocol, TypeVar
 import structlog
 
 from watcher import metrics
-from watcher.engine import PassEngine, and_filters, metric_ref, number_literal, watched_experiments
+from watcher.engine import (
+    PassEngine,
+    afresh,
+    and_filters,
+    list_experiments,
+    metric_ref,
+    number_literal,
+    watched_from,
+)
 from watcher.errors import ExperimentNotFound, NoRankedRuns, WatcherError
+from watcher.listing import KeptListing
 from watcher.mlflow_io import MlflowTracking
-from watcher.model import ON_DEMAND_RULE, Handler, Leaderboard, Rule, WatchedExperiment
+from watcher.model import ON_DEMAND_RULE, ExperimentRecord, Handler, Leaderboard, Rule, WatchedExperiment
 from watcher.planner import RANKING, ExperimentPlan
 from watcher.selection import details, plain_line
 from watcher.settings import RuleConfig, WatcherSettings
@@ -166,6 +175,11 @@ def needs_first_ranking(exp: WatchedExperiment) -> bool:
     return state is None or state.fingerprint != fingerprint(rule.metric, rule.ascending, rule.filter)
 
 
+# Experiments with news a pass reads afresh one by one (one call each) when their tags came from
+# the kept listing; more are read in one full listing.
+REREAD_LIMIT = 20
+
+
 def stall_check_interval(rule: Rule) -> float:
     """Seconds between searches for stalled runs of a rule that waits for none: a tenth of
     its ``stalled_after_minutes`` (at most 10 minutes), so a stall is announced late by at
@@ -200,6 +214,14 @@ class Watcher:
         self.holder_check_runs = HOLDER_CHECK_RUNS
         # Said once while the holder checks cannot keep up with holder_check_seconds.
         self._holder_checks_behind = False
+        # The watched experiments' records, kept between passes (experiment_list_seconds); every
+        # experiment tag this process writes, the delivery worker's too, is written through.
+        self.listing = KeptListing(lambda name: self.settings.rule_for(name) is not None)
+        tracking.tag_listeners.append(self.listing.tag_written)
+        # Real elapsed time, for how long a server's late commits may take (see watcher.listing).
+        self.monotonic: Callable[[], float] = time.monotonic
+        # Records read afresh this pass (None: gone or deleted), by id.
+        self._afresh: dict[str, ExperimentRecord | None] = {}
 
     # -- a pass ------------------------------------------------------------------------------
 
@@ -301,7 +323,9 @@ class Watcher:
             log.info("pass_started", dry_run=dry_run)
             apply.start()
             try:
-                watched = watched_experiments(self.settings, self.tracking)
+                self._afresh = {}
+                full = self._list(started)
+                watched = watched_from(self.settings, self.listing.records())
                 now_ms = int(started * 1000)
                 check: bool | list[str] = holder_check if holder_check is not None else False
                 if holder_check is None:
@@ -317,7 +341,10 @@ class Watcher:
                     holder_check=check,
                     admit=admit,
                     reranks=limit,
+                    reread=None if full else self._reread,
                 )
+                if self._afresh:
+                    watched = afresh(watched, self._afresh)
                 # Re-ranks beyond the limit wait too (first rankings were counted above).
                 waiting = {p.experiment_id for p in plans if p.reason == "deferred"}
                 deferred += sum(
@@ -376,6 +403,47 @@ class Watcher:
                 **report,
             )
         return result
+
+    def _list(self, now: float, *, full: bool = False) -> bool:
+        """Bring the kept listing up to date: every watched experiment when a full listing is
+        due (or ``full``), else the experiments created, renamed, deleted or restored since the
+        last answer. True when it listed them all."""
+        listing = self.listing
+        full = full or listing.full_due(now, self.settings.experiment_list_seconds)
+        started = self.monotonic()
+        mark = listing.start()
+        try:
+            if full:
+                found = list_experiments(self.settings, self.tracking)
+            else:
+                since = listing.since(started)
+                found = self.tracking.search_experiments(f"last_update_time >= {since}", deleted_too=True)
+        except BaseException:
+            listing.abandon(mark)
+            raise
+        if full:
+            listing.listed(mark, found, now, self.monotonic())
+        else:
+            listing.changed(mark, found, started, self.monotonic())
+        return full
+
+    def _reread(self, ids: Sequence[str]) -> dict[str, ExperimentRecord | None]:
+        """The experiments ``ids`` as they are now (one call each; more than ``REREAD_LIMIT``:
+        one full listing), kept in the listing too."""
+        if len(ids) > REREAD_LIMIT:
+            self._list(self.clock(), full=True)
+            records = {r.experiment_id: r for r in self.listing.records()}
+            found = {i: records.get(i) for i in ids}
+        else:
+            mark = self.listing.start()
+            try:
+                found = {i: self.tracking.get_experiment(i) for i in ids}
+            except BaseException:
+                self.listing.abandon(mark)
+                raise
+            self.listing.reread(mark, found)
+        self._afresh.update(found)
+        return found
 
     def _keep_selections(self, plans: Sequence[ExperimentPlan]) -> None:
         """The statistics computed this pass, as ``GET /api/experiments/{id}/selection`` shows

@@ -205,6 +205,11 @@ class WatcherSettings(BaseSettings):
     # pass that ranks an experiment reads its holders all the same. At most a day, so
     # interference is always put right in a bounded time.
     holder_check_seconds: float = Field(default=60.0, ge=0, le=86400)
+    # The daemon lists every watched experiment with its tags this often; between, a pass reads
+    # only the experiments created, renamed, deleted or restored since (tags this process writes
+    # are kept as written). Tags other clients write are seen within this time; 0: every pass.
+    # At most a day, like the holder check.
+    experiment_list_seconds: float = Field(default=60.0, ge=0, le=86400)
     # First rankings and re-ranks per pass (experiments with the most recent runs first); the
     # rest wait for the passes that follow.
     max_rankings_per_pass: int = Field(default=100, ge=1)
@@ -229,7 +234,9 @@ class WatcherSettings(BaseSettings):
         # load_settings, so this source skips them (it would replace the whole list).
         return (_EnvWithoutListItems(settings_cls), init_settings)
 
-    @field_validator("poll_interval_seconds", "holder_check_seconds", mode="before")
+    @field_validator(
+        "poll_interval_seconds", "holder_check_seconds", "experiment_list_seconds", mode="before"
+    )
     @classmethod
     def _seconds_not_a_switch(cls, value: Any) -> Any:
         # YAML's true/false would pass as 1/0 seconds (0: a holder check every pass).

@@ -273,3 +273,46 @@ def test_a_state_deleted_by_hand_is_seen_at_once_with_news_else_within_experimen
     }
     assert experiment_searches(proxy) == [f"name LIKE '{prefix}_%'"]
     assert STATE_TAG in client.get_experiment(idle).tags
+
+
+@pytest.mark.server
+def test_tags_the_watcher_writes_are_kept_as_written_and_many_with_news_are_read_in_one_listing(
+    sqlite_server: ServerHandle, counting_proxy: Callable[[str], Proxy]
+) -> None:
+    """After a re-rank read afresh, the next pass finds the state it wrote in the kept listing:
+    nothing is read afresh. When more experiments have news than ``reread_limit``, one full
+    listing reads them all instead of one call each."""
+    client = MlflowClient(sqlite_server.url)
+    prefix = f"through_{uuid4().hex[:6]}"
+    ids = [client.create_experiment(f"{prefix}_{i}") for i in range(3)]
+    for exp_id in ids:
+        make_runs(client, exp_id, [0.1, 0.2])
+    proxy = counting_proxy(sqlite_server.url)
+    clocks = Clocks()
+    watcher = watcher_at(proxy.url, f"{prefix}_*", clocks)
+    assert watcher.run_pass().ok
+    clocks.settle()
+    assert watcher.run_pass().ok
+
+    def news(experiments: list[str]) -> list[str]:
+        for exp_id in experiments:
+            make_runs(client, exp_id, [0.9], prefix="news")
+        clocks.now += 1
+        proxy.reset()
+        result = watcher.run_pass()
+        assert result.ok, result.error
+        return [o.action for o in result.outcomes]
+
+    assert news(ids[:1]) == ["rerank", "idle", "idle"]
+    assert experiment_gets(proxy) == 1
+    assert [f.split(" >= ")[0] for f in experiment_searches(proxy)] == ["last_update_time"]
+    assert news([]) == ["idle"] * 3
+    assert experiment_gets(proxy) == 0
+
+    watcher.reread_limit = 2
+    assert news(ids) == ["rerank"] * 3
+    assert experiment_gets(proxy) == 0
+    assert experiment_searches(proxy)[1:] == [f"name LIKE '{prefix}_%'"]
+    assert news([]) == ["idle"] * 3
+    for exp_id in ids:
+        assert len(podium_tags(client, exp_id)) == 3

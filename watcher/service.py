@@ -222,6 +222,8 @@ class Watcher:
         self.monotonic: Callable[[], float] = time.monotonic
         # Records read afresh this pass (None: gone or deleted), by id.
         self._afresh: dict[str, ExperimentRecord | None] = {}
+        self._listed_in_pass = False
+        self.reread_limit = REREAD_LIMIT
 
     # -- a pass ------------------------------------------------------------------------------
 
@@ -324,6 +326,7 @@ class Watcher:
             apply.start()
             try:
                 self._afresh = {}
+                self._listed_in_pass = False
                 full = self._list(started)
                 watched = watched_from(self.settings, self.listing.records())
                 now_ms = int(started * 1000)
@@ -423,15 +426,17 @@ class Watcher:
             raise
         if full:
             listing.listed(mark, found, now, self.monotonic())
+            self._listed_in_pass = True
         else:
             listing.changed(mark, found, started, self.monotonic())
         return full
 
     def _reread(self, ids: Sequence[str]) -> dict[str, ExperimentRecord | None]:
-        """The experiments ``ids`` as they are now (one call each; more than ``REREAD_LIMIT``:
+        """The experiments ``ids`` as they are now (one call each; more than ``reread_limit``:
         one full listing), kept in the listing too."""
-        if len(ids) > REREAD_LIMIT:
-            self._list(self.clock(), full=True)
+        if len(ids) > self.reread_limit:
+            if not self._listed_in_pass:  # another batch of this pass may have listed them all
+                self._list(self.clock(), full=True)
             records = {r.experiment_id: r for r in self.listing.records()}
             found = {i: records.get(i) for i in ids}
         else:

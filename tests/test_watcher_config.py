@@ -114,6 +114,21 @@ CASES = [
         id="holder-check-infinite",
     ),
     pytest.param(
+        {"experiment_list_seconds": -5, "rules": [GOOD_RULE]},
+        ["field 'experiment_list_seconds'", "greater than or equal to 0 (got -5)"],
+        id="experiment-list-negative",
+    ),
+    pytest.param(
+        {"experiment_list_seconds": 86401, "rules": [GOOD_RULE]},
+        ["field 'experiment_list_seconds'", "less than or equal to 86400"],
+        id="experiment-list-huge",
+    ),
+    pytest.param(
+        {"experiment_list_seconds": False, "rules": [GOOD_RULE]},
+        ["field 'experiment_list_seconds'", "not true/false (got False)"],
+        id="experiment-list-boolean",
+    ),
+    pytest.param(
         {"poll_interval_seconds": 1e308, "rules": [GOOD_RULE]},
         ["field 'poll_interval_seconds'", "less than or equal to 86400"],
         id="poll-interval-huge",
@@ -334,6 +349,16 @@ def test_the_scale_keys_default_come_from_the_environment_and_are_checked_there(
     assert cli.main(["check-config", "--config", str(path)]) == 2
     assert (
         "environment variable WATCHER_HOLDER_CHECK_SECONDS: field 'holder_check_seconds'"
+        in capsys.readouterr().err
+    )
+    monkeypatch.setenv("WATCHER_HOLDER_CHECK_SECONDS", "0")
+    assert load_settings(path).experiment_list_seconds == 60.0
+    monkeypatch.setenv("WATCHER_EXPERIMENT_LIST_SECONDS", "0")
+    assert load_settings(path).experiment_list_seconds == 0.0
+    monkeypatch.setenv("WATCHER_EXPERIMENT_LIST_SECONDS", "-1")
+    assert cli.main(["check-config", "--config", str(path)]) == 2
+    assert (
+        "environment variable WATCHER_EXPERIMENT_LIST_SECONDS: field 'experiment_list_seconds'"
         in capsys.readouterr().err
     )
 

@@ -309,7 +309,7 @@ class PassEngine:
             if news:
                 found = reread(news)
                 for i in news:
-                    if found.get(i) is None or found[i].deleted:  # type: ignore[union-attr]
+                    if (record := found.get(i)) is None or record.deleted:
                         log.info("experiment_gone", experiment_id=i)
                 exps = afresh(exps, found)
                 fresh = tracked_states(fp, exps)

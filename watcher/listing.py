@@ -71,7 +71,7 @@ class KeptListing:
             or self.watermark is None
         )
 
-    def since(self, elapsed: float) -> int:
+    def since(self) -> int:
         """The smallest ``last_update_time`` the next search for changes asks for."""
         assert self.watermark is not None
         if self._settled:

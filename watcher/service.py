@@ -419,8 +419,9 @@ class Watcher:
             if full:
                 found = list_experiments(self.settings, self.tracking)
             else:
-                since = listing.since(started)
-                found = self.tracking.search_experiments(f"last_update_time >= {since}", deleted_too=True)
+                found = self.tracking.search_experiments(
+                    f"last_update_time >= {listing.since()}", deleted_too=True
+                )
         except BaseException:
             listing.abandon(mark)
             raise

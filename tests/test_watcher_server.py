@@ -104,9 +104,9 @@ def test_once_tags_exactly_what_the_guides_searches_expect(
 def test_a_new_best_run_takes_rank_1_with_few_reads_and_no_stale_tags(
     mlflow_server: ServerHandle, client: MlflowClient, counting_proxy: Callable[[str], Proxy]
 ) -> None:
-    """Re-rank after one new run: O(1) reads (list, watermark search, holder check, the two
-    orphan-tag searches, threshold search), writes only for runs whose tags change, and the
-    board equals a full ranking."""
+    """Re-rank after one new run: O(1) reads (the search for changed experiments, watermark
+    search, the experiment read afresh, holder check, the two orphan-tag searches, threshold
+    search), writes only for runs whose tags change, and the board equals a full ranking."""
     exp_id, name = new_experiment(client)
     made = make_runs(client, exp_id, [0.5 + 0.01 * i for i in range(18)])
     proxy = counting_proxy(mlflow_server.url)
@@ -122,7 +122,8 @@ def test_a_new_best_run_takes_rank_1_with_few_reads_and_no_stale_tags(
     assert ranked[0] == best[0].run_id
     assert_board(client, exp_id, ranked, top_n=5)
     reads = [c for c in proxy.tracking_calls() if c not in writes(proxy)]
-    assert len(reads) == 6
+    assert len(reads) == 7
+    assert sum("/experiments/get" in path for _, path in reads) == 1
     # 5 runs change rank (one log_batch each), the old #5 loses model_rank and top_5, the
     # old #3 loses production_candidate; plus one write of the experiment's state.
     assert len(writes(proxy)) == 5 + 2 + 1 + 1

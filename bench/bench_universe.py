@@ -11,7 +11,8 @@ answers, and one run gives every figure DESIGN.md's goals ask for:
   it on the same server, the serial first ranking as the watcher made it before it spread its
   work (a second copy of the same experiments, `write_concurrency` 1 and every experiment in
   one pass), and their ratio;
-- the idle daemon pass with no holder check due;
+- the idle daemon pass with no holder check due (once the kept listing's window over recent
+  experiment changes has closed: the fill created every group's experiments seconds before);
 - the re-rank of one experiment after a new leading run, at 1 and at N watched experiments,
   taken in turns;
 - the idle daemon passes once every experiment's holder check is due: the first (one slice of
@@ -60,6 +61,7 @@ from bench.fill import (
 )
 from bench.servers import BACKENDS, running_server
 from tests.support.proxy import Proxy
+from watcher.listing import MARGIN_SECONDS
 from watcher.mlflow_io import EXPERIMENT_BATCH
 from watcher.service import HOLDER_CHECK_RUNS, SWEEP_SECONDS, Watcher
 from watcher.settings import HttpConfig, RuleConfig, WatcherSettings
@@ -373,6 +375,11 @@ def universe(
         out["serial_first"] = row
         log(f"  {n}: first ranking default / serial: {row['default_over_serial']:.2f}")
     out["settle"] = settle(watcher, proxy)
+    # Each search for changed experiments reaches back MARGIN_SECONDS until a search after
+    # that time closes the window (watcher/listing.py): a group filled seconds ago would be read
+    # again by every pass. Idle means nothing changed lately, so the window closes first.
+    time.sleep(MARGIN_SECONDS)
+    out["listing_settle"] = daemon_pass(watcher, proxy, sweep=False)
     idle = [daemon_pass(watcher, proxy, sweep=False) for _ in range(options.reps)]
     out["idle_no_check"] = {
         "passes": idle,

@@ -7,12 +7,14 @@ watcher's clocks are passed in, never patched)."""
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Callable
 from uuid import uuid4
 
 import pytest
 from mlflow.tracking import MlflowClient
+from structlog.testing import capture_logs
 
 from tests.support.mlflow_server import ServerHandle
 from tests.support.proxy import Proxy
@@ -20,7 +22,7 @@ from tests.support.watcher_runs import make_runs, podium_tags
 from watcher.listing import MARGIN_SECONDS, KeptListing
 from watcher.mlflow_io import MlflowTracking
 from watcher.model import ExperimentRecord
-from watcher.service import Watcher
+from watcher.service import PassResult, Watcher
 from watcher.settings import WatcherSettings
 from watcher.state import STATE_TAG, ExperimentState
 
@@ -316,3 +318,44 @@ def test_tags_the_watcher_writes_are_kept_as_written_and_many_with_news_are_read
     assert news([]) == ["idle"] * 3
     for exp_id in ids:
         assert len(podium_tags(client, exp_id)) == 3
+
+
+@pytest.mark.server
+def test_an_experiment_deleted_between_the_listing_and_its_writes_is_left_and_the_pass_goes_on(
+    mlflow_server: ServerHandle, counting_proxy: Callable[[str], Proxy]
+) -> None:
+    """Both experiments get a new leader; the first is deleted while the pass waits to write.
+    The pass skips it with one ``experiment_gone`` line (no leaderboard event for it) and
+    writes the other: it does not fail."""
+    client = MlflowClient(mlflow_server.url)
+    prefix = f"gone_{uuid4().hex[:6]}"
+    first, second = (client.create_experiment(f"{prefix}_{c}") for c in "ab")
+    for exp_id in (first, second):
+        make_runs(client, exp_id, [0.1, 0.2])
+    proxy = counting_proxy(mlflow_server.url)
+    clocks = Clocks()
+    watcher = watcher_at(proxy.url, f"{prefix}_*", clocks, write_concurrency=1)
+    assert watcher.run_pass().ok
+    leaders = {
+        exp_id: make_runs(client, exp_id, [0.9], prefix="news")[0].run_id for exp_id in (first, second)
+    }
+
+    proxy.writes_open.clear()
+    answer: list[PassResult] = []
+    passing = threading.Thread(target=lambda: answer.append(watcher.run_pass()))
+    with capture_logs() as logs:
+        passing.start()
+        deadline = time.monotonic() + 30
+        while not proxy.held and time.monotonic() < deadline:
+            time.sleep(0.02)
+        client.delete_experiment(first)
+        proxy.writes_open.set()
+        passing.join(60)
+    (result,) = answer
+    assert result.ok, result.error
+    assert [(o.experiment_id, o.event is not None) for o in result.outcomes] == [(second, True)]
+    assert [e["experiment_id"] for e in logs if e["event"] == "experiment_gone"] == [first]
+    assert not [e for e in logs if e["event"] in ("run_gone_before_tagging", "pass_failed")]
+    assert podium_tags(client, second)[leaders[second]]["model_rank"] == "1"
+    clocks.now += 1
+    assert [o.experiment_id for o in watcher.run_pass().outcomes] == [second]

@@ -22,5 +22,9 @@ class ExperimentNotFound(WatcherError):
     """No active experiment has the given name."""
 
 
+class ExperimentGone(ExperimentNotFound):
+    """The experiment was deleted while its plan was written: the rest of the plan is skipped."""
+
+
 class NoRankedRuns(WatcherError):
     """The experiment has no FINISHED run with a finite value of the metric."""

@@ -27,7 +27,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.search_utils import SearchUtils
 
 from watcher import metrics
-from watcher.errors import ConfigError, TrackingError
+from watcher.errors import ConfigError, ExperimentGone, TrackingError
 from watcher.model import ExperimentRecord, ModelSource, ModelVersionInfo, RunRecord, TagChange
 from watcher.planner import ExperimentPlan
 from watcher.selection import SELECTION_TAG
@@ -313,15 +313,22 @@ class MlflowTracking:
 
         ``stored_state`` is the ``podium.state`` text as listed (an equal state is not
         written again). Returns the number of tag changes planned; ``tag_writes`` grows by
-        the ones MLflow accepted, also when a later write raises.
+        the ones MLflow accepted, also when a later write raises. Raises
+        :class:`ExperimentGone` when the experiment was deleted meanwhile (a run gone, then no
+        active experiment; or its state refused): the rest of the plan is not written.
         """
         self.apply_changes(plan.changes, plan.experiment_id)
-        if plan.selection_tag is not None:
-            self.set_experiment_tag(plan.experiment_id, SELECTION_TAG, plan.selection_tag)
-        if plan.state is not None:
-            text = plan.state.to_tag()
-            if text != stored_state:
-                self.set_experiment_tag(plan.experiment_id, STATE_TAG, text)
+        try:
+            if plan.selection_tag is not None:
+                self.set_experiment_tag(plan.experiment_id, SELECTION_TAG, plan.selection_tag)
+            if plan.state is not None:
+                text = plan.state.to_tag()
+                if text != stored_state:
+                    self.set_experiment_tag(plan.experiment_id, STATE_TAG, text)
+        except TrackingError as e:
+            if isinstance(e.__cause__, MlflowException) and _is_missing(e.__cause__):
+                raise ExperimentGone(f"experiment {plan.experiment_id} was deleted") from e
+            raise
         return len(plan.changes)
 
     def _accepted(self, experiment_id: str, n: int) -> None:
@@ -332,7 +339,8 @@ class MlflowTracking:
     def apply_changes(self, changes: Sequence[TagChange], experiment_id: str = "") -> None:
         """Deletions one call each, then one ``log_batch`` per run (changes come grouped).
 
-        A tag already gone or a run deleted meanwhile is no write; each accepted call adds
+        A tag already gone or a run deleted meanwhile is no write (a run gone whose
+        experiment is gone too raises :class:`ExperimentGone`); each accepted call adds
         its changes to ``tag_writes`` (and the experiment's count) at once, so a failure part
         way leaves them exact."""
         i = 0
@@ -354,6 +362,8 @@ class MlflowTracking:
                 i += 1
             if self.set_run_tags(change.run_id, batch):
                 self._accepted(experiment_id, len(batch))
+            elif experiment_id and self.get_experiment(experiment_id) is None:
+                raise ExperimentGone(f"experiment {experiment_id} was deleted")
             else:
                 log.warning("run_gone_before_tagging", run_id=change.run_id)
             metrics.TAG_WRITES.inc(len(batch))

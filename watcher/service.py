@@ -32,7 +32,7 @@ from watcher.engine import (
     number_literal,
     watched_from,
 )
-from watcher.errors import ExperimentNotFound, NoRankedRuns, WatcherError
+from watcher.errors import ExperimentGone, ExperimentNotFound, NoRankedRuns, WatcherError
 from watcher.listing import KeptListing
 from watcher.mlflow_io import MlflowTracking
 from watcher.model import ON_DEMAND_RULE, ExperimentRecord, Handler, Leaderboard, Rule, WatchedExperiment
@@ -621,7 +621,8 @@ class Applied:
         """A window of ``concurrency`` plans in flight: the next plan's writes start once the
         oldest one in flight is announced (with 1, write and announce alternate). After a
         failure no new plan starts; those in flight end, each plan written in full is
-        announced, then the first failure is raised."""
+        announced, then the first failure is raised. A plan whose experiment was deleted
+        meanwhile is left (one log line, not announced) and the others go on."""
         listed = {e.experiment_id: e for e in watched}
         before = dict(self.tracking.tag_writes_by_experiment)
 
@@ -650,6 +651,17 @@ class Applied:
                     try:
                         if future is not None:
                             future.result()
+                    except ExperimentGone:
+                        # Deleted since it was listed: nothing to announce, the others go on.
+                        log.warning(
+                            "experiment_gone",
+                            experiment_id=plan.experiment_id,
+                            experiment_name=plan.experiment_name,
+                            reason="deleted_before_writing",
+                        )
+                        if error is None:
+                            start_next()
+                        continue
                     except Exception as e:
                         error = error or e
                         continue

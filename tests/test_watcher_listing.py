@@ -359,3 +359,38 @@ def test_an_experiment_deleted_between_the_listing_and_its_writes_is_left_and_th
     assert podium_tags(client, second)[leaders[second]]["model_rank"] == "1"
     clocks.now += 1
     assert [o.experiment_id for o in watcher.run_pass().outcomes] == [second]
+
+
+@pytest.mark.server
+def test_a_pass_that_listed_every_experiment_for_one_rule_reads_none_again_for_the_next(
+    sqlite_server: ServerHandle, counting_proxy: Callable[[str], Proxy]
+) -> None:
+    """The first rule's batch has more experiments with news than ``reread_limit``: one full
+    listing reads them all. The second rule's experiment with news was in that listing too: it
+    is not read again one by one."""
+    client = MlflowClient(sqlite_server.url)
+    prefix = f"tworules_{uuid4().hex[:6]}"
+    ids = {c: client.create_experiment(f"{prefix}_{c}") for c in ("a1", "a2", "b1")}
+    for exp_id in ids.values():
+        make_runs(client, exp_id, [0.1, 0.2])
+    proxy = counting_proxy(sqlite_server.url)
+    clocks = Clocks()
+    config = WatcherSettings(
+        tracking_uri=proxy.url,
+        rules=[{**rule(f"{prefix}_a*"), "name": "a"}, {**rule(f"{prefix}_b*"), "name": "b"}],
+        http={"enabled": False},
+    )
+    watcher = Watcher(config, MlflowTracking(proxy.url), clock=lambda: clocks.now)
+    watcher.monotonic = lambda: clocks.elapsed
+    watcher.reread_limit = 1
+    assert watcher.run_pass().ok
+    clocks.settle()
+    for exp_id in ids.values():
+        make_runs(client, exp_id, [0.9], prefix="news")
+    clocks.now += 1
+    proxy.reset()
+    result = watcher.run_pass()
+    assert result.ok, result.error
+    assert [o.action for o in result.outcomes] == ["rerank"] * 3
+    assert experiment_searches(proxy)[1:] == [f"name LIKE '{prefix}_a%'", f"name LIKE '{prefix}_b%'"]
+    assert experiment_gets(proxy) == 0

@@ -434,8 +434,9 @@ class Watcher:
 
     def _reread(self, ids: Sequence[str]) -> dict[str, ExperimentRecord | None]:
         """The experiments ``ids`` as they are now (one call each; more than ``reread_limit``:
-        one full listing), kept in the listing too."""
-        if len(ids) > self.reread_limit:
+        one full listing; none when this pass listed them all already), kept in the listing
+        too."""
+        if len(ids) > self.reread_limit or self._listed_in_pass:
             if not self._listed_in_pass:  # another batch of this pass may have listed them all
                 self._list(self.clock(), full=True)
             records = {r.experiment_id: r for r in self.listing.records()}

@@ -7,6 +7,8 @@ watcher's clocks are passed in, never patched)."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -394,3 +396,43 @@ def test_a_pass_that_listed_every_experiment_for_one_rule_reads_none_again_for_t
     assert [o.action for o in result.outcomes] == ["rerank"] * 3
     assert experiment_searches(proxy)[1:] == [f"name LIKE '{prefix}_a%'", f"name LIKE '{prefix}_b%'"]
     assert experiment_gets(proxy) == 0
+
+
+@pytest.mark.server
+def test_an_experiment_deleted_and_collected_between_passes_is_gone_after_one_pass(
+    mlflow_server: ServerHandle, counting_proxy: Callable[[str], Proxy]
+) -> None:
+    """Deleted and hard-deleted (``mlflow gc``) between two passes, an experiment leaves no row
+    for the search for changes to find. The next pass's holder check finds its holders gone and
+    the write finds the experiment gone (one ``experiment_gone`` line); it leaves the kept
+    listing then, so the passes after write nothing for it, well before the full listing."""
+    client = MlflowClient(mlflow_server.url)
+    prefix = f"gc_{uuid4().hex[:6]}"
+    doomed, kept = (client.create_experiment(f"{prefix}_{c}") for c in "ab")
+    for exp_id in (doomed, kept):
+        make_runs(client, exp_id, [0.1, 0.2])
+    proxy = counting_proxy(mlflow_server.url)
+    clocks = Clocks()
+    watcher = watcher_at(proxy.url, f"{prefix}_*", clocks, holder_check_seconds=0)
+    assert watcher.run_pass().ok
+    clocks.settle()
+    assert watcher.run_pass().ok
+    client.delete_experiment(doomed)
+    collect = [sys.executable, "-m", "mlflow", "gc", "--backend-store-uri", mlflow_server.backend_uri]
+    collect += ["--tracking-uri", mlflow_server.url, "--experiment-ids", doomed]
+    subprocess.run(collect, check=True, capture_output=True, timeout=120)
+
+    def gone_lines() -> list[str]:
+        clocks.now += 1
+        clocks.settle()
+        with capture_logs() as logs:
+            result = watcher.run_pass()
+        assert result.ok, result.error
+        assert [o.experiment_id for o in result.outcomes] == [kept]
+        return [e["experiment_id"] for e in logs if e["event"] == "experiment_gone"]
+
+    assert gone_lines() == [doomed]
+    proxy.reset()
+    assert gone_lines() == []
+    assert not [p for _, p in proxy.tracking_calls() if p.endswith(("delete-tag", "set-experiment-tag"))]
+    assert [r.experiment_id for r in watcher.listing.records()] == [kept]

@@ -315,7 +315,9 @@ class Watcher:
         apply: Apply = (
             Planned()
             if dry_run
-            else Applied(self.tracking, self.handlers, self.settings.write_concurrency, self._progressed)
+            else Applied(
+                self.tracking, self.handlers, self.settings.write_concurrency, self._progressed, self._forget
+            )
         )
         watched: list[WatchedExperiment] = []
         error: str | None = None
@@ -451,6 +453,11 @@ class Watcher:
             self.listing.reread(mark, found)
         self._afresh.update(found)
         return found
+
+    def _forget(self, experiment_id: str) -> None:
+        """An experiment found gone while its plan was written: out of the kept listing (a
+        hard-deleted one, ``mlflow gc``, is never seen by the search for changes)."""
+        self.listing.reread(self.listing.start(), {experiment_id: None})
 
     def _keep_selections(self, plans: Sequence[ExperimentPlan]) -> None:
         """The statistics computed this pass, as ``GET /api/experiments/{id}/selection`` shows
@@ -594,7 +601,8 @@ class Applied:
     run at once), and the handlers are told in plan order. What reached MLflow is counted,
     not what was planned: the plans applied in full, the experiments with a run tag written
     (a failed pass stops part way) or whose leaderboard event went out, and the adapter's
-    count of tag writes. ``progressed`` is called after each plan written.
+    count of tag writes. ``progressed`` is called after each plan written, ``gone`` with each
+    experiment found deleted while its plan was written.
     """
 
     def __init__(
@@ -603,11 +611,13 @@ class Applied:
         handlers: Sequence[Handler],
         concurrency: int = 1,
         progressed: Callable[[], None] = lambda: None,
+        gone: Callable[[str], None] = lambda experiment_id: None,
     ) -> None:
         self.tracking = tracking
         self.handlers = handlers
         self.concurrency = concurrency
         self.progressed = progressed
+        self.gone = gone
         self.plans: list[ExperimentPlan] = []
         self._touched: set[str] = set()
         self._writes_before = tracking.tag_writes
@@ -660,6 +670,7 @@ class Applied:
                             experiment_name=plan.experiment_name,
                             reason="deleted_before_writing",
                         )
+                        self.gone(plan.experiment_id)
                         if error is None:
                             start_next()
                         continue

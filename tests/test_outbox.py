@@ -145,6 +145,50 @@ def test_two_replicas_keeping_one_entry_at_the_same_instant_both_keep_it_in_mlfl
     assert len(store.tags()) == 10
 
 
+def test_a_tag_rewritten_while_another_replica_deletes_it_is_written(
+    postgres_server: ServerHandle, counting_proxy: Callable[[str], Proxy]
+) -> None:
+    """A replica delivered an entry and deletes its tag while the other writes that tag again
+    (it decided the same change). The server updates a tag by a read, then an update: the
+    update of a row deleted since matched none and the write failed (the entry then lived in
+    memory only; a podium.state write deleted by hand failed the pass). It must succeed."""
+    store = Store(postgres_server)
+    proxy = counting_proxy(postgres_server.url)
+    writer = MlflowTracking(proxy.url)
+    deleter = MlflowClient(proxy.url)
+    key = f"{TAG_PREFIX}webhook.team.raced"
+    failed: list[Exception] = []
+
+    def write() -> None:
+        try:
+            writer.set_experiment_tag(store.experiment_id, key, "again")
+        except Exception as e:
+            failed.append(e)
+
+    attempts = 0
+    deadline = time.monotonic() + 30
+    while writer.calls_by_method["set_experiment_tag"] == attempts and time.monotonic() < deadline:
+        store.client.set_experiment_tag(store.experiment_id, key, "queued")
+        proxy.writes_open.clear()  # the write and the delete reach the server together
+        proxy.held = 0
+        threads = [
+            threading.Thread(target=write),
+            threading.Thread(target=deleter.delete_experiment_tag, args=(store.experiment_id, key)),
+        ]
+        for thread in threads:
+            thread.start()
+        while proxy.held < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        proxy.writes_open.set()
+        for thread in threads:
+            thread.join(timeout=60)
+        assert failed == []
+        attempts += 1
+    # The race was met (a second try), and the write won over the delete then.
+    assert writer.calls_by_method["set_experiment_tag"] == attempts + 1
+    assert store.tags().get(key) in (None, "again")
+
+
 def test_a_payload_too_large_for_a_tag_is_kept_in_memory(store: Store) -> None:
     outbox = Outbox(store.registry)
     with capture_logs() as logs:

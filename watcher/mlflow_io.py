@@ -106,6 +106,12 @@ def _is_duplicate_key(e: MlflowException) -> bool:
     return any(m in text for m in ("UNIQUE constraint failed", "duplicate key value", "Duplicate entry"))
 
 
+def _is_stale_update(e: MlflowException) -> bool:
+    """The server's store updated a row that another client deleted after it was read."""
+    text = str(e.message)
+    return "expected to update" in text and "0 were matched" in text
+
+
 class MlflowTracking:
     """Adapter over :class:`MlflowClient`; counts calls in ``calls_by_method`` and the run
     tag changes that reached MLflow in ``tag_writes``. Every experiment tag it writes or
@@ -192,10 +198,15 @@ class MlflowTracking:
         try:
             self._call("set_experiment_tag", self._client.set_experiment_tag, experiment_id, key, value)
         except TrackingError as e:
-            # The server sets an experiment tag by a read, then an insert: two writers creating
-            # one tag at once (replicas: their podium.state and outbox tags are the same) make
-            # one fail on the unique key. The tag exists now, so a second try updates it.
-            if not (isinstance(e.__cause__, MlflowException) and _is_duplicate_key(e.__cause__)):
+            # The server sets an experiment tag by a read, then an insert or an update: two
+            # writers creating one tag at once (replicas: their podium.state and outbox tags are
+            # the same) make one fail on the unique key, and a tag deleted between the read and
+            # the update (a replica that delivered an outbox entry, a state deleted by hand)
+            # makes the update match no row. A second try updates, or inserts, it.
+            cause = e.__cause__
+            if not (
+                isinstance(cause, MlflowException) and (_is_duplicate_key(cause) or _is_stale_update(cause))
+            ):
                 raise
             self._call("set_experiment_tag", self._client.set_experiment_tag, experiment_id, key, value)
         self._told(experiment_id, key, value)

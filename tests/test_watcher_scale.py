@@ -429,3 +429,47 @@ def test_a_pass_that_reads_long_before_its_first_write_keeps_healthz_ok_until_it
         proxy.down = False
     assert results[0].ok is False
     assert watcher.health.status(now[0]) == "unhealthy"
+
+
+def test_idle_passes_do_not_read_again_the_runs_of_experiments_ranked_at_other_times(
+    mlflow_server: ServerHandle, counting_proxy: Callable[[str], Proxy]
+) -> None:
+    """Experiments re-ranked one after another carry different watermarks, and the batch
+    search starts after the lowest: every idle pass read again each run that ended since the
+    oldest one (over a universe of trainer runs, megabytes per pass). The daemon keeps how far
+    it searched and decided: the idle pass after the re-ranks returns no run; without what it
+    kept, the same pass returns the re-ranks' runs. News behind the oldest watermark still
+    comes through."""
+    client = MlflowClient(mlflow_server.url)
+    prefix = f"floor_{uuid4().hex[:6]}"
+    ids = [client.create_experiment(f"{prefix}_{i}") for i in range(3)]
+    for i in ids:
+        make_runs(client, i, [0.1, 0.2])
+    proxy = counting_proxy(mlflow_server.url)
+    now = [time.time()]
+    watcher = watcher_at(proxy.url, f"{prefix}_*", now)
+    assert watcher.run_pass().ok
+    for i in ids[1:]:  # each re-ranked in a pass of its own: its watermark moves, the first's not
+        make_runs(client, i, [0.5, 0.6])
+        assert {o.experiment_id for o in watcher.run_pass().outcomes if o.action == "rerank"} == {i}
+
+    def ended_after_search() -> int:
+        """The bytes of the idle pass's one run search (the ended-after search)."""
+        proxy.reset()
+        assert [o.action for o in watcher.run_pass().outcomes] == ["idle"] * 3
+        runs = [n for path, n in proxy.answers if path.endswith("/runs/search")]
+        assert len(runs) == 1
+        assert [f for f in searched(proxy) if f.startswith("attributes.end_time >")]
+        return runs[0]
+
+    assert ended_after_search() < 100  # an empty answer
+    kept = dict(watcher.engine.floors)
+    watcher.engine.floors = {}
+    assert ended_after_search() > 1_000  # the re-ranks' four runs, all at or before their watermarks
+    assert watcher.engine.floors == kept
+
+    leader = make_runs(client, ids[0], [0.9])[0].run_id
+    news = watcher.run_pass()
+    assert [(o.experiment_id, o.action) for o in news.outcomes if o.action != "idle"] == [(ids[0], "rerank")]
+    assert podium_tags(client, ids[0])[leader]["model_rank"] == "1"
+    assert ended_after_search() < 100

@@ -179,6 +179,13 @@ class PassEngine:
     # Per-fold values read from metric histories, by (run id, metric): finished runs do not
     # change, so each is read once in the daemon's life.
     fold_values: dict[tuple[str, str], tuple[float | None, ...]] = field(default_factory=dict)
+    # By experiment: an end time at or before which every run of the experiment was searched
+    # and decided by an earlier daemon pass (see :meth:`Watcher._keep_floors`). The batch
+    # search starts after the lowest watermark of its experiments; experiments ranked at
+    # different times have different watermarks, so without these every idle pass would read
+    # again every run ended since the oldest one. Kept in this process only: a restarted
+    # daemon reads those runs once more.
+    floors: dict[str, int] = field(default_factory=dict)
 
     def plan_pass(
         self,
@@ -192,9 +199,12 @@ class PassEngine:
         admit: Collection[str] | None = None,
         reranks: int | None = None,
         reread: Reread | None = None,
+        searched: dict[str, int] | None = None,
     ) -> list[ExperimentPlan]:
         """Every rule's batches; ``reranks`` (None: no bound) the re-ranks of the whole pass;
-        ``reread`` (None: the tags were listed this pass) see :meth:`gather`."""
+        ``reread`` (None: the tags were listed this pass) see :meth:`gather`; ``searched``
+        (given by the daemon) gets, by experiment, the end time up to which the batch search
+        returned its runs, and the search starts from :attr:`floors`."""
         by_rule: dict[str, list[WatchedExperiment]] = defaultdict(list)
         for exp in watched:
             assert exp.rule is not None
@@ -215,6 +225,7 @@ class PassEngine:
                     admit=admit,
                     reranks=reranks,
                     reread=reread,
+                    searched=searched,
                 )
                 plans.extend(batch_plans)
                 if reranks is not None:
@@ -259,6 +270,7 @@ class PassEngine:
         admit: Collection[str] | None = None,
         reranks: int | None = None,
         reread: Reread | None = None,
+        searched: dict[str, int] | None = None,
     ) -> list[ExperimentPlan]:
         """Plans for one rule's batch; ``force_rank`` ranks every experiment (the API);
         ``sweep`` (True: every experiment, else the ids to sweep) searches the
@@ -267,7 +279,9 @@ class PassEngine:
         ``holder_check`` (True: every experiment, else the ids) says whose holders the batch
         search reads; the experiments ranked and not among them have theirs read first; ``admit`` (None: all) the experiments a first ranking may
         start for, ``reranks`` (None: no bound) the re-ranks it may make (see :func:`decide_batch`)."""
-        reads = self.gather(rule, exps, stall_check, sweep=sweep, holder_check=holder_check, reread=reread)
+        reads = self.gather(
+            rule, exps, stall_check, sweep=sweep, holder_check=holder_check, reread=reread, searched=searched
+        )
         decide = partial(
             decide_batch,
             rule,
@@ -293,6 +307,7 @@ class PassEngine:
         sweep: bool | Collection[str] = False,
         holder_check: bool | Collection[str] = True,
         reread: Reread | None = None,
+        searched: dict[str, int] | None = None,
     ) -> list[ExperimentRead]:
         """The batch searches: what MLflow holds for every experiment of the batch (the
         holders of those ``holder_check`` takes in).
@@ -302,7 +317,7 @@ class PassEngine:
         decided from their tags as they are now (another replica's state, a state deleted by
         hand); one gone or deleted is left out of the batch."""
         fp = fingerprint(rule.metric, rule.ascending, rule.filter)
-        ended, low = self._ended(rule, fp, exps)
+        ended, low = self._ended(rule, fp, exps, searched)
         if reread is not None and low is not None:
             listed = tracked_states(fp, exps)
             news = sorted({r.experiment_id for r in ended if has_news(listed[r.experiment_id], [r])})
@@ -314,7 +329,8 @@ class PassEngine:
                 exps = afresh(exps, found)
                 fresh = tracked_states(fp, exps)
                 if min((s.search_after for s in fresh.values()), default=low) < low:
-                    ended, low = self._ended(rule, fp, exps)  # a state read afresh reaches further back
+                    # a state read afresh reaches further back
+                    ended, low = self._ended(rule, fp, exps, searched)
                 else:
                     ended = [r for r in ended if r.experiment_id in fresh]
         states = {e.experiment_id: ExperimentState.from_tag(e.tags.get(STATE_TAG)) for e in exps}
@@ -363,20 +379,38 @@ class PassEngine:
         ]
 
     def _ended(
-        self, rule: Rule, fp: str, exps: Sequence[WatchedExperiment]
+        self,
+        rule: Rule,
+        fp: str,
+        exps: Sequence[WatchedExperiment],
+        searched: dict[str, int] | None = None,
     ) -> tuple[list[RunRecord], int | None]:
         """The runs ended after the watermarks of the experiments the rule ranks already, and
         the end time searched after. The search reaches back to the alert cursor of an
         experiment with failed runs still to announce; FINISHED runs at or before a watermark
-        are left out by the triage."""
+        are left out by the triage. With ``searched`` (a daemon pass) it starts from each
+        experiment's kept floor where that is later than its watermark, and records how far it
+        read: the latest end time it returned (or where it started, when it returned none)."""
         kept = tracked_states(fp, exps)
         if not kept:
             return [], None
-        low = min(s.search_after for s in kept.values())
+        starts = {
+            i: (
+                max(s.search_after, self.floors.get(i, s.search_after))
+                if searched is not None and s.alert_cursor is None
+                else s.search_after
+            )
+            for i, s in kept.items()
+        }
+        low = min(starts.values())
         drop_filter = drops_filter(rule)
-        return self._search(
+        ended = self._search(
             list(kept), and_filters(f"attributes.end_time > {low}", None if drop_filter else rule.filter)
-        ), low
+        )
+        if searched is not None:
+            read_to = max((r.end_time or 0 for r in ended), default=low)
+            searched.update(dict.fromkeys(kept, max(low, read_to)))
+        return ended, low
 
     def read_more(self, rule: Rule, reads: Sequence[ExperimentRead], need: ToRead) -> list[ExperimentRead]:
         """Read what the decision asked for; the reads come back with the answers filled in."""

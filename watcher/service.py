@@ -134,6 +134,11 @@ def sweep_due(watched: Sequence[WatchedExperiment], now_ms: int, limit: int) -> 
 HOLDER_CHECK_RUNS = 150
 
 
+# The actions after which a pass has decided every run its batch search returned for an
+# experiment (see Watcher._keep_floors).
+FLOOR_ACTIONS = frozenset({"idle", "advance", "rerank", "full"})
+
+
 def holder_checks_due(
     watched: Sequence[WatchedExperiment],
     checked_at: Mapping[str, float],
@@ -330,6 +335,7 @@ class Watcher:
                 self._afresh = {}
                 self._listed_in_pass = False
                 full = self._list(started)
+                searched: dict[str, int] | None = None if dry_run else {}
                 watched = watched_from(self.settings, self.listing.records())
                 now_ms = int(started * 1000)
                 check: bool | list[str] = holder_check if holder_check is not None else False
@@ -347,6 +353,7 @@ class Watcher:
                     admit=admit,
                     reranks=limit,
                     reread=None if full else self._reread,
+                    searched=searched,
                 )
                 if self._afresh:
                     watched = afresh(watched, self._afresh)
@@ -362,6 +369,8 @@ class Watcher:
                 checked += [p.experiment_id for p in plans if p.action in RANKING]
                 checked = [i for i in checked if i not in waiting]
                 self._holders_checked.update(dict.fromkeys(checked, self.clock()))
+                if searched is not None:
+                    self._keep_floors(plans, searched)
                 if not dry_run:
                     self._keep_selections(plans)
             except Exception as e:  # the daemon must survive anything one pass runs into
@@ -458,6 +467,24 @@ class Watcher:
         """An experiment found gone while its plan was written: out of the kept listing (a
         hard-deleted one, ``mlflow gc``, is never seen by the search for changes)."""
         self.listing.reread(self.listing.start(), {experiment_id: None})
+
+    def _keep_floors(self, plans: Sequence[ExperimentPlan], searched: Mapping[str, int]) -> None:
+        """After a pass's plans were written: the end time up to which the batch search read
+        each experiment becomes the experiment's floor (the next searches start there), where
+        the pass decided everything it read — nothing new, or ranked (its state moved past its
+        news) — not where the news waits (a deferred re-rank, a board still counting, a trigger
+        waiting for the last run). Experiments no longer searched lose theirs."""
+        floors = self.engine.floors
+        done = {
+            p.experiment_id
+            for p in plans
+            if p.action in FLOOR_ACTIONS and p.reason != "deferred" and p.experiment_id in searched
+        }
+        self.engine.floors = {
+            i: max(to, floors.get(i, to)) if i in done else floors[i]
+            for i, to in searched.items()
+            if i in done or i in floors
+        }
 
     def _keep_selections(self, plans: Sequence[ExperimentPlan]) -> None:
         """The statistics computed this pass, as ``GET /api/experiments/{id}/selection`` shows

@@ -94,6 +94,10 @@ class Proxy:
                     data = resp.read()
                 finally:
                     conn.close()
+                # Counted before the client can read it: a test reads the counts as soon as its
+                # call returns.
+                with proxy._lock:
+                    proxy.answers.append((self.path, len(data)))
                 self.send_response(resp.status, resp.reason)
                 for key, value in resp.getheaders():
                     if key.lower() not in _HOP_HEADERS and key.lower() != "content-length":
@@ -101,8 +105,6 @@ class Proxy:
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
-                with proxy._lock:
-                    proxy.answers.append((self.path, len(data)))
 
             def _read_body(self) -> bytes | None:
                 if self.headers.get("Transfer-Encoding", "").lower() == "chunked":

@@ -13,13 +13,17 @@ from uuid import uuid4
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
+from pytest_httpserver import HTTPServer
 from structlog.testing import capture_logs
 
 from tests.support.mlflow_server import ServerHandle
 from tests.support.proxy import Proxy
 from tests.support.watcher_runs import make_runs, podium_tags
+from tests.support.webhooks import SECRET, requests_to
 from watcher import cli
+from watcher.cli import build_handlers
 from watcher.engine import SCAN_PAGE
+from watcher.listing import MARGIN_SECONDS
 from watcher.mlflow_io import MlflowTracking
 from watcher.model import WatchedExperiment
 from watcher.ranking import Candidate
@@ -451,6 +455,7 @@ def test_idle_passes_do_not_read_again_the_runs_of_experiments_ranked_at_other_t
     assert watcher.run_pass().ok
     for i in ids[1:]:  # each re-ranked in a pass of its own: its watermark moves, the first's not
         make_runs(client, i, [0.5, 0.6])
+        now[0] = time.time() + MARGIN_SECONDS  # the runs ended longer than the margin before the pass
         assert {o.experiment_id for o in watcher.run_pass().outcomes if o.action == "rerank"} == {i}
 
     def ended_after_search() -> int:
@@ -469,7 +474,52 @@ def test_idle_passes_do_not_read_again_the_runs_of_experiments_ranked_at_other_t
     assert watcher.engine.floors == kept
 
     leader = make_runs(client, ids[0], [0.9])[0].run_id
+    now[0] = time.time() + MARGIN_SECONDS
     news = watcher.run_pass()
     assert [(o.experiment_id, o.action) for o in news.outcomes if o.action != "idle"] == [(ids[0], "rerank")]
     assert podium_tags(client, ids[0])[leader]["model_rank"] == "1"
     assert ended_after_search() < 100
+
+
+def test_a_run_committed_after_a_later_run_of_another_experiment_is_still_triaged(
+    mlflow_server: ServerHandle, receiver: HTTPServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A's run fails and A's new leader finishes, their end times taken before B's run ends,
+    but their commits land after the pass that read B's run (a slow commit; a trainer's clock
+    behind B's). B's end time is no floor for A: the next passes announce the failure once and
+    rank the leader (the daemon's own clock, a real one)."""
+    monkeypatch.setenv("PODIUM_TEST_SECRET", SECRET)
+    receiver.expect_request("/hook").respond_with_data("ok")
+    receiver.start()
+    client = MlflowClient(mlflow_server.url)
+    prefix = f"late_{uuid4().hex[:6]}"
+    a, b = (client.create_experiment(f"{prefix}_{i}") for i in "ab")
+    for i in (a, b):
+        make_runs(client, i, [0.1, 0.2])
+    config = rule(f"{prefix}_*") | {"notify": ["team"], "alerts": ["failed"]}
+    hook = {
+        "name": "team",
+        "url": receiver.url_for("/hook"),
+        "format": "json",
+        "secret_env": "PODIUM_TEST_SECRET",
+    }
+    settings = WatcherSettings(
+        tracking_uri=mlflow_server.url, rules=[config], http={"enabled": False}, webhooks=[hook]
+    )
+    delivery = build_handlers(settings, MlflowTracking(mlflow_server.url))
+    watcher = Watcher(settings, MlflowTracking(mlflow_server.url), delivery.handlers, clock=time.time)
+    assert watcher.run_pass().ok
+    failed, leader = (client.create_run(a).info.run_id for _ in range(2))
+    client.log_metric(leader, METRIC, 0.95)
+    ended = int(time.time() * 1000)
+    time.sleep(0.05)
+    make_runs(client, b, [0.5])
+    assert [o.action for o in watcher.run_pass().outcomes] == ["idle", "rerank"]
+    client.set_terminated(failed, "FAILED", end_time=ended)
+    client.set_terminated(leader, "FINISHED", end_time=ended)
+    for _ in range(2):
+        assert watcher.run_pass().ok
+        delivery.worker.drain()
+    alerts = [json.loads(r.get_data()) for r in requests_to(receiver, "/hook")]
+    assert [e["run_id"] for e in alerts if str(e["event"]).startswith("run.")] == [failed]
+    assert podium_tags(client, a)[leader]["model_rank"] == "1"

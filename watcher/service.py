@@ -33,7 +33,7 @@ from watcher.engine import (
     watched_from,
 )
 from watcher.errors import ExperimentGone, ExperimentNotFound, NoRankedRuns, WatcherError
-from watcher.listing import KeptListing
+from watcher.listing import MARGIN_SECONDS, KeptListing
 from watcher.mlflow_io import MlflowTracking
 from watcher.model import ON_DEMAND_RULE, ExperimentRecord, Handler, Leaderboard, Rule, WatchedExperiment
 from watcher.planner import RANKING, ExperimentPlan
@@ -370,7 +370,7 @@ class Watcher:
                 checked = [i for i in checked if i not in waiting]
                 self._holders_checked.update(dict.fromkeys(checked, self.clock()))
                 if searched is not None:
-                    self._keep_floors(plans, searched)
+                    self._keep_floors(plans, searched, now_ms)
                 if not dry_run:
                     self._keep_selections(plans)
             except Exception as e:  # the daemon must survive anything one pass runs into
@@ -468,12 +468,20 @@ class Watcher:
         hard-deleted one, ``mlflow gc``, is never seen by the search for changes)."""
         self.listing.reread(self.listing.start(), {experiment_id: None})
 
-    def _keep_floors(self, plans: Sequence[ExperimentPlan], searched: Mapping[str, int]) -> None:
+    def _keep_floors(self, plans: Sequence[ExperimentPlan], searched: Mapping[str, int], now_ms: int) -> None:
         """After a pass's plans were written: the end time up to which the batch search read
         each experiment becomes the experiment's floor (the next searches start there), where
         the pass decided everything it read — nothing new, or ranked (its state moved past its
         news) — not where the news waits (a deferred re-rank, a board still counting, a trigger
-        waiting for the last run). Experiments no longer searched lose theirs."""
+        waiting for the last run). Experiments no longer searched lose theirs.
+
+        The end times come from every experiment's trainers: a run of this experiment that
+        ended before another experiment's latest end time may be committed after the search
+        (a slow commit, a trainer's clock behind, another's ahead). A floor stays
+        ``MARGIN_SECONDS`` before the pass's start (``now_ms``), when every run that ended by
+        then was visible to the search."""
+        settled = now_ms - int(MARGIN_SECONDS * 1000)
+        searched = {i: min(to, settled) for i, to in searched.items()}
         floors = self.engine.floors
         done = {
             p.experiment_id

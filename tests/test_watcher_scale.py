@@ -475,8 +475,12 @@ def test_idle_passes_do_not_read_again_the_runs_of_experiments_ranked_at_other_t
 
     leader = make_runs(client, ids[0], [0.9])[0].run_id
     now[0] = time.time() + MARGIN_SECONDS
+    proxy.reset()
     news = watcher.run_pass()
     assert [(o.experiment_id, o.action) for o in news.outcomes if o.action != "idle"] == [(ids[0], "rerank")]
+    # The experiment read afresh starts from its floor too: one ended-after search, not a second
+    # one from its older watermark.
+    assert sum(f.startswith("attributes.end_time >") for f in searched(proxy)) == 1
     assert podium_tags(client, ids[0])[leader]["model_rank"] == "1"
     assert ended_after_search() < 100
 

@@ -328,7 +328,7 @@ class PassEngine:
                         log.info("experiment_gone", experiment_id=i)
                 exps = afresh(exps, found)
                 fresh = tracked_states(fp, exps)
-                if min((s.search_after for s in fresh.values()), default=low) < low:
+                if min(self._starts(fresh, searched).values(), default=low) < low:
                     # a state read afresh reaches further back
                     ended, low = self._ended(rule, fp, exps, searched)
                 else:
@@ -394,15 +394,7 @@ class PassEngine:
         kept = tracked_states(fp, exps)
         if not kept:
             return [], None
-        starts = {
-            i: (
-                max(s.search_after, self.floors.get(i, s.search_after))
-                if searched is not None and s.alert_cursor is None
-                else s.search_after
-            )
-            for i, s in kept.items()
-        }
-        low = min(starts.values())
+        low = min(self._starts(kept, searched).values())
         drop_filter = drops_filter(rule)
         ended = self._search(
             list(kept), and_filters(f"attributes.end_time > {low}", None if drop_filter else rule.filter)
@@ -411,6 +403,20 @@ class PassEngine:
             read_to = max((r.end_time or 0 for r in ended), default=low)
             searched.update(dict.fromkeys(kept, max(low, read_to)))
         return ended, low
+
+    def _starts(
+        self, states: Mapping[str, ExperimentState], searched: dict[str, int] | None
+    ) -> dict[str, int]:
+        """Where the batch search starts for each experiment: after its watermark (or alert
+        cursor), or, in a daemon pass (``searched``), after its kept floor where that is later."""
+        return {
+            i: (
+                max(s.search_after, self.floors.get(i, s.search_after))
+                if searched is not None and s.alert_cursor is None
+                else s.search_after
+            )
+            for i, s in states.items()
+        }
 
     def read_more(self, rule: Rule, reads: Sequence[ExperimentRead], need: ToRead) -> list[ExperimentRead]:
         """Read what the decision asked for; the reads come back with the answers filled in."""

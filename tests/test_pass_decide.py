@@ -27,7 +27,7 @@ from watcher.planner import (
     decide_batch,
     drops_filter,
     is_tracked,
-    needs_running_search,
+    running_search_ids,
     with_rule_filter,
 )
 from watcher.ranking import podium_tags
@@ -237,7 +237,18 @@ def test_when_the_batch_searches_running_runs(
     expected: bool,
 ) -> None:
     rule = RULE.model_copy(update={"trigger": trigger, "alerts": alerts})
-    assert needs_running_search(rule, FP, {"1": state}, {"1": ended}, stall_check) is expected
+    assert running_search_ids(rule, FP, {"1": state}, {"1": ended}, stall_check) == (
+        ["1"] if expected else []
+    )
+
+
+def test_an_experiment_finished_rule_searches_the_running_runs_of_the_experiments_it_may_rank() -> None:
+    rule = RULE.model_copy(update={"trigger": "experiment_finished"})
+    quiet = ExperimentState("r", FP, 2, 1, seen=500)
+    states = {"quiet": quiet, "news": ExperimentState("r", FP, 2, 1, seen=100), "new": None, "other": quiet}
+    assert running_search_ids(rule, FP, states, {"news": RUNS}, False) == ["news", "new"]
+    stalled = rule.model_copy(update={"alerts": ["stalled"]})
+    assert running_search_ids(stalled, FP, states, {"news": RUNS}, True) == list(states)
 
 
 def tagged(runs: tuple[RunRecord, ...], changes: tuple[TagChange, ...]) -> tuple[RunRecord, ...]:

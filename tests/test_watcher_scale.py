@@ -156,8 +156,12 @@ def test_a_first_pass_ranks_at_most_max_rankings_per_pass_latest_runs_first(
     proxy = counting_proxy(sqlite_server.url)
     now = [time.time()]
     watcher = watcher_at(proxy.url, f"{prefix}_*", now, max_rankings_per_pass=2)
-    first = watcher.run_pass()
+    with capture_logs() as logs:
+        first = watcher.run_pass()
     assert first.rankings_deferred == 3
+    # The deferred rankings are one figure of the pass, not a line each (none is waiting on a run).
+    assert [e for e in logs if e["event"] == "experiment_pending"] == []
+    assert [e["rankings_deferred"] for e in logs if e["event"] == "pass_finished"] == [3]
     ranked = {o.experiment_id for o in first.outcomes if o.action == "full"}
     assert ranked == set(ids[:2])
     assert [(o.action, o.reason) for o in first.outcomes if o.experiment_id not in ranked] == [

@@ -47,10 +47,10 @@ from watcher.planner import (
     has_news,
     includes,
     is_tracked,
-    needs_running_search,
     ordered_search_proof,
     orphan_tag_keys,
     redundant_advance,
+    running_search_ids,
     sample_cutoffs,
     with_rule_filter,
 )
@@ -350,9 +350,9 @@ class PassEngine:
         checked = {i for i in ids if includes(holder_check, i)}
         holders = self._holders([i for i in ids if i in checked]) if checked else {}
         ended_by = by_experiment(ended)
-        running: dict[str, tuple[RunRecord, ...]] | None = None
-        if needs_running_search(rule, fp, states, ended_by, stall_check):
-            running = by_experiment(self._search(ids, RUNNING_FILTER))
+        running_ids = running_search_ids(rule, fp, states, ended_by, stall_check)
+        running = by_experiment(self._search(running_ids, RUNNING_FILTER)) if running_ids else {}
+        searched_running = set(running_ids)
         to_sweep = [i for i in tracked if includes(sweep, i)]
         swept = self._orphans(rule, to_sweep, states) if to_sweep else {}
         advance_to = redundant_advance(ended, states)
@@ -363,7 +363,9 @@ class PassEngine:
                 Observed(
                     ended=ended_by.get(exp.experiment_id, ()),
                     holders=holders.get(exp.experiment_id, ()) if exp.experiment_id in checked else None,
-                    running=None if running is None else running.get(exp.experiment_id, ()),
+                    running=running.get(exp.experiment_id, ())
+                    if exp.experiment_id in searched_running
+                    else None,
                     advance_to=advance_to,
                     filtered_out=filtered_out.get(exp.experiment_id, 0),
                     orphans=swept.get(exp.experiment_id, ()) if exp.experiment_id in to_sweep else None,
@@ -592,6 +594,10 @@ def log_decision(rule: Rule, reads: Sequence[ExperimentRead], decision: BatchDec
     for read in reads:
         t = decision.triaged[read.experiment_id]
         plan = plans[read.experiment_id]
+        if plan.action == "idle" and not (
+            t.stalled or t.old_alerts_skipped or t.alerts_lost or t.alerts_held
+        ):
+            continue  # nothing to say, and most of a thousand experiments are idle
         name = read.experiment.name
         with structlog.contextvars.bound_contextvars(experiment_id=read.experiment_id):
             for run_id in t.stalled:
@@ -642,5 +648,6 @@ def log_decision(rule: Rule, reads: Sequence[ExperimentRead], decision: BatchDec
                     ranked_runs=plan.state.ranked_runs,
                     unranked_runs=plan.state.unranked_runs,
                 )
-            elif plan.action == "pending":
+            elif plan.action == "pending" and t.reason != "deferred":
+                # A deferred ranking is counted once, in pass_finished's rankings_deferred.
                 log.info("experiment_pending", experiment_name=name, reason="run_still_running")

@@ -756,23 +756,26 @@ def with_rule_filter(
     return [r for r in ended if r.status != FINISHED] + list(matching), filtered_out
 
 
-def needs_running_search(
+def running_search_ids(
     rule: Rule,
     fp: str,
     states: Mapping[str, ExperimentState | None],
     ended: Mapping[str, Sequence[RunRecord]],
     stall_check: bool,
-) -> bool:
-    """Whether the batch searches the RUNNING runs: to find stalled ones (when the pass looks
-    for them), or when an ``experiment_finished`` rule may rank an experiment this pass."""
+) -> list[str]:
+    """The experiments whose RUNNING runs the batch searches: all of them to find stalled
+    runs (when the pass looks for them), else, for an ``experiment_finished`` rule, those it
+    may rank this pass (the others' running runs decide nothing), so a re-rank of one
+    experiment searches one experiment's running runs however many are watched."""
     if stall_check and "stalled" in rule.alerts:
-        return True
+        return list(states)
     if rule.trigger != "experiment_finished":
-        return False
-    return any(
-        s is None or s.fingerprint != fp or s.pending or has_news(s, ended.get(exp_id, ()))
+        return []
+    return [
+        exp_id
         for exp_id, s in states.items()
-    )
+        if s is None or s.fingerprint != fp or s.pending or has_news(s, ended.get(exp_id, ()))
+    ]
 
 
 def orphan_tag_keys(rule: Rule, states: Iterable[ExperimentState | None]) -> list[str]:

@@ -18,16 +18,15 @@ from structlog.testing import capture_logs
 
 from tests.support.mlflow_server import ServerHandle
 from tests.support.proxy import Proxy
-from tests.support.watcher_runs import make_runs, podium_tags
+from tests.support.watcher_runs import make_run, make_runs, podium_tags
 from tests.support.webhooks import SECRET, requests_to
 from watcher import cli
 from watcher.cli import build_handlers
 from watcher.engine import SCAN_PAGE
-from watcher.listing import MARGIN_SECONDS
 from watcher.mlflow_io import MlflowTracking
 from watcher.model import WatchedExperiment
 from watcher.ranking import Candidate
-from watcher.service import SWEEP_SECONDS, PassResult, Watcher, holder_checks_due
+from watcher.service import FLOOR_MARGIN_SECONDS, SWEEP_SECONDS, PassResult, Watcher, holder_checks_due
 from watcher.settings import WatcherSettings
 from watcher.state import STATE_TAG, ExperimentState
 
@@ -455,11 +454,11 @@ def test_idle_passes_do_not_read_again_the_runs_of_experiments_ranked_at_other_t
         make_runs(client, i, [0.1, 0.2])
     proxy = counting_proxy(mlflow_server.url)
     now = [time.time()]
-    watcher = watcher_at(proxy.url, f"{prefix}_*", now)
+    watcher = watcher_at(proxy.url, f"{prefix}_*", now, holder_check_seconds=3600)
     assert watcher.run_pass().ok
     for i in ids[1:]:  # each re-ranked in a pass of its own: its watermark moves, the first's not
         make_runs(client, i, [0.5, 0.6])
-        now[0] = time.time() + MARGIN_SECONDS  # the runs ended longer than the margin before the pass
+        now[0] = time.time() + FLOOR_MARGIN_SECONDS  # the runs ended longer than the margin before
         assert {o.experiment_id for o in watcher.run_pass().outcomes if o.action == "rerank"} == {i}
 
     def ended_after_search() -> int:
@@ -478,7 +477,7 @@ def test_idle_passes_do_not_read_again_the_runs_of_experiments_ranked_at_other_t
     assert watcher.engine.floors == kept
 
     leader = make_runs(client, ids[0], [0.9])[0].run_id
-    now[0] = time.time() + MARGIN_SECONDS
+    now[0] = time.time() + FLOOR_MARGIN_SECONDS
     proxy.reset()
     news = watcher.run_pass()
     assert [(o.experiment_id, o.action) for o in news.outcomes if o.action != "idle"] == [(ids[0], "rerank")]
@@ -492,18 +491,19 @@ def test_idle_passes_do_not_read_again_the_runs_of_experiments_ranked_at_other_t
 def test_a_run_committed_after_a_later_run_of_another_experiment_is_still_triaged(
     mlflow_server: ServerHandle, receiver: HTTPServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A's run fails and A's new leader finishes, their end times taken before B's run ends,
-    but their commits land after the pass that read B's run (a slow commit; a trainer's clock
-    behind B's). B's end time is no floor for A: the next passes announce the failure once and
-    rank the leader (the daemon's own clock, a real one)."""
+    """A's run fails and A's new leader finishes, their end times taken by a trainer whose
+    clock is 30 s behind, and committed after the pass that read B's run: B's end time, and
+    that pass's start, are no floor for A. The next passes announce the failure once and rank
+    the leader (the daemon's own clock, a real one)."""
     monkeypatch.setenv("PODIUM_TEST_SECRET", SECRET)
     receiver.expect_request("/hook").respond_with_data("ok")
     receiver.start()
     client = MlflowClient(mlflow_server.url)
     prefix = f"late_{uuid4().hex[:6]}"
     a, b = (client.create_experiment(f"{prefix}_{i}") for i in "ab")
-    for i in (a, b):
-        make_runs(client, i, [0.1, 0.2])
+    for i, value in ((a, 0.1), (a, 0.2), (b, 0.1), (b, 0.2)):  # ended minutes ago: old watermarks
+        run_id = make_run(client, i, f"old_{value}", {METRIC: value, "num_folds": 3.0}, status="RUNNING")
+        client.set_terminated(run_id, "FINISHED", end_time=int(time.time() * 1000) - 300_000)
     config = rule(f"{prefix}_*") | {"notify": ["team"], "alerts": ["failed"]}
     hook = {
         "name": "team",
@@ -515,12 +515,15 @@ def test_a_run_committed_after_a_later_run_of_another_experiment_is_still_triage
         tracking_uri=mlflow_server.url, rules=[config], http={"enabled": False}, webhooks=[hook]
     )
     delivery = build_handlers(settings, MlflowTracking(mlflow_server.url))
-    watcher = Watcher(settings, MlflowTracking(mlflow_server.url), delivery.handlers, clock=time.time)
+    offset = [-120.0]  # the first pass saw the experiments two minutes ago: a failure since is news
+    watcher = Watcher(
+        settings, MlflowTracking(mlflow_server.url), delivery.handlers, clock=lambda: time.time() + offset[0]
+    )
     assert watcher.run_pass().ok
+    offset[0] = 0.0
     failed, leader = (client.create_run(a).info.run_id for _ in range(2))
     client.log_metric(leader, METRIC, 0.95)
-    ended = int(time.time() * 1000)
-    time.sleep(0.05)
+    ended = int(time.time() * 1000) - 30_000  # the trainer's clock, 30 s behind
     make_runs(client, b, [0.5])
     assert [o.action for o in watcher.run_pass().outcomes] == ["idle", "rerank"]
     client.set_terminated(failed, "FAILED", end_time=ended)

@@ -33,7 +33,7 @@ from watcher.engine import (
     watched_from,
 )
 from watcher.errors import ExperimentGone, ExperimentNotFound, NoRankedRuns, WatcherError
-from watcher.listing import MARGIN_SECONDS, KeptListing
+from watcher.listing import KeptListing
 from watcher.mlflow_io import MlflowTracking
 from watcher.model import ON_DEMAND_RULE, ExperimentRecord, Handler, Leaderboard, Rule, WatchedExperiment
 from watcher.planner import RANKING, ExperimentPlan
@@ -133,6 +133,13 @@ def sweep_due(watched: Sequence[WatchedExperiment], now_ms: int, limit: int) -> 
 # follow at once, the longest unchecked first.
 HOLDER_CHECK_RUNS = 150
 
+
+# How far behind a pass's start the floor it keeps for an experiment stays (see
+# Watcher._keep_floors): a run's end time is its trainer's clock, so a run of an idle experiment
+# that ends while another is re-ranked is still read when that trainer's clock is up to this
+# much behind the watcher's (or its commit this late). An idle pass reads again at most the
+# runs that ended this long before it; at the default poll interval, each run about once more.
+FLOOR_MARGIN_SECONDS = 60.0
 
 # The actions after which a pass has decided every run its batch search returned for an
 # experiment (see Watcher._keep_floors).
@@ -478,9 +485,9 @@ class Watcher:
         The end times come from every experiment's trainers: a run of this experiment that
         ended before another experiment's latest end time may be committed after the search
         (a slow commit, a trainer's clock behind, another's ahead). A floor stays
-        ``MARGIN_SECONDS`` before the pass's start (``now_ms``), when every run that ended by
+        ``FLOOR_MARGIN_SECONDS`` before the pass's start (``now_ms``), when every run that ended by
         then was visible to the search."""
-        settled = now_ms - int(MARGIN_SECONDS * 1000)
+        settled = now_ms - int(FLOOR_MARGIN_SECONDS * 1000)
         searched = {i: min(to, settled) for i, to in searched.items()}
         floors = self.engine.floors
         done = {

@@ -20,7 +20,7 @@ from structlog.testing import capture_logs
 
 from tests.support.mlflow_server import ServerHandle
 from tests.support.proxy import Proxy
-from tests.support.watcher_runs import make_runs, podium_tags
+from tests.support.watcher_runs import make_run, make_runs, podium_tags
 from watcher.listing import MARGIN_SECONDS, KeptListing
 from watcher.mlflow_io import MlflowTracking
 from watcher.model import ExperimentRecord
@@ -47,8 +47,12 @@ class Clocks:
         self.elapsed += MARGIN_SECONDS + 1
 
 
-def watcher_at(url: str, pattern: str, clocks: Clocks, **settings: object) -> Watcher:
-    config = WatcherSettings(tracking_uri=url, rules=[rule(pattern)], http={"enabled": False}, **settings)
+def watcher_at(
+    url: str, pattern: str, clocks: Clocks, rule_settings: dict[str, object] | None = None, **settings: object
+) -> Watcher:
+    config = WatcherSettings(
+        tracking_uri=url, rules=[rule(pattern) | (rule_settings or {})], http={"enabled": False}, **settings
+    )
     watcher = Watcher(config, MlflowTracking(url), clock=lambda: clocks.now)
     watcher.monotonic = lambda: clocks.elapsed
     return watcher
@@ -233,6 +237,50 @@ def test_another_replicas_state_is_read_afresh_when_the_experiment_has_news(
     p_state = ExperimentState.from_tag(client.get_experiment(exp_id).tags[STATE_TAG])
     assert p_state is not None
     assert p_state.ranked_runs == 5
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("alert", ["failed", "stalled"])
+def test_a_run_another_replica_announced_is_not_announced_again(
+    sqlite_server: ServerHandle, counting_proxy: Callable[[str], Proxy], alert: str
+) -> None:
+    """A run fails (or stalls) and replica Q announces it, recording it in podium.state; P's
+    kept listing still holds the state from before. A run to announce makes P read the
+    experiment afresh (one call) before it decides: P announces nothing, and the state it
+    writes keeps Q's record."""
+    client = MlflowClient(sqlite_server.url)
+    name = f"announced_{alert}_{uuid4().hex[:6]}"
+    exp_id = client.create_experiment(name)
+    make_runs(client, exp_id, [0.1, 0.2])
+    settings = {"alerts": [alert], "stalled_after_minutes": 1}
+    proxy = counting_proxy(sqlite_server.url)
+    p_clocks, q_clocks = Clocks(), Clocks()
+    # No full listing (which would read Q's state anyway) while the clocks move a minute on.
+    p = watcher_at(proxy.url, name, p_clocks, rule_settings=settings, experiment_list_seconds=3600)
+    q = watcher_at(sqlite_server.url, name, q_clocks, rule_settings=settings)
+    assert p.run_pass().ok
+    p_clocks.settle()
+    assert [o.action for o in p.run_pass().outcomes] == ["idle"]  # P decides from its kept listing
+
+    if alert == "failed":
+        run_id = make_run(client, exp_id, "failing", {METRIC: 0.5}, status="FAILED")
+    else:
+        run_id = make_run(client, exp_id, "silent", {METRIC: 0.5}, status="RUNNING")
+        for clocks in (p_clocks, q_clocks):  # a minute without activity: stalled
+            clocks.now += 61
+    (announced,) = q.run_pass().outcomes
+    assert [a.run_id for a in announced.alerts] == [run_id]
+    recorded = ExperimentState.from_tag(client.get_experiment(exp_id).tags[STATE_TAG])
+    assert recorded is not None
+
+    p_clocks.now += 1
+    proxy.reset()
+    (outcome,) = p.run_pass().outcomes
+    assert outcome.alerts == ()
+    assert experiment_gets(proxy) == 1
+    after = ExperimentState.from_tag(client.get_experiment(exp_id).tags[STATE_TAG])
+    assert after is not None
+    assert (after.seen, after.alerted) == (recorded.seen, recorded.alerted)
 
 
 @pytest.mark.server

@@ -47,11 +47,13 @@ from watcher.planner import (
     has_news,
     includes,
     is_tracked,
+    moves_state,
     ordered_search_proof,
     orphan_tag_keys,
     redundant_advance,
     running_search_ids,
     sample_cutoffs,
+    stalled_unannounced,
     with_rule_filter,
 )
 from watcher.ranking import order, split_ranked
@@ -280,7 +282,14 @@ class PassEngine:
         search reads; the experiments ranked and not among them have theirs read first; ``admit`` (None: all) the experiments a first ranking may
         start for, ``reranks`` (None: no bound) the re-ranks it may make (see :func:`decide_batch`)."""
         reads = self.gather(
-            rule, exps, stall_check, sweep=sweep, holder_check=holder_check, reread=reread, searched=searched
+            rule,
+            exps,
+            stall_check,
+            sweep=sweep,
+            holder_check=holder_check,
+            reread=reread,
+            searched=searched,
+            now_ms=now_ms,
         )
         decide = partial(
             decide_batch,
@@ -308,25 +317,34 @@ class PassEngine:
         holder_check: bool | Collection[str] = True,
         reread: Reread | None = None,
         searched: dict[str, int] | None = None,
+        now_ms: int | None = None,
     ) -> list[ExperimentRead]:
         """The batch searches: what MLflow holds for every experiment of the batch (the
         holders of those ``holder_check`` takes in).
 
         ``reread`` is given when the experiments' tags come from the listing kept between
-        passes: those with news (runs ended after their watermark) are read afresh and
+        passes: those whose state the pass may write (runs ended after their watermark,
+        finished or failed; a stalled run not announced, at ``now_ms``) are read afresh and
         decided from their tags as they are now (another replica's state, a state deleted by
         hand); one gone or deleted is left out of the batch."""
         fp = fingerprint(rule.metric, rule.ascending, rule.filter)
         ended, low = self._ended(rule, fp, exps, searched)
+        read_afresh: set[str] = set()
+
+        def afresh_read(ids: Sequence[str]) -> list[WatchedExperiment]:
+            assert reread is not None
+            found = reread(ids)
+            for i in ids:
+                if (record := found.get(i)) is None or record.deleted:
+                    log.info("experiment_gone", experiment_id=i)
+            read_afresh.update(ids)
+            return afresh(exps, found)
+
         if reread is not None and low is not None:
             listed = tracked_states(fp, exps)
-            news = sorted({r.experiment_id for r in ended if has_news(listed[r.experiment_id], [r])})
+            news = sorted({r.experiment_id for r in ended if moves_state(listed[r.experiment_id], [r])})
             if news:
-                found = reread(news)
-                for i in news:
-                    if (record := found.get(i)) is None or record.deleted:
-                        log.info("experiment_gone", experiment_id=i)
-                exps = afresh(exps, found)
+                exps = afresh_read(news)
                 fresh = tracked_states(fp, exps)
                 if min(self._starts(fresh, searched).values(), default=low) < low:
                     # a state read afresh reaches further back
@@ -353,6 +371,16 @@ class PassEngine:
         running_ids = running_search_ids(rule, fp, states, ended_by, stall_check)
         running = by_experiment(self._search(running_ids, RUNNING_FILTER)) if running_ids else {}
         searched_running = set(running_ids)
+        if reread is not None and now_ms is not None:
+            # A stalled run to announce: the kept state may not say another replica did.
+            stale = sorted(
+                i
+                for i, runs in running.items()
+                if i not in read_afresh and stalled_unannounced(rule, states.get(i), runs, now_ms)
+            )
+            if stale:
+                exps = afresh_read(stale)
+                states = {e.experiment_id: ExperimentState.from_tag(e.tags.get(STATE_TAG)) for e in exps}
         to_sweep = [i for i in tracked if includes(sweep, i)]
         swept = self._orphans(rule, to_sweep, states) if to_sweep else {}
         advance_to = redundant_advance(ended, states)

@@ -741,6 +741,25 @@ def has_news(state: ExperimentState, runs: Iterable[RunRecord]) -> bool:
     return any(r.status == FINISHED and (r.end_time or 0) > state.seen for r in runs)
 
 
+def moves_state(state: ExperimentState, runs: Iterable[RunRecord]) -> bool:
+    """A run among ``runs``, FINISHED or not, ended after the state's watermark: the pass
+    writes the state (a ranking, a failure announced, the watermark moved)."""
+    return any((r.end_time or 0) > state.seen for r in runs)
+
+
+def stalled_unannounced(
+    rule: Rule, state: ExperimentState | None, running: Iterable[RunRecord], now_ms: int
+) -> bool:
+    """A stalled run among ``running`` that the state has not announced, under a rule that
+    announces stalled runs."""
+    if "stalled" not in rule.alerts:
+        return False
+    announced = set(state.alerted) if state is not None else set()
+    return any(
+        is_stalled(r, now_ms, rule.stalled_after_minutes) and r.run_id not in announced for r in running
+    )
+
+
 def with_rule_filter(
     ended: Sequence[RunRecord], matching: Sequence[RunRecord]
 ) -> tuple[list[RunRecord], dict[str, int]]:

@@ -75,6 +75,55 @@ def test_once_twice_within_15_minutes_the_second_is_three_calls_over_40_experime
     assert searched(proxy)[2] == "tags.model_rank LIKE '%'"  # --once always checks the holders
 
 
+def test_once_sweep_sweeps_every_experiment_the_longest_unswept_first(
+    sqlite_server: ServerHandle, counting_proxy: Callable[[str], Proxy], tmp_path: Path
+) -> None:
+    """One ranking per pass over three experiments: three `--once` rank them, the latest runs
+    first; `--once --sweep` then sweeps all three (the passes after its first sweep what it
+    left waiting), the one swept longest ago first, and a stale `top_3` on each goes."""
+    client = MlflowClient(sqlite_server.url)
+    prefix = f"sweepall_{uuid4().hex[:6]}"
+    ids = [client.create_experiment(f"{prefix}_{i}") for i in range(3)]
+    for exp_id in ids:
+        make_runs(client, exp_id, [0.1, 0.2, 0.3, 0.4])
+    proxy = counting_proxy(sqlite_server.url)
+    config = tmp_path / "watcher.yaml"
+    settings = {"tracking_uri": proxy.url, "http": {"enabled": False}, "rules": [rule(f"{prefix}_*")]}
+    config.write_text(yaml.safe_dump(settings | {"max_rankings_per_pass": 1}))
+    args = ["--once", "--config", str(config), "--log-format", "json"]
+    for _ in ids:
+        assert cli.main(args) == 0
+    swept_at = {i: swept(client, i) for i in ids}
+    order = sorted(ids, key=swept_at.__getitem__)
+    assert order == ids[::-1]  # the latest runs (the last experiment's) were ranked first
+    stale = {}
+    for exp_id in ids:  # a hand-set top_3 on a run off the board: only a sweep finds it
+        run_id = next(r for r, tags in all_runs(client, exp_id).items() if not tags)
+        client.set_tag(run_id, "top_3", "true")
+        stale[exp_id] = run_id
+
+    assert cli.main([*args, "--sweep"]) == 0
+    swept_again = {i: swept(client, i) for i in ids}
+    assert all(swept_again[i] > swept_at[i] for i in ids)
+    assert sorted(ids, key=swept_again.__getitem__) == order  # one per pass, swept longest ago first
+    assert all("top_3" not in all_runs(client, i)[stale[i]] for i in ids)
+
+
+def swept(client: MlflowClient, exp_id: str) -> int:
+    state = ExperimentState.from_tag(client.get_experiment(exp_id).tags[STATE_TAG])
+    assert state is not None
+    assert state.swept is not None
+    return state.swept
+
+
+def all_runs(client: MlflowClient, exp_id: str) -> dict[str, dict[str, str]]:
+    """Every run's ranking tags by run id, runs without any included."""
+    return {
+        run.info.run_id: {k: v for k, v in run.data.tags.items() if k in ("model_rank", "top_3")}
+        for run in client.search_runs([exp_id])
+    }
+
+
 def test_a_hand_set_model_rank_is_put_right_within_holder_check_seconds(
     mlflow_server: ServerHandle, counting_proxy: Callable[[str], Proxy]
 ) -> None:

@@ -24,6 +24,7 @@ from watcher.settings import DEFAULT_CONFIG_PATH, WatcherSettings, effective_con
 
 if TYPE_CHECKING:
     from watcher.delivery import DeliveryWorker
+    from watcher.service import PassResult, Watcher
 
 log = structlog.get_logger("watcher")
 
@@ -138,6 +139,8 @@ def run(settings: WatcherSettings, *, once: bool, dry_run: bool, sweep: bool = F
         # A one-off pass always reads the holders (no later pass would put a hand-set tag
         # right) and sweeps what the schedule kept in MLflow says is due, or all with --sweep.
         result = watcher.run_pass(dry_run=dry_run, sweep=True if sweep else None, holder_check=True)
+        if sweep and not dry_run:
+            result = sweep_the_rest(watcher, result)
         if dry_run:
             print_plan(result, sys.stdout)
         elif delivery is not None:
@@ -150,6 +153,21 @@ def run(settings: WatcherSettings, *, once: bool, dry_run: bool, sweep: bool = F
 
     assert delivery is not None
     return run_daemon(watcher, start_api=_api_starter(settings), worker=delivery.worker)
+
+
+def sweep_the_rest(watcher: Watcher, result: PassResult) -> PassResult:
+    """``--once --sweep`` sweeps every watched experiment, and a pass re-ranks at most
+    ``max_rankings_per_pass``: the passes that follow sweep the experiments each left waiting
+    (their holders were read by the first), until none waits or a pass gets no further. The
+    last pass's result, not ok when any failed."""
+    waiting = [o.experiment_id for o in result.outcomes if o.reason == "deferred"]
+    while result.ok and waiting:
+        result = watcher.run_pass(sweep=waiting, holder_check=False)
+        left = [o.experiment_id for o in result.outcomes if o.reason == "deferred"]
+        if len(left) >= len(waiting):
+            break
+        waiting = left
+    return result
 
 
 @dataclass(frozen=True)

@@ -979,8 +979,8 @@ def record_sweep(
 def defer_reranks(
     triaged: Mapping[str, Triage], reads: Sequence[ExperimentRead], limit: int
 ) -> dict[str, Triage]:
-    """At most ``limit`` re-ranks, those whose new runs ended last first (then batch order);
-    the others wait (``pending``, reason ``deferred``) with nothing written, so a later pass
+    """At most ``limit`` re-ranks, those whose new runs ended last first, then (a sweep's
+    re-ranks, with no new runs) those swept longest ago, then batch order; the others wait (``pending``, reason ``deferred``) with nothing written, so a later pass
     finds them again. A pass after a night of sweeps over a universe would otherwise read the
     boards, holders and tags of every experiment before it writes the first plan."""
     reranks = [r for r in reads if triaged[r.experiment_id].action == "rerank"]
@@ -991,7 +991,10 @@ def defer_reranks(
         seen = read.state.seen if read.state is not None else 0
         return max((end for run in read.observed.ended if (end := run.end_time or 0) > seen), default=0)
 
-    kept = {r.experiment_id for r in sorted(reranks, key=lambda r: -latest(r))[:limit]}
+    def swept(read: ExperimentRead) -> int:
+        return (read.state.swept or 0) if read.state is not None else 0
+
+    kept = {r.experiment_id for r in sorted(reranks, key=lambda r: (-latest(r), swept(r)))[:limit]}
     return {
         i: replace(t, action="pending", reason="deferred") if t.action == "rerank" and i not in kept else t
         for i, t in triaged.items()

@@ -15,7 +15,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, TypeVar
@@ -240,13 +240,16 @@ class Watcher:
     # -- a pass ------------------------------------------------------------------------------
 
     def run_pass(
-        self, dry_run: bool = False, sweep: bool | None = None, holder_check: bool | None = None
+        self,
+        dry_run: bool = False,
+        sweep: bool | Collection[str] | None = None,
+        holder_check: bool | None = None,
     ) -> PassResult:
         """Reconcile every watched experiment once; never raises (failures are in the result).
 
         ``sweep``: True sweeps every watched experiment (searches its ``top_{N}``/
-        ``production_candidate`` holders, re-ranks it from its kept cutoff); None those whose
-        last sweep, kept in MLflow, is older than ``SWEEP_SECONDS``; False none.
+        ``production_candidate`` holders, re-ranks it from its kept cutoff), or the ids given;
+        None those whose last sweep, kept in MLflow, is older than ``SWEEP_SECONDS``; False none.
         ``holder_check``: True reads the holders of every watched experiment; None those not
         read for ``holder_check_seconds``, at most ``holder_check_runs`` holder runs (a one-off
         pass asks for all: no later pass would put a hand-set tag right); False none.
@@ -318,7 +321,9 @@ class Watcher:
         order = sorted(firsts, key=lambda e: (-latest.get(e.experiment_id, 0), e.name))
         return {e.experiment_id for e in order[:limit]}, len(firsts) - limit
 
-    def _run_pass(self, dry_run: bool, sweep: bool | None, holder_check: bool | None) -> PassResult:
+    def _run_pass(
+        self, dry_run: bool, sweep: bool | Collection[str] | None, holder_check: bool | None
+    ) -> PassResult:
         pass_id = uuid.uuid4().hex[:12]
         started = self.clock()
         wall = time.perf_counter()

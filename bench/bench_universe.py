@@ -574,7 +574,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--sizes", type=sizes_arg, default="100,500,1000")
     parser.add_argument("--out", default="universe", help="bench/results/OUT.json")
     parser.add_argument("--label", default="", help="what code was measured (e.g. 'before')")
-    parser.add_argument("--reps", type=int, default=3, help="idle passes and re-ranks per figure (median)")
+    parser.add_argument(
+        "--reps", type=int, default=11, help="idle passes and re-ranks per figure (median; default 11)"
+    )
     parser.add_argument(
         "--server-workers", type=int, default=1, metavar="K", help="`mlflow server --workers K` (default 1)"
     )

@@ -28,6 +28,7 @@ from watcher.planner import (
     drops_filter,
     is_tracked,
     running_search_ids,
+    stalled_unannounced,
     with_rule_filter,
 )
 from watcher.ranking import podium_tags
@@ -249,6 +250,18 @@ def test_an_experiment_finished_rule_searches_the_running_runs_of_the_experiment
     assert running_search_ids(rule, FP, states, {"news": RUNS}, False) == ["news", "new"]
     stalled = rule.model_copy(update={"alerts": ["stalled"]})
     assert running_search_ids(stalled, FP, states, {"news": RUNS}, True) == list(states)
+
+
+def test_a_stalled_run_calls_for_the_state_afresh_only_when_triage_would_announce_it() -> None:
+    rule = RULE.model_copy(update={"alerts": ["stalled"], "stalled_after_minutes": 1})
+    silent = RunRecord("s", "s", "1", "RUNNING", 1_000_000, None)  # stalled from 1_060_000 on
+    now = 1_061_000
+    state = ExperimentState("r", FP, 2, 1, first_seen=1_000_000)
+    assert stalled_unannounced(rule, state, [silent], now)
+    assert not stalled_unannounced(rule, replace(state, alerted=("s",)), [silent], now)
+    assert not stalled_unannounced(rule, replace(state, first_seen=1_061_000), [silent], now)
+    assert not stalled_unannounced(rule, state, [silent], 1_059_000)
+    assert not stalled_unannounced(rule.model_copy(update={"alerts": ["failed"]}), state, [silent], now)
 
 
 def tagged(runs: tuple[RunRecord, ...], changes: tuple[TagChange, ...]) -> tuple[RunRecord, ...]:

@@ -98,7 +98,8 @@ def test_once_sweep_sweeps_every_experiment_the_longest_unswept_first(
     assert order == ids[::-1]  # the latest runs (the last experiment's) were ranked first
     stale = {}
     for exp_id in ids:  # a hand-set top_3 on a run off the board: only a sweep finds it
-        run_id = next(r for r, tags in all_runs(client, exp_id).items() if not tags)
+        board = podium_tags(client, exp_id)
+        run_id = next(r.info.run_id for r in client.search_runs([exp_id]) if r.info.run_id not in board)
         client.set_tag(run_id, "top_3", "true")
         stale[exp_id] = run_id
 
@@ -106,7 +107,7 @@ def test_once_sweep_sweeps_every_experiment_the_longest_unswept_first(
     swept_again = {i: swept(client, i) for i in ids}
     assert all(swept_again[i] > swept_at[i] for i in ids)
     assert sorted(ids, key=swept_again.__getitem__) == order  # one per pass, swept longest ago first
-    assert all("top_3" not in all_runs(client, i)[stale[i]] for i in ids)
+    assert all(stale[i] not in podium_tags(client, i) for i in ids)
 
 
 def swept(client: MlflowClient, exp_id: str) -> int:
@@ -114,14 +115,6 @@ def swept(client: MlflowClient, exp_id: str) -> int:
     assert state is not None
     assert state.swept is not None
     return state.swept
-
-
-def all_runs(client: MlflowClient, exp_id: str) -> dict[str, dict[str, str]]:
-    """Every run's ranking tags by run id, runs without any included."""
-    return {
-        run.info.run_id: {k: v for k, v in run.data.tags.items() if k in ("model_rank", "top_3")}
-        for run in client.search_runs([exp_id])
-    }
 
 
 def test_a_hand_set_model_rank_is_put_right_within_holder_check_seconds(

@@ -166,6 +166,12 @@ def last_activity(run: RunRecord) -> int | None:
     return max(times) if times else None
 
 
+def stalled_since(run: RunRecord, stalled_after_minutes: int) -> int | None:
+    """When a RUNNING run counts as stalled: its last activity plus the rule's window (ms)."""
+    active = last_activity(run)
+    return None if active is None else active + stalled_after_minutes * 60_000
+
+
 def is_stalled(run: RunRecord, now_ms: int, stalled_after_minutes: int) -> bool:
     """A RUNNING run with no activity for ``stalled_after_minutes``."""
     if run.status != RUNNING:
@@ -242,9 +248,7 @@ def triage(
         ]
     if "stalled" in rule.alerts:
         for r in stalled:
-            active = last_activity(r)
-            since = None if active is None else active + rule.stalled_after_minutes * 60_000
-            candidates.append(("stalled", r, since))
+            candidates.append(("stalled", r, stalled_since(r, rule.stalled_after_minutes)))
     due: list[tuple[str, RunRecord, int | None]] = []
     for kind, run, since in candidates:
         if run.run_id in announced:
@@ -750,13 +754,19 @@ def moves_state(state: ExperimentState, runs: Iterable[RunRecord]) -> bool:
 def stalled_unannounced(
     rule: Rule, state: ExperimentState | None, running: Iterable[RunRecord], now_ms: int
 ) -> bool:
-    """A stalled run among ``running`` that the state has not announced, under a rule that
-    announces stalled runs."""
-    if "stalled" not in rule.alerts:
+    """A stalled run among ``running`` that the state has not announced and :func:`triage`
+    would: under a rule that announces stalled runs, stalled since the rule first saw the
+    experiment (one that stalled before is counted, never announced)."""
+    if "stalled" not in rule.alerts or state is None:
         return False
-    announced = set(state.alerted) if state is not None else set()
+    first_seen = state.first_seen if state.first_seen is not None else now_ms
+    minutes = rule.stalled_after_minutes
     return any(
-        is_stalled(r, now_ms, rule.stalled_after_minutes) and r.run_id not in announced for r in running
+        is_stalled(r, now_ms, minutes)
+        and r.run_id not in state.alerted
+        and (since := stalled_since(r, minutes)) is not None
+        and since >= first_seen
+        for r in running
     )
 
 
@@ -980,8 +990,8 @@ def defer_reranks(
     triaged: Mapping[str, Triage], reads: Sequence[ExperimentRead], limit: int
 ) -> dict[str, Triage]:
     """At most ``limit`` re-ranks, those whose new runs ended last first, then (a sweep's
-    re-ranks, with no new runs) those swept longest ago, then batch order; the others wait (``pending``, reason ``deferred``) with nothing written, so a later pass
-    finds them again. A pass after a night of sweeps over a universe would otherwise read the
+    re-ranks, with no new runs) those swept longest ago, then batch order; the others wait
+    (``pending``, reason ``deferred``) with nothing written, so a later pass finds them again. A pass after a night of sweeps over a universe would otherwise read the
     boards, holders and tags of every experiment before it writes the first plan."""
     reranks = [r for r in reads if triaged[r.experiment_id].action == "rerank"]
     if len(reranks) <= limit:

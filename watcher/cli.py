@@ -156,17 +156,20 @@ def run(settings: WatcherSettings, *, once: bool, dry_run: bool, sweep: bool = F
 
 
 def sweep_the_rest(watcher: Watcher, result: PassResult) -> PassResult:
-    """``--once --sweep`` sweeps every watched experiment, and a pass re-ranks at most
-    ``max_rankings_per_pass``: the passes that follow sweep the experiments each left waiting
-    (their holders were read by the first), until none waits or a pass gets no further. The
-    last pass's result, not ok when any failed."""
-    waiting = [o.experiment_id for o in result.outcomes if o.reason == "deferred"]
-    while result.ok and waiting:
-        result = watcher.run_pass(sweep=waiting, holder_check=False)
-        left = [o.experiment_id for o in result.outcomes if o.reason == "deferred"]
-        if len(left) >= len(waiting):
+    """``--once --sweep`` sweeps every watched experiment, and a pass sweeps at most
+    ``max_rankings_per_pass`` (those swept longest ago): the passes that follow sweep the
+    experiments not ranked yet (their holders were read by the first), until none is left or
+    a pass ranks none (no runs yet, a trigger waiting for a running run). The last pass's
+    result, not ok when any failed."""
+    from watcher.planner import RANKING
+
+    left = [o.experiment_id for o in result.outcomes if o.action not in RANKING]
+    while result.ok and left:
+        result = watcher.run_pass(sweep=left, holder_check=False)
+        ranked = {o.experiment_id for o in result.outcomes if o.action in RANKING}
+        if not ranked:
             break
-        waiting = left
+        left = [i for i in left if i not in ranked]
     return result
 
 

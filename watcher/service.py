@@ -36,7 +36,7 @@ from watcher.errors import ExperimentGone, ExperimentNotFound, NoRankedRuns, Wat
 from watcher.listing import KeptListing
 from watcher.mlflow_io import MlflowTracking
 from watcher.model import ON_DEMAND_RULE, ExperimentRecord, Handler, Leaderboard, Rule, WatchedExperiment
-from watcher.planner import RANKING, ExperimentPlan
+from watcher.planner import RANKING, ExperimentPlan, includes
 from watcher.selection import details, plain_line
 from watcher.settings import RuleConfig, WatcherSettings
 from watcher.state import STATE_TAG, UNRANKED, ExperimentState, fingerprint
@@ -114,16 +114,27 @@ class PassHealth:
 SWEEP_SECONDS = 900.0
 
 
-def sweep_due(watched: Sequence[WatchedExperiment], now_ms: int, limit: int) -> list[str]:
-    """The ranked experiments whose last sweep is older than ``SWEEP_SECONDS`` (or unknown),
-    the oldest first, at most ``limit``."""
+def sweep_due(
+    watched: Sequence[WatchedExperiment],
+    now_ms: int,
+    limit: int,
+    asked: bool | Collection[str] | None = None,
+) -> list[str]:
+    """The ranked experiments a pass sweeps, the longest unswept first, at most ``limit``:
+    those whose last sweep is older than ``SWEEP_SECONDS`` (or unknown), or, ``asked`` (True:
+    every one, else the ids), those asked for whatever their last sweep. A pass sweeps no more
+    than it may re-rank: the rest would be read (their tag holders) and left waiting."""
     due: list[tuple[int, str]] = []
     for exp in watched:
         state = ExperimentState.from_tag(exp.tags.get(STATE_TAG))
         if state is None or state.fingerprint == UNRANKED:
             continue
-        if state.swept is None or now_ms - state.swept >= SWEEP_SECONDS * 1000:
-            due.append((state.swept or 0, exp.experiment_id))
+        if asked is None:
+            if state.swept is not None and now_ms - state.swept < SWEEP_SECONDS * 1000:
+                continue
+        elif not includes(asked, exp.experiment_id):
+            continue
+        due.append((state.swept or 0, exp.experiment_id))
     return [i for _, i in sorted(due)[:limit]]
 
 
@@ -360,7 +371,7 @@ class Watcher:
                     watched,
                     now_ms,
                     self._stall_checks(started),
-                    sweep_due(watched, now_ms, limit) if sweep is None else sweep,
+                    sweep_due(watched, now_ms, limit, sweep) if sweep is not False else False,
                     holder_check=check,
                     admit=admit,
                     reranks=limit,

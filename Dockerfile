@@ -20,8 +20,9 @@ RUN wheel="$(ls /dist/*.whl)" \
 
 # ---- runtime: the venv only, no sources, no build tools, non-root -----------------------------
 FROM ${PYTHON_IMAGE} AS runtime
-# MLflow's client default is 7 retries with minutes of back-off; the daemon fails a pass fast
-# instead and tries again on the next one (/healthz shows it).
+# MLflow's client default is 7 retries with minutes of back-off. `python -m watcher` lowers them
+# itself at start (a pass fails fast and the next one tries again; /healthz shows it); set here
+# too, they hold for the trainer run from this image as well.
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \

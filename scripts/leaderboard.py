@@ -12,7 +12,7 @@ import argparse
 import sys
 
 from watcher.errors import ConfigError, TrackingError
-from watcher.mlflow_io import MlflowTracking
+from watcher.mlflow_io import MlflowTracking, lower_client_retries
 from watcher.model import MODEL_RANK, is_podium_run_tag
 from watcher.settings import load_settings
 from watcher.state import STATE_TAG, ExperimentState
@@ -22,6 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="config/watcher.yaml")
     args = parser.parse_args(argv)
+    lower_client_retries()
     try:
         settings = load_settings(args.config)
         tracking = MlflowTracking(settings.tracking_uri)

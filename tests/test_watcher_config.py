@@ -493,3 +493,23 @@ def test_a_tracking_uri_mlflow_cannot_use_is_exit_2_with_one_line_naming_the_key
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
     assert proc.stderr.startswith(f"error: {path}: field 'tracking_uri': tracking URI {shown} cannot be used")
     assert "s3cret" not in proc.stderr
+
+
+def test_the_cli_lowers_mlflow_client_retries_at_start_keeping_values_already_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MLflow's default (7 retries, minutes of back-off) would hold a pass for minutes while the
+    server is down: ``python -m watcher`` sets its own at start, not at import, and a value the
+    environment gives wins."""
+    from watcher.mlflow_io import CLIENT_ENVIRONMENT
+
+    for name in CLIENT_ENVIRONMENT:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "7")
+    assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in os.environ
+    assert cli.main(["check-config", "--config", str(write(tmp_path, {"rules": [GOOD_RULE]}))]) == 0
+    assert {name: os.environ[name] for name in CLIENT_ENVIRONMENT} == {
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": "7",
+    }

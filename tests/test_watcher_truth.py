@@ -47,6 +47,7 @@ from watcher.model import Handler, RunAlert
 from watcher.service import Watcher
 from watcher.settings import WatcherSettings
 from watcher.state import STATE_TAG
+from watcher.writer import apply_plan
 
 pytestmark = pytest.mark.server
 
@@ -209,7 +210,7 @@ def test_a_replicas_stale_plan_applied_last_is_put_right_by_the_next_pass(
     make_runs(client, exp_id, [0.99], prefix="best")
     assert q.run_pass().ok
     for plan in stale:
-        p.tracking.apply_plan(plan, None)
+        apply_plan(p.tracking, plan, None)
     ranks = [t["model_rank"] for t in podium_tags(client, exp_id).values()]
     assert len(ranks) != len(set(ranks)) or podium_tags(client, exp_id) != true_board(client, exp_id)
 

@@ -14,7 +14,7 @@ from trainer import data
 from trainer.config import TrainerConfig
 from trainer.data import Dataset
 from trainer.errors import InputError
-from trainer.importance import feature_params
+from trainer.importance_report import feature_params
 from trainer.splits import MIN_WINDOW_ROWS, FoldPlan, NotEnoughMonths
 from trainer.tasks import Task
 from trainer.train import fold_plan

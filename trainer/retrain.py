@@ -37,7 +37,8 @@ from trainer import sample
 from trainer.config import HYPERPARAMETERS, TrainerConfig, load_config
 from trainer.errors import InputError
 from trainer.executor import ExecutorFactory, ExecutorSession, local_executor
-from trainer.importance import IMPORTANCE_CSV, PERMUTATION_JSON, SKIPPED_TAG
+from trainer.importance import SKIPPED_TAG
+from trainer.importance_report import IMPORTANCE_CSV, PERMUTATION_JSON
 from trainer.prepare import prepare, static_params
 from trainer.tracking import LoggedRun, Tracking, quiet_mlflow
 from trainer.worker import TrialTask, WorkerContext, execute, init_worker, mark_ended

@@ -20,7 +20,8 @@ import xgboost as xgb
 from trainer.booster import TargetScale, in_data_units, scales_target
 from trainer.config import HYPERPARAMETERS, TrainerConfig
 from trainer.data import Dataset
-from trainer.importance import ImportanceReport, for_trial
+from trainer.importance import for_trial
+from trainer.importance_report import ImportanceReport
 from trainer.keys import MAX_TAG_LENGTH
 from trainer.scoring import (
     AGGREGATES,

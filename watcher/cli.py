@@ -20,6 +20,7 @@ import yaml
 
 from watcher.errors import ConfigError
 from watcher.logs import configure
+from watcher.model import SWEEP_SECONDS
 from watcher.settings import DEFAULT_CONFIG_PATH, WatcherSettings, effective_config, load_settings
 
 if TYPE_CHECKING:
@@ -57,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--sweep",
         action="store_true",
         help="with --once: sweep every watched experiment now (hand-set top_N/production_candidate "
-        "tags, late runs); without it, only those not swept for 15 minutes",
+        f"tags, late runs); without it, only those not swept for {SWEEP_SECONDS / 60:g} minutes",
     )
     parser.add_argument(
         "--dry-run",
@@ -77,8 +78,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure(args.log_format)
     try:
-        from watcher.mlflow_io import check_run_filter
+        from watcher.mlflow_io import check_run_filter, lower_client_retries
 
+        lower_client_retries()
         settings = load_settings(args.config, check_filter=check_run_filter)
         if args.command == "check-config":
             check_runnable(settings, daemon=True)

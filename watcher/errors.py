@@ -18,6 +18,11 @@ class TrackingError(WatcherError):
     """A call to the MLflow tracking server failed (raised ``from`` MLflow's exception)."""
 
 
+class TrackingNotFound(TrackingError):
+    """MLflow answered that what a call names (experiment, run, tag, registered model, model
+    version, alias) does not exist or is deleted."""
+
+
 class ExperimentNotFound(WatcherError):
     """No active experiment has the given name."""
 

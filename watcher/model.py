@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from datetime import UTC, datetime
+from typing import Literal, Protocol, overload
 
 # Run tags of the MLflow contract (DESIGN.md, "The MLflow contract").
 MODEL_RANK = "model_rank"
@@ -18,6 +19,13 @@ TIED_WITH_LEADER = "tied_with_leader"
 MAX_TOP_N = 200
 # The rule name of boards made on demand by POST /models/rank (any experiment, no webhooks).
 ON_DEMAND_RULE = "api"
+# Seconds between sweeps of an experiment: its top_{N}/production_candidate holders searched
+# (two calls per batch swept) and its board re-read from the kept cutoff (one threshold search).
+# Hand-set tags on runs without model_rank, and a run whose end time was older than the
+# watermark when it appeared, are put right within this time even when nothing finishes. When
+# an experiment was swept is kept in its podium.state, so `--once` and a restarted daemon keep
+# the schedule; at most max_rankings_per_pass experiments are swept per pass, oldest first.
+SWEEP_SECONDS = 900.0
 
 
 AlertKind = Literal["failed", "stalled"]
@@ -294,3 +302,23 @@ class Handler(Protocol):
         """Read after ``on_pass_end``: counts (e.g. ``webhooks_failed``) for the pass summary
         (``PassResult.handler_report`` and the ``pass_finished`` log line)."""
         return {}
+
+
+@overload
+def iso_time(seconds: float) -> str: ...
+@overload
+def iso_time(seconds: None) -> None: ...
+@overload
+def iso_time(seconds: float | None) -> str | None: ...
+def iso_time(seconds: float | None) -> str | None:
+    """ISO-8601 UTC to the second (``2026-01-01T00:00:00Z``) of a time in seconds since the
+    epoch; None stays None. Every time the watcher shows (API, dashboard, webhooks, tags)."""
+    if seconds is None:
+        return None
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def iso_time_ms(ms: int | None) -> str | None:
+    """:func:`iso_time` of a time in milliseconds since the epoch (MLflow's run and metric
+    times), where None and 0 mean "not set" and give None."""
+    return iso_time(ms / 1000) if ms else None

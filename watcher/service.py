@@ -35,11 +35,20 @@ from watcher.engine import (
 from watcher.errors import ExperimentGone, ExperimentNotFound, NoRankedRuns, WatcherError
 from watcher.listing import KeptListing
 from watcher.mlflow_io import MlflowTracking
-from watcher.model import ON_DEMAND_RULE, ExperimentRecord, Handler, Leaderboard, Rule, WatchedExperiment
+from watcher.model import (
+    ON_DEMAND_RULE,
+    SWEEP_SECONDS,
+    ExperimentRecord,
+    Handler,
+    Leaderboard,
+    Rule,
+    WatchedExperiment,
+)
 from watcher.planner import RANKING, ExperimentPlan, includes
 from watcher.selection import details, plain_line
 from watcher.settings import RuleConfig, WatcherSettings
 from watcher.state import STATE_TAG, UNRANKED, ExperimentState, fingerprint
+from watcher.writer import apply_plan
 
 log = structlog.get_logger("watcher")
 
@@ -103,15 +112,6 @@ class PassHealth:
 
     def is_healthy(self, now: float) -> bool:
         return self.status(now) != "unhealthy"
-
-
-# Seconds between sweeps of an experiment: its top_{N}/production_candidate holders searched
-# (two calls per batch swept) and its board re-read from the kept cutoff (one threshold search).
-# Hand-set tags on runs without model_rank, and a run whose end time was older than the
-# watermark when it appeared, are put right within this time even when nothing finishes. When
-# an experiment was swept is kept in its podium.state, so `--once` and a restarted daemon keep
-# the schedule; at most max_rankings_per_pass experiments are swept per pass, oldest first.
-SWEEP_SECONDS = 900.0
 
 
 def sweep_due(
@@ -757,7 +757,7 @@ class Applied:
 
     def write(self, plan: ExperimentPlan, stored_state: str | None) -> None:
         with structlog.contextvars.bound_contextvars(experiment_id=plan.experiment_id):
-            self.tracking.apply_plan(plan, stored_state)
+            apply_plan(self.tracking, plan, stored_state)
 
     def announce(self, plan: ExperimentPlan, rule: Rule) -> None:
         """Log what a written plan changed and tell the handlers."""

@@ -3,6 +3,7 @@ metrics, the bearer token and the bind check of the daemon's uvicorn thread."""
 
 from __future__ import annotations
 
+import re
 import socket
 from collections.abc import Callable, Iterator, Sequence
 from uuid import uuid4
@@ -310,6 +311,8 @@ def test_healthz_says_starting_then_turns_503_while_the_server_is_down_and_200_w
     assert starting.status_code == 200, starting.text
     assert starting.json()["status"] == "starting"
     assert starting.json()["last_pass_at"] is None
+    # One time format everywhere the watcher shows one: ISO-8601 UTC to the second.
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", starting.json()["started_at"])
     clock.now += 30.0
     assert http.get("/healthz").json()["status"] == "starting"  # three intervals are allowed
     clock.now += 1.0

@@ -16,7 +16,6 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Literal
 from urllib.parse import urlsplit
 
@@ -31,7 +30,7 @@ from pydantic import BaseModel
 from watcher import dashboard, metrics
 from watcher.errors import ConfigError, ExperimentNotFound, NoRankedRuns, TrackingError
 from watcher.jobs import JobRunner
-from watcher.model import MAX_TOP_N  # the kept board's size: a larger top_n could not be tagged
+from watcher.model import MAX_TOP_N, iso_time
 
 if TYPE_CHECKING:
     from watcher.model import Leaderboard
@@ -128,12 +127,6 @@ def foreign_origin(headers: Mapping[str, str], scheme: str) -> str | None:
     return None
 
 
-def _iso(ts: float | None) -> str | None:
-    if ts is None:
-        return None
-    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
-
-
 # ---- the app -------------------------------------------------------------------------------------
 
 
@@ -191,10 +184,10 @@ def create_app(
         state = health.status(clock())
         body = Health(
             status=state,
-            started_at=_iso(health.started_at),
-            last_pass_at=_iso(health.last_pass_at),
+            started_at=iso_time(health.started_at),
+            last_pass_at=iso_time(health.last_pass_at),
             last_pass_ok=health.last_ok,
-            last_success_at=_iso(health.last_success_at),
+            last_success_at=iso_time(health.last_success_at),
             poll_interval_seconds=health.poll_interval_seconds,
         )
         return JSONResponse(body.model_dump(), status_code=503 if state == "unhealthy" else 200)
@@ -217,6 +210,7 @@ def create_app(
     def rank_models(
         experiment_name: Annotated[str, Query(min_length=1, description="MLflow experiment name")],
         metric: Annotated[str, Query(min_length=1, description="Metric to rank by")] = "avg_test_r2",
+        # At most the kept board's size: a larger top_n could not be tagged.
         top_n: Annotated[int, Query(ge=1, le=MAX_TOP_N, description="Number of top models to tag")] = 10,
         ascending: Annotated[bool, Query(description="Sort direction; false: higher is better")] = False,
     ) -> RankResponse:

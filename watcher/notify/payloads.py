@@ -11,10 +11,9 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import Any
 
-from watcher.model import Leaderboard, LeaderboardChanged, RunAlert, SelectionSummary, WebhookFormat
+from watcher.model import Leaderboard, LeaderboardChanged, RunAlert, SelectionSummary, WebhookFormat, iso_time
 
 LEADERBOARD_EVENT = "leaderboard.changed"
 ALERT_EVENTS = {"failed": "run.failed", "stalled": "run.stalled"}
@@ -40,11 +39,6 @@ def board_url(ui_base_url: str | None, experiment_id: str) -> str | None:
     if not ui_base_url:
         return None
     return f"{ui_base_url.rstrip('/')}/#/experiments/{experiment_id}/runs"
-
-
-def iso_timestamp(now: float) -> str:
-    """ISO-8601 UTC to the second, e.g. ``2026-01-01T00:00:00Z``."""
-    return datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def leaderboard_payload(event: LeaderboardChanged, *, ui_base_url: str | None, now: float) -> dict[str, Any]:
@@ -75,7 +69,7 @@ def leaderboard_payload(event: LeaderboardChanged, *, ui_base_url: str | None, n
         },
         "ranked_runs": board.ranked_runs,
         "unranked_runs": board.unranked_runs,
-        "timestamp": iso_timestamp(now),
+        "timestamp": iso_time(now),
         # Only for a rule with a `selection` key: without it the document is as before.
         **({} if event.selection is None else selection_fields(event.selection)),
     }
@@ -109,11 +103,9 @@ def alert_payload(alert: RunAlert, *, ui_base_url: str | None, now: float) -> di
         "run_id": alert.run_id,
         "run_name": alert.run_name,
         "status": alert.status,
-        "last_activity": iso_timestamp(alert.last_activity / 1000)
-        if alert.last_activity is not None
-        else None,
+        "last_activity": iso_time(alert.last_activity / 1000) if alert.last_activity is not None else None,
         "url": run_url(ui_base_url, alert.experiment_id, alert.run_id),
-        "timestamp": iso_timestamp(now),
+        "timestamp": iso_time(now),
     }
 
 

@@ -63,7 +63,9 @@ from bench.servers import BACKENDS, running_server
 from tests.support.proxy import Proxy
 from watcher.listing import MARGIN_SECONDS
 from watcher.mlflow_io import EXPERIMENT_BATCH
-from watcher.service import HOLDER_CHECK_RUNS, SWEEP_SECONDS, Watcher
+from watcher.model import SWEEP_SECONDS
+from watcher.schedule import HOLDER_CHECK_RUNS
+from watcher.service import Watcher
 from watcher.settings import HttpConfig, RuleConfig, WatcherSettings
 from watcher.state import STATE_TAG, UNRANKED, ExperimentState
 

@@ -15,6 +15,7 @@ from watcher.model import MODEL_RANK, LeaderboardChanged, RunRecord, TagChange
 from watcher.notify.handler import delivery_id
 from watcher.notify.payloads import leaderboard_payload
 from watcher.planner import (
+    Agenda,
     BatchDecision,
     BoardFound,
     BoardSearch,
@@ -78,12 +79,17 @@ def settle(
 ) -> tuple[BatchDecision, list[set[str]]]:
     """Decide until the decision is the plans; also what each round asked for."""
     reads, asked = [read], []
-    decision = decide_batch(RULE, reads, NOW, **flags)
+    agenda = Agenda(
+        now_ms=NOW,
+        sweep=frozenset({read.experiment_id}) if flags.get("sweep") else frozenset(),
+        force_rank=flags.get("force_rank", False),
+    )
+    decision = decide_batch(RULE, reads, agenda)
     while decision.to_read is not None:
         need = decision.to_read
         asked.append({k for k in ("orphans", "boards", "counts", "firsts") if getattr(need, k)})
         reads = answer(reads, need, runs)
-        decision = decide_batch(RULE, reads, NOW, **flags)
+        decision = decide_batch(RULE, reads, agenda)
     return decision, asked
 
 
@@ -168,7 +174,7 @@ def test_a_first_seen_experiment_waiting_for_running_runs_is_remembered_not_rank
     rule = RULE.model_copy(update={"trigger": "experiment_finished"})
     live = run("live", 0.0, 0, status="RUNNING")
     read = ExperimentRead(Experiment("1", "e"), None, Observed(ended=RUNS, running=(live,)))
-    decision = decide_batch(rule, [read], NOW)
+    decision = decide_batch(rule, [read], Agenda(now_ms=NOW))
     plan = decision.plans[0]
     assert decision.to_read is None
     assert plan.action == "pending"
@@ -183,7 +189,7 @@ def test_a_rerank_starts_from_the_kept_cutoff_of_an_incomplete_board() -> None:
     read = ExperimentRead(
         Experiment("1", "e"), state, Observed(ended=(news,), holders=holders(runs), running=())
     )
-    need = decide_batch(RULE, [read], NOW).to_read
+    need = decide_batch(RULE, [read], Agenda(now_ms=NOW)).to_read
     assert need is not None
     assert [(b.cutoff, b.keep) for b in need.boards] == [(state.board[-1].value, board_size(RULE.top_n))]
 

@@ -10,16 +10,18 @@ from collections import Counter
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from watcher.model import MODEL_RANK, PRODUCTION_CANDIDATE, TagChange, is_podium_run_tag
+from tests.support.tag_changes import apply_in_memory
+from watcher.model import MODEL_RANK, PRODUCTION_CANDIDATE, RunRecord, TagChange, is_podium_run_tag
+from watcher.planner import BoardSearch, board_from_search
 from watcher.ranking import (
+    FINISHED,
     Candidate,
-    apply_in_memory,
     desired_tags,
     leaderboard_entries,
-    merge_board,
     order,
     plan,
 )
+from watcher.settings import RuleConfig
 
 RUN_IDS = [f"run{i:02d}" for i in range(14)]
 
@@ -228,7 +230,8 @@ def test_order_is_deterministic_with_ties_by_end_time_then_run_id(
 def test_merge_with_a_threshold_search_equals_a_full_ranking(
     old: list[Candidate], new: list[Candidate], ascending: bool, top_n: int, data: st.DataObject
 ) -> None:
-    """Kept board + everything at or before its cutoff gives the same top N as ranking all runs.
+    """Kept board + everything at or before its cutoff gives the same top N as ranking all runs
+    (:func:`watcher.planner.board_from_search`, the board a re-rank's threshold search proves).
 
     Holders may vanish (deleted) and new runs arrive; when too few known runs lead the
     cutoff the merge asks for a full ranking instead of guessing.
@@ -240,12 +243,16 @@ def test_merge_with_a_threshold_search_equals_a_full_ranking(
     deleted = set(data.draw(st.lists(st.sampled_from([c.run_id for c in old]), max_size=3)) if old else [])
     new = [c for c in new if c.run_id not in {o.run_id for o in old}]
     now = [c for c in old if c.run_id not in deleted] + new
-    if complete or not kept:
+    cutoff = kept[-1].value if kept and not complete else None
+    if cutoff is None:
         fresh = now
     else:
-        cutoff = kept[-1].value
         fresh = [c for c in now if (c.value <= cutoff if ascending else c.value >= cutoff)]
-    merged = merge_board(kept, complete, fresh, ascending=ascending, top_n=top_n, keep=keep)
+    rule = RuleConfig(name="r", experiments=["*"], metric="m", ascending=ascending, top_n=top_n)
+    runs = tuple(
+        RunRecord(c.run_id, c.run_name, "1", FINISHED, None, c.end_time, {"m": c.value}) for c in fresh
+    )
+    merged = board_from_search(BoardSearch(runs, cutoff, complete), rule, keep)
     truth = order(now, ascending)
     if merged is None:
         assert not complete

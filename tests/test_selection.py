@@ -11,12 +11,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.support.cscv import straightforward_cscv
+from watcher.memory import selection_view
 from watcher.selection import (
     MCS_CANDIDATES,
     BoardRun,
     LeftOut,
     Selection,
-    api_view,
     compute,
     cscv_lambdas,
     folds_from_tag,
@@ -281,7 +281,8 @@ def test_the_api_view_adds_lambdas_tied_and_left_out_runs_to_the_tag() -> None:
     values = np.random.default_rng(9).normal(size=(8, 16))
     board = [*board_of(values), BoardRun("odd", [1.0] * 3)]
     sel = compute(board, higher_is_better=True, blocks=4)
-    view = api_view(sel, metric="avg_test_r2", fold_metric="test_r2", computed_at="t")
+    tag = json.dumps(selection_json(sel, metric="avg_test_r2", fold_metric="test_r2", computed_at="t"))
+    view = selection_view(sel, tag, None)
     assert len(view["lambdas"]) == view["splits"] == 6
     assert view["tied_run_ids"] == list(sel.tied)
     assert view["left_out"] == [{"run_id": "odd", "reason": "3 folds, not 16"}]

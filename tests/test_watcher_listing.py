@@ -483,4 +483,4 @@ def test_an_experiment_deleted_and_collected_between_passes_is_gone_after_one_pa
     proxy.reset()
     assert gone_lines() == []
     assert not [p for _, p in proxy.tracking_calls() if p.endswith(("delete-tag", "set-experiment-tag"))]
-    assert [r.experiment_id for r in watcher.listing.records()] == [kept]
+    assert [r.experiment_id for r in watcher.memory.listing.records()] == [kept]

@@ -7,6 +7,7 @@ import json
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from uuid import uuid4
 
@@ -22,11 +23,12 @@ from tests.support.watcher_runs import make_run, make_runs, podium_tags
 from tests.support.webhooks import SECRET, requests_to
 from watcher import cli
 from watcher.cli import build_handlers
-from watcher.engine import SCAN_PAGE
 from watcher.mlflow_io import MlflowTracking
-from watcher.model import WatchedExperiment
+from watcher.model import SWEEP_SECONDS, WatchedExperiment
 from watcher.ranking import Candidate
-from watcher.service import FLOOR_MARGIN_SECONDS, SWEEP_SECONDS, PassResult, Watcher, holder_checks_due
+from watcher.reader import SCAN_PAGE
+from watcher.schedule import FLOOR_MARGIN_SECONDS, holder_checks_due
+from watcher.service import PassResult, Watcher
 from watcher.settings import WatcherSettings
 from watcher.state import STATE_TAG, ExperimentState
 
@@ -344,7 +346,7 @@ def test_the_batch_searches_go_in_pages_so_no_answer_outlasts_the_client_timeout
     for i in ids:
         make_runs(client, i, [0.05, 0.06])  # below every board
     client.set_tag(made[ids[-1]][0].run_id, "model_rank", "1")
-    watcher.engine.batch_page = 4
+    watcher.reader.batch_page = 4
     now[0] += 60
     proxy.reset()
     result = watcher.run_pass(holder_check=True)
@@ -513,10 +515,10 @@ def test_idle_passes_do_not_read_again_the_runs_of_experiments_ranked_at_other_t
         return runs[0]
 
     assert ended_after_search() < 100  # an empty answer
-    kept = dict(watcher.engine.floors)
-    watcher.engine.floors = {}
+    kept = dict(watcher.memory.floors)
+    watcher.memory = replace(watcher.memory, floors={})
     assert ended_after_search() > 1_000  # the re-ranks' four runs, all at or before their watermarks
-    assert watcher.engine.floors == kept
+    assert watcher.memory.floors == kept
 
     leader = make_runs(client, ids[0], [0.9])[0].run_id
     now[0] = time.time() + FLOOR_MARGIN_SECONDS

@@ -38,12 +38,14 @@ from tests.support.watcher_runs import (
     podium_tags,
     rule,
     true_board,
+    watched_experiments,
     writes,
 )
 from tests.support.watcher_runs import watcher_for as watcher_over
 from watcher.errors import NoRankedRuns
 from watcher.mlflow_io import MlflowTracking
 from watcher.model import Handler, RunAlert
+from watcher.planner import Agenda
 from watcher.service import Watcher
 from watcher.settings import WatcherSettings
 from watcher.state import STATE_TAG
@@ -203,10 +205,9 @@ def test_a_replicas_stale_plan_applied_last_is_put_right_by_the_next_pass(
     assert q.run_pass().ok
     make_runs(client, exp_id, [0.55], prefix="mid")
 
-    from watcher.engine import watched_experiments
-
     watched = watched_experiments(p.settings, p.tracking)
-    stale = p.engine.plan_pass(p.settings, watched, next_ms())
+    every = frozenset(e.experiment_id for e in watched)
+    stale = p.reader.plan_pass(p.settings, watched, Agenda(now_ms=next_ms(), holder_checks=every))
     make_runs(client, exp_id, [0.99], prefix="best")
     assert q.run_pass().ok
     for plan in stale:
@@ -248,7 +249,7 @@ def test_a_first_ranking_finds_the_board_without_a_scan_and_counts_later(
     make_runs(client, exp_id, values)
     proxy = counting_proxy(mlflow_server.url)
     watcher = watcher_for(proxy.url, rule(name))
-    watcher.engine.sample_size = 20
+    watcher.reader.sample_size = 20
     result = watcher.run_pass()
     assert result.ok
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Literal
@@ -71,6 +71,48 @@ MAX_FAILED_WAITING = 1_000
 
 Action = Literal["idle", "advance", "pending", "count", "rerank", "full"]
 RANKING: frozenset[Action] = frozenset({"rerank", "full"})
+
+
+@dataclass(frozen=True)
+class Agenda:
+    """What one pass (or one API ranking) does, decided before it reads a run.
+
+    ``holder_checks``, ``sweep``: the experiments whose ``model_rank`` holders the batch
+    search reads, and whose ``top_{N}``/``production_candidate`` holders it searches (each
+    re-ranked from its kept cutoff); ``admit`` (None: every one) the experiments a first
+    ranking may start for; ``reranks`` (None: no bound) the re-ranks of the whole pass;
+    ``stall_checks`` the rules that look for stalled runs this pass; ``floors`` (None: not a
+    daemon pass, which searches from the watermarks and keeps nothing) where each
+    experiment's batch search may start; ``listed``: the experiments' tags come from the
+    listing kept between passes (a plan that writes state asks to read them afresh);
+    ``force_rank`` ranks every experiment (the API).
+    """
+
+    now_ms: int
+    # The watcher's clock (seconds) when the pass started: the schedules kept in memory.
+    now: float = 0.0
+    holder_checks: frozenset[str] = frozenset()
+    sweep: frozenset[str] = frozenset()
+    admit: frozenset[str] | None = None
+    reranks: int | None = None
+    stall_checks: frozenset[str] = frozenset()
+    floors: Mapping[str, int] | None = None
+    listed: bool = False
+    force_rank: bool = False
+    # First rankings and holder checks due that wait for the passes that follow at once.
+    rankings_deferred: int = 0
+    holder_checks_deferred: int = 0
+    # Seconds the longest-waiting holder check waited, to be said now (None: nothing to
+    # say), and whether the checks are behind after this agenda (said once until they catch up).
+    holder_checks_behind: float | None = None
+    checks_falling_behind: bool = False
+    # The holder check interval (for what the pass says when the checks fall behind).
+    holder_check_seconds: float = 0.0
+
+    @classmethod
+    def on_demand(cls, now: float, experiment_id: str) -> Agenda:
+        """An API ranking: one experiment, ranked whatever its state, its holders read."""
+        return cls(int(now * 1000), now, holder_checks=frozenset({experiment_id}), force_rank=True)
 
 
 @dataclass(frozen=True)
@@ -919,12 +961,6 @@ class BatchDecision:
     counts: Mapping[str, Counts] = field(default_factory=dict)
 
 
-def includes(which: bool | Collection[str], experiment_id: str) -> bool:
-    """Whether a pass's ``sweep`` or holder check (True: every experiment, False: none, else
-    the ids) takes in this experiment."""
-    return which is True or (which is not False and experiment_id in which)
-
-
 def triage_for_pass(
     rule: Rule,
     fp: str,
@@ -1011,16 +1047,7 @@ def defer_reranks(
     }
 
 
-def decide_batch(
-    rule: Rule,
-    reads: Sequence[ExperimentRead],
-    now_ms: int,
-    *,
-    force_rank: bool = False,
-    sweep: bool | Collection[str] = False,
-    admit: Collection[str] | None = None,
-    reranks: int | None = None,
-) -> BatchDecision:
+def decide_batch(rule: Rule, reads: Sequence[ExperimentRead], agenda: Agenda) -> BatchDecision:
     """The plans of one rule's batch from what the pass read, or what it must read first.
 
     Pure: the engine reads what ``to_read`` asks and calls this again with the answers, until
@@ -1028,13 +1055,15 @@ def decide_batch(
     for it alone), its board (from the kept cutoff on a re-rank, from scratch on a first
     ranking or a rule change) and the orphan-tag holders the sweep did not read; a paged count
     needs its next pages. The experiments ranked for the first time then share one watermark
-    (see :func:`align_first_rankings`), except on ``force_rank``. ``sweep``: True, or the ids
-    the sweep takes in; ``admit`` (None: all): the experiments a first ranking may start for,
-    the others wait with nothing written; ``reranks`` (None: no bound) the re-ranks it may
-    make (see :func:`defer_reranks`). A swept or first-ranked experiment's state keeps
-    ``now_ms`` as its last sweep.
+    (see :func:`align_first_rankings`), except on the agenda's ``force_rank``. The agenda's
+    ``sweep``: the experiments the sweep takes in; ``admit`` (None: all): the experiments a
+    first ranking may start for, the others wait with nothing written; ``reranks`` (None: no
+    bound) the re-ranks it may make (see :func:`defer_reranks`). A swept or first-ranked
+    experiment's state keeps the agenda's time as its last sweep.
     """
     fp = fingerprint(rule.metric, rule.ascending, rule.filter)
+    now_ms, force_rank, sweep, admit = agenda.now_ms, agenda.force_rank, agenda.sweep, agenda.admit
+    reranks = agenda.reranks
     triaged = {
         r.experiment_id: triage_for_pass(
             rule,
@@ -1042,7 +1071,7 @@ def decide_batch(
             r,
             now_ms,
             force_rank=force_rank,
-            sweep=includes(sweep, r.experiment_id),
+            sweep=r.experiment_id in sweep,
             admitted=admit is None or r.experiment_id in admit,
         )
         for r in reads
@@ -1056,7 +1085,7 @@ def decide_batch(
         orphans=tuple(
             r.experiment_id
             for r in ranking
-            if r.orphans is None and not (includes(sweep, r.experiment_id) and is_tracked(r.state, fp))
+            if r.orphans is None and not (r.experiment_id in sweep and is_tracked(r.state, fp))
         ),
         boards=tuple(
             BoardRequest(
@@ -1107,9 +1136,7 @@ def decide_batch(
             )
         plans = align_first_rankings(rule, plans, by_id)
     states = {r.experiment_id: r.state for r in reads}
-    plans = [
-        record_sweep(p, states[p.experiment_id], includes(sweep, p.experiment_id), now_ms) for p in plans
-    ]
+    plans = [record_sweep(p, states[p.experiment_id], p.experiment_id in sweep, now_ms) for p in plans]
     return BatchDecision(triaged, plans=tuple(plans), counts=counts)
 
 

@@ -80,36 +80,6 @@ def order(candidates: Iterable[Candidate], ascending: bool) -> list[Candidate]:
     return sorted(unique.values(), key=lambda c: sort_key(c, ascending))
 
 
-def merge_board(
-    kept: Sequence[Candidate],
-    complete: bool,
-    fresh: Iterable[Candidate],
-    *,
-    ascending: bool,
-    top_n: int,
-    keep: int,
-) -> tuple[list[Candidate], bool] | None:
-    """The new board prefix from the last pass's board and freshly searched candidates.
-
-    ``kept`` is the stored board: a prefix of the true order as of the last pass, cut at its
-    last entry (the cutoff) unless ``complete`` (it held every ranked run). ``fresh`` must hold
-    the current state of every ranked run at or before the cutoff (a threshold search), so
-    kept entries missing from it were deleted, finished otherwise or fell behind the cutoff.
-    Returns the new prefix (at most ``keep`` long) and whether it is complete, or None when
-    fewer than ``top_n`` runs are known to lead every unseen run: the caller ranks in full.
-    """
-    known = order(fresh, ascending)
-    if not complete:
-        if not kept:
-            return None
-        cutoff = sort_key(kept[-1], ascending)
-        known = [c for c in known if sort_key(c, ascending) <= cutoff]
-        if len(known) < top_n:
-            return None
-        return known[:keep], False
-    return known[:keep], len(known) <= keep
-
-
 def leaderboard_entries(board: Sequence[Candidate], top_n: int) -> tuple[RankedRun, ...]:
     return tuple(
         RankedRun(rank=i + 1, run_id=c.run_id, run_name=c.run_name, value=c.value)
@@ -224,17 +194,3 @@ def _rank_order(target: Mapping[str, str]) -> Callable[[str], tuple[int, str]]:
         return (int(rank) if rank and rank.isdigit() else 0, run_id)
 
     return key
-
-
-def apply_in_memory(
-    current: Mapping[str, Mapping[str, str]], changes: Iterable[TagChange]
-) -> dict[str, dict[str, str]]:
-    """What the tags look like after applying ``changes`` (for tests and dry runs)."""
-    result = {run_id: dict(tags) for run_id, tags in current.items()}
-    for change in changes:
-        tags = result.setdefault(change.run_id, {})
-        if change.new is None:
-            tags.pop(change.key, None)
-        else:
-            tags[change.key] = change.new
-    return {run_id: tags for run_id, tags in result.items() if tags}

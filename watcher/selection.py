@@ -385,14 +385,6 @@ def _gate(pbo: float | None, why: str | None, max_pbo: float | None) -> str | No
     return f"PBO {pbo:.2f} is above max_pbo {max_pbo:g}" if pbo > max_pbo else None
 
 
-def api_view(selection: Selection, *, metric: str, fold_metric: str, computed_at: str) -> dict[str, Any]:
-    """The tag's JSON plus what is too long for a tag: λ per split, the tied and left-out runs."""
-    return {
-        **selection_json(selection, metric=metric, fold_metric=fold_metric, computed_at=computed_at),
-        **details(selection),
-    }
-
-
 def details(selection: Selection) -> dict[str, Any]:
     """What the API adds to the tag's JSON."""
     return {

@@ -52,8 +52,8 @@ import functools
 import hashlib
 import json
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from watcher.model import MAX_TOP_N
@@ -163,8 +163,8 @@ class ExperimentState:
         """The stored state, or None when absent or unreadable (then the pass ranks in full).
 
         A pass reads every watched experiment's state several times and an idle one finds the
-        same text as the last pass, so parses are kept (states are frozen): at 1,000
-        experiments this was a third of an idle pass's time."""
+        same text as the last pass, so parses are kept (states are frozen; what that saves is
+        in BENCHMARKS.md, "Figures once kept in comments")."""
         return _parsed_state(text) if text else None
 
     @classmethod
@@ -218,13 +218,10 @@ class ExperimentState:
         entries = leaderboard_entries(self.board, self.top_n)
         return desired_tags(entries, self.top_n, 0 if self.held else self.production_candidates)
 
-    def with_new_runs(self, ranked: int, unranked: int, seen: int) -> ExperimentState:
-        return replace(
-            self,
-            ranked_runs=self.ranked_runs + ranked,
-            unranked_runs=self.unranked_runs + unranked,
-            seen=max(self.seen, seen),
-        )
+
+def state_of(tags: Mapping[str, str]) -> ExperimentState | None:
+    """The ``podium.state`` an experiment's tags hold (None: none, or unreadable)."""
+    return ExperimentState.from_tag(tags.get(STATE_TAG))
 
 
 def _opt_int(value: Any) -> int | None:

@@ -17,6 +17,8 @@ from mlflow.tracking import MlflowClient
 
 from tests.support.proxy import Proxy
 from watcher.mlflow_io import MlflowTracking
+from watcher.model import WatchedExperiment
+from watcher.reader import list_experiments, watched_from
 from watcher.service import Watcher
 from watcher.settings import WatcherSettings
 
@@ -204,3 +206,8 @@ def true_board(client: MlflowClient, exp_id: str, top_n: int = 10, k: int = 3) -
 def assert_board(client: MlflowClient, exp_id: str, ranked: list[str], top_n: int = 10, k: int = 3) -> None:
     """The tags are exactly the contract for this order: no stale or extra watcher tag anywhere."""
     assert podium_tags(client, exp_id) == board_for(ranked, top_n, k)
+
+
+def watched_experiments(settings: WatcherSettings, tracking: MlflowTracking) -> list[WatchedExperiment]:
+    """The watched experiments, listed afresh (what a one-off pass sees)."""
+    return watched_from(settings, list_experiments(settings, tracking))

@@ -1,7 +1,7 @@
-"""The pass over one rule's batch of experiments: gather, decide, gather what the decision
-asks for, until the decision is the batch's plans.
+"""The pass's reads: one rule's batch of experiments gathered, decided, and what the decision
+asks for read, until the decision is the batch's plans.
 
-Nothing here decides and nothing here writes. :meth:`PassEngine.gather` reads, per rule and
+Nothing here decides and nothing here writes. :meth:`PassReader.gather` reads, per rule and
 batch of experiments, the ended-after-watermark search (no status filter: FAILED runs are
 split out in pure code), the holder check (``tags.model_rank LIKE '%'``) and, only when a
 rule waits for RUNNING runs or looks for stalled ones, the RUNNING runs.
@@ -9,26 +9,30 @@ rule waits for RUNNING runs or looks for stalled ones, the RUNNING runs.
 see: for each experiment it ranks, the threshold searches that find the board without a scan
 and the orphan-tag searches (``top_{N}``, ``production_candidate`` on runs without
 ``model_rank``, batched); the paged count's next pages; one search over the first rankings.
-:meth:`PassEngine.read_more` reads exactly that. The plans go to the one writer
-(``MlflowTracking.apply_plan``), called by :mod:`watcher.service`.
+:meth:`PassReader.read_more` reads exactly that. What the pass does (whose holders, what it
+sweeps, which first rankings) comes in one :class:`~watcher.schedule.Agenda`; what it leaves
+for the next pass goes in one :class:`PassScratch`, a local value of the pass. The plans go to
+the one writer, through :mod:`watcher.apply`.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
-from functools import partial
 
 import structlog
 
+from watcher.listing import KeptListing
+from watcher.memory import FoldValues
 from watcher.mlflow_io import EXPERIMENT_BATCH, MlflowTracking, glob_to_like
 from watcher.model import MODEL_RANK, TIED_WITH_LEADER, ExperimentRecord, Rule, RunRecord, WatchedExperiment
 from watcher.outbox import webhook_room
 from watcher.planner import (
     MAX_FAILED_WAITING,
     SAMPLE_SIZE,
+    Agenda,
     BatchDecision,
     BoardFound,
     BoardSearch,
@@ -45,7 +49,6 @@ from watcher.planner import (
     decide_batch,
     drops_filter,
     has_news,
-    includes,
     is_tracked,
     moves_state,
     ordered_search_proof,
@@ -59,21 +62,22 @@ from watcher.planner import (
 from watcher.ranking import order, split_ranked
 from watcher.selection import SELECTION_TAG, BoardRun, folds_from_tag
 from watcher.settings import WatcherSettings
-from watcher.state import MAX_ALERTED, STATE_TAG, ExperimentState, fingerprint
+from watcher.state import MAX_ALERTED, ExperimentState, fingerprint, state_of
 
 log = structlog.get_logger("watcher")
 
 FINISHED_FILTER = "attributes.status = 'FINISHED'"
 RUNNING_FILTER = "attributes.status = 'RUNNING'"
 # Pages of the paged count (ranked/unranked totals after a first ranking) read per pass: a
-# 10,000-run experiment is counted in the two passes after its first ranking, ~3 s each.
+# 10,000-run experiment is counted in the two passes after its first ranking (what a pass of
+# five pages costs: BENCHMARKS.md, "Figures once kept in comments").
 COUNT_PAGES_PER_PASS = 5
 # A full scan reads MLflow's default page of 1,000 runs per request, so every request stays well
-# inside the client timeout (MLFLOW_HTTP_REQUEST_TIMEOUT, 30 s in the image): one 50,000-run page
-# took 138 s on a sqlite-backed server. The paged count, a last-resort board scan and the batch
-# searches page: over a universe the latter grow with it (1,000 experiments hold 10,000 holder
-# runs; a night of sweeps ends 10,000 runs), and 10,000 trainer runs in one answer outlast the
-# timeout, so every pass would fail on it.
+# inside the client timeout (MLFLOW_HTTP_REQUEST_TIMEOUT, 30 s in the image; what one large page
+# costs: BENCHMARKS.md, "Figures once kept in comments"). The paged count, a last-resort board
+# scan and the batch searches page: over a universe the latter grow with it (1,000 experiments
+# hold 10,000 holder runs; a night of sweeps ends 10,000 runs), and 10,000 trainer runs in one
+# answer outlast the timeout, so every pass would fail on it.
 SCAN_PAGE = 1_000
 # Pages of the ordered search that picks the experiments a pass ranks first when it may not rank
 # them all: ten pages of max_rankings_per_pass runs find that many experiments of ten runs each
@@ -129,9 +133,89 @@ def list_experiments(settings: WatcherSettings, tracking: MlflowTracking) -> lis
     return list(found.values())
 
 
-def watched_experiments(settings: WatcherSettings, tracking: MlflowTracking) -> list[WatchedExperiment]:
-    """The watched experiments, listed afresh (a one-off pass)."""
-    return watched_from(settings, list_experiments(settings, tracking))
+# Experiments with news a pass reads afresh one by one (one call each) when their tags came from
+# the kept listing; more are read in one full listing.
+REREAD_LIMIT = 20
+
+
+@dataclass
+class ListingReader:
+    """Reads the watched experiments into the kept listing for one pass (a local value of the
+    pass: ``listed_all`` and ``afresh`` are what this pass read).
+
+    ``clock`` is the watcher's clock (when a full listing is due); ``monotonic`` real elapsed
+    time, for how long a server's late commits may take (see :mod:`watcher.listing`)."""
+
+    settings: WatcherSettings
+    tracking: MlflowTracking
+    listing: KeptListing
+    clock: Callable[[], float]
+    monotonic: Callable[[], float]
+    reread_limit: int = REREAD_LIMIT
+    listed_all: bool = False
+    # Records read afresh this pass (None: gone or deleted), by id.
+    afresh: dict[str, ExperimentRecord | None] = field(default_factory=dict)
+
+    def update(self, now: float, *, full: bool = False) -> bool:
+        """Bring the kept listing up to date: every watched experiment when a full listing is
+        due (or ``full``), else the experiments created, renamed, deleted or restored since the
+        last answer. True when it listed them all."""
+        listing = self.listing
+        full = full or listing.full_due(now, self.settings.experiment_list_seconds)
+        started = self.monotonic()
+        mark = listing.start()
+        try:
+            if full:
+                found = list_experiments(self.settings, self.tracking)
+            else:
+                found = self.tracking.search_experiments(
+                    f"last_update_time >= {listing.since()}", deleted_too=True
+                )
+        except BaseException:
+            listing.abandon(mark)
+            raise
+        if full:
+            listing.listed(mark, found, now, self.monotonic())
+            self.listed_all = True
+        else:
+            listing.changed(mark, found, started, self.monotonic())
+        return full
+
+    def read_afresh(self, ids: Sequence[str]) -> dict[str, ExperimentRecord | None]:
+        """The experiments ``ids`` as they are now (one call each; more than ``reread_limit``:
+        one full listing; none when this pass listed them all already), kept in the listing
+        too."""
+        if len(ids) > self.reread_limit or self.listed_all:
+            if not self.listed_all:  # another batch of this pass may have listed them all
+                self.update(self.clock(), full=True)
+            records = {r.experiment_id: r for r in self.listing.records()}
+            found = {i: records.get(i) for i in ids}
+        else:
+            mark = self.listing.start()
+            try:
+                found = {i: self.tracking.get_experiment(i) for i in ids}
+            except BaseException:
+                self.listing.abandon(mark)
+                raise
+            self.listing.reread(mark, found)
+        self.afresh.update(found)
+        return found
+
+    def forget(self, experiment_id: str) -> None:
+        """An experiment found gone while its plan was written: out of the kept listing (a
+        hard-deleted one, ``mlflow gc``, is never seen by the search for changes)."""
+        self.listing.reread(self.listing.start(), {experiment_id: None})
+
+
+@dataclass
+class PassScratch:
+    """What one pass's reads leave for the schedule (a local value of the pass): by
+    experiment, the end time up to which the batch search returned its runs, and the
+    per-fold values read (``known``: those the daemon read before)."""
+
+    known: FoldValues = field(default_factory=dict)
+    searched: dict[str, int] = field(default_factory=dict)
+    fold_values: dict[tuple[str, str], tuple[float | None, ...]] = field(default_factory=dict)
 
 
 # Re-reads experiments whose tags a pass took from the kept listing: each id's record as it is
@@ -141,7 +225,7 @@ Reread = Callable[[Sequence[str]], Mapping[str, ExperimentRecord | None]]
 
 def tracked_states(fp: str, exps: Sequence[WatchedExperiment]) -> dict[str, ExperimentState]:
     """The states of the experiments ranked by the rule's current definition, by id."""
-    states = ((e.experiment_id, ExperimentState.from_tag(e.tags.get(STATE_TAG))) for e in exps)
+    states = ((e.experiment_id, state_of(e.tags)) for e in exps)
     return {i: s for i, s in states if s is not None and is_tracked(s, fp)}
 
 
@@ -163,12 +247,8 @@ def afresh(
 
 
 @dataclass
-class PassEngine:
-    """Gathers what MLflow holds for a batch, has :func:`decide_batch` plan it; never writes.
-
-    ``stall_check`` tells whether this pass looks for stalled runs of a rule whose trigger
-    does not need the RUNNING search anyway (the caller keeps that clock).
-    """
+class PassReader:
+    """Gathers what MLflow holds for a batch, has :func:`decide_batch` plan it; never writes."""
 
     tracking: MlflowTracking
     # Runs in the unordered page a first ranking estimates its cutoffs from.
@@ -178,35 +258,19 @@ class PassEngine:
     # Called after each page of a batch search and each board found: a pass that reads for
     # minutes before its first write (a catch-up over a universe) makes progress all the same.
     progressed: Callable[[], None] = lambda: None
-    # Per-fold values read from metric histories, by (run id, metric): finished runs do not
-    # change, so each is read once in the daemon's life.
-    fold_values: dict[tuple[str, str], tuple[float | None, ...]] = field(default_factory=dict)
-    # By experiment: an end time at or before which every run of the experiment was searched
-    # and decided by an earlier daemon pass (see :meth:`Watcher._keep_floors`). The batch
-    # search starts after the lowest watermark of its experiments; experiments ranked at
-    # different times have different watermarks, so without these every idle pass would read
-    # again every run ended since the oldest one. Kept in this process only: a restarted
-    # daemon reads those runs once more.
-    floors: dict[str, int] = field(default_factory=dict)
 
     def plan_pass(
         self,
         settings: WatcherSettings,
         watched: Sequence[WatchedExperiment],
-        now_ms: int,
-        stall_check: Mapping[str, bool] | None = None,
-        sweep: bool | Collection[str] = False,
-        *,
-        holder_check: bool | Collection[str] = True,
-        admit: Collection[str] | None = None,
-        reranks: int | None = None,
+        agenda: Agenda,
+        scratch: PassScratch | None = None,
         reread: Reread | None = None,
-        searched: dict[str, int] | None = None,
     ) -> list[ExperimentPlan]:
-        """Every rule's batches; ``reranks`` (None: no bound) the re-ranks of the whole pass;
-        ``reread`` (None: the tags were listed this pass) see :meth:`gather`; ``searched``
-        (given by the daemon) gets, by experiment, the end time up to which the batch search
-        returned its runs, and the search starts from :attr:`floors`."""
+        """Every rule's batches, as the ``agenda`` says; the agenda's ``reranks`` bound the
+        re-ranks of the whole pass. ``reread`` (None: the tags were listed this pass) see
+        :meth:`gather`; ``scratch`` gets what the reads leave for the schedule."""
+        scratch = scratch if scratch is not None else PassScratch()
         by_rule: dict[str, list[WatchedExperiment]] = defaultdict(list)
         for exp in watched:
             assert exp.rule is not None
@@ -215,23 +279,13 @@ class PassEngine:
         for rule in settings.rules:
             exps = by_rule.get(rule.name, [])
             for start in range(0, len(exps), EXPERIMENT_BATCH):
-                batch = exps[start : start + EXPERIMENT_BATCH]
-                stall = (stall_check or {}).get(rule.name, False)
                 batch_plans = self.plan_batch(
-                    rule,
-                    batch,
-                    now_ms,
-                    stall,
-                    sweep=sweep,
-                    holder_check=holder_check,
-                    admit=admit,
-                    reranks=reranks,
-                    reread=reread,
-                    searched=searched,
+                    rule, exps[start : start + EXPERIMENT_BATCH], agenda, scratch, reread
                 )
                 plans.extend(batch_plans)
-                if reranks is not None:
-                    reranks = max(0, reranks - sum(p.action == "rerank" for p in batch_plans))
+                if agenda.reranks is not None:
+                    left = max(0, agenda.reranks - sum(p.action == "rerank" for p in batch_plans))
+                    agenda = replace(agenda, reranks=left)
         return plans
 
     def latest_ends(self, rule: Rule, ids: Sequence[str], rows: int) -> dict[str, int]:
@@ -263,47 +317,21 @@ class PassEngine:
         self,
         rule: Rule,
         exps: Sequence[WatchedExperiment],
-        now_ms: int,
-        stall_check: bool = False,
-        *,
-        force_rank: bool = False,
-        sweep: bool | Collection[str] = False,
-        holder_check: bool | Collection[str] = True,
-        admit: Collection[str] | None = None,
-        reranks: int | None = None,
+        agenda: Agenda,
+        scratch: PassScratch | None = None,
         reread: Reread | None = None,
-        searched: dict[str, int] | None = None,
     ) -> list[ExperimentPlan]:
-        """Plans for one rule's batch; ``force_rank`` ranks every experiment (the API);
-        ``sweep`` (True: every experiment, else the ids to sweep) searches the
-        ``top_{N}``/``production_candidate`` holders of those experiments, not only of those it
-        re-ranks, and re-ranks each idle one from its kept cutoff (one threshold search each).
-        ``holder_check`` (True: every experiment, else the ids) says whose holders the batch
-        search reads; the experiments ranked and not among them have theirs read first; ``admit`` (None: all) the experiments a first ranking may
-        start for, ``reranks`` (None: no bound) the re-ranks it may make (see :func:`decide_batch`)."""
-        reads = self.gather(
-            rule,
-            exps,
-            stall_check,
-            sweep=sweep,
-            holder_check=holder_check,
-            reread=reread,
-            searched=searched,
-            now_ms=now_ms,
-        )
-        decide = partial(
-            decide_batch,
-            rule,
-            now_ms=now_ms,
-            force_rank=force_rank,
-            sweep=sweep,
-            admit=admit,
-            reranks=reranks,
-        )
-        decision = decide(reads)
+        """Plans for one rule's batch, as the ``agenda`` says (see :func:`decide_batch`): its
+        sweep searches the ``top_{N}``/``production_candidate`` holders of the experiments it
+        takes in, not only of those re-ranked, and re-ranks each idle one from its kept cutoff
+        (one threshold search each); its holder checks say whose holders the batch search
+        reads (the experiments ranked and not among them have theirs read first)."""
+        scratch = scratch if scratch is not None else PassScratch()
+        reads = self.gather(rule, exps, agenda, scratch, reread)
+        decision = decide_batch(rule, reads, agenda)
         while decision.to_read is not None:
-            reads = self.read_more(rule, reads, decision.to_read)
-            decision = decide(reads)
+            reads = self.read_more(rule, reads, decision.to_read, scratch)
+            decision = decide_batch(rule, reads, agenda)
         log_decision(rule, reads, decision)
         return list(decision.plans)
 
@@ -311,24 +339,24 @@ class PassEngine:
         self,
         rule: Rule,
         exps: Sequence[WatchedExperiment],
-        stall_check: bool = False,
-        *,
-        sweep: bool | Collection[str] = False,
-        holder_check: bool | Collection[str] = True,
+        agenda: Agenda,
+        scratch: PassScratch,
         reread: Reread | None = None,
-        searched: dict[str, int] | None = None,
-        now_ms: int | None = None,
     ) -> list[ExperimentRead]:
         """The batch searches: what MLflow holds for every experiment of the batch (the
-        holders of those ``holder_check`` takes in).
+        holders of those the agenda's holder checks take in).
 
         ``reread`` is given when the experiments' tags come from the listing kept between
         passes: those whose state the pass may write (runs ended after their watermark,
-        finished or failed; a stalled run not announced, at ``now_ms``) are read afresh and
-        decided from their tags as they are now (another replica's state, a state deleted by
-        hand); one gone or deleted is left out of the batch."""
+        finished or failed; a stalled run not announced) are read afresh and decided from
+        their tags as they are now (another replica's state, a state deleted by hand); one
+        gone or deleted is left out of the batch."""
+        searched = scratch.searched if agenda.floors is not None else None
+        floors = agenda.floors or {}
+        stall_check = rule.name in agenda.stall_checks
+        now_ms = agenda.now_ms
         fp = fingerprint(rule.metric, rule.ascending, rule.filter)
-        ended, low = self._ended(rule, fp, exps, searched)
+        ended, low = self._ended(rule, fp, exps, floors, searched)
         read_afresh: set[str] = set()
 
         def afresh_read(ids: Sequence[str]) -> list[WatchedExperiment]:
@@ -346,12 +374,12 @@ class PassEngine:
             if news:
                 exps = afresh_read(news)
                 fresh = tracked_states(fp, exps)
-                if min(self._starts(fresh, searched).values(), default=low) < low:
+                if min(self._starts(fresh, floors, searched).values(), default=low) < low:
                     # a state read afresh reaches further back
-                    ended, low = self._ended(rule, fp, exps, searched)
+                    ended, low = self._ended(rule, fp, exps, floors, searched)
                 else:
                     ended = [r for r in ended if r.experiment_id in fresh]
-        states = {e.experiment_id: ExperimentState.from_tag(e.tags.get(STATE_TAG)) for e in exps}
+        states = {e.experiment_id: state_of(e.tags) for e in exps}
         ids = [e.experiment_id for e in exps]
         kept = tracked_states(fp, exps)
         tracked = list(kept)
@@ -365,13 +393,13 @@ class PassEngine:
                     news, and_filters(FINISHED_FILTER, f"attributes.end_time > {news_low}", rule.filter)
                 )
                 ended, filtered_out = with_rule_filter(ended, matching)
-        checked = {i for i in ids if includes(holder_check, i)}
+        checked = {i for i in ids if i in agenda.holder_checks}
         holders = self._holders([i for i in ids if i in checked]) if checked else {}
         ended_by = by_experiment(ended)
         running_ids = running_search_ids(rule, fp, states, ended_by, stall_check)
         running = by_experiment(self._search(running_ids, RUNNING_FILTER)) if running_ids else {}
         searched_running = set(running_ids)
-        if reread is not None and now_ms is not None:
+        if reread is not None:
             # A stalled run to announce: the kept state may not say another replica did.
             stale = sorted(
                 i
@@ -380,8 +408,8 @@ class PassEngine:
             )
             if stale:
                 exps = afresh_read(stale)
-                states = {e.experiment_id: ExperimentState.from_tag(e.tags.get(STATE_TAG)) for e in exps}
-        to_sweep = [i for i in tracked if includes(sweep, i)]
+                states = {e.experiment_id: state_of(e.tags) for e in exps}
+        to_sweep = [i for i in tracked if i in agenda.sweep]
         swept = self._orphans(rule, to_sweep, states) if to_sweep else {}
         advance_to = redundant_advance(ended, states)
         return [
@@ -413,6 +441,7 @@ class PassEngine:
         rule: Rule,
         fp: str,
         exps: Sequence[WatchedExperiment],
+        floors: Mapping[str, int],
         searched: dict[str, int] | None = None,
     ) -> tuple[list[RunRecord], int | None]:
         """The runs ended after the watermarks of the experiments the rule ranks already, and
@@ -424,7 +453,7 @@ class PassEngine:
         kept = tracked_states(fp, exps)
         if not kept:
             return [], None
-        low = min(self._starts(kept, searched).values())
+        low = min(self._starts(kept, floors, searched).values())
         drop_filter = drops_filter(rule)
         ended = self._search(
             list(kept), and_filters(f"attributes.end_time > {low}", None if drop_filter else rule.filter)
@@ -435,20 +464,25 @@ class PassEngine:
         return ended, low
 
     def _starts(
-        self, states: Mapping[str, ExperimentState], searched: dict[str, int] | None
+        self,
+        states: Mapping[str, ExperimentState],
+        floors: Mapping[str, int],
+        searched: dict[str, int] | None,
     ) -> dict[str, int]:
         """Where the batch search starts for each experiment: after its watermark (or alert
         cursor), or, in a daemon pass (``searched``), after its kept floor where that is later."""
         return {
             i: (
-                max(s.search_after, self.floors.get(i, s.search_after))
+                max(s.search_after, floors.get(i, s.search_after))
                 if searched is not None and s.alert_cursor is None
                 else s.search_after
             )
             for i, s in states.items()
         }
 
-    def read_more(self, rule: Rule, reads: Sequence[ExperimentRead], need: ToRead) -> list[ExperimentRead]:
+    def read_more(
+        self, rule: Rule, reads: Sequence[ExperimentRead], need: ToRead, scratch: PassScratch
+    ) -> list[ExperimentRead]:
         """Read what the decision asked for; the reads come back with the answers filled in."""
         by_id = {r.experiment_id: r for r in reads}
         if need.holders:
@@ -475,7 +509,7 @@ class PassEngine:
             tied = by_experiment(self._search(list(need.selections), f"tags.`{TIED_WITH_LEADER}` LIKE '%'"))
             for i in need.selections:
                 with structlog.contextvars.bound_contextvars(experiment_id=i):
-                    runs = self.selection_board(rule, by_id[i])
+                    runs = self.selection_board(rule, by_id[i], scratch)
                 by_id[i] = replace(by_id[i], selection_input=SelectionInput(runs, tied.get(i, ())))
         if need.firsts:
             rows = by_experiment(
@@ -490,7 +524,7 @@ class PassEngine:
                 by_id[i] = replace(by_id[i], since_ranking=rows.get(i, ()))
         return [by_id[r.experiment_id] for r in reads]
 
-    def selection_board(self, rule: Rule, read: ExperimentRead) -> tuple[BoardRun, ...]:
+    def selection_board(self, rule: Rule, read: ExperimentRead, scratch: PassScratch) -> tuple[BoardRun, ...]:
         """Every ranked run of the experiment in board order, with its per-fold values.
 
         The runs come from the ranking's searches when those held every run (a small
@@ -516,10 +550,11 @@ class PassEngine:
             folds = folds_from_tag(by_id[run_id].tags, fold_metric)
             if folds is None:
                 key = (run_id, fold_metric)
-                if key not in self.fold_values:
-                    self.fold_values[key] = tuple(self.tracking.fold_history(run_id, fold_metric))
+                known = scratch.known.get(key, scratch.fold_values.get(key))
+                if known is None:
+                    known = scratch.fold_values[key] = tuple(self.tracking.fold_history(run_id, fold_metric))
                     histories += 1
-                folds = list(self.fold_values[key])
+                folds = list(known)
             board.append(BoardRun(run_id, folds))
         log.info("selection_read", ranked_runs=len(board), histories_read=histories)
         return tuple(board)

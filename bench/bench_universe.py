@@ -67,7 +67,7 @@ from watcher.model import SWEEP_SECONDS
 from watcher.schedule import HOLDER_CHECK_RUNS
 from watcher.service import Watcher
 from watcher.settings import HttpConfig, RuleConfig, WatcherSettings
-from watcher.state import STATE_TAG, UNRANKED, ExperimentState
+from watcher.state import UNRANKED, ExperimentState, state_of
 
 RUNS = 10
 TOP_N = 10
@@ -163,7 +163,7 @@ def passes_summary(passes: Sequence[dict[str, Any]]) -> dict[str, Any]:
 def states(direct: MlflowClient, pattern: str) -> list[ExperimentState | None]:
     """The watched experiments' states (read directly, not counted)."""
     exps = direct.search_experiments(filter_string=f"name LIKE '{pattern}%'", max_results=50_000)
-    return [ExperimentState.from_tag(exp.tags.get(STATE_TAG)) for exp in exps]
+    return [state_of(exp.tags) for exp in exps]
 
 
 def unranked(direct: MlflowClient, pattern: str) -> int:

@@ -28,8 +28,6 @@ from watcher.planner import (
     decide_batch,
     drops_filter,
     is_tracked,
-    running_search_ids,
-    stalled_unannounced,
     with_rule_filter,
 )
 from watcher.ranking import podium_tags
@@ -223,6 +221,28 @@ def test_which_experiments_the_batch_search_covers(state: ExperimentState | None
     assert is_tracked(state, FP) is expected
 
 
+def asks(
+    rule: RuleConfig,
+    states: dict[str, ExperimentState | None],
+    ended: dict[str, tuple[RunRecord, ...]] | None = None,
+    running: tuple[RunRecord, ...] | None = None,
+    now: int = NOW,
+    from_listing: bool = False,
+) -> ToRead:
+    """What the first round of a batch's decision asks to read (nothing: an empty request)."""
+    reads = [
+        ExperimentRead(
+            Experiment(i, i),
+            state,
+            Observed(ended=(ended or {}).get(i, ()), running=running, holders=None),
+            from_listing=from_listing,
+        )
+        for i, state in states.items()
+    ]
+    decision = decide_batch(rule, reads, Agenda(now_ms=now))
+    return decision.to_read or ToRead()
+
+
 @pytest.mark.parametrize(
     ("trigger", "alerts", "stall_check", "state", "ended", "expected"),
     [
@@ -243,19 +263,22 @@ def test_when_the_batch_searches_running_runs(
     ended: tuple[RunRecord, ...],
     expected: bool,
 ) -> None:
+    """The batch search reads the RUNNING runs when the rule looks for stalled ones this pass
+    (the agenda's stall check); else the decision asks for them when they decide whether an
+    ``experiment_finished`` rule waits."""
     rule = RULE.model_copy(update={"trigger": trigger, "alerts": alerts})
-    assert running_search_ids(rule, FP, {"1": state}, {"1": ended}, stall_check) == (
-        ["1"] if expected else []
-    )
+    gathered = stall_check and "stalled" in alerts
+    need = asks(rule, {"1": state}, {"1": ended}, running=() if gathered else None)
+    assert (gathered or need.running == ("1",)) is expected
 
 
 def test_an_experiment_finished_rule_searches_the_running_runs_of_the_experiments_it_may_rank() -> None:
     rule = RULE.model_copy(update={"trigger": "experiment_finished"})
     quiet = ExperimentState("r", FP, 2, 1, seen=500)
     states = {"quiet": quiet, "news": ExperimentState("r", FP, 2, 1, seen=100), "new": None, "other": quiet}
-    assert running_search_ids(rule, FP, states, {"news": RUNS}, False) == ["news", "new"]
+    assert asks(rule, states, {"news": RUNS}).running == ("news", "new")
     stalled = rule.model_copy(update={"alerts": ["stalled"]})
-    assert running_search_ids(stalled, FP, states, {"news": RUNS}, True) == list(states)
+    assert asks(stalled, states, {"news": RUNS}, running=()).running == ()
 
 
 def test_a_stalled_run_calls_for_the_state_afresh_only_when_triage_would_announce_it() -> None:
@@ -263,11 +286,25 @@ def test_a_stalled_run_calls_for_the_state_afresh_only_when_triage_would_announc
     silent = RunRecord("s", "s", "1", "RUNNING", 1_000_000, None)  # stalled from 1_060_000 on
     now = 1_061_000
     state = ExperimentState("r", FP, 2, 1, first_seen=1_000_000)
-    assert stalled_unannounced(rule, state, [silent], now)
-    assert not stalled_unannounced(rule, replace(state, alerted=("s",)), [silent], now)
-    assert not stalled_unannounced(rule, replace(state, first_seen=1_061_000), [silent], now)
-    assert not stalled_unannounced(rule, state, [silent], 1_059_000)
-    assert not stalled_unannounced(rule.model_copy(update={"alerts": ["failed"]}), state, [silent], now)
+
+    def afresh(rule: RuleConfig, state: ExperimentState, now: int) -> bool:
+        return asks(rule, {"1": state}, running=(silent,), now=now, from_listing=True).afresh == ("1",)
+
+    assert afresh(rule, state, now)
+    assert not afresh(rule, replace(state, alerted=("s",)), now)
+    assert not afresh(rule, replace(state, first_seen=1_061_000), now)
+    assert not afresh(rule, state, 1_059_000)
+    assert not afresh(rule.model_copy(update={"alerts": ["failed"]}), state, now)
+
+
+def test_news_in_the_kept_listing_calls_for_the_state_afresh() -> None:
+    """A run ended after the kept watermark (finished or not): the plan writes the state, so
+    the decision asks for it afresh when the tags came from the kept listing, and only then."""
+    state = ExperimentState("r", FP, 2, 1, seen=100)
+    failed = RunRecord("f", "f", "1", "FAILED", 50, 150)
+    assert asks(RULE, {"1": state}, {"1": (failed,)}, from_listing=True).afresh == ("1",)
+    assert asks(RULE, {"1": state}, {"1": (failed,)}).afresh == ()
+    assert asks(RULE, {"1": replace(state, seen=150)}, {"1": (failed,)}, from_listing=True).afresh == ()
 
 
 def tagged(runs: tuple[RunRecord, ...], changes: tuple[TagChange, ...]) -> tuple[RunRecord, ...]:

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from mlflow.utils.search_utils import SearchUtils
 
 from watcher.mlflow_io import check_run_filter, glob_to_like
-from watcher.reader import and_filters, metric_ref, number_literal
+from watcher.searches import and_filters, metric_ref, number_literal
 
 
 @given(st.floats(allow_nan=False, allow_infinity=False))

@@ -332,7 +332,7 @@ def test_tags_the_watcher_writes_are_kept_as_written_and_many_with_news_are_read
     sqlite_server: ServerHandle, counting_proxy: Callable[[str], Proxy]
 ) -> None:
     """After a re-rank read afresh, the next pass finds the state it wrote in the kept listing:
-    nothing is read afresh. When more experiments have news than ``reread_limit``, one full
+    nothing is read afresh. When more experiments have news than ``afresh_limit``, one full
     listing reads them all instead of one call each."""
     client = MlflowClient(sqlite_server.url)
     prefix = f"through_{uuid4().hex[:6]}"
@@ -361,7 +361,7 @@ def test_tags_the_watcher_writes_are_kept_as_written_and_many_with_news_are_read
     assert news([]) == ["idle"] * 3
     assert experiment_gets(proxy) == 0
 
-    watcher.reread_limit = 2
+    watcher.afresh_limit = 2
     assert news(ids) == ["rerank"] * 3
     assert experiment_gets(proxy) == 0
     assert experiment_searches(proxy)[1:] == [f"name LIKE '{prefix}_%'"]
@@ -415,7 +415,7 @@ def test_an_experiment_deleted_between_the_listing_and_its_writes_is_left_and_th
 def test_a_pass_that_listed_every_experiment_for_one_rule_reads_none_again_for_the_next(
     sqlite_server: ServerHandle, counting_proxy: Callable[[str], Proxy]
 ) -> None:
-    """The first rule's batch has more experiments with news than ``reread_limit``: one full
+    """The first rule's batch has more experiments with news than ``afresh_limit``: one full
     listing reads them all. The second rule's experiment with news was in that listing too: it
     is not read again one by one."""
     client = MlflowClient(sqlite_server.url)
@@ -432,7 +432,7 @@ def test_a_pass_that_listed_every_experiment_for_one_rule_reads_none_again_for_t
     )
     watcher = Watcher(config, MlflowTracking(proxy.url), clock=lambda: clocks.now)
     watcher.monotonic = lambda: clocks.elapsed
-    watcher.reread_limit = 1
+    watcher.afresh_limit = 1
     assert watcher.run_pass().ok
     clocks.settle()
     for exp_id in ids.values():

@@ -26,8 +26,8 @@ from watcher.cli import build_handlers
 from watcher.mlflow_io import MlflowTracking
 from watcher.model import SWEEP_SECONDS, WatchedExperiment
 from watcher.ranking import Candidate
-from watcher.reader import SCAN_PAGE
 from watcher.schedule import FLOOR_MARGIN_SECONDS, holder_checks_due
+from watcher.searches import SCAN_PAGE
 from watcher.service import PassResult, Watcher
 from watcher.settings import WatcherSettings
 from watcher.state import STATE_TAG, ExperimentState

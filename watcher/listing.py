@@ -114,7 +114,7 @@ class KeptListing:
             )
             self._end(mark)
 
-    def reread(self, mark: int, found: Mapping[str, ExperimentRecord | None]) -> None:
+    def afresh(self, mark: int, found: Mapping[str, ExperimentRecord | None]) -> None:
         """Experiments read one by one (None: gone or deleted)."""
         with self._lock:
             for experiment_id, record in found.items():

@@ -49,7 +49,7 @@ from watcher.model import (
     WatchedExperiment,
 )
 from watcher.outbox import LEGACY_REGISTRY_TAG, TAG_PREFIX, Entry, Outbox, Promotion, entry_id
-from watcher.state import STATE_TAG, ExperimentState, fingerprint
+from watcher.state import fingerprint, state_of
 
 log = structlog.get_logger(__name__)
 
@@ -298,7 +298,7 @@ class RegistryPromoter(Handler):
             return  # recorded, or queued by this process (the worker records it)
         if any(k.startswith(f"{TAG_PREFIX}registry.") or k == LEGACY_REGISTRY_TAG for k in experiment.tags):
             return  # a queued promotion is pending; the worker carries it out
-        state = ExperimentState.from_tag(experiment.tags.get(STATE_TAG))
+        state = state_of(experiment.tags)
         if state is not None and state.held:
             return  # the selection gate holds the alias back (its last ranking said why)
         ranking = fingerprint(rule.metric, rule.ascending, rule.filter)

@@ -210,6 +210,16 @@ def agenda(
     )
 
 
+def rankings_deferred(
+    agenda: Agenda, plans: Sequence[ExperimentPlan], watched: Sequence[WatchedExperiment]
+) -> int:
+    """The rankings a pass left for the next: the first rankings the agenda did not admit, and
+    the re-ranks beyond ``max_rankings_per_pass``."""
+    waiting = {p.experiment_id for p in plans if p.reason == "deferred"}
+    reranks = sum(1 for e in watched if e.experiment_id in waiting and not needs_first_ranking(e))
+    return agenda.rankings_deferred + reranks
+
+
 def after_failure(memory: DaemonMemory, agenda: Agenda, fold_values: FoldValues) -> DaemonMemory:
     """The memory after a pass that failed part way: the stall checks it made count, the
     per-fold values it read are kept (finished runs do not change), and it leaves no

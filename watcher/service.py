@@ -16,7 +16,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -25,14 +25,16 @@ import structlog
 from watcher import metrics, schedule
 from watcher.apply import Applied, Apply, Planned
 from watcher.errors import ExperimentNotFound, NoRankedRuns, WatcherError
+from watcher.lister import AFRESH_LIMIT, ListingReader, watched_from, with_afresh
 from watcher.listing import KeptListing
 from watcher.memory import DaemonMemory
 from watcher.mlflow_io import MlflowTracking
 from watcher.model import ON_DEMAND_RULE, Handler, Leaderboard, WatchedExperiment
-from watcher.planner import Agenda, ExperimentPlan
-from watcher.reader import REREAD_LIMIT, ListingReader, PassReader, PassScratch, afresh, watched_from
+from watcher.planner import Agenda
+from watcher.reader import PassReader
 from watcher.report import PassHealth, PassResult
 from watcher.schedule import HOLDER_CHECK_RUNS
+from watcher.searches import PassScratch
 from watcher.settings import RuleConfig, WatcherSettings
 from watcher.state import STATE_TAG
 
@@ -65,7 +67,7 @@ class Watcher:
         self._passing = False
         self._lock = threading.Lock()
         self.holder_check_runs = HOLDER_CHECK_RUNS
-        self.reread_limit = REREAD_LIMIT
+        self.afresh_limit = AFRESH_LIMIT
         # Real elapsed time, for how long a server's late commits may take (see watcher.listing).
         self.monotonic: Callable[[], float] = time.monotonic
         # Every experiment tag this process writes, the delivery worker's too, is written
@@ -105,7 +107,7 @@ class Watcher:
         calls_before = self.tracking.calls
         settings = self.settings
         lister = ListingReader(
-            settings, self.tracking, self.memory.listing, self.clock, self.monotonic, self.reread_limit
+            settings, self.tracking, self.memory.listing, self.clock, self.monotonic, self.afresh_limit
         )
         scratch = PassScratch(known=self.memory.fold_values)
         # The apply step: the one writer and the handlers, or (a dry run) the plan kept as it is.
@@ -136,15 +138,14 @@ class Watcher:
                     dry_run=dry_run,
                     sweep=sweep,
                     holder_check=holder_check,
-                    latest=self._latest_ends(watched),
+                    latest=self.reader.latest_of_first_rankings(settings, watched),
                     holder_check_runs=self.holder_check_runs,
                 )
                 _say_if_behind(agenda)
-                reread = None if full else lister.read_afresh
-                plans = self.reader.plan_pass(settings, watched, agenda, scratch, reread)
-                if lister.afresh:
-                    watched = afresh(watched, lister.afresh)
-                deferred = rankings_deferred(agenda, plans, watched)
+                plans = self.reader.plan_pass(settings, watched, agenda, scratch, lister)
+                if lister.found_afresh:
+                    watched = with_afresh(watched, lister.found_afresh)
+                deferred = schedule.rankings_deferred(agenda, plans, watched)
                 apply.apply(plans, watched)
                 self.memory = schedule.remember(
                     self.memory,
@@ -203,19 +204,6 @@ class Watcher:
                 **report,
             )
         return result
-
-    def _latest_ends(self, watched: Sequence[WatchedExperiment]) -> Mapping[str, int] | None:
-        """The latest end time of the first rankings due, by rule, when there are more than a
-        pass may start (see :func:`watcher.schedule.admitted`); None when they all fit."""
-        limit = self.settings.max_rankings_per_pass
-        firsts = schedule.first_rankings(watched)
-        if len(firsts) <= limit:
-            return None
-        latest: dict[str, int] = {}
-        for rule in self.settings.rules:
-            ids = [e.experiment_id for e in firsts if e.rule is not None and e.rule.name == rule.name]
-            latest.update(self.reader.latest_ends(rule, ids, limit))
-        return latest
 
     def selection_view(self, experiment_id: str) -> dict[str, Any] | None:
         """The selection statistics last computed for the experiment, as the API shows them."""
@@ -291,16 +279,6 @@ class Watcher:
                     )
                 Applied(self.tracking, self.handlers).apply_one(plan, exp.tags.get(STATE_TAG), rule)
             return board
-
-
-def rankings_deferred(
-    agenda: Agenda, plans: Sequence[ExperimentPlan], watched: Sequence[WatchedExperiment]
-) -> int:
-    """The rankings a pass left for the next: the first rankings the agenda did not admit, and
-    the re-ranks beyond ``max_rankings_per_pass``."""
-    waiting = {p.experiment_id for p in plans if p.reason == "deferred"}
-    reranks = sum(1 for e in watched if e.experiment_id in waiting and not schedule.needs_first_ranking(e))
-    return agenda.rankings_deferred + reranks
 
 
 def _say_if_behind(agenda: Agenda) -> None:

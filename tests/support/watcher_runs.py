@@ -16,9 +16,9 @@ from mlflow.entities import Metric, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 
 from tests.support.proxy import Proxy
+from watcher.lister import list_experiments, watched_from
 from watcher.mlflow_io import MlflowTracking
 from watcher.model import WatchedExperiment
-from watcher.reader import list_experiments, watched_from
 from watcher.service import Watcher
 from watcher.settings import WatcherSettings
 

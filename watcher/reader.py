@@ -1,18 +1,20 @@
 """The pass's reads: one rule's batch of experiments gathered, decided, and what the decision
 asks for read, until the decision is the batch's plans.
 
-Nothing here decides and nothing here writes. :meth:`PassReader.gather` reads, per rule and
-batch of experiments, the ended-after-watermark search (no status filter: FAILED runs are
-split out in pure code), the holder check (``tags.model_rank LIKE '%'``) and, only when a
-rule waits for RUNNING runs or looks for stalled ones, the RUNNING runs.
-:func:`watcher.planner.decide_batch` decides from those rows and asks for what else it must
-see: for each experiment it ranks, the threshold searches that find the board without a scan
-and the orphan-tag searches (``top_{N}``, ``production_candidate`` on runs without
-``model_rank``, batched); the paged count's next pages; one search over the first rankings.
-:meth:`PassReader.read_more` reads exactly that. What the pass does (whose holders, what it
-sweeps, which first rankings) comes in one :class:`~watcher.schedule.Agenda`; what it leaves
-for the next pass goes in one :class:`PassScratch`, a local value of the pass. The plans go to
-the one writer, through :mod:`watcher.apply`.
+Nothing here decides and nothing here writes. What the pass does (whose holders it reads, what
+it sweeps, which rules look for stalled runs, where each search starts) comes in one
+:class:`~watcher.planner.Agenda`. :meth:`PassReader.gather` reads, per rule and batch of
+experiments, what the agenda says: the ended-after-watermark search (no status filter: FAILED
+runs are split out in pure code), the holder check (``tags.model_rank LIKE '%'``), the
+RUNNING runs when the rule looks for stalled ones, the orphan-tag holders of the experiments
+swept. :func:`watcher.planner.decide_batch` decides from those rows and asks for what else it
+must see: the experiments to read afresh (their tags came from the kept listing and their
+plan writes a state), the news searched again with the rule's filter, the RUNNING runs an
+``experiment_finished`` rule waits for, and, for each experiment it ranks, the threshold
+searches that find the board without a scan and the orphan-tag searches; the paged count's
+next pages; one search over the first rankings. :meth:`PassReader.read_more` reads exactly
+that. What the reads leave for the next pass goes in one :class:`PassScratch`, a local value
+of the pass. The plans go to the one writer, through :mod:`watcher.apply`.
 """
 
 from __future__ import annotations

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
-from datetime import UTC, datetime
 
 from watcher import ranking
 from watcher import selection as stats
@@ -18,6 +17,7 @@ from watcher.model import (
     LeaderboardChanged,
     Rule,
     RunRecord,
+    iso_time,
 )
 from watcher.planner.alerts import ENDED_UNSUCCESSFULLY
 from watcher.planner.triage import selection_outdated
@@ -365,7 +365,7 @@ def selection_gate(rule: Rule, read: ExperimentRead, board: Sequence[Candidate],
     )
     summary = stats.summary(selection, config.max_pbo, leader)
     tag = stats.selection_json(
-        selection, metric=rule.metric, fold_metric=config.fold_metric, computed_at=iso_ms(now_ms)
+        selection, metric=rule.metric, fold_metric=config.fold_metric, computed_at=iso_time(now_ms / 1000)
     )
     return Gate(
         held=summary.held_back is not None,
@@ -374,11 +374,6 @@ def selection_gate(rule: Rule, read: ExperimentRead, board: Sequence[Candidate],
         tag=json.dumps(tag, separators=(",", ":")),
         summary=summary,
     )
-
-
-def iso_ms(ms: int) -> str:
-    """ISO-8601 UTC to the second of a time in ms since the epoch."""
-    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def count_plan(rule: Rule, read: ExperimentRead, state: ExperimentState, t: Triage) -> ExperimentPlan:

@@ -110,10 +110,16 @@ def setup(mlflow_server: ServerHandle, tmp_path_factory: pytest.TempPathFactory)
     api.stop()
 
 
-def test_experiments_lists_each_watched_experiment_with_rule_metric_leader_and_counts(setup: Setup) -> None:
-    r = setup.http.get("/api/experiments")
+def listed(http: httpx.Client) -> dict[str, dict]:
+    """Every experiment the table lists (one page of up to 500), by id."""
+    r = http.get("/api/experiments", params={"page_size": 500})
     assert r.status_code == 200, r.text
-    by_id = {e["experiment_id"]: e for e in r.json()}
+    assert r.json()["pages"] == 1
+    return {e["experiment_id"]: e for e in r.json()["items"]}
+
+
+def test_experiments_lists_each_watched_experiment_with_rule_metric_leader_and_counts(setup: Setup) -> None:
+    by_id = listed(setup.http)
     main = by_id[setup.experiment_id]
     assert main["experiment_name"] == setup.name
     assert (main["rule"], main["metric"], main["ascending"], main["top_n"]) == (
@@ -136,6 +142,58 @@ def test_experiments_lists_each_watched_experiment_with_rule_metric_leader_and_c
     assert idle["leader"] is None
     assert idle["ranked_runs"] == 0
     assert idle["metric"] == "avg_test_r2"
+
+
+def test_the_experiments_table_searches_filters_pages_and_names_a_bad_parameter(setup: Setup) -> None:
+    """Served from the daemon's kept listing: a name search narrows to one experiment, the
+    state filter leaves the unranked one, counts follow the name and rule filters."""
+    r = setup.http.get("/api/experiments", params={"q": setup.name.upper(), "rule": "dash"})
+    body = r.json()
+    assert r.status_code == 200, r.text
+    assert [e["experiment_id"] for e in body["items"]] == [setup.experiment_id]
+    assert (body["total"], body["pages"], body["source"]) == (1, 1, "kept")
+    assert body["counts"]["all"] == body["counts"]["ranked"] == 1
+    waiting = setup.http.get("/api/experiments", params={"q": setup.prefix, "state": "not_ranked"}).json()
+    assert setup.idle_experiment_id in [e["experiment_id"] for e in waiting["items"]]
+    assert all(e["leader"] is None and "not ranked yet" in e["attention"] for e in waiting["items"])
+    paged = setup.http.get("/api/experiments", params={"q": setup.prefix, "page_size": 1, "page": 2}).json()
+    assert (len(paged["items"]), paged["page"], paged["pages"]) == (1, 2, paged["total"])
+    for params, name in (
+        ({"sort": "volume"}, "sort"),
+        ({"order": "up"}, "order"),
+        ({"state": "sleepy"}, "state"),
+        ({"rule": "nope"}, "rule"),
+        ({"page_size": -1}, "page_size"),
+        ({"q": setup.name, "page": 2}, "page"),  # past the end
+    ):
+        bad = setup.http.get("/api/experiments", params=params)
+        assert bad.status_code == 400, (params, bad.text)
+        assert bad.json()["detail"].startswith(f"{name}: "), bad.text
+    assert setup.http.get("/api/experiments", params={"page": "two"}).status_code == 422
+
+
+def test_a_rules_leaders_come_as_json_and_as_csv(setup: Setup) -> None:
+    r = setup.http.get("/api/rules/dash/leaders")
+    assert r.status_code == 200, r.text
+    rows = {row["experiment_id"]: row for row in r.json()["rows"]}
+    main = rows[setup.experiment_id]
+    assert (main["leader_run_id"], main["leader_run_name"]) == (setup.runs[0], "trial_11")
+    assert main["value"] == pytest.approx(0.3 + 11 / 50)
+    assert (main["gate"], main["pbo"], main["oos_sharpe"]) == ("none", None, None)
+    assert rows[setup.idle_experiment_id]["leader_run_id"] is None
+    ranked = [row for row in r.json()["rows"] if row["value"] is not None]
+    assert [row["value"] for row in ranked] == sorted((row["value"] for row in ranked), reverse=True)
+    exported = setup.http.get("/api/rules/dash/leaders", params={"format": "csv"})
+    assert exported.status_code == 200, exported.text
+    assert exported.headers["content-type"].startswith("text/csv")
+    assert "attachment" in exported.headers["content-disposition"]
+    lines = list(csv.DictReader(exported.text.splitlines()))
+    assert [line["experiment_id"] for line in lines] == [row["experiment_id"] for row in r.json()["rows"]]
+    assert float(lines[0]["value"]) == r.json()["rows"][0]["value"]
+    assert setup.http.get("/api/rules/nope/leaders").status_code == 404
+    bad = setup.http.get("/api/rules/dash/leaders", params={"sort": "volume"})
+    assert (bad.status_code, bad.json()["detail"][:6]) == (400, "sort: ")
+    assert setup.http.get("/api/rules/dash/leaders", params={"format": "xml"}).status_code == 422
 
 
 def test_leaderboard_is_the_kept_board_in_rank_order_with_candidates_links_and_params(setup: Setup) -> None:
@@ -172,9 +230,9 @@ def test_leaderboard_after_ranking_by_another_metric_names_that_metric(setup: Se
     body = setup.http.get(f"/api/experiments/{exp_id}/leaderboard").json()
     assert (body["metric"], body["ascending"], body["rule"]) == ("avg_test_rmse", True, "api")
     assert [m["run_id"] for m in body["models"]] == [ids[1], ids[2]]
-    listed = {e["experiment_id"]: e for e in setup.http.get("/api/experiments").json()}
-    assert listed[exp_id]["metric"] == "avg_test_rmse"
-    assert listed[exp_id]["ascending"] is True
+    shown = listed(setup.http)
+    assert shown[exp_id]["metric"] == "avg_test_rmse"
+    assert shown[exp_id]["ascending"] is True
 
 
 def wait_job(http: httpx.Client, job_id: str, timeout: float = 120) -> dict:
@@ -187,17 +245,18 @@ def wait_job(http: httpx.Client, job_id: str, timeout: float = 120) -> dict:
 
 
 def test_an_experiment_renamed_out_of_every_rule_is_no_longer_listed(setup: Setup) -> None:
-    """Its old board (tags of a rule that no longer matches it) does not keep it on the page."""
+    """Its old board (tags of a rule that no longer matches it) does not keep it on the page,
+    from the daemon's next pass on (the table shows the daemon's kept listing)."""
     client = setup.client
     exp_id = client.create_experiment(f"{setup.prefix}_renamed")
     make_run(client, exp_id, "only", {"avg_test_r2": 0.5})
     assert setup.watcher.run_pass().ok
-    listed = {e["experiment_id"]: e for e in setup.http.get("/api/experiments").json()}
-    assert listed[exp_id]["rule"] == "dash"
+    assert listed(setup.http)[exp_id]["rule"] == "dash"
     client.rename_experiment(exp_id, f"elsewhere_{uuid4().hex[:6]}")
-    listed = {e["experiment_id"]: e for e in setup.http.get("/api/experiments").json()}
-    assert exp_id not in listed
-    assert setup.experiment_id in listed
+    assert setup.watcher.run_pass().ok
+    shown = listed(setup.http)
+    assert exp_id not in shown
+    assert setup.experiment_id in shown
 
 
 def test_metric_keys_are_the_union_over_the_board_and_the_newest_finished_runs(setup: Setup) -> None:
@@ -488,9 +547,13 @@ def test_experiments_and_leaderboard_stay_within_3_tracking_calls_on_a_large_exp
     try:
         with httpx.Client(base_url=api.url, timeout=60) as http:
             proxy.reset()
-            listed = http.get("/api/experiments")
-            assert listed.status_code == 200
+            first = http.get("/api/experiments")
+            assert first.status_code == 200
             calls_list = len(proxy.tracking_calls())
+            # From the kept listing, the on-demand boards and the leader's name read once: none.
+            proxy.reset()
+            again = http.get("/api/experiments")
+            calls_again = len(proxy.tracking_calls())
             proxy.reset()
             board = http.get(f"/api/experiments/{exp_id}/leaderboard")
             assert board.status_code == 200
@@ -504,7 +567,10 @@ def test_experiments_and_leaderboard_stay_within_3_tracking_calls_on_a_large_exp
     assert [m["value"] for m in board.json()["models"]] == sorted(
         ((i * 37 % 150) / 150 for i in range(150)), reverse=True
     )[:10]
-    assert calls_list <= 3, proxy.requests
+    assert calls_list <= 2, proxy.requests
+    assert calls_again == 0, proxy.requests
+    assert again.json()["source"] == "kept"
+    assert again.json()["items"] == first.json()["items"]
     assert calls_board <= 3, proxy.requests
     assert calls_keys <= 3, proxy.requests
     assert keys.json()["metric_keys"] == ["avg_test_r2"]

@@ -33,7 +33,7 @@ from watcher.jobs import JobRunner
 from watcher.model import MAX_TOP_N, iso_time
 
 if TYPE_CHECKING:
-    from watcher.model import Leaderboard
+    from watcher.model import ExperimentRecord, Leaderboard
     from watcher.service import Watcher
     from watcher.settings import HttpConfig
 
@@ -240,14 +240,28 @@ def create_app(
                 detail=f"experiment {experiment_name!r}: no finished run has a finite {metric!r}",
             )
         log.info("api_ranked", experiment_name=experiment_name, metric=metric, top_n=top_n)
+        query.ranked_on_demand()  # the experiments table looks for on-demand boards again
         return rank_response(board)
 
     if jobs is None:
         jobs = JobRunner(watcher.tracking.tracking_uri).start()
     app.state.jobs = jobs
-    query = dashboard.DashboardQuery(watcher.tracking, watcher.settings, jobs, watcher.selection_view)
+    query = dashboard.DashboardQuery(
+        watcher.tracking, watcher.settings, jobs, watcher.selection_view, kept=kept_listing(watcher)
+    )
     dashboard.install(app, query, require_token)
     return app
+
+
+def kept_listing(watcher: Watcher) -> Callable[[], list[ExperimentRecord] | None]:
+    """What the dashboard's experiments table reads: the watched experiments the daemon's last
+    pass kept (read at each call), or None before its first listing (the table lists itself)."""
+
+    def kept() -> list[ExperimentRecord] | None:
+        listing = watcher.listing
+        return listing.records() if listing.listed_at is not None else None
+
+    return kept
 
 
 # ---- serving it inside the daemon ----------------------------------------------------------------

@@ -136,18 +136,7 @@
 
   // ---- shared data ------------------------------------------------------------------------------
 
-  let experimentsCache = [];
-
-  async function loadExperiments() {
-    experimentsCache = await getJson("/api/experiments");
-    const list = clear($("experiment-names"));
-    for (const e of experimentsCache) list.appendChild(h("option", { value: e.experiment_name }));
-    return experimentsCache;
-  }
-
-  function experimentByName(name) {
-    return experimentsCache.find((e) => e.experiment_name === name) || null;
-  }
+  const experimentsCache = new Map();  // experiment id -> the row last seen for it
 
   // ---- routing ----------------------------------------------------------------------------------
 
@@ -178,6 +167,7 @@
     }
     try {
       if (parts[0] === "experiments" && parts[1]) await showExperiment(parts[1]);
+      else if (parts[0] === "rules" && parts[1] && parts.length === 2) await showUniverse(parts[1]);
       else if (parts[0] === "runs" && parts[1]) await showRun(parts[1]);
       else if (!parts[0] || (parts[0] === "experiments" && parts.length <= 2)) await showExperiments();
       else showNotFound(hash);
@@ -195,36 +185,250 @@
       message || `Nothing is at ${hash}.`, " ", h("a", { href: "#/" }, "Back to the experiments")));
   }
 
-  // ---- view: experiments ------------------------------------------------------------------------
+  // ---- view: experiments (a page at a time: search, rule and state filters, sortable columns) ----
+
+  const STATE_LABELS = [["all", "All"], ["ranked", "Ranked"], ["not_ranked", "Not ranked yet"],
+    ["gated", "Gated"], ["needs_attention", "Needs attention"]];
+  // The sortable columns: [sort key, heading, class]; the rest do not sort.
+  const EXP_COLUMNS = [["name", "Experiment", ""], [null, "Rule", ""], [null, "Metric", ""], ["value", "Leader", ""],
+    ["pbo", "PBO", "num"], ["dsr", "DSR", "num"], ["tied", "Tied", "num"], [null, "Gate", ""],
+    [null, "Ranked", "num"], [null, "Unranked", "num"], ["ranked_at", "Last ranked run", ""]];
+  const SEARCH_MS = 200;
+  // What the experiments table shows: kept while the page is open, so coming back finds it as it was.
+  const table = { q: "", rule: "", state: "all", sort: "name", order: "", page: 1, pageSize: 50 };
+  let tableLoads = 0;  // bumps with each load, so a slow answer for an earlier search is dropped
+
+  function tableUrl() {
+    const params = new URLSearchParams({ page: table.page, page_size: table.pageSize, sort: table.sort, state: table.state });
+    if (table.order) params.set("order", table.order);
+    if (table.q) params.set("q", table.q);
+    if (table.rule) params.set("rule", table.rule);
+    return `/api/experiments?${params.toString()}`;
+  }
+
+  /** Experiments seen on the page, by id, for the dialogs and the run page's breadcrumb. */
+  function remember(items) {
+    for (const e of items) experimentsCache.set(e.experiment_id, e);
+  }
+
+  /** The experiment of that exact name (one search), or null; fills the names list with the matches. */
+  async function findExperiment(name) {
+    const wanted = (name || "").trim();
+    for (const e of experimentsCache.values()) if (e.experiment_name === wanted) return e;
+    if (!wanted) return null;
+    const body = await getJson(`/api/experiments?${new URLSearchParams({ q: wanted, page_size: 50 }).toString()}`);
+    remember(body.items);
+    fillNames(body.items);
+    return body.items.find((e) => e.experiment_name === wanted) || null;
+  }
+
+  function fillNames(items) {
+    const list = clear($("experiment-names"));
+    for (const e of items) list.appendChild(h("option", { value: e.experiment_name }));
+  }
+
+  let nameTimer = null;
+  /** As a name is typed in a dialog: the experiments whose name contains it, as suggestions. */
+  function suggestNames(event) {
+    clearTimeout(nameTimer);
+    const typed = event.target.value.trim();
+    nameTimer = setTimeout(async () => {
+      try {
+        const body = await getJson(`/api/experiments?${new URLSearchParams({ q: typed, page_size: 50 }).toString()}`);
+        remember(body.items);
+        fillNames(body.items);
+      } catch (e) { /* any name can still be typed */ }
+    }, SEARCH_MS);
+  }
 
   async function showExperiments() {
     crumbs({ text: "Experiments" });
-    const experiments = await loadExperiments();
     const root = clear(view());
     root.appendChild(h("h1", {}, "Experiments"));
     root.appendChild(h("p", { class: "sub" }, "Every experiment a rule watches or the watcher ranked, with its current leader. Open one for its leaderboard and the features that matter."));
-    if (!experiments.length) {
-      root.appendChild(h("div", { class: "panel empty" }, "No watched experiment yet. Train a sweep, or rank any experiment with 🏆 Rank Top Models."));
+    const counts = h("div", { class: "states", "data-testid": "state-counts" });
+    const search = h("input", { type: "search", placeholder: "Search experiments…", "aria-label": "Search experiments",
+      value: table.q, "data-testid": "experiment-search", autocomplete: "off" });
+    const ruleSelect = h("select", { "aria-label": "Rule", "data-testid": "rule-filter" });
+    const universe = h("a", { class: "nowrap", "data-testid": "universe-link", hidden: true }, "Universe view ›");
+    const body = h("div", { class: "panel table-wrap" });
+    const pager = h("div", { class: "pager", "data-testid": "pager" });
+    root.appendChild(counts);
+    root.appendChild(h("div", { class: "filters" }, search, ruleSelect, universe));
+    root.appendChild(body);
+    root.appendChild(pager);
+
+    let timer = null;
+    search.addEventListener("input", () => {
+      clearTimeout(timer);
+      timer = setTimeout(() => { table.q = search.value.trim(); table.page = 1; load(); }, SEARCH_MS);
+    });
+    ruleSelect.addEventListener("change", () => { table.rule = ruleSelect.value; table.page = 1; load(); });
+
+    async function load() {
+      const mine = ++tableLoads;
+      let data;
+      try {
+        data = await getJson(tableUrl());
+      } catch (e) {
+        if (mine !== tableLoads) return;
+        if (e instanceof HttpError && e.status === 400 && table.page > 1) { table.page = 1; load(); return; }
+        clear(body).appendChild(h("div", { class: "error", "data-testid": "view-error" }, e.message));
+        return;
+      }
+      if (mine !== tableLoads) return;
+      remember(data.items);
+      fillNames(data.items);
+      renderCounts(counts, data.counts, load);
+      renderRules(ruleSelect, data.rules, universe);
+      renderTable(body, data, load);
+      renderPager(pager, data, load);
+    }
+    await load();
+  }
+
+  function renderCounts(box, counts, load) {
+    clear(box);
+    for (const [key, label] of STATE_LABELS) {
+      const on = table.state === key;
+      box.appendChild(h("button", { type: "button", class: on ? "state on" : "state", "aria-pressed": on ? "true" : "false",
+        "data-testid": `state-${key}`, "data-count": counts[key],
+        onclick: () => { table.state = key; table.page = 1; load(); } },
+      label, " ", h("span", { class: "count" }, counts[key])));
+    }
+  }
+
+  function renderRules(select, rules, universe) {
+    clear(select).appendChild(h("option", { value: "" }, "All rules"));
+    for (const r of rules) select.appendChild(h("option", { value: r }, `Rule ${r}`));
+    select.value = rules.includes(table.rule) ? table.rule : "";
+    universe.hidden = !select.value;
+    if (select.value) universe.setAttribute("href", `#/rules/${encodeURIComponent(select.value)}`);
+  }
+
+  function sortHeader(key, label, cls, current, order, onSort) {
+    if (!key) return h("th", { class: cls }, label);
+    const arrow = current === key ? (order === "asc" ? " ▲" : " ▼") : "";
+    return h("th", { class: `${cls} sortable`, "data-sort": key, "aria-sort": current === key ? (order === "asc" ? "ascending" : "descending") : "none",
+      onclick: () => onSort(key) }, label, arrow);
+  }
+
+  function gateBadge(gate) {
+    if (gate === "held") return h("span", { class: "badge bad", "data-testid": "gate-held", title: "The selection gate held production tags back" }, "held");
+    if (gate === "passed") return h("span", { class: "badge", title: "The selection gate let the leader through" }, "passed");
+    return h("span", { class: "small" }, "—");
+  }
+
+  function renderTable(box, data, load) {
+    clear(box);
+    if (!data.items.length) {
+      box.appendChild(h("div", { class: "empty", "data-testid": "experiments-empty" }, data.counts.all
+        ? "No experiment matches these filters."
+        : "No watched experiment yet. Train a sweep, or rank any experiment with 🏆 Rank Top Models."));
       return;
     }
-    const rows = experiments.map((e) => {
+    const onSort = (key) => {
+      table.order = table.sort === key ? (data.order === "asc" ? "desc" : "asc") : "";
+      table.sort = key;
+      table.page = 1;
+      load();
+    };
+    const rows = data.items.map((e) => {
       const open = () => { window.location.hash = `#/experiments/${encodeURIComponent(e.experiment_id)}`; };
-      return h("tr", { class: "clickable", onclick: open, "data-testid": "experiment-row", "data-experiment-id": e.experiment_id },
+      return h("tr", { class: "clickable", onclick: open, "data-testid": "experiment-row", "data-experiment-id": e.experiment_id, "data-gate": e.gate },
         h("td", {}, h("a", { href: `#/experiments/${encodeURIComponent(e.experiment_id)}`, class: "runname", "data-testid": "experiment-name" }, e.experiment_name)),
         h("td", {}, e.rule || "—"),
         h("td", {}, e.metric ? h("span", {}, h("code", {}, e.metric), " ", h("span", { class: "small" }, e.ascending ? "↓ lower is better" : "↑ higher is better")) : "—"),
-        h("td", { "data-testid": "experiment-leader" }, e.leader
+        h("td", { "data-testid": "experiment-leader", "data-value": e.leader ? e.leader.value : "" }, e.leader
           ? [h("span", { class: "runname" }, e.leader.run_name || e.leader.run_id), " ", h("span", { class: "small mono" }, fmt(e.leader.value))]
           : h("span", { class: "badge muted" }, "not ranked yet")),
+        h("td", { class: "num mono" }, fmt(e.pbo, 2)),
+        h("td", { class: "num mono" }, fmt(e.dsr, 2)),
+        h("td", { class: "num" }, e.tied_with_leader === null ? "—" : e.tied_with_leader),
+        h("td", {}, gateBadge(e.gate), e.attention.length ? [" ", h("span", { class: "badge bad", "data-testid": "attention", title: e.attention.join("; ") }, "⚠ ", e.attention.join("; "))] : null),
         h("td", { class: "num" }, e.ranked_runs),
         h("td", { class: "num" }, e.unranked_runs),
         h("td", { class: "small" }, when(e.ranked_at)));
     });
-    root.appendChild(h("div", { class: "panel table-wrap" },
-      h("table", { "data-testid": "experiments-table" },
-        h("thead", {}, h("tr", {}, h("th", {}, "Experiment"), h("th", {}, "Rule"), h("th", {}, "Metric"), h("th", {}, "Leader"),
-          h("th", { class: "num" }, "Ranked"), h("th", { class: "num" }, "Unranked"), h("th", {}, "Last ranked run"))),
-        h("tbody", {}, rows))));
+    box.appendChild(h("table", { "data-testid": "experiments-table" },
+      h("thead", {}, h("tr", {}, EXP_COLUMNS.map(([key, label, cls]) => sortHeader(key, label, cls, data.sort, data.order, onSort)))),
+      h("tbody", {}, rows)));
+  }
+
+  function renderPager(box, data, load) {
+    clear(box);
+    const go = (page) => { table.page = page; load(); };
+    box.appendChild(h("button", { type: "button", disabled: data.page <= 1, "data-testid": "page-prev", onclick: () => go(data.page - 1) }, "‹ Previous"));
+    box.appendChild(h("span", { class: "small", "data-testid": "page-info" },
+      `Page ${data.page} of ${data.pages} · ${data.total} experiment${data.total === 1 ? "" : "s"}`));
+    box.appendChild(h("button", { type: "button", disabled: data.page >= data.pages, "data-testid": "page-next", onclick: () => go(data.page + 1) }, "Next ›"));
+  }
+
+  // ---- view: a rule's universe (every experiment's leader in one table, CSV export) --------------
+
+  const UNIVERSE_COLUMNS = [["experiment_name", "Experiment", "", "text"], ["leader_run_name", "Leader", "", "text"],
+    ["value", "Value", "num", "value"], ["pbo", "PBO", "num", "low"], ["tied_with_leader", "Tied", "num", "low"],
+    ["gate", "Gate", "", "text"], ["dsr", "DSR", "num", "high"], ["avg_test_ic", "avg_test_ic", "num", "high"],
+    ["oos_sharpe", "oos_sharpe", "num", "high"]];
+  // Columns shown only when some leader has them (the trading scores).
+  const OPTIONAL = new Set(["dsr", "avg_test_ic", "oos_sharpe"]);
+
+  async function showUniverse(rule) {
+    const data = await getJson(`/api/rules/${encodeURIComponent(rule)}/leaders`);
+    crumbs({ text: "Experiments", href: "#/" }, { text: `Rule ${rule}` });
+    const root = clear(view());
+    root.appendChild(h("h1", { "data-testid": "universe-title" }, `Universe of rule ${rule}`));
+    root.appendChild(h("p", { class: "sub" }, "Each experiment's leader", data.metric ? [" by ", h("code", {}, data.metric), ` (${direction(data.ascending)})`] : "",
+      ", how far to trust it (PBO, runs tied with it, the selection gate) and its trading scores. Sort by a column; filter by the gate."));
+    const gate = h("select", { "aria-label": "Gate", "data-testid": "universe-gate" },
+      h("option", { value: "" }, "Any gate verdict"), h("option", { value: "passed" }, "Gate passed"),
+      h("option", { value: "held" }, "Gate held"), h("option", { value: "none" }, "No gate"));
+    const exportLink = h("a", { "data-testid": "export-csv", download: "" }, "⬇ Export CSV");
+    const box = h("div", { class: "panel table-wrap" });
+    root.appendChild(h("div", { class: "filters" }, gate, exportLink));
+    root.appendChild(box);
+    const shown = UNIVERSE_COLUMNS.filter(([key]) => !OPTIONAL.has(key) || data.rows.some((r) => r[key] !== null));
+    const state = { sort: "value", order: "desc" };
+    const better = (row, key, kind) => {
+      const v = row[key];
+      if (v === null || v === undefined) return null;
+      if (kind === "value") return data.ascending ? -v : v;
+      return v;
+    };
+    function render() {
+      const column = UNIVERSE_COLUMNS.find(([key]) => key === state.sort);
+      const kind = column ? column[3] : "text";
+      const rows = data.rows.filter((r) => !gate.value || r.gate === gate.value);
+      const present = rows.filter((r) => better(r, state.sort, kind) !== null);
+      const missing = rows.filter((r) => better(r, state.sort, kind) === null);
+      present.sort((a, b) => {
+        const x = better(a, state.sort, kind);
+        const y = better(b, state.sort, kind);
+        const c = typeof x === "string" ? x.localeCompare(y) : x - y;
+        return state.order === "asc" ? c : -c;
+      });
+      const params = new URLSearchParams({ format: "csv" });
+      if (["value", "pbo", "dsr", "avg_test_ic", "oos_sharpe"].includes(state.sort)) { params.set("sort", state.sort); params.set("order", state.order); }
+      exportLink.setAttribute("href", `/api/rules/${encodeURIComponent(rule)}/leaders?${params.toString()}`);
+      const onSort = (key) => {
+        const col = UNIVERSE_COLUMNS.find(([k]) => k === key);
+        state.order = state.sort === key ? (state.order === "asc" ? "desc" : "asc") : (col[3] === "low" || col[3] === "text" ? "asc" : "desc");
+        state.sort = key;
+        render();
+      };
+      clear(box).appendChild(h("table", { "data-testid": "universe-table" },
+        h("thead", {}, h("tr", {}, shown.map(([key, label, cls]) => sortHeader(key, label, cls, state.sort, state.order, onSort)))),
+        h("tbody", {}, [...present, ...missing].map((r) => h("tr", { "data-testid": "universe-row", "data-experiment-id": r.experiment_id, "data-gate": r.gate },
+          shown.map(([key, , cls]) => {
+            if (key === "experiment_name") return h("td", {}, h("a", { href: `#/experiments/${encodeURIComponent(r.experiment_id)}`, class: "runname" }, r.experiment_name));
+            if (key === "leader_run_name") return h("td", {}, r.leader_run_id ? (r.leader_run_name || r.leader_run_id) : h("span", { class: "badge muted" }, "not ranked yet"));
+            if (key === "gate") return h("td", {}, gateBadge(r.gate));
+            if (key === "tied_with_leader") return h("td", { class: cls }, r[key] === null ? "—" : r[key]);
+            return h("td", { class: `${cls} mono`, "data-testid": `cell-${key}` }, fmt(r[key], key === "value" ? 5 : 3));
+          }))))));
+    }
+    gate.addEventListener("change", render);
+    render();
   }
 
   // ---- view: one experiment -----------------------------------------------------------------------
@@ -388,9 +592,20 @@
   const RUN_CARDS = ["avg_test_r2", "avg_test_rmse", "avg_test_mae", "avg_train_r2",
     "avg_test_auc", "avg_test_logloss", "avg_test_accuracy", "avg_test_brier", "avg_train_auc"];
 
+  /** What the header's buttons need of an experiment not seen in the table: its kept board's head. */
+  async function boardOf(experimentId) {
+    try {
+      const board = await getJson(`/api/experiments/${encodeURIComponent(experimentId)}/leaderboard`);
+      return { experiment_id: board.experiment_id, experiment_name: board.experiment_name, metric: board.metric,
+        ascending: board.ascending, top_n: board.top_n };
+    } catch (e) {
+      return null;  // not ranked (or gone): the breadcrumb names the id
+    }
+  }
+
   async function showRun(runId) {
     const data = await getJson(`/api/runs/${encodeURIComponent(runId)}/importance`);
-    const exp = experimentsCache.find((e) => e.experiment_id === data.experiment_id) || (await loadExperiments()).find((e) => e.experiment_id === data.experiment_id);
+    const exp = experimentsCache.get(data.experiment_id) || (await boardOf(data.experiment_id));
     crumbs({ text: "Experiments", href: "#/" },
       exp ? { text: exp.experiment_name, href: `#/experiments/${encodeURIComponent(exp.experiment_id)}` } : { text: `experiment ${data.experiment_id}` },
       { text: data.run_name || runId });
@@ -533,10 +748,10 @@
 
   /** The metric list: the keys of the experiment's board runs and newest finished runs. */
   async function fillMetrics(experimentName) {
-    const exp = experimentByName(experimentName);
     const list = $("rank-metrics");
     metricsFor = experimentName;
     let keys = FALLBACK_METRICS;
+    const exp = await findExperiment(experimentName).catch(() => null);
     if (exp) {
       try {
         const data = await getJson(`/api/experiments/${encodeURIComponent(exp.experiment_id)}/metric-keys`);
@@ -550,8 +765,8 @@
   }
 
   async function openRank(experimentName, metric, ascending, topN) {
-    await loadExperiments().catch(() => null);
-    $("rank-experiment").value = experimentName || (experimentsCache[0] ? experimentsCache[0].experiment_name : "");
+    const first = experimentsCache.values().next();
+    $("rank-experiment").value = experimentName || (first.done ? "" : first.value.experiment_name);
     fillMetrics($("rank-experiment").value);  // not awaited: the dialog opens at once
     $("rank-metric").value = metric || "avg_test_r2";
     $("rank-direction").value = String(ascending === undefined || ascending === null ? guessAscending($("rank-metric").value) : ascending);
@@ -603,7 +818,6 @@
   let shownJob = null;
 
   async function openRetrain(experimentName, runId) {
-    await loadExperiments().catch(() => null);
     $("retrain-experiment").value = experimentName || "";
     $("retrain-run-id").value = runId || "";
     showError($("retrain-error"), "");
@@ -620,7 +834,7 @@
   async function fillRuns() {
     const pick = clear($("retrain-run-pick"));
     pick.appendChild(h("option", { value: "" }, "— pick a ranked run —"));
-    const exp = experimentByName($("retrain-experiment").value.trim());
+    const exp = await findExperiment($("retrain-experiment").value).catch(() => null);
     if (!exp || !exp.leader) return;
     try {
       const board = await getJson(`/api/experiments/${encodeURIComponent(exp.experiment_id)}/leaderboard`);
@@ -830,6 +1044,8 @@
     });
     $("rank-form").addEventListener("submit", submitRank);
     $("rank-experiment").addEventListener("change", () => fillMetrics($("rank-experiment").value));
+    $("rank-experiment").addEventListener("input", suggestNames);
+    $("retrain-experiment").addEventListener("input", suggestNames);
     $("rank-metric").addEventListener("change", () => { $("rank-direction").value = String(guessAscending($("rank-metric").value)); });
     $("rank-dialog").addEventListener("close", () => { if (ranked) { ranked = false; route(); } });
     $("retrain-form").addEventListener("submit", submitRetrain);

@@ -46,6 +46,7 @@ TOKEN = "browser-token"
 EVIL = "<img src=x onerror=alert(1)>"
 EVIL_FEATURE = "<b>bold</b>"
 WAIT_MS = 150_000
+SYMBOLS = ("AAPL", "MSFT", "NVDA")
 SWEEP_CONFIG = """
 trials: 4
 jobs: 1
@@ -84,6 +85,7 @@ class Stack:
     daemon: subprocess.Popen[str]
     daemon_log: Path
     page: Any
+    symbols: dict[str, str]  # a small universe: experiment name -> id, each leader gated (no folds)
 
 
 def ranked_order(client: MlflowClient, experiment_id: str) -> list[str]:
@@ -139,6 +141,15 @@ def stack(sqlite_server: ServerHandle, tmp_path_factory: pytest.TempPathFactory)
         writer.writerow([1, EVIL_FEATURE, 0.2, 0.01, 0.3])
         writer.writerow([2, EVIL, 0.1, 0.02, 0.1])
     client.log_artifact(evil_run, str(tmp / "feature_importance.csv"))
+    # A small universe of symbols: runs without per-fold values, so no PBO and the gate holds.
+    symbols = {}
+    for i, symbol in enumerate(SYMBOLS):
+        sym_name = f"{prefix}_sym_{symbol}"
+        symbols[sym_name] = client.create_experiment(sym_name)
+        for j in range(2):
+            make_run(
+                client, symbols[sym_name], f"{symbol.lower()}_{j}", {"avg_test_r2": 0.2 + 0.1 * i + 0.01 * j}
+            )
 
     port = free_port()
     config = {
@@ -147,7 +158,7 @@ def stack(sqlite_server: ServerHandle, tmp_path_factory: pytest.TempPathFactory)
         "http": {"enabled": True, "host": "127.0.0.1", "port": port, "token_env": "PODIUM_DASH_TOKEN"},
         "rules": [
             {"name": "dash", "experiments": [f"{prefix}_*"], "metric": "avg_test_r2", "top_n": 10, "trigger": "run_finished",
-             "selection": {"fold_metric": "test_r2", "blocks": 2}}
+             "selection": {"fold_metric": "test_r2", "blocks": 2, "max_pbo": 1.0}}
         ],
     }  # fmt: skip
     (tmp / "watcher.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
@@ -164,7 +175,9 @@ def stack(sqlite_server: ServerHandle, tmp_path_factory: pytest.TempPathFactory)
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": 1360, "height": 900})
             page.set_default_timeout(30_000)
-            yield Stack(base, client, experiment_id, name, evil_id, evil_name, daemon, log_path, page)
+            yield Stack(
+                base, client, experiment_id, name, evil_id, evil_name, daemon, log_path, page, symbols
+            )
             browser.close()
     finally:
         if daemon.poll() is None:
@@ -280,7 +293,7 @@ def test_the_header_buttons_prefill_the_experiment_on_screen_when_deep_linked(st
     page.goto("about:blank")
     page.goto(stack.base + f"/#/experiments/{stack.experiment_id}")
     page.locator("[data-testid=board-row]").first.wait_for()
-    first = httpx.get(f"{stack.base}/api/experiments", timeout=30).json()[0]["experiment_name"]
+    first = httpx.get(f"{stack.base}/api/experiments", timeout=30).json()["items"][0]["experiment_name"]
     assert first != stack.experiment_name  # else this would not tell the two apart
     page.get_by_test_id("open-rank").click()
     page.get_by_test_id("rank-dialog").wait_for()
@@ -477,6 +490,94 @@ def test_names_from_mlflow_render_as_text_never_as_html(stack: Stack) -> None:
     assert page.locator("main img, main b, main i").count() == 0
     page.wait_for_timeout(300)
     assert alerts == []
+
+
+def shown_rows(page: Any) -> list[str]:
+    return page.locator("[data-testid=experiment-row]").evaluate_all(
+        "rows => rows.map(r => r.dataset.experimentId)"
+    )
+
+
+def test_the_search_box_narrows_the_experiments_to_one_symbol(stack: Stack) -> None:
+    page = stack.page
+    page.goto(stack.base + "/")
+    page.locator("[data-testid=experiment-row]").first.wait_for()
+    assert len(shown_rows(page)) > 1
+    nvda = stack.symbols[next(n for n in stack.symbols if n.endswith("NVDA"))]
+    page.get_by_test_id("experiment-search").fill("sym_nvda")
+    page.wait_for_function("() => document.querySelectorAll('[data-testid=experiment-row]').length === 1")
+    assert shown_rows(page) == [nvda]
+    assert page.get_by_test_id("state-all").get_attribute("data-count") == "1"
+    page.get_by_test_id("experiment-search").fill("")
+    page.wait_for_function("() => document.querySelectorAll('[data-testid=experiment-row]').length > 1")
+
+
+def test_sorting_by_the_leaders_value_puts_the_best_first(stack: Stack) -> None:
+    page = stack.page
+    page.goto(stack.base + "/")
+    page.locator("[data-testid=experiment-row]").first.wait_for()
+    page.locator("th[data-sort=value]").click()
+    page.wait_for_function(
+        "() => document.querySelector('th[data-sort=value]').getAttribute('aria-sort') === 'descending'"
+    )
+    items = httpx.get(f"{stack.base}/api/experiments", params={"page_size": 500}, timeout=30).json()["items"]
+
+    def goodness(e: dict) -> float:  # larger is better in the direction each board was ranked
+        return -e["leader"]["value"] if e["ascending"] else e["leader"]["value"]
+
+    ranked = {e["experiment_id"]: goodness(e) for e in items if e["leader"]}
+    assert len({e["ascending"] for e in items if e["leader"]}) == 2  # both directions on the page
+    shown = [i for i in shown_rows(page) if i in ranked]
+    assert shown[0] == max(ranked, key=lambda i: ranked[i])
+    assert [ranked[i] for i in shown] == sorted(ranked.values(), reverse=True)
+
+
+def test_the_gated_filter_shows_only_the_experiments_whose_gate_held(stack: Stack) -> None:
+    page = stack.page
+    page.goto(stack.base + "/")
+    page.locator("[data-testid=experiment-row]").first.wait_for()
+    gated = page.get_by_test_id("state-gated")
+    items = httpx.get(f"{stack.base}/api/experiments", params={"page_size": 500}, timeout=30).json()["items"]
+    held = {e["experiment_id"] for e in items if e["gate"] == "held"}
+    assert set(stack.symbols.values()) <= held
+    assert stack.experiment_id not in held  # the sweep has a PBO, under max_pbo
+    assert gated.get_attribute("data-count") == str(len(held))
+    gated.click()
+    page.wait_for_function(
+        "n => document.querySelectorAll('[data-testid=experiment-row]').length === n", arg=len(held)
+    )
+    assert set(shown_rows(page)) == held
+    assert page.locator("[data-testid=experiment-row][data-gate=held]").count() == len(held)
+    shot(page, "dashboard-experiments-gated.png", full_page=False)
+    page.get_by_test_id("state-all").click()
+    page.wait_for_function("() => document.querySelector('[data-testid=state-all]').classList.contains('on')")
+
+
+def test_the_universe_view_of_a_rule_exports_its_leaders_as_csv(stack: Stack) -> None:
+    page = stack.page
+    page.goto(stack.base + "/")
+    page.locator("[data-testid=experiment-row]").first.wait_for()
+    page.get_by_test_id("rule-filter").select_option("dash")
+    page.get_by_test_id("universe-link").click()
+    page.locator("[data-testid=universe-row]").first.wait_for()
+    rows = page.locator("[data-testid=universe-row]").evaluate_all(
+        "rows => rows.map(r => r.dataset.experimentId)"
+    )
+    expected = httpx.get(f"{stack.base}/api/rules/dash/leaders", timeout=30).json()["rows"]
+    assert rows == [r["experiment_id"] for r in expected]  # the best first, as the route sorts
+    shot(page, "dashboard-universe.png", full_page=False)
+    with page.expect_download() as download:
+        page.get_by_test_id("export-csv").click()
+    lines = list(csv.DictReader(Path(download.value.path()).read_text(encoding="utf-8").splitlines()))
+    assert [line["experiment_id"] for line in lines] == rows
+    by_id = {line["experiment_id"]: line for line in lines}
+    for name, exp_id in stack.symbols.items():
+        assert by_id[exp_id]["experiment_name"] == name
+        assert by_id[exp_id]["gate"] == "held"
+    page.get_by_test_id("universe-gate").select_option("held")
+    held = page.locator("[data-testid=universe-row]").evaluate_all("rows => rows.map(r => r.dataset.gate)")
+    assert held
+    assert set(held) == {"held"}
 
 
 def test_sigterm_ends_a_running_job_killed_and_the_daemon_exits_0(stack: Stack) -> None:

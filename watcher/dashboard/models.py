@@ -57,7 +57,7 @@ class ExperimentView(BaseModel):
     dsr: float | None = None
     tied_with_leader: int | None = None
     gate: Gate = "none"
-    # Why the experiment needs a look (not ranked yet, stalled runs, failed runs waiting).
+    # Why the experiment needs a look: not ranked yet, stalled runs.
     attention: list[str] = []
 
 
@@ -93,6 +93,7 @@ class UniverseRow(BaseModel):
     leader_run_id: str | None
     leader_run_name: str | None
     metric: str | None
+    ascending: bool | None  # the direction the board was ranked in (lower is better: true)
     value: float | None
     pbo: float | None
     tied_with_leader: int | None

@@ -127,13 +127,13 @@ def overview(record: ExperimentRecord, settings: WatcherSettings) -> Overview | 
     metric, ascending = ranking if ranking else (owner.metric, owner.ascending) if owner else (None, None)
     text = record.tags.get(SELECTION_TAG)
     state = ExperimentState.from_tag(record.tags.get(STATE_TAG))
+    # Failed runs leave no trace in the kept tags once announced (and an on-demand ranking sets
+    # the alert cursor with no failed run behind it): what the tags say is a stalled run.
     attention = []
     if board is None or not board.entries:
         attention.append("not ranked yet")
     if state is not None and state.alerted:
         attention.append(f"{len(state.alerted)} stalled run{'s' if len(state.alerted) > 1 else ''}")
-    if state is not None and state.alert_cursor is not None:
-        attention.append("failed runs waiting to be announced")
     return Overview(
         experiment_id=record.experiment_id,
         name=record.name,
@@ -297,6 +297,7 @@ def universe_row(o: Overview, leader: LeaderInfo | None, ui_base_url: str | None
         leader_run_id=top[0] if top else None,
         leader_run_name=leader.run_name if leader else None,
         metric=o.metric,
+        ascending=o.ascending,
         value=top[1] if top else None,
         pbo=o.score("pbo"),
         tied_with_leader=_whole(o.score("tied")),

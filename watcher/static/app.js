@@ -392,7 +392,7 @@
     const better = (row, key, kind) => {
       const v = row[key];
       if (v === null || v === undefined) return null;
-      if (kind === "value") return data.ascending ? -v : v;
+      if (kind === "value") return row.ascending ? -v : v;  // the best first in each board's direction
       return v;
     };
     function render() {

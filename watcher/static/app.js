@@ -424,7 +424,9 @@
             if (key === "leader_run_name") return h("td", {}, r.leader_run_id ? (r.leader_run_name || r.leader_run_id) : h("span", { class: "badge muted" }, "not ranked yet"));
             if (key === "gate") return h("td", {}, gateBadge(r.gate));
             if (key === "tied_with_leader") return h("td", { class: cls }, r[key] === null ? "—" : r[key]);
-            return h("td", { class: `${cls} mono`, "data-testid": `cell-${key}` }, fmt(r[key], key === "value" ? 5 : 3));
+            const other = key === "value" && r.metric && r.metric !== data.metric;  // ranked on demand by another metric
+            return h("td", { class: `${cls} mono`, "data-testid": `cell-${key}` }, fmt(r[key], key === "value" ? 5 : 3),
+              other ? [" ", h("span", { class: "small", title: "ranked on demand by another metric" }, `(${r.metric}${r.ascending ? " ↓" : ""})`)] : null);
           }))))));
     }
     gate.addEventListener("change", render);

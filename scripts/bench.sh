@@ -26,5 +26,7 @@ else
   "$PY" -m bench.bench_direction --trials 4   # direction against regression, same trials
 fi
 "$PY" bench/bench_importance.py --markdown | tee bench/results/importance.md
-"$PY" -m bench.bench_dashboard --markdown "${dashboard_args[@]}" | tee bench/results/dashboard.md
+"$PY" -m bench.bench_dashboard --board --markdown "${dashboard_args[@]}" | tee bench/results/dashboard.md
+# The dashboard at 100 / 1,000 experiments against the old code: ~35 min, needs a checkout of it
+# (git worktree add /tmp/dash-before 3a17865); run by hand: python -m bench.bench_dashboard --markdown
 "$PY" -m bench.report

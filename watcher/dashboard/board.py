@@ -1,5 +1,5 @@
 """The board the watcher keeps in an experiment's tags, read for the dashboard (pure), and the
-small helpers the routes share: run links, id checks, times."""
+small helpers the routes share: run links and id checks."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 from watcher.model import RunRecord
 from watcher.settings import WatcherSettings
@@ -102,16 +101,6 @@ def run_url(ui_base_url: str | None, experiment_id: str, run_id: str) -> str | N
     if not ui_base_url:
         return None
     return f"{ui_base_url.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
-
-
-def iso_ms(ms: int | None) -> str | None:
-    if not ms:
-        return None
-    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
-def iso_s(ts: float | None) -> str | None:
-    return None if ts is None else iso_ms(int(ts * 1000))
 
 
 def finite(value: float | None) -> float | None:

@@ -12,11 +12,12 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from watcher.dashboard.board import iso_s, run_url
+from watcher.dashboard.board import run_url
 from watcher.dashboard.importance import IMPORTANCE_CSV, check_retrain
 from watcher.dashboard.models import JobView, RetrainRequest
 from watcher.dashboard.query import Dashboard, DashboardQuery
 from watcher.jobs import Job, QueueFull
+from watcher.model import iso_time
 
 log = structlog.get_logger("watcher")
 
@@ -40,9 +41,9 @@ def job_view(job: Job, ui_base_url: str | None) -> JobView:
         else None,
         exclude=list(job.exclude) if job.exclude is not None else None,
         drop_below=job.drop_below,
-        created_at=iso_s(job.created_at),
-        started_at=iso_s(job.started_at),
-        ended_at=iso_s(job.ended_at),
+        created_at=iso_time(job.created_at),
+        started_at=iso_time(job.started_at),
+        ended_at=iso_time(job.ended_at),
         exit_code=job.exit_code,
         error=job.error,
         log_tail=job.log_tail(),

@@ -19,7 +19,7 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, 
 from fastapi.responses import FileResponse, JSONResponse, Response
 
 from watcher.dashboard import retrain
-from watcher.dashboard.board import finite, iso_ms, kept_board, ranking_of, sorted_metric_keys
+from watcher.dashboard.board import finite, kept_board, ranking_of, sorted_metric_keys
 from watcher.dashboard.importance import IMPORTANCE_CSV, across_leaders, parse_int
 from watcher.dashboard.models import (
     ExperimentImportance,
@@ -47,7 +47,7 @@ from watcher.dashboard.universe import (
     universe_sort_key,
 )
 from watcher.errors import TrackingError
-from watcher.model import MAX_TOP_N, TIED_WITH_LEADER, TRUE
+from watcher.model import MAX_TOP_N, TIED_WITH_LEADER, TRUE, iso_time_ms
 from watcher.selection import SELECTION_TAG, stored
 
 log = structlog.get_logger("watcher")
@@ -266,7 +266,7 @@ def leaderboard(experiment_id: str, q: Dashboard) -> LeaderboardView:
         top_n=board.top_n,
         ranked_runs=board.ranked_runs,
         unranked_runs=board.unranked_runs,
-        ranked_at=iso_ms(board.seen_ms),
+        ranked_at=iso_time_ms(board.seen_ms),
         metric_keys=sorted_metric_keys(keys),
         models=models,
     )

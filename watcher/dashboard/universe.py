@@ -17,9 +17,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 
-from watcher.dashboard.board import KeptBoard, iso_ms, kept_board, ranking_of, run_url
+from watcher.dashboard.board import KeptBoard, kept_board, ranking_of, run_url
 from watcher.dashboard.models import STATES, ExperimentView, Gate, Leader, State, StateCounts, UniverseRow
-from watcher.model import ON_DEMAND_RULE, ExperimentRecord
+from watcher.model import ON_DEMAND_RULE, ExperimentRecord, iso_time_ms
 from watcher.selection import SELECTION_TAG, stored
 from watcher.settings import RuleConfig, WatcherSettings
 from watcher.state import STATE_TAG, ExperimentState
@@ -276,7 +276,7 @@ def experiment_view(o: Overview, leader: LeaderInfo | None, ui_base_url: str | N
         )
         if top
         else None,
-        ranked_at=iso_ms(board.seen_ms) if board else None,
+        ranked_at=iso_time_ms(board.seen_ms) if board else None,
         pbo=o.score("pbo"),
         dsr=o.score("dsr"),
         tied_with_leader=_whole(o.score("tied")),
@@ -305,7 +305,7 @@ def universe_row(o: Overview, leader: LeaderInfo | None, ui_base_url: str | None
         dsr=o.score("dsr"),
         avg_test_ic=scores.get("avg_test_ic"),
         oos_sharpe=scores.get("oos_sharpe"),
-        ranked_at=iso_ms(o.board.seen_ms) if o.board and top else None,
+        ranked_at=iso_time_ms(o.board.seen_ms) if o.board and top else None,
         url=run_url(ui_base_url, o.experiment_id, top[0]) if top else None,
     )
 

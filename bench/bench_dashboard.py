@@ -316,7 +316,7 @@ def _rank_all(url: str, pattern: str, n: int) -> None:
     watcher = Watcher(settings, MlflowTracking(url))
     for _ in range(20):
         assert watcher.run_pass().ok
-        states = [ExperimentState.from_tag(r.tags.get(STATE_TAG)) for r in watcher.listing.records()]
+        states = [ExperimentState.from_tag(r.tags.get(STATE_TAG)) for r in watcher.memory.listing.records()]
         if len(states) >= n and all(s is not None and s.fingerprint != UNRANKED for s in states):
             return
     raise RuntimeError(f"{pattern}: not every experiment was ranked after 20 passes")

@@ -258,7 +258,7 @@ def kept_listing(watcher: Watcher) -> Callable[[], list[ExperimentRecord] | None
     pass kept (read at each call), or None before its first listing (the table lists itself)."""
 
     def kept() -> list[ExperimentRecord] | None:
-        listing = watcher.listing
+        listing = watcher.memory.listing  # replaced whole after each pass: read at each call
         return listing.records() if listing.listed_at is not None else None
 
     return kept

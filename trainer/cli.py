@@ -111,6 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--seed", metavar="S", type=_seed, help="seed of the trial sampler")
     train.add_argument("--jobs", metavar="J", type=_positive, help="trials run in parallel processes")
+    train.add_argument(
+        "--search",
+        choices=("random", "tpe"),
+        help="how trials are picked: random (default) or tpe (Optuna's TPE, resumed from the "
+        "experiment's finished runs)",
+    )
     _add_backend_options(train)
     train.add_argument("--top", metavar="N", type=_positive, help="rows in the final table of best trials")
     train.add_argument("--no-progress", action="store_true", help="plain log lines, no progress bar")
@@ -165,6 +171,7 @@ TRAIN_OVERRIDES = {
     "jobs": "jobs",
     "top": "top",
     "backend": "backend",
+    "search": "search",
     "ray_address": "ray_address",
 }
 

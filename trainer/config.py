@@ -261,6 +261,7 @@ class TrainerConfig(_Strict):
     seed: int = Field(default=42, ge=0)  # numpy's seeds are non-negative
     jobs: int = Field(default=2, ge=1)
     backend: Literal["local", "ray"] = "local"
+    search: Literal["random", "tpe"] = "random"  # how trials are picked (trainer.search)
     ray_address: str | None = None  # null: RAY_ADDRESS, else a local Ray started for the sweep
     experiment: str | None = None
     top: int = Field(default=5, ge=1)

@@ -7,6 +7,7 @@ run sits RUNNING.
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 import sys
@@ -20,10 +21,12 @@ from typing import Any, TextIO
 import structlog
 from tqdm import tqdm
 
-from trainer.config import TrainerConfig, sample_trial
-from trainer.errors import TrainingError, describe
+from trainer import hyperimportance
+from trainer.config import TrainerConfig
+from trainer.errors import TrackingError, TrainingError, describe
 from trainer.executor import ExecutorFactory, ExecutorSession, local_executor
 from trainer.prepare import prepare, static_params
+from trainer.search import History, Sampler, check_search, covered_runs, history, sampler_for
 from trainer.tasks import REGRESSION, Task
 from trainer.tracking import Tracking, quiet_mlflow
 from trainer.train import DEGENERATE_REASON
@@ -51,6 +54,8 @@ class SweepSummary:
     outcomes: list[TrialOutcome]
     seconds: float
     task: Task = REGRESSION
+    history: History | None = None  # what the sweep read before its first trial
+    hyperparameters: dict[str, Any] | None = None  # the podium.hyperparameters tag it wrote
 
     @property
     def finished(self) -> list[TrialOutcome]:
@@ -91,6 +96,7 @@ def run_sweep(
 ) -> SweepSummary:
     """Run ``config.trials`` trials; InputError before any run exists if the input is bad."""
     started = time.perf_counter()
+    check_search(config.search, config.search_space)
     jobs = min(config.jobs, config.trials)
     # a backend that can (Ray) starts its workers now: their start overlaps the data's preparation
     with ExecutorSession(executor_factory, jobs, (init_worker.__module__,)) as session:
@@ -100,6 +106,8 @@ def run_sweep(
         tracking = Tracking(tracking_uri)
         name = config.experiment_name(dataset.n_features)
         experiment_id = tracking.ensure_experiment(name)
+        learning_task = config.resolved_task()
+        past, sampler = _resume(config, tracking, experiment_id, learning_task)
         sweep_id = uuid.uuid4().hex[:12]
         run_tags = {**tracking.context_tags(), "sweep_id": sweep_id, "data_mode": dataset.mode}
         # inline trials share this process's logging; worker processes report only problems
@@ -114,6 +122,8 @@ def run_sweep(
             trials=config.trials,
             jobs=jobs,
             sweep_id=sweep_id,
+            search=config.search,
+            first_trial=f"trial_{past.first_index}",
         )
         show_bar = sys.stderr.isatty() if progress is None else progress
         # an explicit size: tqdm reads 0 rows from some pseudo-terminals and then draws nothing
@@ -134,12 +144,12 @@ def run_sweep(
             "PODIUM_SWEEP_ID": sweep_id,
         }
         executor = session.start(init_worker, (context,), env=env)
-        learning_task = config.resolved_task()
+        collect = _Collector(in_flight, outcomes, tracking, bar, show_bar, learning_task, sampler)
         try:
-            for index in range(config.trials):
+            for index in range(past.first_index, past.first_index + config.trials):
                 while len(in_flight) >= executor.slots:
-                    _collect(in_flight, outcomes, tracking, bar, show_bar, learning_task, block=True)
-                hp = sample_trial(config.search_space, config.seed, index)
+                    collect(block=True)
+                hp = sampler.ask(index)  # only when a worker is free: at most --jobs asked ahead
                 run_id, artifact_uri = tracking.create_run(experiment_id, f"trial_{index}", run_tags)
                 task = TrialTask(index, run_id, artifact_uri, hp, config.seed + index)
                 try:
@@ -148,9 +158,9 @@ def run_sweep(
                     mark_ended(tracking, run_id, KILLED)
                     raise
                 in_flight[future] = task
-                _collect(in_flight, outcomes, tracking, bar, show_bar, learning_task, block=False)
+                collect(block=False)
             while in_flight:
-                _collect(in_flight, outcomes, tracking, bar, show_bar, learning_task, block=True)
+                collect(block=True)
         except BaseException:
             session.shutdown(cancel=True)  # trials already running finish and end their own runs
             for future, task in in_flight.items():
@@ -159,6 +169,7 @@ def run_sweep(
             raise
         finally:
             bar.close()
+    hyperparameters = _hyperparameters(config, tracking, experiment_id, learning_task)
     summary = SweepSummary(
         name,
         experiment_id,
@@ -167,6 +178,8 @@ def run_sweep(
         sorted(outcomes, key=lambda o: o.index),
         time.perf_counter() - started,
         learning_task,
+        past,
+        hyperparameters,
     )
     log.info(
         "sweep_finished",
@@ -178,6 +191,69 @@ def run_sweep(
     return summary
 
 
+def _resume(
+    config: TrainerConfig, tracking: Tracking, experiment_id: str, task: Task
+) -> tuple[History, Sampler]:
+    """Read the experiment's runs once (names; for tpe the finished runs the study starts from)."""
+    past = history(tracking.experiment_runs(experiment_id), config.search_space, task, config.search)
+    if config.search == "tpe":
+        log.info(
+            "search_resumed",
+            experiment_id=experiment_id,
+            read=past.read,
+            kept=len(past.covered),
+            **past.left_out,
+            first_trial=f"trial_{past.first_index}",
+        )
+    return past, sampler_for(config.search, config.search_space, config.seed, past)
+
+
+def _hyperparameters(
+    config: TrainerConfig, tracking: Tracking, experiment_id: str, task: Task
+) -> dict[str, Any]:
+    """Tag ``podium.hyperparameters`` from every finished run the space covers; a tracking
+    failure here is logged and shown, the sweep's own runs being logged already."""
+    try:
+        runs = tracking.experiment_runs(experiment_id, finished_only=True)
+        covered, _ = covered_runs(runs, config.search_space, task)
+        content = hyperimportance.report(covered, config.search_space, task.main_metric)
+        tracking.set_experiment_tag(experiment_id, hyperimportance.TAG, hyperimportance.tag_value(content))
+    except TrackingError as e:
+        log.error("hyperparameters_not_written", experiment_id=experiment_id, error=str(e))
+        return {"reason": f"not written: {e}"}
+    log.info(
+        "hyperparameters_written",
+        experiment_id=experiment_id,
+        tag=json.loads(hyperimportance.tag_value(content)),
+    )
+    return content
+
+
+@dataclass
+class _Collector:
+    """Takes the outcomes of finished trials, reports them and tells the sampler."""
+
+    in_flight: dict[Future[TrialOutcome], TrialTask]
+    outcomes: list[TrialOutcome]
+    tracking: Tracking
+    bar: tqdm[Any]
+    show_bar: bool
+    learning_task: Task
+    sampler: Sampler
+
+    def __call__(self, *, block: bool) -> None:
+        _collect(
+            self.in_flight,
+            self.outcomes,
+            self.tracking,
+            self.bar,
+            self.show_bar,
+            self.learning_task,
+            self.sampler,
+            block=block,
+        )
+
+
 def _collect(
     in_flight: dict[Future[TrialOutcome], TrialTask],
     outcomes: list[TrialOutcome],
@@ -185,6 +261,7 @@ def _collect(
     bar: tqdm[Any],
     show_bar: bool,
     learning_task: Task,
+    sampler: Sampler,
     *,
     block: bool,
 ) -> None:
@@ -204,6 +281,7 @@ def _collect(
         outcomes.append(outcome)
         metric = learning_task.main_metric
         value = outcome.metrics.get(metric, math.nan)
+        sampler.tell(outcome.index, value if outcome.status == FINISHED and math.isfinite(value) else None)
         if show_bar:
             scores = [o.metrics[metric] for o in outcomes if _scored(o, metric)]
             best = {f"best_{learning_task.main}": f"{max(scores):.4f}" if scores else "none"}
@@ -306,4 +384,8 @@ def print_summary(summary: SweepSummary, top: int, out: TextIO) -> None:
             print(f"  trial_{o.index} ({o.run_id}): {o.unscored}", file=out)
     for o in summary.failed[:5]:
         print(f"trial_{o.index} ({o.run_id}) failed: {o.error}", file=out)
+    if summary.history is not None and summary.history.read:
+        print(summary.history.line(), file=out)
+    if summary.hyperparameters is not None:
+        hyperimportance.print_table(summary.hyperparameters, out)
     print(f"To browse the runs, {summary.link}", file=out)

@@ -233,6 +233,53 @@ class Tracking:
             return f"open {self.uri.rstrip('/')}/{page}"
         return f"run `mlflow ui --backend-store-uri {self.uri}` and open http://127.0.0.1:5000/{page}"
 
+    # --- the experiment's history (search, hyperparameter importance) -----------------------
+
+    def experiment_runs(self, experiment_id: str, *, finished_only: bool = False) -> list[LoggedRun]:
+        """Every run of the experiment (only FINISHED ones with ``finished_only``), one paged
+        search; a failing server is asked again up to ``READ_ATTEMPTS`` times in all."""
+        where = "attributes.status = 'FINISHED'" if finished_only else ""
+        for attempt in range(1, READ_ATTEMPTS + 1):
+            try:
+                with _wrapped(f"reading the runs of experiment {experiment_id} at {self.uri}"):
+                    return self._all_runs(experiment_id, where)
+            except TrackingError:
+                if attempt == READ_ATTEMPTS:
+                    raise
+                time.sleep(READ_BACKOFF_S * attempt)
+        raise AssertionError("unreachable")
+
+    def _all_runs(self, experiment_id: str, where: str) -> list[LoggedRun]:
+        runs: list[LoggedRun] = []
+        token: str | None = None
+        while True:
+            page = self.client.search_runs([experiment_id], where, max_results=READ_PAGE, page_token=token)
+            runs.extend(_logged(run) for run in page)
+            token = page.token
+            if not token:
+                return runs
+
+    def set_experiment_tag(self, experiment_id: str, key: str, value: str) -> None:
+        with _wrapped(f"tagging experiment {experiment_id} with {key}"):
+            self.client.set_experiment_tag(experiment_id, key, value)
+
+
+READ_ATTEMPTS = 3
+READ_BACKOFF_S = 1.0
+READ_PAGE = 1000
+
+
+def _logged(run: Any) -> LoggedRun:
+    return LoggedRun(
+        run_id=run.info.run_id,
+        run_name=run.info.run_name or "",
+        experiment_id=str(run.info.experiment_id),
+        status=run.info.status,
+        params=dict(run.data.params),
+        tags=dict(run.data.tags),
+        metrics=dict(run.data.metrics),
+    )
+
 
 # MLflow's error codes for a run id that names no run (the sqlite store and the REST server
 # differ; a malformed id is "invalid" on some stores).

@@ -35,6 +35,10 @@ class Proxy:
         # While True, every request is answered 503 without reaching the server: the tracking
         # server as a client sees it when it goes down (tests flip it mid-pass).
         self.down = False
+        # Endpoints (the last path segment, e.g. "search") answered 503 the same way: a server
+        # that fails some calls and answers others.
+        self.down_endpoints: frozenset[str] = frozenset()
+        self.refused = 0  # requests answered 503 by ``down`` or ``down_endpoints``
         # While cleared, writes wait for it (up to ``timeout``) before they reach the server: a
         # client stopped between what it read and what it writes. ``held`` counts them.
         self.writes_open = threading.Event()
@@ -76,7 +80,9 @@ class Proxy:
                     with proxy._lock:
                         proxy.held += 1
                     proxy.writes_open.wait(proxy.timeout)
-                if proxy.down:
+                if proxy.down or self.path.split("?")[0].rsplit("/", 1)[-1] in proxy.down_endpoints:
+                    with proxy._lock:
+                        proxy.refused += 1
                     data = b"server down"
                     self.send_response(503, "Service Unavailable")
                     self.send_header("Content-Length", str(len(data)))

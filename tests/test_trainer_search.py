@@ -111,6 +111,7 @@ def test_random_search_keeps_each_trials_params_and_a_second_sweep_goes_on(
             k: str(v) for k, v in expected.items()
         }
     assert second.history is not None
+    assert not second.history.resumed  # random search reads the run names only
     assert second.history.read == 0
     # fewer than 8 runs: the tag says why there is no importance
     assert "8" in tag_of(sqlite_server.url, first.experiment_id)["reason"]

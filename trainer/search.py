@@ -142,7 +142,8 @@ class History:
     """What a sweep learned from the experiment's runs before its first trial."""
 
     first_index: int  # after the highest trial_N of the experiment (0 in a new one)
-    read: int = 0  # finished runs read (0 for random search)
+    resumed: bool = False  # the finished runs were read (tpe), not just the names (random)
+    read: int = 0  # finished runs read
     covered: list[Covered] = field(default_factory=list)
     left_out: dict[str, int] = field(default_factory=dict)  # reason -> runs
 
@@ -191,7 +192,7 @@ def history(runs: Sequence[RunRecord], space: Mapping[str, Distribution], task: 
     if search != "tpe":
         return History(first)
     covered, left_out = covered_runs(runs, space, task)
-    return History(first, sum(1 for r in runs if r.status == FINISHED), covered, left_out)
+    return History(first, True, sum(1 for r in runs if r.status == FINISHED), covered, left_out)
 
 
 # --------------------------------------------------------------------------------------------

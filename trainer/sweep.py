@@ -384,7 +384,7 @@ def print_summary(summary: SweepSummary, top: int, out: TextIO) -> None:
             print(f"  trial_{o.index} ({o.run_id}): {o.unscored}", file=out)
     for o in summary.failed[:5]:
         print(f"trial_{o.index} ({o.run_id}) failed: {o.error}", file=out)
-    if summary.history is not None and summary.history.read:
+    if summary.history is not None and summary.history.resumed:
         print(summary.history.line(), file=out)
     if summary.hyperparameters is not None:
         hyperimportance.print_table(summary.hyperparameters, out)

@@ -17,6 +17,7 @@ if [ "${1:-}" = "--quick" ]; then
   "$PY" -m bench.bench_optuna --trials 2
   "$PY" -m bench.bench_profile --trials 2
   "$PY" -m bench.bench_direction --trials 1
+  "$PY" -m bench.bench_search --quick
 else
   "$PY" -m bench.bench_watcher
   "$PY" -m bench.bench_trainer
@@ -24,6 +25,7 @@ else
   "$PY" -m bench.bench_optuna --trials 4 --reps 2
   "$PY" -m bench.bench_profile --trials 24   # the default sweep's 24 trials
   "$PY" -m bench.bench_direction --trials 4   # direction against regression, same trials
+  "$PY" -m bench.bench_search   # TPE against random search (figures written by hand in BENCHMARKS.md)
 fi
 "$PY" bench/bench_importance.py --markdown | tee bench/results/importance.md
 "$PY" -m bench.bench_dashboard --board --markdown "${dashboard_args[@]}" | tee bench/results/dashboard.md

@@ -28,10 +28,10 @@ from tests.support.mlflow_server import ServerHandle
 from tests.support.proxy import Proxy
 from tests.support.ray_cluster import RayCluster
 from tests.support.trainer_cli import error_line, store_untouched
-from trainer import cli
+from trainer import cli, hyperimportance
 from trainer.config import FloatRange, IntRange, TrainerConfig, sample_trial
 from trainer.hyperimportance import TAG
-from trainer.search import TpeSampler, next_index, parse_param, tpe_problem
+from trainer.search import Covered, TpeSampler, next_index, parse_param, tpe_problem
 from trainer.sweep import SweepSummary, print_summary, run_sweep
 from trainer.tracking import READ_ATTEMPTS
 
@@ -342,3 +342,23 @@ def test_names_go_on_after_the_highest_trial_number() -> None:
 )
 def test_a_logged_param_parses_into_the_space_or_not(raw: dict[str, Any], text: str, expected: Any) -> None:
     assert parse_param(_dist(raw), text) == expected
+
+
+def test_past_the_cap_fanova_fits_a_sample_and_the_tag_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ranking metric follows learning_rate alone: a sample of the runs still ranks it
+    first; ``runs`` and the best ranges cover every run."""
+    monkeypatch.setattr(hyperimportance, "MAX_FANOVA_RUNS", 10)
+    space = tiny().search_space
+    covered = [
+        Covered(
+            {"learning_rate": 0.02 + 0.01 * i, "max_depth": 2 + i % 3, "n_estimators": 5 + i % 7}, 0.01 * i
+        )
+        for i in range(16)
+    ]
+    content = hyperimportance.report(covered, space, "avg_test_r2")
+    assert (content["runs"], content["sampled"]) == (16, 10)
+    assert next(iter(content["importance"])) == "learning_rate"
+    assert content["best_ranges"]["learning_rate"] == [0.15, 0.17]  # the best 3 of all 16
+    out = io.StringIO()
+    hyperimportance.print_table(content, out)
+    assert "a sample of 10 of 16 runs" in out.getvalue()

@@ -7,7 +7,6 @@ run sits RUNNING.
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 import sys
@@ -221,11 +220,7 @@ def _hyperparameters(
     except TrackingError as e:
         log.error("hyperparameters_not_written", experiment_id=experiment_id, error=str(e))
         return {"reason": f"not written: {e}"}
-    log.info(
-        "hyperparameters_written",
-        experiment_id=experiment_id,
-        tag=json.loads(hyperimportance.tag_value(content)),
-    )
+    log.info("hyperparameters_written", experiment_id=experiment_id, tag=content)
     return content
 
 

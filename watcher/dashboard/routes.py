@@ -47,6 +47,7 @@ from watcher.dashboard.universe import (
     universe_sort_key,
 )
 from watcher.errors import TrackingError
+from watcher.hyperparameters import view as hyperparameters_view
 from watcher.model import MAX_TOP_N, TIED_WITH_LEADER, TRUE, iso_time_ms
 from watcher.selection import SELECTION_TAG, stored
 
@@ -288,6 +289,15 @@ def selection(experiment_id: str, q: Dashboard) -> dict[str, Any]:
             detail=f"experiment {exp.name!r} has no selection statistics (no rule with a 'selection' key ranked it)",
         )
     return {**kept, "lambdas": None}
+
+
+@router.get("/api/experiments/{experiment_id}/hyperparameters", tags=["dashboard"])
+def hyperparameters(experiment_id: str, q: Dashboard) -> dict[str, Any]:
+    """Which hyperparameters mattered: the trainer's ``podium.hyperparameters`` tag (fANOVA
+    shares summing to 1, largest first, and each one's range among the best runs) with the
+    experiment, or ``reason`` saying why there is none (no sweep wrote it yet, too few runs)."""
+    exp = q.experiment(experiment_id)
+    return hyperparameters_view(experiment_id, exp.name, exp.tags)
 
 
 @router.get("/api/experiments/{experiment_id}/metric-keys", tags=["dashboard"])

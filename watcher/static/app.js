@@ -483,6 +483,56 @@
     const across = h("div", { class: "panel", "data-testid": "across-panel" });
     root.appendChild(across);
     await showAcross(across, experimentId, Math.min(10, board.models.length || 10));
+
+    const hyper = h("div", { class: "panel", "data-testid": "hyperparameters-panel" });
+    root.appendChild(hyper);
+    await showHyperparameters(hyper, experimentId);
+  }
+
+  // ---- which hyperparameters mattered (tag podium.hyperparameters, written by the trainer) --------
+
+  async function showHyperparameters(panel, experimentId) {
+    const data = await getJson(`/api/experiments/${encodeURIComponent(experimentId)}/hyperparameters`);
+    panel.appendChild(h("div", { class: "panel-head" }, h("h2", {}, "Which hyperparameters mattered"),
+      data.importance ? h("span", { class: "small" }, `fANOVA over ${data.runs} runs, ${data.metric}`) : null));
+    if (!data.importance) {
+      panel.appendChild(h("p", { class: "empty", "data-testid": "hyperparameters-reason" }, data.reason));
+      return;
+    }
+    panel.appendChild(h("div", { class: "chart", "data-testid": "hyperparameters-chart" }, hyperparameterChart(data)));
+    panel.appendChild(h("p", { class: "hint" },
+      "Each varied hyperparameter's share of the ranking metric's variance (fANOVA, summing to 1), and its range among the best 10% of the runs the search space covers."));
+  }
+
+  function rangeText(range) {
+    if (!Array.isArray(range)) return "";
+    const numbers = range.length === 2 && range.every((v) => typeof v === "number");
+    const num = (v) => (Number.isInteger(v) ? String(v) : String(Number(v.toPrecision(4))));
+    return numbers ? `${num(range[0])} – ${num(range[1])}` : range.join(", ");
+  }
+
+  // Bars of the shares, each hyperparameter's best range written after its bar.
+  function hyperparameterChart(data) {
+    const items = Object.entries(data.importance).map(([name, share]) => ({ name, share, range: rangeText((data.best_ranges || {})[name]) }));
+    const rowH = 24, top = 24, panelW = 300;
+    const labelW = labelWidth(items.map((i) => i.name));
+    const rangeW = Math.max(90, ...items.map((i) => 7 * i.range.length));
+    const width = labelW + panelW + rangeW + 30;
+    const height = top + items.length * rowH + 26;
+    const x = scale(0, 1, panelW);
+    const svg = s("svg", { viewBox: `0 0 ${width} ${height}`, width, height, role: "img", "aria-label": "Hyperparameter importance" });
+    svg.appendChild(s("text", { x: labelW, y: 14, class: "head" }, "Share of the metric's variance"));
+    svg.appendChild(s("text", { x: labelW + panelW + 16, y: 14, class: "head" }, "Range among the best"));
+    items.forEach((item, i) => {
+      const y = top + i * rowH;
+      svg.appendChild(s("text", { x: labelW - 8, y: y + 16, "text-anchor": "end" }, clip(item.name, labelW - 10), s("title", {}, item.name)));
+      svg.appendChild(s("rect", { x: labelW, y: y + 5, width: Math.max(1, x(item.share)), height: rowH - 10, rx: 3, class: "bar-perm", "data-testid": "hyperparameter-bar" },
+        s("title", {}, `${item.name}: ${fmt(item.share, 3)} of the variance; best ${item.range}`)));
+      svg.appendChild(s("text", { x: labelW + x(item.share) + 6, y: y + 16, class: "axis" }, fmt(item.share, 2)));
+      svg.appendChild(s("text", { x: labelW + panelW + 16, y: y + 16, class: "mono", "data-testid": "hyperparameter-range" }, item.range));
+    });
+    axis(svg, x, labelW, top + items.length * rowH, 0, 1);
+    return svg;
   }
 
   async function getSelection(experimentId) {

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -578,6 +579,35 @@ def test_the_universe_view_of_a_rule_exports_its_leaders_as_csv(stack: Stack) ->
     held = page.locator("[data-testid=universe-row]").evaluate_all("rows => rows.map(r => r.dataset.gate)")
     assert held
     assert set(held) == {"held"}
+
+
+def test_the_experiment_page_draws_which_hyperparameters_mattered(stack: Stack) -> None:
+    """The sweep's 4 trials are too few: the panel gives the trainer's reason. With the tag of
+    a larger sweep, one bar per hyperparameter, largest first, each with its best range."""
+    page = stack.page
+    page.goto(stack.base + "/")
+    page.locator(f"[data-testid=experiment-row][data-experiment-id='{stack.experiment_id}'] a").click()
+    page.locator("[data-testid=hyperparameters-reason]").wait_for()
+    assert "importance needs at least 8" in page.locator("[data-testid=hyperparameters-reason]").inner_text()
+    tag = {
+        "metric": "avg_test_r2",
+        "evaluator": "fanova",
+        "runs": 48,
+        "importance": {"learning_rate": 0.61, "max_depth": 0.3, "n_estimators": 0.09},
+        "best_ranges": {"learning_rate": [0.02, 0.09], "max_depth": [3, 4], "n_estimators": [22, 38]},
+        "computed_at": "2026-12-07T09:10:56Z",
+    }
+    stack.client.set_experiment_tag(stack.experiment_id, "podium.hyperparameters", json.dumps(tag))
+    page.reload()
+    page.locator("[data-testid=hyperparameters-chart] svg").wait_for()
+    bars = page.locator("[data-testid=hyperparameter-bar]")
+    assert bars.count() == 3
+    widths = [float(w) for w in bars.evaluate_all("bars => bars.map(b => b.getAttribute('width'))")]
+    assert widths == sorted(widths, reverse=True)
+    ranges = page.locator("[data-testid=hyperparameter-range]").evaluate_all(
+        "ts => ts.map(t => t.textContent)"
+    )
+    assert ranges == ["0.02 – 0.09", "3 – 4", "22 – 38"]
 
 
 def test_sigterm_ends_a_running_job_killed_and_the_daemon_exits_0(stack: Stack) -> None:

@@ -238,4 +238,5 @@ def test_real_daily_bars_give_finite_scores() -> None:
     result = sharpe.deflated(runs, "oos_sharpe")
     for name in ("sr0", "psr", "dsr"):
         value = getattr(result, name)
-        assert value is not None and math.isfinite(value), (name, result)
+        assert value is not None, (name, result)
+        assert math.isfinite(value), (name, result)

@@ -1,0 +1,97 @@
+"""What the trading scores add to a trial: the same trials with and without them, interleaved.
+
+One worker (``trainer.worker``), the built-in sample at default settings, one real `mlflow
+server` (sqlite). Each trial runs twice, once with the trading scores (per-fold IC, hit rate,
+return, Sharpe, turnover, the out-of-sample path's scores, ``oos_returns.csv`` and
+``oos_equity.png``) and once without (the data set without its returns, as in ``--target``
+mode: the trainer skips every trading score and file); the arm that goes first alternates from
+trial to trial, so a change in the machine's load falls on both. Reported: each arm's median
+seconds per trial (training, scoring and logging, uploads included), their ratio, and the
+tracking calls per trial of each arm (artifact uploads apart).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from bench import common
+from bench.common import log, median
+from bench.servers import running_server
+from tests.support.proxy import Proxy
+from trainer.config import load_config, sample_trial
+from trainer.prepare import prepare, static_params
+from trainer.tracking import Tracking, quiet_mlflow
+from trainer.worker import FINISHED, TrialTask, WorkerContext, _Worker
+
+ARMS = ("with", "without")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--trials", type=int, default=8)
+    parser.add_argument("--out", default="trading")
+    args = parser.parse_args(argv)
+    common.quiet_logs()
+    quiet_mlflow()
+    config = load_config(None, {"jobs": 1})
+    inputs = prepare(config)
+    data = {
+        "with": inputs.dataset,
+        "without": dataclasses.replace(inputs.dataset, returns=None, bar_returns=None),
+    }
+    results: dict[str, Any] = {"machine": common.machine(), "trials": args.trials}
+    seconds: dict[str, list[float]] = {arm: [] for arm in ARMS}
+    calls: dict[str, list[int]] = {arm: [] for arm in ARMS}
+    with running_server("sqlite") as server:
+        proxy = Proxy(server.url)
+        results["load_average_before"] = os.getloadavg()[0]
+        tracking = Tracking(proxy.url)
+        workers = {}
+        experiments = {}
+        for arm in ARMS:
+            experiments[arm] = tracking.ensure_experiment(f"bench_trading_{arm}")
+            context = WorkerContext(
+                data[arm], config, proxy.url, experiments[arm], static_params(config, inputs), quiet=True
+            )
+            workers[arm] = _Worker(context)
+        for index in range(args.trials):
+            hp = sample_trial(config.search_space, config.seed, index)
+            order = ARMS if index % 2 == 0 else ARMS[::-1]
+            for arm in order:
+                run_id, artifact_uri = tracking.create_run(experiments[arm], f"trial_{index}", {})
+                proxy.reset()
+                t0 = time.perf_counter()
+                outcome = workers[arm].run(TrialTask(index, run_id, artifact_uri, hp, config.seed + index))
+                seconds[arm].append(time.perf_counter() - t0)
+                calls[arm].append(len(proxy.tracking_calls()))
+                assert outcome.status == FINISHED, outcome.error
+                assert ("oos_sharpe" in outcome.metrics) == (arm == "with")
+            log(f"trial {index}: with {seconds['with'][-1]:.2f} s, without {seconds['without'][-1]:.2f} s")
+        results["load_average_after"] = os.getloadavg()[0]
+        proxy.close()
+    for arm in ARMS:
+        results[arm] = {
+            "median_seconds": median(seconds[arm]),
+            "seconds": seconds[arm],
+            "tracking_calls_per_trial": median([float(c) for c in calls[arm]]),
+        }
+    ratio = results["with"]["median_seconds"] / results["without"]["median_seconds"]
+    paired = median([a / b for a, b in zip(seconds["with"], seconds["without"], strict=True)])
+    results["ratio_of_medians"] = ratio
+    results["median_paired_ratio"] = paired
+    log(
+        f"median s/trial: with {results['with']['median_seconds']:.2f}, without "
+        f"{results['without']['median_seconds']:.2f}: x{ratio:.3f} (paired x{paired:.3f}); "
+        f"tracking calls per trial {results['with']['tracking_calls_per_trial']:.0f} vs "
+        f"{results['without']['tracking_calls_per_trial']:.0f}"
+    )
+    common.save(args.out, results)
+
+
+if __name__ == "__main__":
+    main()

@@ -7,6 +7,7 @@ are held back with the reason."""
 from __future__ import annotations
 
 import csv
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ import pytest
 from tests.support.mlflow_server import sqlite_uri
 from trainer.config import TrainerConfig
 from trainer.sample import SAMPLE_SEED, sample_bars
-from trainer.sweep import SweepSummary, run_sweep
+from trainer.sweep import SweepSummary, print_summary, run_sweep
 from watcher.mlflow_io import MlflowTracking
 from watcher.service import Watcher
 from watcher.settings import WatcherSettings
@@ -67,17 +68,31 @@ def swept(tmp_path_factory: pytest.TempPathFactory) -> Swept:
     return Swept(uri, sample, run_sweep(config, tracking_uri=uri, progress=False))
 
 
-def selection_after_a_pass(uri: str, experiment: str) -> dict[str, object]:
+def watcher_for(uri: str, experiment: str, dsr: bool = True) -> tuple[Watcher, MlflowTracking]:
+    selection: dict[str, object] = {"fold_metric": "test_ic", "blocks": 4}
+    if dsr:
+        selection.update(sharpe_metric="oos_sharpe", min_dsr=0.95)
     rule = {
         "name": "ic",
         "experiments": [experiment],
         "metric": "avg_test_ic",
         "trigger": "run_finished",
-        "selection": {"fold_metric": "test_ic", "blocks": 4, "sharpe_metric": "oos_sharpe", "min_dsr": 0.95},
+        "selection": selection,
     }
-    watcher = Watcher(
-        WatcherSettings(tracking_uri=uri, rules=[rule], http={"enabled": False}), MlflowTracking(uri)
-    )
+    tracking = MlflowTracking(uri)
+    settings = WatcherSettings(tracking_uri=uri, rules=[rule], http={"enabled": False})
+    return Watcher(settings, tracking), tracking
+
+
+def selection_after_a_pass(uri: str, experiment: str) -> dict[str, object]:
+    # the DSR costs no tracking call: a dry pass with it makes the calls of one without
+    calls = []
+    for dsr in (False, True):
+        watcher, tracking = watcher_for(uri, experiment, dsr)
+        assert watcher.run_pass(dry_run=True).ok
+        calls.append(dict(tracking.calls_by_method))
+    assert calls[0] == calls[1]
+    watcher, _ = watcher_for(uri, experiment)
     assert watcher.run_pass().ok
     exp = mlflow.MlflowClient(uri).get_experiment_by_name(experiment)
     assert exp is not None
@@ -111,7 +126,8 @@ def test_the_planted_signal_survives_deflation_and_the_random_walk_does_not(swep
 
 def test_a_run_carries_its_out_of_sample_path_as_files(swept: Swept, tmp_path: Path) -> None:
     """oos_returns.csv has a row per out-of-sample bar whose strategy returns give the run's
-    oos_sharpe; the equity chart is a PNG; params say the bars per year and the cost."""
+    oos_sharpe; the equity chart is a PNG; params say the bars per year and the cost; the
+    table printed after the sweep shows the IC and the Sharpe ratio."""
     client = mlflow.MlflowClient(swept.uri)
     run = client.get_run(swept.sample.best(1)[0].run_id)
     assert float(run.data.params["periods_per_year"]) == pytest.approx(24 * 365.25, rel=1e-3)
@@ -125,5 +141,9 @@ def test_a_run_carries_its_out_of_sample_path_as_files(swept: Swept, tmp_path: P
     assert s.mean() / s.std(ddof=1) * np.sqrt(ppy) == pytest.approx(run.data.metrics["oos_sharpe"], rel=1e-5)
     png = Path(client.download_artifacts(run.info.run_id, "oos_equity.png", str(tmp_path)))
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    out = io.StringIO()
+    print_summary(swept.sample, 3, out)
+    header = next(line for line in out.getvalue().splitlines() if line.startswith("rank"))
+    assert header.split()[-5:-3] == ["avg_test_ic", "oos_sharpe"]  # before the hyperparameters
     folds = json.loads(run.data.tags["podium.folds"])
     assert len(folds["test_ic"]) == len(folds["test_sharpe"]) == run.data.metrics["num_folds"]

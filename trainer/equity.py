@@ -3,7 +3,7 @@
 
 Drawn like ``trainer.plots``: the object API on an Agg canvas, one figure per process cleared
 and reused, a light PNG compression. The curves are thinned to at most ``MAX_POINTS`` points
-(every k-th bar, the last kept): a chart 900 pixels wide shows no more, and drawing every bar
+(every k-th bar, the last kept): a chart 800 pixels wide shows little more, and drawing every bar
 of a long path would cost more than the scores themselves.
 """
 
@@ -20,7 +20,7 @@ from trainer.trading import FoldTrades
 
 RETURNS_FILE = "oos_returns.csv"
 EQUITY_FILE = "oos_equity.png"
-MAX_POINTS = 2000
+MAX_POINTS = 1000
 TICKS = 6
 _DPI = 100
 
@@ -37,7 +37,7 @@ def write_returns(path: FoldTrades, out: Path) -> Path:
     """One row per out-of-sample bar: time (UTC), position, strategy return, buy-and-hold return."""
     times = np.datetime_as_string(path.times.astype("datetime64[s]"), unit="s")
     body = "\n".join(
-        f"{t},{p:g},{s:.8g},{r:.8g}"
+        f"{t},{p:g},{s:.7g},{r:.7g}"
         for t, p, s, r in zip(
             times.tolist(),
             path.positions.tolist(),
@@ -77,7 +77,7 @@ def equity_chart(path: FoldTrades, out: Path, title: str) -> Path:
             FigureCanvasAgg(_figure)
         figure = _figure
         figure.clear()
-        figure.set_size_inches(9.0, 4.0)
+        figure.set_size_inches(8.0, 3.5)
         figure.subplots_adjust(left=0.09, right=0.98, top=0.9, bottom=0.14)
         axes = figure.add_subplot()
         axes.plot(

@@ -78,7 +78,7 @@ def equity_chart(path: FoldTrades, out: Path, title: str) -> Path:
         figure = _figure
         figure.clear()
         figure.set_size_inches(8.0, 3.5)
-        figure.subplots_adjust(left=0.09, right=0.98, top=0.9, bottom=0.14)
+        figure.subplots_adjust(left=0.1, right=0.94, top=0.9, bottom=0.14)
         axes = figure.add_subplot()
         axes.plot(
             keep, strategy[keep], color="#4c72b0", linewidth=1.1, label="strategy (sign of the prediction)"

@@ -14,6 +14,7 @@ import sys
 from watcher.errors import ConfigError, TrackingError
 from watcher.mlflow_io import MlflowTracking, lower_client_retries
 from watcher.model import MODEL_RANK, is_podium_run_tag
+from watcher.selection import SELECTION_TAG, stored
 from watcher.settings import load_settings
 from watcher.state import STATE_TAG, ExperimentState
 
@@ -44,16 +45,27 @@ def main(argv: list[str] | None = None) -> int:
                 print("  no ranked runs yet")
                 continue
             width = max(len(r.run_name) for r in runs)
-            print(f"  {'rank':>4}  {'run':<{width}}  {'run id':<32}  {rule.metric:>14}  tags")
+            print(
+                f"  {'rank':>4}  {'run':<{width}}  {'run id':<32}  {rule.metric:>14}  {'IC':>8}  {'Sharpe':>7}  tags"
+            )
             for r in runs:
                 value = r.metrics.get(rule.metric)
                 tags = ", ".join(
                     f"{k}={v}" for k, v in sorted(r.tags.items()) if is_podium_run_tag(k) and k != MODEL_RANK
                 )
                 shown_value = f"{value:.6g}" if value is not None else "-"
+                # the trading scores (trainer runs in OHLCV mode): mean rank IC over the folds and
+                # the out-of-sample path's annualised Sharpe ratio
+                ic, sharpe = r.metrics.get("avg_test_ic"), r.metrics.get("oos_sharpe")
+                shown_ic = f"{ic:.4f}" if ic is not None else "-"
+                shown_sharpe = f"{sharpe:.2f}" if sharpe is not None else "-"
                 print(
-                    f"  {r.tags[MODEL_RANK]:>4}  {r.run_name:<{width}}  {r.run_id:<32}  {shown_value:>14}  {tags}"
+                    f"  {r.tags[MODEL_RANK]:>4}  {r.run_name:<{width}}  {r.run_id:<32}  {shown_value:>14}  "
+                    f"{shown_ic:>8}  {shown_sharpe:>7}  {tags}"
                 )
+            line = selection_line(exp.tags.get(SELECTION_TAG))
+            if line:
+                print(f"  {line}")
         if not shown:
             print("no experiment matches the config's rules yet")
         return 0
@@ -63,6 +75,23 @@ def main(argv: list[str] | None = None) -> int:
     except TrackingError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+
+
+def selection_line(tag: str | None) -> str | None:
+    """PBO and, with a sharpe_metric, the leader's DSR from the experiment's podium.selection."""
+    kept = stored(tag)
+    if kept is None:
+        return None
+    parts = []
+    if kept.get("pbo") is not None:
+        parts.append(f"PBO {kept['pbo']:.2f}")
+    if kept.get("dsr") is not None:
+        parts.append(
+            f"DSR {kept['dsr']:.2f} of the leader's {kept['sharpe_metric']} over {kept['trials']} trials"
+        )
+    elif kept.get("dsr_reason"):
+        parts.append(f"no DSR ({kept['dsr_reason']})")
+    return "; ".join(parts) or None
 
 
 if __name__ == "__main__":

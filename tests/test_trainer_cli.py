@@ -49,6 +49,9 @@ def bars_csv(tmp_path: Path) -> Path:
         (["train", "--horizon", "1.5"], "argument --horizon: '1.5' is not a whole number"),
         (["train", "--embargo", "-2"], "argument --embargo: must be at least 0, got -2"),
         (["train", "--embargo", "0.5"], "argument --embargo: '0.5' is not a whole number"),
+        (["train", "--cost-bps", "-1"], "argument --cost-bps: must be a number of basis points, 0 or more"),
+        (["train", "--cost-bps", "ten"], "argument --cost-bps: 'ten' is not a number"),
+        (["train", "--cost-bps", "nan"], "argument --cost-bps: must be a number of basis points"),
         (["sample-data", "--out", "never.csv", "--seed", "-1"], "argument --seed: must be at least 0"),
         (["sample-data"], "--out"),
     ],
@@ -67,6 +70,8 @@ def test_bad_option_exits_2_naming_it(
     ("yaml_text", "expected"),
     [
         ("trails: 3\n", "unknown key 'trails'"),
+        ("cost_bps: -2\n", "cost_bps: Input should be greater than or equal to 0"),
+        ("cost_bps: cheap\n", "cost_bps: Input should be a valid number"),
         ("walk_forward: {train_month: 3}\n", "unknown key 'walk_forward.train_month'"),
         ("search_space:\n  max_dept: {type: int, low: 1, high: 3}\n", "unknown hyperparameter(s) max_dept"),
         (

@@ -238,6 +238,11 @@ def test_a_partial_last_month_is_no_fold_and_the_trial_scores(sqlite_uri: str, t
     assert np.isfinite(run.data.metrics["avg_test_r2"])
     assert "importance_skipped" not in run.data.tags
     assert summary.experiment_name == "wf_xgboost_when_f3_tr3m_te1m"
+    # --target mode has no trading scores, and a param says why
+    assert run.data.params["trading_scores"] == "none: target mode"
+    assert not {
+        k for k in run.data.metrics if k.endswith(("_test_ic", "_test_sharpe")) or k.startswith("oos_")
+    }
 
 
 def test_an_undefined_fold_score_is_nan_for_that_fold_only(sqlite_uri: str, tmp_path: Path) -> None:

@@ -216,6 +216,21 @@ CASES = [
         id="selection-max-pbo",
     ),
     pytest.param(
+        with_rule(selection={"sharpe_metric": "oos_sharpe", "min_dsr": 1.5}),
+        ["rule #2 'wf-xgboost' (rules[1])", "field 'selection.min_dsr'", "between 0 and 1 (got 1.5)"],
+        id="selection-min-dsr",
+    ),
+    pytest.param(
+        with_rule(selection={"min_dsr": 0.95}),
+        ["rule #2 'wf-xgboost' (rules[1])", "field 'selection'", "min_dsr needs sharpe_metric"],
+        id="selection-min-dsr-without-sharpe-metric",
+    ),
+    pytest.param(
+        with_rule(selection={"sharpe_metric": "oos sharpe"}),
+        ["rule #2 'wf-xgboost' (rules[1])", "field 'selection.sharpe_metric'", "must name one metric"],
+        id="selection-sharpe-metric-not-a-name",
+    ),
+    pytest.param(
         with_rule(selection={"fold_metric": "  "}),
         ["rule #2 'wf-xgboost' (rules[1])", "field 'selection.fold_metric'", "must name a metric"],
         id="selection-fold-metric-blank",

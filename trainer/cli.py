@@ -38,6 +38,17 @@ def _at_least(minimum: int) -> Callable[[str], int]:
     return parse
 
 
+def _cost_bps(text: str) -> float:
+    """An argparse type: a number of basis points, 0 or more."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a number of basis points, 0 or more, got {text}")
+    return value
+
+
 _positive = _at_least(1)
 _seed = _at_least(0)  # numpy's seeds are non-negative
 
@@ -105,6 +116,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="rows left out at the start of each test window, after the previous one (default 0)",
     )
     train.add_argument(
+        "--cost-bps",
+        metavar="BPS",
+        type=_cost_bps,
+        help="trading cost in basis points per unit of position change, taken off the trading "
+        "scores' strategy returns (default 0)",
+    )
+    train.add_argument(
         "--experiment",
         metavar="NAME",
         help="MLflow experiment (default: wf_xgboost_{SYMBOL}_f{n}_tr{m}m_te{m}m)",
@@ -166,6 +184,7 @@ TRAIN_OVERRIDES = {
     "min_test_rows": "walk_forward.min_test_rows",
     "horizon": "horizon",
     "embargo": "embargo",
+    "cost_bps": "cost_bps",
     "experiment": "experiment",
     "seed": "seed",
     "jobs": "jobs",

@@ -271,6 +271,8 @@ class TrainerConfig(_Strict):
     # `horizon` rows of each training window (labels reaching into the test window) are purged
     horizon: int = Field(default=1, ge=1)
     embargo: int = Field(default=0, ge=0)  # rows left out at the start of each test window
+    # trading scores: cost in basis points per unit of position change (1 opens or closes, 2 flips)
+    cost_bps: float = Field(default=0.0, ge=0, allow_inf_nan=False)
     xgboost: XGBoostConfig = XGBoostConfig()
     importance: ImportanceConfig = ImportanceConfig()
     search_space: dict[str, Distribution] = Field(default_factory=_default_space)

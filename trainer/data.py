@@ -64,6 +64,10 @@ class Dataset:
     bar_interval: str = "unknown"
     dropped_constant: tuple[str, ...] = ()  # features left out for being constant
     dropped_empty: tuple[str, ...] = ()  # features left out for having no value at all
+    # OHLCV mode: the log return over the task's horizon (``y`` before a classifier's labels)
+    # and the next bar's log return, per row; None in target mode (no trading scores there)
+    returns: np.ndarray | None = None
+    bar_returns: np.ndarray | None = None
 
     @property
     def n_features(self) -> int:
@@ -160,6 +164,8 @@ def _without_constants(dataset: Dataset, time_column: str) -> Dataset:
         bar_interval=interval,
         dropped_constant=dropped,
         dropped_empty=dropped_empty,
+        returns=dataset.returns,
+        bar_returns=dataset.bar_returns,
     )
 
 
@@ -253,6 +259,8 @@ def _ohlcv(
         mode="ohlcv",
         target=features.target_name(horizon),
         notes=notes,
+        returns=y[keep],
+        bar_returns=features.forward_return(bars["close"], 1).to_numpy()[keep],
     )
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import structlog
 
-from trainer import data
+from trainer import data, trading
 from trainer.config import TrainerConfig
 from trainer.data import Dataset
 from trainer.errors import InputError
@@ -148,6 +148,16 @@ def no_fold_message(
     return f"too little data in {where} for one fold: {need}; {has}"
 
 
+def trading_params(config: TrainerConfig, dataset: Dataset) -> dict[str, str]:
+    """``cost_bps`` and ``periods_per_year`` (OHLCV mode), or why there are no trading scores."""
+    if dataset.returns is None:
+        return {"trading_scores": trading.TARGET_MODE}
+    return {
+        "cost_bps": f"{config.cost_bps:g}",
+        "periods_per_year": repr(trading.periods_per_year(dataset.times)),
+    }
+
+
 def static_params(config: TrainerConfig, inputs: Inputs) -> dict[str, str]:
     """Data and fixed settings every trial of the sweep logs as params."""
     wf, xc = config.walk_forward, config.xgboost
@@ -165,6 +175,7 @@ def static_params(config: TrainerConfig, inputs: Inputs) -> dict[str, str]:
         "folds_skipped": str(len(plan.skipped)),
         "horizon": str(config.horizon),
         "embargo": str(config.embargo),
+        **trading_params(config, dataset),
         "purged_rows": str(plan.purged_rows),
         "embargoed_rows": str(plan.embargoed_rows),
         "bar_interval": dataset.bar_interval,

@@ -192,6 +192,7 @@ def config_of(run: LoggedRun, importance_settings: dict[str, Any]) -> TrainerCon
         "min_test_rows": "walk_forward.min_test_rows",
         "horizon": "horizon",
         "embargo": "embargo",
+        "cost_bps": "cost_bps",
         "sweep_seed": "seed",
         "tree_method": "xgboost.tree_method",
         "max_bin": "xgboost.max_bin",

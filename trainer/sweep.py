@@ -334,6 +334,8 @@ TABLE_METRICS: dict[bool, tuple[tuple[str, str], ...]] = {
         ("avg_train_auc", ".4f"),
     ),
 }
+# The trading scores' columns (OHLCV mode), after the task's.
+TRADING_COLUMNS = (("avg_test_ic", ".4f"), ("oos_sharpe", ".2f"))
 
 
 def print_summary(summary: SweepSummary, top: int, out: TextIO) -> None:
@@ -342,6 +344,8 @@ def print_summary(summary: SweepSummary, top: int, out: TextIO) -> None:
     best = summary.best(top)
     metric = summary.task.main_metric
     columns = TABLE_METRICS[summary.task.classifies]
+    if any("oos_sharpe" in o.metrics for o in best):
+        columns += TRADING_COLUMNS
     print(
         f"\nExperiment {summary.experiment_name} (id {summary.experiment_id}): "
         f"{len(summary.finished)} trials finished, {len(summary.failed)} failed "

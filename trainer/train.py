@@ -36,6 +36,7 @@ from trainer.scoring import (
 )
 from trainer.splits import Fold, FoldPlan, latest_window, plan_folds
 from trainer.tasks import REGRESSION, Task
+from trainer.trading import FOLD_TAG_SCORES, FoldTrades, TradingReport, fold_trades, periods_per_year
 
 # Rows of the input example logged with the model.
 EXAMPLE_ROWS = 5
@@ -79,6 +80,7 @@ class TrialResult:
     importance: ImportanceReport | None = None
     importance_skipped: str | None = None
     task: Task = REGRESSION
+    trading: TradingReport | None = None  # OHLCV mode only
 
     @property
     def degenerate(self) -> bool:
@@ -98,6 +100,8 @@ class TrialResult:
             values = aggregates(f.test[score] for f in self.folds)
             out.update({f"{name}_test_{score}": values[name] for name in AGGREGATES})
         out["num_folds"] = float(len(self.folds))
+        if self.trading is not None:
+            out.update(self.trading.metrics())
         return out
 
     def folds_tag(self) -> tuple[str | None, list[str]]:
@@ -105,6 +109,8 @@ class TrialResult:
         a regression) as compact JSON, each list that fits MLflow's tag limit; and the scores
         left out."""
         per_fold = {score: [f.test[score] for f in self.folds] for score in self.task.scores}
+        if self.trading is not None:
+            per_fold.update({score: self.trading.per_fold(score) for score in FOLD_TAG_SCORES})
         return fitting_folds_tag(per_fold, MAX_TAG_LENGTH)
 
     def unscored_reason(self) -> str | None:
@@ -114,12 +120,16 @@ class TrialResult:
     def fold_series(self) -> list[tuple[str, float, int]]:
         """``({part}_{score}, value, fold index)`` for every fold (and ``test_r2_os``), for a
         per-fold curve."""
-        return [
-            (f"{part}_{score}", getattr(f, part)[score], f.index)
-            for f in self.folds
-            for part in PARTS
-            for score in self.task.scores
-        ] + [("test_r2_os", f.test_r2_os, f.index) for f in self.folds if not self.task.classifies]
+        return (
+            [
+                (f"{part}_{score}", getattr(f, part)[score], f.index)
+                for f in self.folds
+                for part in PARTS
+                for score in self.task.scores
+            ]
+            + [("test_r2_os", f.test_r2_os, f.index) for f in self.folds if not self.task.classifies]
+            + (self.trading.fold_series() if self.trading is not None else [])
+        )
 
 
 def fold_plan(dataset: Dataset, config: TrainerConfig) -> FoldPlan:
@@ -157,6 +167,9 @@ class Prepared:
             "verbosity": 0,
         }
         self.scales_target = scales_target(self.fixed["objective"])
+        # trading scores: the position's threshold on a prediction (P(up) for a classifier)
+        self.threshold = 0.5 if self.task.classifies else 0.0
+        self.periods_per_year = periods_per_year(dataset.times)
         self._matrices: dict[tuple[int, int], xgb.QuantileDMatrix] = {}
 
     def scale(self, rows: slice) -> TargetScale:
@@ -210,6 +223,7 @@ def run_trial(prepared: Prepared, index: int, hyperparameters: dict[str, Any], s
     fold_scores: list[FoldScores] = []
     # for importance: each fold's booster (in standardised units), its scale and test rows
     held_out: list[tuple[xgb.Booster, TargetScale, np.ndarray, np.ndarray]] = []
+    trades: list[FoldTrades] = []
     for fold in prepared.folds:
         scale = prepared.scale(fold.train)
         booster = xgb.train(params, prepared.matrix(fold.train), num_boost_round=rounds)
@@ -227,6 +241,18 @@ def run_trial(prepared: Prepared, index: int, hyperparameters: dict[str, Any], s
                 learned=bool(np.ptp(pred_train) > 0),  # a tree split, with leaves that differ
             )
         )
+        if ds.returns is not None and ds.bar_returns is not None:
+            trades.append(
+                fold_trades(
+                    ds.times[fold.test],
+                    pred_test,
+                    ds.returns[fold.test],
+                    ds.bar_returns[fold.test],
+                    threshold=prepared.threshold,
+                    cost=prepared.config.cost_bps / 10_000,
+                    ppy=prepared.periods_per_year,
+                )
+            )
     model = xgb.train(params, prepared.matrix(prepared.final), num_boost_round=rounds)
     model = in_data_units(model, prepared.scale(prepared.final))
     model.feature_names = list(ds.feature_names)
@@ -258,4 +284,9 @@ def run_trial(prepared: Prepared, index: int, hyperparameters: dict[str, Any], s
         importance=report,
         importance_skipped=skipped,
         task=task,
+        trading=(
+            TradingReport(tuple(trades), tuple(f.index for f in prepared.folds), prepared.periods_per_year)
+            if ds.returns is not None
+            else None
+        ),
     )

@@ -17,6 +17,7 @@ from typing import Any
 
 import structlog
 
+from trainer import equity
 from trainer.config import TrainerConfig
 from trainer.data import Dataset
 from trainer.errors import TrackingError, TrainingError, describe
@@ -123,11 +124,15 @@ class _Worker:
         if report is not None:
             params.update(report.params())
             metrics += [(k, v, 0) for k, v in report.metrics().items()]
-            with tempfile.TemporaryDirectory(prefix="podium-importance-") as tmp:
-                report.write_artifacts(Path(tmp))
-                self.tracking.log_artifacts(task.artifact_uri, Path(tmp))
         elif result.importance_skipped:
             tags["importance_skipped"] = result.importance_skipped
+        if report is not None or result.trading is not None:
+            with tempfile.TemporaryDirectory(prefix="podium-artifacts-") as tmp:
+                if report is not None:
+                    report.write_artifacts(Path(tmp))
+                if result.trading is not None:
+                    equity.write_files(result.trading.path(), Path(tmp), f"trial_{task.index}, out of sample")
+                self.tracking.log_artifacts(task.artifact_uri, Path(tmp))
         self.tracking.log_batch(task.run_id, params, metrics, tags)
         self.tracking.terminate(task.run_id, FINISHED)
 

@@ -9,7 +9,7 @@ from fnmatch import fnmatchcase
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from watcher.model import MAX_TOP_N, AlertKind, Trigger, WebhookFormat
 from watcher.selection import (
@@ -19,6 +19,7 @@ from watcher.selection import (
     blocks_problem,
     max_pbo_problem,
 )
+from watcher.sharpe import min_dsr_problem
 
 
 class _Strict(BaseModel):
@@ -69,6 +70,10 @@ class SelectionConfig(_Strict):
     # With a value: no production_candidate and no registry alias move while PBO is above it
     # (or cannot be computed).
     max_pbo: float | None = None
+    # An annualised Sharpe ratio each run logs (oos_sharpe): the leader's Deflated Sharpe Ratio
+    # (watcher.sharpe); with min_dsr, production tags wait while the DSR is below it.
+    sharpe_metric: str | None = Field(default=None, min_length=1)
+    min_dsr: float | None = None
 
     @field_validator("fold_metric")
     @classmethod
@@ -77,7 +82,7 @@ class SelectionConfig(_Strict):
             raise ValueError("must name a metric logged once per fold (such as 'test_r2')")
         return value.strip()
 
-    @field_validator("alpha", "max_pbo", mode="before")
+    @field_validator("alpha", "max_pbo", "min_dsr", mode="before")
     @classmethod
     def _a_number_not_a_switch(cls, value: Any) -> Any:
         # YAML's true/yes would otherwise be read as 1.0 (no gate) and false/no as 0.0.
@@ -99,6 +104,26 @@ class SelectionConfig(_Strict):
     @classmethod
     def _max_pbo_inside(cls, value: float | None) -> float | None:
         return _no_problem(value, max_pbo_problem(value))
+
+    @field_validator("min_dsr")
+    @classmethod
+    def _min_dsr_inside(cls, value: float | None) -> float | None:
+        return _no_problem(value, min_dsr_problem(value))
+
+    @field_validator("sharpe_metric")
+    @classmethod
+    def _sharpe_metric_a_name(cls, value: str | None) -> str | None:
+        if value is not None and (not value.strip() or any(c in value for c in " '\"`=<>")):
+            raise ValueError("must name one metric the runs log (such as 'oos_sharpe')")
+        return value
+
+    @model_validator(mode="after")
+    def _min_dsr_needs_sharpe(self) -> SelectionConfig:
+        if self.min_dsr is not None and self.sharpe_metric is None:
+            raise ValueError(
+                "min_dsr needs sharpe_metric: the Sharpe ratio whose DSR it bounds (such as oos_sharpe)"
+            )
+        return self
 
 
 def _no_problem(value: _V, problem: str | None) -> _V:

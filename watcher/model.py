@@ -59,6 +59,12 @@ class SelectionRule(Protocol):
     @property
     def max_pbo(self) -> float | None: ...
 
+    @property
+    def sharpe_metric(self) -> str | None: ...
+
+    @property
+    def min_dsr(self) -> float | None: ...
+
 
 class Rule(Protocol):
     """What the engine and the handlers read of a rule (``settings.RuleConfig`` is one).
@@ -165,6 +171,7 @@ class SelectionSummary:
     runs: int
     line: str
     held_back: str | None = None
+    dsr: float | None = None  # the leader's Deflated Sharpe Ratio (a rule with a sharpe_metric)
 
 
 @dataclass(frozen=True)

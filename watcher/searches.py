@@ -29,6 +29,7 @@ from watcher.planner import (
 )
 from watcher.ranking import order, split_ranked
 from watcher.selection import BoardRun, folds_from_tag
+from watcher.sharpe import sharpe_run
 from watcher.state import ExperimentState
 
 log = structlog.get_logger("watcher")
@@ -134,6 +135,7 @@ class Searches:
         assert rule.selection is not None
         assert read.board is not None
         fold_metric = rule.selection.fold_metric
+        sharpe_metric = rule.selection.sharpe_metric
         if read.board.search.everything:
             rows: Sequence[RunRecord] = read.board.search.runs
         else:
@@ -153,7 +155,9 @@ class Searches:
                     known = scratch.fold_values[key] = tuple(self.tracking.fold_history(run_id, fold_metric))
                     histories += 1
                 folds = list(known)
-            board.append(BoardRun(run_id, folds))
+            run = by_id[run_id]
+            sharpe = sharpe_run(run.metrics, run.params, sharpe_metric) if sharpe_metric else None
+            board.append(BoardRun(run_id, folds, sharpe))
         log.info("selection_read", ranked_runs=len(board), histories_read=histories)
         return tuple(board)
 

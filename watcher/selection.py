@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from watcher import sharpe
 from watcher.model import SelectionRule, SelectionSummary
 
 DEFAULT_BLOCKS = 8
@@ -59,6 +60,8 @@ class BoardRun:
 
     run_id: str
     folds: Sequence[float | None] | None
+    # The Deflated Sharpe Ratio's inputs (a rule with a sharpe_metric; None: the run has none).
+    sharpe: sharpe.SharpeRun | None = None
 
 
 @dataclass(frozen=True)
@@ -89,6 +92,8 @@ class Selection:
     tied_reason: str | None = None
     # Folds every run left undefined (e.g. R² of a constant test window), not counted in `folds`.
     folds_dropped: int = 0
+    # The leader's Deflated Sharpe Ratio (a rule with a sharpe_metric).
+    deflated: sharpe.Deflated | None = None
 
     @property
     def tied_capped(self) -> bool:
@@ -119,8 +124,10 @@ def compute(
     higher_is_better: bool,
     blocks: int = DEFAULT_BLOCKS,
     alpha: float = DEFAULT_ALPHA,
+    sharpe_metric: str | None = None,
 ) -> Selection:
-    """PBO and the leader's confidence set over the board's runs (board order, best first)."""
+    """PBO and the leader's confidence set over the board's runs (board order, best first), and
+    with a ``sharpe_metric`` the leader's Deflated Sharpe Ratio (``watcher.sharpe``)."""
     for name, problem in (("blocks", blocks_problem(blocks)), ("alpha", alpha_problem(alpha))):
         if problem:
             raise ValueError(f"{name} {problem} (got {blocks if name == 'blocks' else alpha})")
@@ -133,6 +140,7 @@ def compute(
         alpha=alpha,
         left_out=tuple(left_out),
         folds_dropped=dropped,
+        deflated=None if sharpe_metric is None else sharpe.deflated([r.sharpe for r in board], sharpe_metric),
     )
     if n_runs < 2:
         why = f"{n_runs} ranked run(s) with values for the same folds (at least 2 are needed)"
@@ -312,6 +320,7 @@ def selection_json(
         "alpha": selection.alpha,
         "reason": selection.reason,
         "tied_reason": selection.tied_reason,
+        **({} if selection.deflated is None else selection.deflated.fields()),
         "computed_at": computed_at,
     }
 
@@ -331,7 +340,8 @@ def plain_line(selection: Selection, leader: str | None = None) -> str:
                 f"picking the best in sample landed below the median out of sample in {pbo:.0%} of the splits"
             )
         first = f"PBO {pbo:.2f}: {what}"
-    return f"{first}; {tied_phrase(selection, leader)}"
+    dsr = sharpe.phrase(selection.deflated)
+    return f"{first}; {dsr + '; ' if dsr else ''}{tied_phrase(selection, leader)}"
 
 
 def tied_phrase(selection: Selection, leader: str | None = None) -> str:
@@ -370,11 +380,22 @@ def folds_from_tag(tags: Mapping[str, str], fold_metric: str) -> list[float | No
     return [None if v is None else float(v) for v in values]
 
 
-def gate_reason(selection: Selection | None, max_pbo: float | None) -> str | None:
-    """Why production tags and the registry alias are held back, or None when they may move."""
+def gate_reason(
+    selection: Selection | None, max_pbo: float | None, min_dsr: float | None = None
+) -> str | None:
+    """Why production tags and the registry alias are held back (PBO above ``max_pbo``, DSR
+    below ``min_dsr``, or either not computable), or None when they may move."""
     if selection is None:
-        return _gate(None, None, max_pbo)
-    return _gate(selection.pbo, selection.reason, max_pbo)
+        return _both(_gate(None, None, max_pbo), sharpe.gate(None, None, min_dsr))
+    deflated = selection.deflated
+    return _both(
+        _gate(selection.pbo, selection.reason, max_pbo),
+        sharpe.gate(deflated.dsr if deflated else None, deflated.reason if deflated else None, min_dsr),
+    )
+
+
+def _both(pbo: str | None, dsr: str | None) -> str | None:
+    return "; ".join(r for r in (pbo, dsr) if r) or None
 
 
 def _gate(pbo: float | None, why: str | None, max_pbo: float | None) -> str | None:
@@ -410,23 +431,30 @@ def stored(tag: str | None) -> dict[str, Any] | None:
 
 def same_settings(stored: Mapping[str, Any], metric: str, config: SelectionRule) -> bool:
     """The stored statistics were computed the way the rule asks now."""
-    return (stored.get("metric"), stored.get("fold_metric"), stored.get("blocks"), stored.get("alpha")) == (
-        metric,
-        config.fold_metric,
-        config.blocks,
-        config.alpha,
+    keys = (stored.get("metric"), stored.get("fold_metric"), stored.get("blocks"), stored.get("alpha"))
+    return (
+        keys == (metric, config.fold_metric, config.blocks, config.alpha)
+        and stored.get("sharpe_metric") == config.sharpe_metric
     )
 
 
-def gate_reason_of_tag(stored: Mapping[str, Any] | None, max_pbo: float | None) -> str | None:
-    """:func:`gate_reason` from the stored tag (the gate reads the PBO only)."""
-    pbo = (stored or {}).get("pbo")
-    return _gate(float(pbo) if isinstance(pbo, int | float) else None, (stored or {}).get("reason"), max_pbo)
+def gate_reason_of_tag(
+    stored: Mapping[str, Any] | None, max_pbo: float | None, min_dsr: float | None = None
+) -> str | None:
+    """:func:`gate_reason` from the stored tag (the gate reads the PBO and the DSR only)."""
+    tag = stored or {}
+    pbo, dsr = tag.get("pbo"), tag.get("dsr")
+    return _both(
+        _gate(float(pbo) if isinstance(pbo, int | float) else None, tag.get("reason"), max_pbo),
+        sharpe.gate(float(dsr) if isinstance(dsr, int | float) else None, tag.get("dsr_reason"), min_dsr),
+    )
 
 
-def summary(selection: Selection | None, max_pbo: float | None, leader: str | None) -> SelectionSummary:
+def summary(
+    selection: Selection | None, max_pbo: float | None, leader: str | None, min_dsr: float | None = None
+) -> SelectionSummary:
     """The summaries' view: the numbers, one plain line, and why production tags are held back."""
-    held = gate_reason(selection, max_pbo)
+    held = gate_reason(selection, max_pbo, min_dsr)
     if selection is None:
         line = "No PBO: no per-fold values were read"
         return SelectionSummary(None, None, 0, 0, f"{line}; {held}" if held else line, held)
@@ -438,4 +466,5 @@ def summary(selection: Selection | None, max_pbo: float | None, leader: str | No
         runs=selection.runs,
         line=f"{line}. Production tags held back: {held}" if held else line,
         held_back=held,
+        dsr=selection.deflated.dsr if selection.deflated is not None else None,
     )

@@ -24,7 +24,10 @@ DATA_PARAMS = (
     "time_column",
     "data_mode",
     "trial_seed",
+    "periods_per_year",
+    "cost_bps",
 )
+TRADING_SCORES = ("ic", "hit_rate", "return", "sharpe", "turnover")
 AVERAGES = (
     "avg_test_r2",
     "avg_test_rmse",
@@ -35,8 +38,22 @@ AVERAGES = (
     "avg_test_r2_os",
     *(f"{agg}_test_{score}" for agg in ("std", "min", "median") for score in ("r2", "rmse", "mae")),
     "num_folds",
+    # trading scores (OHLCV mode)
+    *(f"{agg}_test_{score}" for agg in ("avg", "std", "min", "median") for score in TRADING_SCORES),
+    "ic_ir",
+    "ic_t",
+    *(f"oos_{name}" for name in ("sharpe", "return", "max_drawdown", "bars", "skew", "kurtosis")),
 )
-PER_FOLD = ("test_r2", "test_rmse", "test_mae", "train_r2", "train_rmse", "train_mae", "test_r2_os")
+PER_FOLD = (
+    "test_r2",
+    "test_rmse",
+    "test_mae",
+    "train_r2",
+    "train_rmse",
+    "train_mae",
+    "test_r2_os",
+    *(f"test_{score}" for score in TRADING_SCORES),
+)
 IMPORTANCE_STATS = ("importance_max", "importance_mean", "importance_median", "importance_min")
 ARTIFACTS = (
     "permutation_importance.json",
@@ -44,4 +61,6 @@ ARTIFACTS = (
     "feature_importance.png",
     "shap_importance.csv",
     "shap_importance.png",
+    "oos_returns.csv",
+    "oos_equity.png",
 )

@@ -152,7 +152,7 @@ def _gate(owner: RuleConfig | None, board: KeptBoard | None, state: ExperimentSt
         return "held"
     if owner is None or owner.selection is None or board is None or board.rule != owner.name:
         return "none"
-    gates = (owner.selection.max_pbo, getattr(owner.selection, "min_dsr", None))
+    gates = (owner.selection.max_pbo, owner.selection.min_dsr)
     return "passed" if any(g is not None for g in gates) else "none"
 
 

@@ -78,10 +78,11 @@ def leaderboard_payload(event: LeaderboardChanged, *, ui_base_url: str | None, n
 def selection_fields(note: SelectionSummary) -> dict[str, Any]:
     """``selection`` (null when PBO and the tied set are not computable), its plain line, and
     why production tags were held back (null when they were not)."""
-    computable = note.pbo is not None or note.tied_with_leader is not None
+    computable = note.pbo is not None or note.tied_with_leader is not None or note.dsr is not None
     return {
         "selection": {
             "pbo": note.pbo,
+            "dsr": note.dsr,
             "tied_with_leader": note.tied_with_leader,
             "folds": note.folds,
             "runs": note.runs,

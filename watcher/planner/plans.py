@@ -355,15 +355,16 @@ def selection_gate(rule: Rule, read: ExperimentRead, board: Sequence[Candidate],
     leader = board[0].run_id if board else None
     if read.selection_input is None:
         stored = stats.stored(read.selection_tag)
-        held = stats.gate_reason_of_tag(stored, config.max_pbo) is not None
+        held = stats.gate_reason_of_tag(stored, config.max_pbo, config.min_dsr) is not None
         return Gate(held=held)
     selection = stats.compute(
         read.selection_input.board,
         higher_is_better=not rule.ascending,
         blocks=config.blocks,
         alpha=config.alpha,
+        sharpe_metric=config.sharpe_metric,
     )
-    summary = stats.summary(selection, config.max_pbo, leader)
+    summary = stats.summary(selection, config.max_pbo, leader, config.min_dsr)
     tag = stats.selection_json(
         selection, metric=rule.metric, fold_metric=config.fold_metric, computed_at=iso_time(now_ms / 1000)
     )

@@ -144,7 +144,9 @@ def selection_outdated(rule: Rule, read: ExperimentRead) -> bool:
     stored = stats.stored(read.selection_tag)
     if stored is None or not stats.same_settings(stored, rule.metric, rule.selection):
         return True
-    return held != (stats.gate_reason_of_tag(stored, rule.selection.max_pbo) is not None)
+    return held != (
+        stats.gate_reason_of_tag(stored, rule.selection.max_pbo, rule.selection.min_dsr) is not None
+    )
 
 
 def redundant_advance(ended: Sequence[RunRecord], states: Mapping[str, ExperimentState | None]) -> int | None:

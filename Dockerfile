@@ -16,21 +16,24 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
 COPY pyproject.toml README.md ./
-# Empty packages stand in for the sources while the dependencies install; pip then forgets them.
+# Empty packages stand in for the sources while the dependencies install; pip then forgets them
+# (and setuptools' build directory goes, or the project's wheel would hold the stand-ins).
 RUN mkdir trainer watcher && touch trainer/__init__.py watcher/__init__.py
 
 FROM build AS deps-watcher
 RUN --mount=type=cache,target=/root/.cache/pip \
     python -m venv /opt/venv \
     && /opt/venv/bin/pip install ".[watcher]" \
-    && /opt/venv/bin/pip uninstall --yes mlflow-podium
+    && /opt/venv/bin/pip uninstall --yes mlflow-podium \
+    && rm -r build ./*.egg-info
 
 FROM build AS deps-full
 # The postgres extra (in `full`) gives `mlflow server` a PostgreSQL driver (postgresql+psycopg://).
 RUN --mount=type=cache,target=/root/.cache/pip \
     python -m venv /opt/venv \
     && /opt/venv/bin/pip install ".[full]" \
-    && /opt/venv/bin/pip uninstall --yes mlflow-podium
+    && /opt/venv/bin/pip uninstall --yes mlflow-podium \
+    && rm -r build ./*.egg-info
 
 # The sidecar's venv without what only installs or tests packages: pip, setuptools and the
 # dependencies' own test suites (about 150 MB of its 530; pandas' tests alone are 46 MB).
@@ -42,16 +45,18 @@ RUN /opt/venv/bin/pip uninstall --yes pip setuptools \
 FROM deps-watcher AS project-watcher
 RUN rm -r trainer
 COPY watcher ./watcher
-RUN site="$(/opt/venv/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')" \
-    && /opt/venv/bin/pip install --no-cache-dir --no-deps --target "/opt/project${site}" . \
+RUN --mount=type=cache,target=/root/.cache/pip \
+    site="$(/opt/venv/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')" \
+    && /opt/venv/bin/pip install --no-deps --target "/opt/project${site}" . \
     && mkdir -p /opt/project/opt/venv && mv "/opt/project${site}/bin" /opt/project/opt/venv/bin \
     && rm /opt/project/opt/venv/bin/podium-trainer
 
 FROM deps-full AS project-full
 COPY trainer ./trainer
 COPY watcher ./watcher
-RUN site="$(/opt/venv/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')" \
-    && /opt/venv/bin/pip install --no-cache-dir --no-deps --target "/opt/project${site}" . \
+RUN --mount=type=cache,target=/root/.cache/pip \
+    site="$(/opt/venv/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')" \
+    && /opt/venv/bin/pip install --no-deps --target "/opt/project${site}" . \
     && mkdir -p /opt/project/opt/venv && mv "/opt/project${site}/bin" /opt/project/opt/venv/bin
 
 # ---- runtime: a venv, no sources, no build tools, non-root -------------------------------------

@@ -132,6 +132,7 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> Image:
         "build",
         "deps-watcher",
         "deps-full",
+        "venv-watcher",
         "project-watcher",
         "project-full",
         "runtime",

@@ -144,9 +144,11 @@ fi
 # ---- smoke tests ---------------------------------------------------------------------------------
 [ -x "$HOST_PY" ] || fail "no $HOST_PY: the host's watcher reads the tags back (bash scripts/setup.sh dev)"
 
+# One-off runs (`run --rm`) go without the HEALTHCHECK: nothing would probe it, and podman
+# without systemd logs on stderr that it cannot time it.
 step "images: the sidecar holds the watcher only"
 [ "$watcher_size" -le $((1870000000 / 3)) ] || fail "the sidecar image is $(mb "$watcher_size") MB, over 1/3 of 1.87 GB"
-"$ENGINE" run --rm --entrypoint python "$WATCHER" -c '
+"$ENGINE" run --rm --no-healthcheck --entrypoint python "$WATCHER" -c '
 import importlib.util, sys
 present = [m for m in ("trainer", "xgboost", "shap", "matplotlib", "pyarrow", "sklearn") if importlib.util.find_spec(m)]
 sys.exit(f"the sidecar image holds {present}" if present else 0)' || fail "the sidecar image holds the trainer stack"
@@ -184,10 +186,12 @@ else
   IN_POD=(--network "container:$NAME")
 fi
 POD_UP=1
+# (Podman logs that it cannot reach systemd to time the HEALTHCHECK: kept in engine.log.)
 "$ENGINE" run -d --name "$NAME-mlflow" "${IN_POD[@]}" --entrypoint mlflow "$FULL" server \
   --backend-store-uri sqlite:////home/podium/mlflow.db --serve-artifacts \
   --artifacts-destination /var/lib/mlflow/artifacts --host 0.0.0.0 --port 5000 --workers 2 \
-  --allowed-hosts "localhost:5000,127.0.0.1:5000,localhost:$MLFLOW_PORT,127.0.0.1:$MLFLOW_PORT" >/dev/null
+  --allowed-hosts "localhost:5000,127.0.0.1:5000,localhost:$MLFLOW_PORT,127.0.0.1:$MLFLOW_PORT" \
+  >/dev/null 2>>"$WORK/engine.log" || { cat "$WORK/engine.log" >&2; fail "mlflow server did not start"; }
 wait_for() { # URL SECONDS
   local deadline=$((SECONDS + $2))
   until curl -fsS -o /dev/null "$1" 2>/dev/null; do
@@ -201,7 +205,8 @@ step "pod: watcher sidecar (watcher image)"
 SIDECAR_ENV=(-e MLFLOW_TRACKING_URI=http://localhost:5000 -e WATCHER_HTTP__HOST=0.0.0.0
   -e WATCHER_HTTP__TOKEN_ENV=PODIUM_API_TOKEN -e "PODIUM_API_TOKEN=$TOKEN")
 start_sidecar() {
-  "$ENGINE" run -d --name "$NAME-watcher" "${IN_POD[@]}" "${SIDECAR_ENV[@]}" "${CONFIG_MOUNT[@]}" "$WATCHER" >/dev/null
+  "$ENGINE" run -d --name "$NAME-watcher" "${IN_POD[@]}" "${SIDECAR_ENV[@]}" "${CONFIG_MOUNT[@]}" "$WATCHER" \
+    >/dev/null 2>>"$WORK/engine.log" || { cat "$WORK/engine.log" >&2; fail "the sidecar did not start"; }
   wait_for "http://127.0.0.1:$API_PORT/healthz" 60 || fail "the sidecar did not answer /healthz in 60 s"
 }
 start_sidecar
@@ -211,7 +216,8 @@ uid=$("$ENGINE" exec "$NAME-watcher" python -c 'import os; print(os.getuid())')
 echo "   uid $uid"
 
 step "trainer sweep (full image, $TRIALS trials)"
-"$ENGINE" run --rm "${IN_POD[@]}" -e MLFLOW_TRACKING_URI=http://localhost:5000 --entrypoint python "$FULL" \
+"$ENGINE" run --rm --no-healthcheck "${IN_POD[@]}" -e MLFLOW_TRACKING_URI=http://localhost:5000 -e GIT_PYTHON_REFRESH=quiet \
+  --entrypoint python "$FULL" \
   -m trainer train --config /etc/podium/trainer.yaml --trials "$TRIALS" --jobs 2 --no-progress \
   >"$WORK/sweep.log" 2>&1 || { tail -30 "$WORK/sweep.log" >&2; fail "the sweep failed"; }
 grep -E "experiment|best" "$WORK/sweep.log" | tail -3 | sed 's/^/   /'
@@ -259,7 +265,16 @@ until sleep 2 && tags >"$WORK/tags-again.json" && cmp -s "$WORK/tags-sidecar.jso
   [ $SECONDS -lt $deadline ] || fail "the board still changed 90 s after the sweep"
   mv "$WORK/tags-again.json" "$WORK/tags-sidecar.json"
 done
-"$HOST_PY" -c 'import json, sys; b = json.load(open(sys.argv[1])); [print(f"   {e}: {sum(1 for t in r.values() if t)} of {len(r)} runs tagged, model_rank 1 = {[n for n, t in r.items() if t.get(\"model_rank\") == \"1\"]}") for e, r in b.items()]' "$WORK/tags-sidecar.json"
+"$HOST_PY" - "$WORK/tags-sidecar.json" <<'EOF'
+import json
+import sys
+
+for name, board in json.load(open(sys.argv[1])).items():
+    selection = board.pop("podium.selection")
+    first = [run for run, tags in board.items() if tags.get("model_rank") == "1"]
+    tagged = sum(1 for tags in board.values() if tags)
+    print(f"   {name}: {tagged} of {len(board)} runs tagged, model_rank 1: {first}; selection: {sorted(selection)}")
+EOF
 
 step "SIGTERM: the sidecar stops with exit 0"
 "$ENGINE" stop -t 60 "$NAME-watcher" >/dev/null
@@ -275,7 +290,7 @@ MLFLOW_TRACKING_URI=$HOST_URI "$HOST_PY" -m watcher --config "$WORK/watcher.yaml
   >"$WORK/host-once.log" 2>&1 </dev/null || { tail "$WORK/host-once.log" >&2; fail "the host's --once failed"; }
 tags >"$WORK/tags-host.json"
 tags clear >/dev/null
-"$ENGINE" run --rm "${IN_POD[@]}" -e MLFLOW_TRACKING_URI=http://localhost:5000 "${CONFIG_MOUNT[@]}" "$WATCHER" --once \
+"$ENGINE" run --rm --no-healthcheck "${IN_POD[@]}" -e MLFLOW_TRACKING_URI=http://localhost:5000 "${CONFIG_MOUNT[@]}" "$WATCHER" --once \
   >"$WORK/sidecar-once.log" 2>&1 || { tail "$WORK/sidecar-once.log" >&2; fail "the sidecar's --once failed"; }
 tags >"$WORK/tags-once.json"
 cmp -s "$WORK/tags-sidecar.json" "$WORK/tags-host.json" \
@@ -285,13 +300,13 @@ cmp -s "$WORK/tags-host.json" "$WORK/tags-once.json" \
 echo "   the same tags from the sidecar daemon, the host's --once and the sidecar's --once"
 
 step "check-config: a mounted config, then a bad one"
-"$ENGINE" run --rm "${CONFIG_MOUNT[@]}" "$WATCHER" check-config >"$WORK/check.out" 2>&1 \
+"$ENGINE" run --rm --no-healthcheck "${CONFIG_MOUNT[@]}" "$WATCHER" check-config >"$WORK/check.out" 2>&1 \
   || { cat "$WORK/check.out" >&2; fail "check-config of the mounted config failed"; }
 grep -qE "^poll_interval_seconds: 2(\.0)?$" "$WORK/check.out" || fail "check-config did not print the mounted config"
 printf 'poll_interval_seconds: soon\n' >"$WORK/bad.yaml"
 chmod 0644 "$WORK/bad.yaml"
 set +e
-"$ENGINE" run --rm -v "$WORK/bad.yaml:/etc/podium/watcher.yaml:ro" "$WATCHER" check-config >"$WORK/bad.out" 2>"$WORK/bad.err"
+"$ENGINE" run --rm --no-healthcheck -v "$WORK/bad.yaml:/etc/podium/watcher.yaml:ro" "$WATCHER" check-config >"$WORK/bad.out" 2>"$WORK/bad.err"
 code=$?
 set -e
 [ "$code" = 2 ] || fail "a bad config exited $code, not 2"

@@ -15,10 +15,10 @@ FROM ${PYTHON_IMAGE} AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
-COPY pyproject.toml README.md ./
-# Empty packages stand in for the sources while the dependencies install; pip then forgets them
-# (and setuptools' build directory goes, or the project's wheel would hold the stand-ins).
-RUN mkdir trainer watcher && touch trainer/__init__.py watcher/__init__.py
+COPY pyproject.toml ./
+# Empty packages (and README) stand in for the sources while the dependencies install; pip then
+# forgets them (and setuptools' build directory goes, or the project's wheel would hold them).
+RUN mkdir trainer watcher && touch README.md trainer/__init__.py watcher/__init__.py
 
 FROM build AS deps-watcher
 RUN --mount=type=cache,target=/root/.cache/pip \
@@ -44,6 +44,7 @@ RUN /opt/venv/bin/pip uninstall --yes pip setuptools \
 # The project alone, laid out under /opt/project as it lies in the venv: /opt/project/opt/venv/...
 FROM deps-watcher AS project-watcher
 RUN rm -r trainer
+COPY README.md ./
 COPY watcher ./watcher
 RUN --mount=type=cache,target=/root/.cache/pip \
     site="$(/opt/venv/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')" \
@@ -52,6 +53,7 @@ RUN --mount=type=cache,target=/root/.cache/pip \
     && rm /opt/project/opt/venv/bin/podium-trainer
 
 FROM deps-full AS project-full
+COPY README.md ./
 COPY trainer ./trainer
 COPY watcher ./watcher
 RUN --mount=type=cache,target=/root/.cache/pip \

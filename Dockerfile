@@ -1,24 +1,67 @@
 # syntax=docker/dockerfile:1
-# Podium image: the watcher sidecar by default (`python -m watcher`); the same image runs the
-# trainer (`--entrypoint python ... -m trainer`) and, in docker-compose.yml, the MLflow server,
-# so client and server always run the same MLflow version.
+# Podium's two images from one file (docs/deployment.md):
+#   --target watcher  the sidecar: `python -m watcher` and only what it needs (the `watcher`
+#                     extra: the MLflow client, no trainer, XGBoost, matplotlib or pyarrow)
+#   --target full     (the default, last stage) trainer, watcher and `mlflow server` of the same
+#                     MLflow version: `--entrypoint python IMAGE -m trainer train ...`,
+#                     `--entrypoint mlflow IMAGE server ...`; the entrypoint is the watcher too.
+# scripts/image.sh builds both and smoke-tests them in a pod.
 ARG PYTHON_IMAGE=python:3.11-slim
 
-# ---- build: the project as a wheel, installed with its dependencies into /opt/venv ----------
+# ---- build: each venv's dependencies, then the project on its own --------------------------------
+# The dependencies' layers change only with pyproject.toml; the project's files are copied into
+# the runtime after them, so an edit to a module rebuilds megabytes, not the whole venv.
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml ./
+# Empty packages (and README) stand in for the sources while the dependencies install; pip then
+# forgets them (and setuptools' build directory goes, or the project's wheel would hold them).
+RUN mkdir trainer watcher && touch README.md trainer/__init__.py watcher/__init__.py
+
+FROM build AS deps-watcher
+RUN --mount=type=cache,target=/root/.cache/pip \
+    python -m venv /opt/venv \
+    && /opt/venv/bin/pip install ".[watcher]" \
+    && /opt/venv/bin/pip uninstall --yes mlflow-podium \
+    && rm -r build ./*.egg-info
+
+FROM build AS deps-full
+# The postgres extra (in `full`) gives `mlflow server` a PostgreSQL driver (postgresql+psycopg://).
+RUN --mount=type=cache,target=/root/.cache/pip \
+    python -m venv /opt/venv \
+    && /opt/venv/bin/pip install ".[full]" \
+    && /opt/venv/bin/pip uninstall --yes mlflow-podium \
+    && rm -r build ./*.egg-info
+
+# The sidecar's venv without what only installs or tests packages: pip, setuptools and the
+# dependencies' own test suites (about 150 MB of its 530; pandas' tests alone are 46 MB).
+FROM deps-watcher AS venv-watcher
+RUN /opt/venv/bin/pip uninstall --yes pip setuptools \
+    && find /opt/venv/lib -type d -name tests -prune -exec rm -r {} +
+
+# The project alone, laid out under /opt/project as it lies in the venv: /opt/project/opt/venv/...
+FROM deps-watcher AS project-watcher
+RUN rm -r trainer
+COPY README.md ./
+COPY watcher ./watcher
+RUN --mount=type=cache,target=/root/.cache/pip \
+    site="$(/opt/venv/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')" \
+    && /opt/venv/bin/pip install --no-deps --target "/opt/project${site}" . \
+    && mkdir -p /opt/project/opt/venv && mv "/opt/project${site}/bin" /opt/project/opt/venv/bin \
+    && rm /opt/project/opt/venv/bin/podium-trainer
+
+FROM deps-full AS project-full
+COPY README.md ./
 COPY trainer ./trainer
 COPY watcher ./watcher
-RUN pip wheel --no-cache-dir --no-deps --wheel-dir /dist . \
-    && python -m venv /opt/venv
-# The postgres extra gives `mlflow server` a PostgreSQL driver (postgresql+psycopg://).
-RUN wheel="$(ls /dist/*.whl)" \
-    && /opt/venv/bin/pip install --no-cache-dir "${wheel}[postgres]"
+RUN --mount=type=cache,target=/root/.cache/pip \
+    site="$(/opt/venv/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')" \
+    && /opt/venv/bin/pip install --no-deps --target "/opt/project${site}" . \
+    && mkdir -p /opt/project/opt/venv && mv "/opt/project${site}/bin" /opt/project/opt/venv/bin
 
-# ---- runtime: the venv only, no sources, no build tools, non-root -----------------------------
+# ---- runtime: a venv, no sources, no build tools, non-root -------------------------------------
 FROM ${PYTHON_IMAGE} AS runtime
 # MLflow's client default is 7 retries with minutes of back-off. `python -m watcher` lowers them
 # itself at start (a pass fails fast and the next one tries again; /healthz shows it); set here
@@ -34,7 +77,6 @@ RUN groupadd --system --gid 10001 podium \
        --shell /usr/sbin/nologin podium \
     && mkdir -p /var/lib/mlflow/artifacts \
     && chown podium:podium /var/lib/mlflow/artifacts
-COPY --from=build /opt/venv /opt/venv
 COPY config/ /etc/podium/
 USER 10001:10001
 WORKDIR /home/podium
@@ -49,3 +91,13 @@ ENTRYPOINT ["python", "-m", "watcher"]
 # there or pass --config; override any key with env WATCHER_<KEY> (nested keys joined by __,
 # e.g. WATCHER_HTTP__PORT). Extra arguments (`--once`, `check-config`) keep that config.
 CMD ["--log-format", "json"]
+
+# ---- the sidecar --------------------------------------------------------------------------------
+FROM runtime AS watcher
+COPY --from=venv-watcher /opt/venv /opt/venv
+COPY --from=project-watcher /opt/project/ /
+
+# ---- the full image (the default target) --------------------------------------------------------
+FROM runtime AS full
+COPY --from=deps-full /opt/venv /opt/venv
+COPY --from=project-full /opt/project/ /

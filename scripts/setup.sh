@@ -9,5 +9,5 @@ command -v "$PY" >/dev/null 2>&1 || PY=python3
 if [ "${1:-}" = "dev" ]; then
   .venv/bin/python -m pip install -q -e '.[dev]'
 else
-  .venv/bin/python -m pip install -q -e .
+  .venv/bin/python -m pip install -q -e '.[full]'
 fi

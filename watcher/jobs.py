@@ -6,6 +6,10 @@ never imports the trainer. The child's output is kept line by line (bounded per 
 page can show its tail while it runs and after it ended. The trainer prints
 ``new_run_id=<id>`` as soon as it created the new run; that is how a job learns its run.
 
+A watcher installed without the trainer (the sidecar image, ``pip install
+'mlflow-podium[watcher]'``) refuses jobs up front with :class:`TrainerMissing` (HTTP 501) rather
+than starting a child that would fail on its first import.
+
 Stopping the runner (the daemon got SIGTERM) sends SIGTERM to a running child, which ends its
 run KILLED, and waits for it; jobs still queued end ``failed`` without starting.
 """
@@ -13,6 +17,7 @@ run KILLED, and waits for it; jobs still queued end ``failed`` without starting.
 from __future__ import annotations
 
 import collections
+import importlib.util
 import os
 import queue
 import re
@@ -47,8 +52,35 @@ NEW_RUN_LINE = re.compile(r"^new_run_id=([0-9A-Za-z_-]+)\s*$")
 RETRAINED_LINE = re.compile(r" as run ([0-9a-f]{32}) ")
 
 
+# What ``python -m trainer retrain`` needs beyond the watcher's own dependencies: the trainer
+# package and the heavy part of the `trainer` extra. Looked up, never imported.
+TRAINER_MODULES = ("trainer", "xgboost", "matplotlib", "sklearn")
+FULL_IMAGE = "the full Podium image (podium, `--target full`)"
+
+
 class QueueFull(Exception):
     """The queue holds MAX_QUEUED jobs already."""
+
+
+class TrainerMissing(Exception):
+    """This install has no trainer, so it cannot retrain: that needs the full image."""
+
+    def __init__(self, missing: Sequence[str]) -> None:
+        self.missing = tuple(missing)
+        super().__init__(
+            f"retraining runs the trainer, which this watcher does not have (no {', '.join(self.missing)}): "
+            f"run it from {FULL_IMAGE}, or pip install 'mlflow-podium[trainer]'"
+        )
+
+
+def missing_trainer_modules() -> list[str]:
+    """The modules of TRAINER_MODULES this interpreter cannot import; empty when it can retrain."""
+    return [name for name in TRAINER_MODULES if importlib.util.find_spec(name) is None]
+
+
+def trainer_available() -> bool:
+    """True when this interpreter can run ``python -m trainer retrain``."""
+    return not missing_trainer_modules()
 
 
 @dataclass
@@ -93,8 +125,12 @@ class JobRunner:
         keep: int = KEEP_JOBS,
         environ: Mapping[str, str] = os.environ,
         clock: Callable[[], float] = time.time,
+        missing: Sequence[str] | None = None,
     ) -> None:
+        """``missing``: the trainer's modules absent from ``python``; None looks them up in this
+        interpreter (the daemon's jobs run ``sys.executable``)."""
         self.tracking_uri = tracking_uri
+        self.missing = tuple(missing_trainer_modules() if missing is None else missing)
         self.python = python
         self.max_queued = max_queued
         self.keep = keep
@@ -117,7 +153,10 @@ class JobRunner:
         drop_below: float | None = None,
         experiment_id: str | None = None,
     ) -> Job:
-        """Queue a job; raises QueueFull when MAX_QUEUED jobs wait already."""
+        """Queue a job; raises TrainerMissing without the trainer, QueueFull when MAX_QUEUED jobs
+        wait already."""
+        if self.missing:
+            raise TrainerMissing(self.missing)
         with self._lock:
             if self._stopping.is_set():
                 raise QueueFull("the watcher is shutting down")

@@ -16,7 +16,7 @@ from watcher.dashboard.board import run_url
 from watcher.dashboard.importance import IMPORTANCE_CSV, check_retrain
 from watcher.dashboard.models import JobView, RetrainRequest
 from watcher.dashboard.query import Dashboard, DashboardQuery
-from watcher.jobs import Job, QueueFull
+from watcher.jobs import Job, QueueFull, TrainerMissing
 from watcher.model import iso_time
 
 log = structlog.get_logger("watcher")
@@ -68,6 +68,7 @@ def job_view(job: Job, ui_base_url: str | None) -> JobView:
         413: {"description": "The body is larger than a megabyte"},
         415: {"description": "The body is not declared as JSON"},
         429: {"description": "The job queue is full"},
+        501: {"description": "This watcher has no trainer (the sidecar image): retrain needs the full image"},
     },
 )
 async def retrain(request: Request, q: Dashboard) -> JSONResponse:
@@ -90,6 +91,8 @@ async def retrain(request: Request, q: Dashboard) -> JSONResponse:
 
 
 def _queue_retrain(q: DashboardQuery, body: RetrainRequest) -> JSONResponse:
+    if q.jobs.missing:  # the sidecar image: no trainer to run, whatever the run
+        raise HTTPException(status.HTTP_501_NOT_IMPLEMENTED, detail=str(TrainerMissing(q.jobs.missing)))
     run = q.run(body.run_id)
     rows = q.importance.get(body.run_id)
     if rows is None:

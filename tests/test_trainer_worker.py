@@ -34,9 +34,12 @@ def _trial(tmp_path: Path, tracking_uri: str) -> tuple[TrainerConfig, Tracking, 
     inputs = prepare(config)
     tracking = Tracking(tracking_uri)
     experiment_id = tracking.ensure_experiment(config.experiment or "")
-    init_worker(
-        WorkerContext(inputs.dataset, config, tracking_uri, experiment_id, static_params(config, inputs))
+    # quiet=False: the trial runs in this process, as a one-job sweep runs it (a quiet worker
+    # sets the process's logging to warnings for good)
+    context = WorkerContext(
+        inputs.dataset, config, tracking_uri, experiment_id, static_params(config, inputs), quiet=False
     )
+    init_worker(context)
     return config, tracking, experiment_id
 
 

@@ -113,40 +113,41 @@ class ImportanceReport:
 
     def write_artifacts(self, directory: Path) -> list[Path]:
         """Write the five artifact files into ``directory``; returns their paths."""
+        return self.write_tables(directory) + self.write_charts(directory)
+
+    def write_tables(self, directory: Path) -> list[Path]:
+        """The JSON and the two CSV files."""
         directory.mkdir(parents=True, exist_ok=True)
         rows = self.rows()
-        paths = [
+        return [
             self._write_json(directory / PERMUTATION_JSON, rows),
             self._write_importance_csv(directory / IMPORTANCE_CSV, rows),
             self._write_shap_csv(directory / SHAP_CSV),
         ]
-        total = len(self.feature_names)
-        top = rows[:TOP_METRICS]
-        paths.append(
+
+    def write_charts(self, directory: Path) -> list[Path]:
+        """The two bar charts of the top 20 (PNG)."""
+        directory.mkdir(parents=True, exist_ok=True)
+        names, total, rows = self.feature_names, len(self.feature_names), self._rows_label()
+        top, shap_top = self.order()[:TOP_METRICS], self.shap_order()[:TOP_METRICS]
+        return [
             plots.importance_bars(
                 directory / IMPORTANCE_PNG,
-                labels=[r.feature for r in top],
-                values=[r.importance_mean for r in top],
-                errors=[r.importance_std for r in top],
+                labels=[names[i] for i in top],
+                values=self.importances_mean[top].tolist(),
+                errors=self.importances_std[top].tolist(),
                 title=f"Permutation importance, top {len(top)} of {total} features",
-                xlabel=(
-                    f"mean decrease in {SCORING_LABELS[self.scoring]} "
-                    f"({self.n_repeats} repeats, {self._rows_label()})"
-                ),
-            )
-        )
-        shap_top = self.shap_order()[:TOP_METRICS]
-        paths.append(
+                xlabel=f"mean decrease in {SCORING_LABELS[self.scoring]} ({self.n_repeats} repeats, {rows})",
+            ),
             plots.importance_bars(
                 directory / SHAP_PNG,
-                labels=[self.feature_names[i] for i in shap_top],
-                values=[float(self.shap[i]) for i in shap_top],
+                labels=[names[i] for i in shap_top],
+                values=self.shap[shap_top].tolist(),
                 errors=None,
                 title=f"SHAP importance, top {len(shap_top)} of {total} features",
-                xlabel=f"mean |SHAP value| ({self._rows_label()})",
-            )
-        )
-        return paths
+                xlabel=f"mean |SHAP value| ({rows})",
+            ),
+        ]
 
     def _rows_label(self) -> str:
         where = "latest test window" if self.holdout == "latest" else "each fold's test window"

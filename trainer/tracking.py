@@ -29,7 +29,7 @@ import pandas as pd
 import xgboost as xgb
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
-from mlflow.models import Model, infer_signature
+from mlflow.models import Model, ModelSignature, infer_signature
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 from mlflow.tracking import MlflowClient
 from mlflow.tracking._tracking_service.utils import _use_tracking_uri
@@ -103,6 +103,7 @@ class Tracking:
     def __init__(self, uri: str | None = None) -> None:
         self.uri = uri or mlflow.get_tracking_uri()
         self.client = MlflowClient(self.uri)
+        self._signatures: dict[tuple[Any, ...], ModelSignature] = {}
 
     def ensure_experiment(self, name: str) -> str:
         """Id of experiment ``name``, created if missing (restored if deleted)."""
@@ -141,8 +142,8 @@ class Tracking:
         puts it in MLflow's default experiment ("0") unless a fluent experiment is active.
         """
         with _wrapped(f"logging the model of run {run_id}"):
-            prediction = model.inplace_predict(example.to_numpy(dtype="float32"))
-            signature = infer_signature(example, np.asarray(prediction))
+            prediction = np.asarray(model.inplace_predict(example.to_numpy(dtype="float32")))
+            signature = self._signature(example, prediction)
             logged = self.client.create_logged_model(
                 experiment_id, name="model", source_run_id=run_id, tags=self._context_tags
             )
@@ -169,6 +170,21 @@ class Tracking:
     @functools.cached_property
     def _context_tags(self) -> dict[str, str]:
         return self.context_tags()
+
+    def _signature(self, example: pd.DataFrame, prediction: np.ndarray) -> ModelSignature:
+        """``infer_signature(example, prediction)``, inferred once per shape: it reads the
+        columns' names and types, which of them hold a missing value (those are not required),
+        and the prediction's type and shape, which every trial of a sweep shares."""
+        key = (
+            tuple(example.columns),
+            tuple(map(str, example.dtypes)),
+            tuple(example.isna().any()),
+            prediction.dtype.str,
+            prediction.shape[1:],
+        )
+        if key not in self._signatures:
+            self._signatures[key] = infer_signature(example, prediction)
+        return self._signatures[key]
 
     def log_batch(
         self,

@@ -5,12 +5,19 @@ every trial that worker runs) and ``execute`` per trial. A trial trains, logs th
 params + metrics + tags in one batch, uploads the importance files and marks its run FINISHED,
 or FAILED if anything went wrong. Its run was created by the caller just before the task was
 handed over, so no queued run sits RUNNING.
+
+The model, the batch and the importance tables go to MLflow from a thread of the worker while
+the trial's own thread draws the two importance charts: most of their time is the server's, so
+the trial waits for them about as long as the charts take. The trial waits for that thread
+before it uploads the charts and ends its run, so an error there fails the trial as before,
+and nothing of a run is still on its way when the run is marked.
 """
 
 from __future__ import annotations
 
 import logging
 import tempfile
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -81,6 +88,7 @@ class _Worker:
         self.context = context
         self.prepared = Prepared(context.dataset, context.config)
         self.tracking = Tracking(context.tracking_uri)
+        self.sender = ThreadPoolExecutor(max_workers=1, thread_name_prefix="podium-logging")
 
     def run(self, task: TrialTask) -> TrialOutcome:
         try:
@@ -104,11 +112,49 @@ class _Worker:
         )
 
     def _log(self, task: TrialTask, result: TrialResult) -> None:
+        params, metrics, tags = self._batch(task, result)
+        report = result.importance
+        with tempfile.TemporaryDirectory(prefix="podium-importance-") as tmp:
+            tables, charts = Path(tmp, "tables"), Path(tmp, "charts")
+            if report is not None:
+                report.write_tables(tables)
+            upload = tables if report is not None else None
+            sent = self.sender.submit(self._send, task, result, (params, metrics, tags), upload)
+            try:
+                if report is not None:
+                    report.write_charts(charts)
+                if result.trading is not None:
+                    charts.mkdir(exist_ok=True)
+                    # The out-of-sample path's CSV and equity chart, drawn here beside the importance charts.
+                    equity.write_files(result.trading.path(), charts, f"trial_{task.index}, out of sample")
+            finally:
+                wait([sent])  # even when a chart failed: nothing of the run in flight once it is marked
+            sent.result()  # the model's, the batch's or the tables' error, raised here
+            if report is not None or result.trading is not None:
+                self.tracking.log_artifacts(task.artifact_uri, charts)
+        self.tracking.terminate(task.run_id, FINISHED)
+
+    def _send(
+        self,
+        task: TrialTask,
+        result: TrialResult,
+        batch: tuple[dict[str, str], list[tuple[str, float, int]], dict[str, str]],
+        tables: Path | None,
+    ) -> None:
+        """The model first (MLflow reads the run's metrics when it logs a model: none yet), then
+        every param, metric and tag in one batch, then the importance tables."""
         ctx = self.context
-        ds = ctx.dataset
-        self.tracking.log_model(
-            ctx.experiment_id, task.run_id, result.model, example_frame(result.example, ds.feature_names)
-        )
+        example = example_frame(result.example, ctx.dataset.feature_names)
+        self.tracking.log_model(ctx.experiment_id, task.run_id, result.model, example)
+        self.tracking.log_batch(task.run_id, *batch)
+        if tables is not None:
+            self.tracking.log_artifacts(task.artifact_uri, tables)
+
+    def _batch(
+        self, task: TrialTask, result: TrialResult
+    ) -> tuple[dict[str, str], list[tuple[str, float, int]], dict[str, str]]:
+        """The run's params, metrics ``(key, value, step)`` and tags."""
+        ctx = self.context
         params = {**ctx.static_params, **params_of(result.hyperparameters), "trial_seed": str(task.seed)}
         metrics = [(k, v, 0) for k, v in result.averages().items()] + result.fold_series()
         tags = {"trial_index": str(task.index)}
@@ -126,15 +172,7 @@ class _Worker:
             metrics += [(k, v, 0) for k, v in report.metrics().items()]
         elif result.importance_skipped:
             tags["importance_skipped"] = result.importance_skipped
-        if report is not None or result.trading is not None:
-            with tempfile.TemporaryDirectory(prefix="podium-artifacts-") as tmp:
-                if report is not None:
-                    report.write_artifacts(Path(tmp))
-                if result.trading is not None:
-                    equity.write_files(result.trading.path(), Path(tmp), f"trial_{task.index}, out of sample")
-                self.tracking.log_artifacts(task.artifact_uri, Path(tmp))
-        self.tracking.log_batch(task.run_id, params, metrics, tags)
-        self.tracking.terminate(task.run_id, FINISHED)
+        return params, metrics, tags
 
     def _fail(self, task: TrialTask) -> None:
         # the caller logs trial_failed with the outcome; here the run is only marked

@@ -255,10 +255,14 @@ def run_backend(
         start_ids_at(server.db_uri, FIRST_ID)
         filled = []
         fill_seconds = 0.0
-        # One fill per side with the same seed and layout: the copies hold the same runs.
+        # One fill per side with the same seed and layout: the copies hold the same runs, and
+        # (one experiment created at a time) their ids in the same order as their names, so
+        # both watchers take their holder checks (by id) in the same slices.
         for side in SIDES:
             layout = [(f"{prefix(n, side)}{i:04d}", RUNS) for n in (1, *options.sizes) for i in range(n)]
-            f, seconds = timed(lambda layout=layout: fill(direct, server.db_uri, layout, profile="trainer"))
+            f, seconds = timed(
+                lambda layout=layout: fill(direct, server.db_uri, layout, profile="trainer", workers=1)
+            )
             filled += f
             fill_seconds += seconds
         log(f"{backend}: filled {len(filled):,} experiments × {RUNS} runs in {fill_seconds:.1f} s")

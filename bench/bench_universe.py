@@ -597,9 +597,26 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--table", metavar="FILE", help="print the markdown tables of a results file and exit"
     )
+    parser.add_argument(
+        "--before",
+        metavar="PATH",
+        help="an older checkout: its watcher runs beside this one's, in turns, against the same "
+        "servers and counting proxy (bench/universe_before.py; `--once` and the serial ranking left out)",
+    )
     args = parser.parse_args(argv)
     if args.table:
-        print(table(json.loads(Path(args.table).read_text())))
+        data = json.loads(Path(args.table).read_text())
+        if "before_commit" in data:
+            from bench import universe_before
+
+            print(universe_before.table(data))
+        else:
+            print(table(data))
+        return
+    if args.before:
+        from bench import universe_before
+
+        universe_before.main(args)
         return
     common.quiet_logs()
 

@@ -158,9 +158,11 @@ def fill(
     *,
     seed: int = 0,
     profile: str = "bench",
+    workers: int = 4,
 ) -> list[FilledExperiment]:
     """Create one experiment per (name, n_runs) through `client` and bulk-insert its finished runs
-    (``profile``: "bench", a light run, or "trainer", a run as the trainer logs it)."""
+    (``profile``: "bench", a light run, or "trainer", a run as the trainer logs it); ``workers``
+    experiments are created at once (1: their ids follow the order of ``sizes``)."""
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; expected one of {PROFILES}")
     rng = random.Random(seed)
@@ -176,7 +178,7 @@ def fill(
             return exp_id, client.get_experiment(exp_id).artifact_location
 
         # Thousands of experiments: the server's calls go out four at a time.
-        with ThreadPoolExecutor(4) as pool:
+        with ThreadPoolExecutor(workers) as pool:
             created = list(pool.map(create, [name for name, _ in sizes]))
         for (name, n_runs), (exp_id, location) in zip(sizes, created, strict=True):
             for table, rows in _rows(int(exp_id), location, n_runs, rng, t_end, profile).items():

@@ -165,6 +165,8 @@ def board_markdown(results: dict[str, Any]) -> str:
 
 PREFIX = "dash_u_"
 UNIVERSE_RULE = {"name": "universe", "metric": METRIC, "top_n": TOP_N, "production_candidates": 3}
+# How the page asks for the experiments table: its first page of 50 (without it, every experiment).
+PAGE_QUERY = {"page": 1, "page_size": 50}
 # The dashboard of a tree, served from a process of its own: one pass (the kept listing), then
 # the API until stdin closes. Only names both trees have (the old one is run with PYTHONPATH).
 SERVE = """
@@ -248,9 +250,10 @@ def _get(
 
 
 def _route(http: httpx.Client, proxy: Proxy, reps: int) -> dict[str, Any]:
-    """The experiments route as the page asks for it: the first answer, then ``reps`` more."""
-    first = _get(http, proxy, "/api/experiments")
-    rest = [_get(http, proxy, "/api/experiments") for _ in range(reps)]
+    """The experiments route as the page asks for it (the old code, which has no paging,
+    answers the whole list): the first answer, then ``reps`` more."""
+    first = _get(http, proxy, "/api/experiments", PAGE_QUERY)
+    rest = [_get(http, proxy, "/api/experiments", PAGE_QUERY) for _ in range(reps)]
     return {
         "first_s": first[0],
         "first_calls": first[1],
@@ -350,7 +353,7 @@ def universe_backend(backend: str, sizes: Sequence[int], before: Path, reps: int
                         with httpx.Client(base_url=served.url, timeout=600) as http:
                             served.pass_()
                             if variant == "no_pass":  # no kept listing yet: the route lists once
-                                cold = _get(http, proxy, "/api/experiments")
+                                cold = _get(http, proxy, "/api/experiments", PAGE_QUERY)
                                 row["after"]["no_pass_s"], row["after"]["no_pass_calls"] = cold[0], cold[1]
                                 continue
                             result = _route(http, proxy, reps)

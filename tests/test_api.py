@@ -267,7 +267,8 @@ def test_bearer_token_is_required_on_post_only(sqlite_server, serve):
 
 
 def test_docs_serve_the_openapi_page_with_all_routes(sqlite_server, serve):
-    """/docs is the OpenAPI page; the schema lists the three routes with the guide's parameters."""
+    """/docs is the OpenAPI page; the schema lists the three routes with the guide's parameters,
+    and the dashboard's experiments route as a typed list with its headers."""
     watcher = Watcher(settings_for(), MlflowTracking(sqlite_server.url))
     http = serve(create_app(watcher))
     assert http.get("/docs").status_code == 200
@@ -279,6 +280,17 @@ def test_docs_serve_the_openapi_page_with_all_routes(sqlite_server, serve):
     assert params["metric"]["schema"]["default"] == "avg_test_r2"
     assert params["top_n"]["schema"]["default"] == 10
     assert params["ascending"]["schema"]["default"] is False
+    # The dashboard's experiments route answers a typed list; its paging and counts are headers.
+    listing = schema["paths"]["/api/experiments"]["get"]
+    ok = listing["responses"]["200"]
+    assert ok["content"]["application/json"]["schema"]["type"] == "array"
+    item = ok["content"]["application/json"]["schema"]["items"]["$ref"].rsplit("/", 1)[-1]
+    fields = schema["components"]["schemas"][item]["properties"]
+    assert {"experiment_id", "experiment_name", "rule", "metric", "leader", "ranked_at"} <= set(fields)
+    assert {"X-Total-Count", "X-Page", "X-Pages", "X-Podium-Counts"} <= set(ok["headers"])
+    paging = {p["name"]: p for p in listing["parameters"] if p["name"] in ("page", "page_size")}
+    assert [p["required"] for p in paging.values()] == [False, False]
+    assert "default" not in paging["page_size"]["schema"]  # no paging unless asked
 
 
 # ---- health and metrics across passes, with a tracking server that goes away ---------------------

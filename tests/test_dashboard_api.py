@@ -5,11 +5,13 @@ page's own files, and the tracking calls the experiments and leaderboard routes 
 from __future__ import annotations
 
 import csv
+import json
 import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from uuid import uuid4
 
 import httpx
@@ -20,6 +22,7 @@ from mlflow.entities import Param
 from tests.support.mlflow_server import ServerHandle
 from tests.support.watcher_runs import make_run
 from watcher.api import bind_socket, create_app, run_in_thread
+from watcher.dashboard.models import TABLE_HEADERS
 from watcher.jobs import JobRunner
 from watcher.mlflow_io import MlflowTracking
 from watcher.service import Watcher
@@ -31,6 +34,19 @@ TOKEN = "dash-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 FEATURES = ("alpha", "beta", "gamma", "delta", "eps")
 UI = "http://mlflow.example:5000"
+# What GET /api/experiments answers for each experiment, at the least.
+CONTRACT_FIELDS = (
+    "experiment_id",
+    "experiment_name",
+    "rule",
+    "metric",
+    "ascending",
+    "top_n",
+    "ranked_runs",
+    "unranked_runs",
+    "leader",
+    "ranked_at",
+)
 
 
 def importance_rows(i: int) -> list[dict[str, object]]:
@@ -111,16 +127,44 @@ def setup(mlflow_server: ServerHandle, tmp_path_factory: pytest.TempPathFactory)
 
 
 def listed(http: httpx.Client) -> dict[str, dict]:
-    """Every experiment the table lists (one page of up to 500), by id."""
-    r = http.get("/api/experiments", params={"page_size": 500})
+    """Every experiment the table lists (no paging: the whole list, one page), by id."""
+    r = http.get("/api/experiments")
     assert r.status_code == 200, r.text
-    assert r.json()["pages"] == 1
-    return {e["experiment_id"]: e for e in r.json()["items"]}
+    assert isinstance(r.json(), list)
+    assert (r.headers["x-page"], r.headers["x-pages"]) == ("1", "1")
+    assert int(r.headers["x-total-count"]) == int(r.headers["x-page-size"]) == len(r.json())
+    return {e["experiment_id"]: e for e in r.json()}
+
+
+def table_page(http: httpx.Client, **params: object) -> tuple[list[dict], dict[str, Any]]:
+    """The experiments table's answer: the list, and its headers (JSON ones parsed)."""
+    r = http.get("/api/experiments", params=params)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert isinstance(body, list)
+    h = r.headers
+    meta: dict[str, Any] = {
+        "total": int(h["x-total-count"]),
+        "page": int(h["x-page"]),
+        "page_size": int(h["x-page-size"]),
+        "pages": int(h["x-pages"]),
+        "sort": h["x-podium-sort"],
+        "order": h["x-podium-order"],
+        "counts": json.loads(h["x-podium-counts"]),
+        "rules": json.loads(h["x-podium-rules"]),
+        "source": h["x-podium-source"],
+    }
+    exposed = {name.strip().casefold() for name in h["access-control-expose-headers"].split(",")}
+    assert exposed == {name.casefold() for name in TABLE_HEADERS}
+    return body, meta
 
 
 def test_experiments_lists_each_watched_experiment_with_rule_metric_leader_and_counts(setup: Setup) -> None:
     by_id = listed(setup.http)
     main = by_id[setup.experiment_id]
+    # The contract's fields (the view adds its own beside them).
+    assert set(CONTRACT_FIELDS) <= set(main)
+    assert set(main["leader"]) >= {"run_id", "run_name", "value"}
     assert main["experiment_name"] == setup.name
     assert (main["rule"], main["metric"], main["ascending"], main["top_n"]) == (
         "dash",
@@ -147,23 +191,42 @@ def test_experiments_lists_each_watched_experiment_with_rule_metric_leader_and_c
 def test_the_experiments_table_searches_filters_pages_and_names_a_bad_parameter(setup: Setup) -> None:
     """Served from the daemon's kept listing: a name search narrows to one experiment, the
     state filter leaves the unranked one, counts follow the name and rule filters."""
-    r = setup.http.get("/api/experiments", params={"q": setup.name.upper(), "rule": "dash"})
-    body = r.json()
-    assert r.status_code == 200, r.text
-    assert [e["experiment_id"] for e in body["items"]] == [setup.experiment_id]
-    assert (body["total"], body["pages"], body["source"]) == (1, 1, "kept")
-    assert body["counts"]["all"] == body["counts"]["ranked"] == 1
-    waiting = setup.http.get("/api/experiments", params={"q": setup.prefix, "state": "not_ranked"}).json()
-    assert setup.idle_experiment_id in [e["experiment_id"] for e in waiting["items"]]
-    assert all(e["leader"] is None and "not ranked yet" in e["attention"] for e in waiting["items"])
-    paged = setup.http.get("/api/experiments", params={"q": setup.prefix, "page_size": 1, "page": 2}).json()
-    assert (len(paged["items"]), paged["page"], paged["pages"]) == (1, 2, paged["total"])
+    items, meta = table_page(setup.http, q=setup.name.upper(), rule="dash")
+    assert [e["experiment_id"] for e in items] == [setup.experiment_id]
+    assert (meta["total"], meta["pages"], meta["source"]) == (1, 1, "kept")
+    assert meta["counts"] == {"all": 1, "ranked": 1, "not_ranked": 0, "gated": 0, "needs_attention": 0}
+    assert "dash" in meta["rules"]
+    waiting, _ = table_page(setup.http, q=setup.prefix, state="not_ranked")
+    assert setup.idle_experiment_id in [e["experiment_id"] for e in waiting]
+    assert all(e["leader"] is None and "not ranked yet" in e["attention"] for e in waiting)
+    # Without page or page_size, every experiment that passes the filters, by name unless told.
+    everything, meta = table_page(setup.http, q=setup.prefix)
+    assert [e["experiment_id"] for e in everything] == [
+        setup.idle_experiment_id,
+        setup.experiment_id,
+    ]  # _idle, _main
+    assert (meta["total"], meta["page"], meta["pages"], meta["sort"], meta["order"]) == (
+        2,
+        1,
+        1,
+        "name",
+        "asc",
+    )
+    backwards, meta = table_page(setup.http, q=setup.prefix, sort="name", order="desc")
+    assert backwards == everything[::-1]
+    assert meta["order"] == "desc"
+    paged, meta = table_page(setup.http, q=setup.prefix, page_size=1, page=2)
+    assert (len(paged), meta["page"], meta["page_size"], meta["pages"]) == (1, 2, 1, meta["total"])
+    assert paged == everything[1:]
+    first, meta = table_page(setup.http, q=setup.prefix, page=1)  # page alone: pages of 50
+    assert (first, meta["page_size"], meta["pages"]) == (everything, 50, 1)
     for params, name in (
         ({"sort": "volume"}, "sort"),
         ({"order": "up"}, "order"),
         ({"state": "sleepy"}, "state"),
         ({"rule": "nope"}, "rule"),
         ({"page_size": -1}, "page_size"),
+        ({"page_size": 501}, "page_size"),
         ({"q": setup.name, "page": 2}, "page"),  # past the end
     ):
         bad = setup.http.get("/api/experiments", params=params)
@@ -569,8 +632,9 @@ def test_experiments_and_leaderboard_stay_within_3_tracking_calls_on_a_large_exp
     )[:10]
     assert calls_list <= 2, proxy.requests
     assert calls_again == 0, proxy.requests
-    assert again.json()["source"] == "kept"
-    assert again.json()["items"] == first.json()["items"]
+    assert again.headers["x-podium-source"] == "kept"
+    assert again.json() == first.json()
+    assert exp_id in [e["experiment_id"] for e in again.json()]
     assert calls_board <= 3, proxy.requests
     assert calls_keys <= 3, proxy.requests
     assert keys.json()["metric_keys"] == ["avg_test_r2"]

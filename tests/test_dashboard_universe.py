@@ -12,6 +12,8 @@ import zlib
 import pytest
 
 from watcher.dashboard.universe import (
+    DEFAULT_PAGE_SIZE,
+    MAX_PAGE_SIZE,
     BadParameter,
     LeaderInfo,
     Overview,
@@ -165,6 +167,19 @@ def test_pages_cut_the_sorted_rows_and_a_page_past_the_end_is_refused_naming_pag
     with pytest.raises(BadParameter, match=r"^page: 3 is past the last page \(2"):
         table(ROWS, query(page_size=4, page=3))
     assert table(ROWS, query(q="no such symbol")).rows == []  # an empty first page is no error
+
+
+def test_without_page_or_page_size_the_table_is_every_row_sorted_as_asked_in_one_page() -> None:
+    whole = table(ROWS, query(page=None, page_size=None))
+    assert names(whole.rows) == sorted(names(ROWS), key=str.casefold)
+    assert (whole.pages, whole.total) == (1, len(ROWS))
+    by_value = table(ROWS, query(page=None, page_size=None, sort="value"))
+    assert names(by_value.rows) == names(table(ROWS, query(page_size=MAX_PAGE_SIZE, sort="value")).rows)
+    assert table(ROWS, query(page=None, page_size=None, q="no such symbol")).pages == 1
+    with pytest.raises(BadParameter, match=r"^page: 2 is past the last page \(1"):
+        table(ROWS, query(page=2, page_size=None))  # page alone: pages of the default size
+    assert query(page=2, page_size=None).page_size == DEFAULT_PAGE_SIZE
+    assert (query(page=None, page_size=3).page, query(page=None, page_size=None).page_size) == (1, None)
 
 
 @pytest.mark.parametrize(

@@ -71,18 +71,27 @@ class StateCounts(BaseModel):
     needs_attention: int
 
 
-class ExperimentsPage(BaseModel):
-    items: list[ExperimentView]
-    total: int  # experiments that pass every filter
-    page: int
-    page_size: int
-    pages: int
-    sort: str
-    order: Literal["asc", "desc"]
-    counts: StateCounts
-    rules: list[str]  # the rules of the experiments listed, for the rule filter
-    # "kept": computed from the daemon's kept listing; "listed": from a listing made for it.
-    source: Literal["kept", "listed"]
+# What ``GET /api/experiments`` answers beside its body (the list of experiments): the paging,
+# the sort applied, the counts per state and where the table came from, as response headers
+# (name: (OpenAPI type, description)).
+TABLE_HEADERS: dict[str, tuple[str, str]] = {
+    "X-Total-Count": ("integer", "Experiments that pass every filter"),
+    "X-Page": ("integer", "This page, from 1 (1 without paging)"),
+    "X-Page-Size": ("integer", "Experiments per page (without paging: the number listed)"),
+    "X-Pages": ("integer", "Pages at this size (1 without paging)"),
+    "X-Podium-Sort": ("string", "The sort key applied: name, value, pbo, dsr, tied or ranked_at"),
+    "X-Podium-Order": ("string", "The order applied: asc or desc"),
+    "X-Podium-Counts": (
+        "string",
+        "Compact JSON {all, ranked, not_ranked, gated, needs_attention}: experiments per state "
+        "over those the name and rule filters leave",
+    ),
+    "X-Podium-Rules": ("string", "JSON list: the rules of the experiments listed, for the rule filter"),
+    "X-Podium-Source": (
+        "string",
+        "kept: computed from the daemon's kept listing; listed: from a listing made for the request",
+    ),
+}
 
 
 class UniverseRow(BaseModel):

@@ -9,6 +9,7 @@ failures answer 503 through the one handler, :func:`tracking_failed`.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 from importlib import resources
@@ -22,8 +23,9 @@ from watcher.dashboard import retrain
 from watcher.dashboard.board import finite, kept_board, ranking_of, sorted_metric_keys
 from watcher.dashboard.importance import IMPORTANCE_CSV, across_leaders, parse_int
 from watcher.dashboard.models import (
+    TABLE_HEADERS,
     ExperimentImportance,
-    ExperimentsPage,
+    ExperimentView,
     FeatureRow,
     LeaderboardView,
     LeadersFeature,
@@ -35,8 +37,11 @@ from watcher.dashboard.models import (
 from watcher.dashboard.query import Dashboard, DashboardQuery
 from watcher.dashboard.universe import (
     DEFAULT_PAGE_SIZE,
+    MAX_PAGE_SIZE,
     UNIVERSE_ORDER,
     BadParameter,
+    Table,
+    TableQuery,
     csv_text,
     experiment_view,
     overviews,
@@ -133,21 +138,38 @@ def static_file(name: str) -> Response:
 @router.get(
     "/api/experiments",
     tags=["dashboard"],
-    responses={400: {"description": "A bad parameter (named), or a page past the last"}},
+    response_model=list[ExperimentView],
+    responses={
+        200: {
+            "description": "The experiments (one page with page or page_size); paging, sort and counts in headers",
+            "headers": {
+                name: {"description": text, "schema": {"type": kind}}
+                for name, (kind, text) in TABLE_HEADERS.items()
+            },
+        },
+        400: {"description": "A bad parameter (named), or a page past the last"},
+    },
 )
 def experiments(
+    response: Response,
     q: Dashboard,
-    page: int = Query(default=1, description="The page, from 1"),
-    page_size: int = Query(default=DEFAULT_PAGE_SIZE, description="Experiments per page, 1 to 500"),
+    page: int | None = Query(default=None, description="The page, from 1 (default: no paging)"),
+    page_size: int | None = Query(
+        default=None,
+        description=f"Experiments per page, 1 to {MAX_PAGE_SIZE} "
+        f"(default: every experiment; {DEFAULT_PAGE_SIZE} when only page is given)",
+    ),
     sort: str = Query(default="name", description="name, value, pbo, dsr, tied or ranked_at"),
     order: str | None = Query(default=None, description="asc or desc (default: the best first)"),
     search: str = Query(default="", alias="q", description="A part of the experiment's name"),
     rule: str | None = Query(default=None, description="Only the experiments of this rule"),
     state: str = Query(default="all", description="all, ranked, not_ranked, gated or needs_attention"),
-) -> ExperimentsPage:
-    """The experiments a rule watches or that were ranked on demand, a page at a time, with
-    their leaders, selection statistics and the gate's verdict, and the counts per state.
-    Computed from the daemon's kept listing: no listing call while it has one."""
+) -> list[ExperimentView]:
+    """The experiments a rule watches or that were ranked on demand, with their leaders,
+    selection statistics and the gate's verdict: every one that passes the filters, or a page
+    of them. The paging, the sort applied and the counts per state come as headers
+    (``X-Total-Count``, ``X-Podium-Counts``, ...). Computed from the daemon's kept listing: no
+    listing call while it has one."""
     wanted = table_query(
         page=page,
         page_size=page_size,
@@ -161,21 +183,28 @@ def experiments(
     records, from_kept = q.experiments()
     shown = table(overviews(records, q.settings), wanted)
     leaders = q.leader_infos(shown.rows)
-    return ExperimentsPage(
-        items=[
-            experiment_view(o, leaders.get(o.leader[0]) if o.leader else None, q.ui_base_url)
-            for o in shown.rows
-        ],
-        total=shown.total,
-        page=wanted.page,
-        page_size=wanted.page_size,
-        pages=shown.pages,
-        sort=wanted.sort,
-        order=wanted.order,
-        counts=shown.counts,
-        rules=shown.rules,
-        source="kept" if from_kept else "listed",
-    )
+    response.headers.update(table_headers(shown, wanted, "kept" if from_kept else "listed"))
+    return [
+        experiment_view(o, leaders.get(o.leader[0]) if o.leader else None, q.ui_base_url) for o in shown.rows
+    ]
+
+
+def table_headers(shown: Table, wanted: TableQuery, source: str) -> dict[str, str]:
+    """The experiments table's headers (:data:`TABLE_HEADERS`), readable by a page of another
+    origin too (``Access-Control-Expose-Headers``)."""
+    values = {
+        "X-Total-Count": str(shown.total),
+        "X-Page": str(wanted.page),
+        "X-Page-Size": str(wanted.page_size or len(shown.rows)),
+        "X-Pages": str(shown.pages),
+        "X-Podium-Sort": wanted.sort,
+        "X-Podium-Order": wanted.order,
+        "X-Podium-Counts": shown.counts.model_dump_json(),
+        # ASCII-only JSON: header values are Latin-1.
+        "X-Podium-Rules": json.dumps(shown.rules, separators=(",", ":")),
+        "X-Podium-Source": source,
+    }
+    return {**values, "Access-Control-Expose-Headers": ", ".join(values)}
 
 
 @router.get(

@@ -167,7 +167,7 @@ def overviews(records: Iterable[ExperimentRecord], settings: WatcherSettings) ->
 @dataclass(frozen=True)
 class TableQuery:
     page: int = 1
-    page_size: int = DEFAULT_PAGE_SIZE
+    page_size: int | None = None  # None: every experiment that passes the filters, one page
     sort: str = "name"
     order: Order = "asc"
     q: str = ""
@@ -177,8 +177,8 @@ class TableQuery:
 
 def table_query(
     *,
-    page: int,
-    page_size: int,
+    page: int | None,
+    page_size: int | None,
     sort: str,
     order: str | None,
     q: str,
@@ -187,11 +187,16 @@ def table_query(
     known_rules: Iterable[str],
     orders: Mapping[str, Order] = DEFAULT_ORDER,
 ) -> TableQuery:
-    """The request's table parameters, checked; :class:`BadParameter` names the first bad one."""
-    if page < 1:
+    """The request's table parameters, checked; :class:`BadParameter` names the first bad one.
+
+    Neither ``page`` nor ``page_size``: every experiment in one page; either of them: one page
+    (the first, of :data:`DEFAULT_PAGE_SIZE`, unless told)."""
+    if page is not None and page < 1:
         raise BadParameter("page", f"must be a whole number from 1, not {page}")
-    if not 1 <= page_size <= MAX_PAGE_SIZE:
+    if page_size is not None and not 1 <= page_size <= MAX_PAGE_SIZE:
         raise BadParameter("page_size", f"must be a whole number from 1 to {MAX_PAGE_SIZE}, not {page_size}")
+    if page is not None and page_size is None:
+        page_size = DEFAULT_PAGE_SIZE
     if sort not in orders:
         raise BadParameter("sort", f"unknown sort key {sort[:100]!r}; expected one of {', '.join(orders)}")
     if order not in (None, "asc", "desc"):
@@ -201,7 +206,8 @@ def table_query(
     known = sorted({*known_rules, ON_DEMAND_RULE})
     if rule is not None and rule not in known:
         raise BadParameter("rule", f"no rule named {rule[:100]!r}; the rules are {', '.join(known)}")
-    return TableQuery(page, page_size, sort, cast(Order, order or orders[sort]), q.strip(), rule, state)
+    chosen = cast(Order, order or orders[sort])
+    return TableQuery(page or 1, page_size, sort, chosen, q.strip(), rule, state)
 
 
 def sort_key(key: str) -> Callable[[Overview], float | str | None]:
@@ -242,13 +248,14 @@ def table(all_rows: Sequence[Overview], query: TableQuery) -> Table:
     ]
     counts = StateCounts(**{s: sum(1 for o in rows if o.has(s)) for s in STATES})
     shown = [o for o in rows if o.has(query.state)]
-    pages = max(1, math.ceil(len(shown) / query.page_size))
+    size = query.page_size or max(1, len(shown))
+    pages = max(1, math.ceil(len(shown) / size))
     if query.page > pages:
         raise BadParameter("page", f"{query.page} is past the last page ({pages}; {len(shown)} experiments)")
     ordered = sorted_by(shown, sort_key(query.sort), query.order)
-    start = (query.page - 1) * query.page_size
+    start = (query.page - 1) * size
     return Table(
-        rows=ordered[start : start + query.page_size],
+        rows=ordered[start : start + size],
         total=len(shown),
         pages=pages,
         counts=counts,

@@ -206,6 +206,24 @@
     return `/api/experiments?${params.toString()}`;
   }
 
+  /** A page of the experiments table: the experiments are the body (a list); the paging, the
+   * sort applied, the counts per state and the rules come as the answer's headers. */
+  async function getTable(url) {
+    const r = await fetch(url, { headers: { Accept: "application/json" } });
+    const items = await parse(r);
+    const header = (name) => r.headers.get(name);
+    return {
+      items,
+      total: Number(header("X-Total-Count")),
+      page: Number(header("X-Page")),
+      pages: Number(header("X-Pages")),
+      sort: header("X-Podium-Sort"),
+      order: header("X-Podium-Order"),
+      counts: JSON.parse(header("X-Podium-Counts")),
+      rules: JSON.parse(header("X-Podium-Rules")),
+    };
+  }
+
   /** Experiments seen on the page, by id, for the dialogs and the run page's breadcrumb. */
   function remember(items) {
     for (const e of items) experimentsCache.set(e.experiment_id, e);
@@ -216,10 +234,10 @@
     const wanted = (name || "").trim();
     for (const e of experimentsCache.values()) if (e.experiment_name === wanted) return e;
     if (!wanted) return null;
-    const body = await getJson(`/api/experiments?${new URLSearchParams({ q: wanted, page_size: 50 }).toString()}`);
-    remember(body.items);
-    fillNames(body.items);
-    return body.items.find((e) => e.experiment_name === wanted) || null;
+    const items = await getJson(`/api/experiments?${new URLSearchParams({ q: wanted, page_size: 50 }).toString()}`);
+    remember(items);
+    fillNames(items);
+    return items.find((e) => e.experiment_name === wanted) || null;
   }
 
   function fillNames(items) {
@@ -234,9 +252,9 @@
     const typed = event.target.value.trim();
     nameTimer = setTimeout(async () => {
       try {
-        const body = await getJson(`/api/experiments?${new URLSearchParams({ q: typed, page_size: 50 }).toString()}`);
-        remember(body.items);
-        fillNames(body.items);
+        const items = await getJson(`/api/experiments?${new URLSearchParams({ q: typed, page_size: 50 }).toString()}`);
+        remember(items);
+        fillNames(items);
       } catch (e) { /* any name can still be typed */ }
     }, SEARCH_MS);
   }
@@ -269,7 +287,7 @@
       const mine = ++tableLoads;
       let data;
       try {
-        data = await getJson(tableUrl());
+        data = await getTable(tableUrl());
       } catch (e) {
         if (mine !== tableLoads) return;
         if (e instanceof HttpError && e.status === 400 && table.page > 1) { table.page = 1; load(); return; }

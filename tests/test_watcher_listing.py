@@ -266,8 +266,10 @@ def test_a_run_another_replica_announced_is_not_announced_again(
         run_id = make_run(client, exp_id, "failing", {METRIC: 0.5}, status="FAILED")
     else:
         run_id = make_run(client, exp_id, "silent", {METRIC: 0.5}, status="RUNNING")
-        for clocks in (p_clocks, q_clocks):  # a minute without activity: stalled
-            clocks.now += 61
+        # A minute without activity: stalled. The run's last activity is the server's time at
+        # its creation, not the clocks' start: the passes before it may take seconds under load.
+        for clocks in (p_clocks, q_clocks):
+            clocks.now = max(clocks.now, time.time()) + 61
     (announced,) = q.run_pass().outcomes
     assert [a.run_id for a in announced.alerts] == [run_id]
     recorded = ExperimentState.from_tag(client.get_experiment(exp_id).tags[STATE_TAG])

@@ -223,3 +223,12 @@ def test_the_csv_has_one_line_per_row_empty_cells_for_null_and_no_formulas() -> 
     assert float(parsed[0]["value"]) == 0.30
     assert (parsed[0]["oos_sharpe"], parsed[0]["avg_test_ic"]) == ("1.3", "")
     assert parsed[1]["leader_run_name"] == "'=HYPERLINK(1)"
+
+
+@pytest.mark.parametrize("name", ["\t=1+1", "\r=1+1", "+1", "-1", "@SUM(A1)"])
+def test_a_csv_cell_that_a_spreadsheet_would_run_is_quoted(name: str) -> None:
+    by = {o.name: o for o in ROWS}
+    row = universe_row(by["up_NVDA"], LeaderInfo(name, {"oos_sharpe": -1.5}), None)
+    (parsed,) = list(csv.DictReader(io.StringIO(csv_text([row]))))
+    assert parsed["leader_run_name"] == "'" + name
+    assert parsed["oos_sharpe"] == "-1.5"  # a negative number stays a number

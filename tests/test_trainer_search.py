@@ -187,6 +187,22 @@ def test_the_resumed_study_used_the_history(resumed: Resumed, sqlite_server: Ser
     assert sum(a != b for a, b in zip(second_sweep, fresh_asks, strict=True)) >= 10
 
 
+def test_a_tpe_sweep_after_a_short_one_asks_new_trials(sqlite_server: ServerHandle) -> None:
+    """Two TPE trials, then two more into the same experiment: the second sweep's history is
+    shorter than TPE's random start-up, and its trials are not the first sweep's again. The seed
+    is above 2**32, which Optuna's samplers do not take as it is."""
+    config = tiny(trials=2, search="tpe", seed=2**33 + 5)
+    first = run_sweep(config, tracking_uri=sqlite_server.url, progress=False)
+    second = run_sweep(config, tracking_uri=sqlite_server.url, progress=False)
+    assert second.history is not None
+    assert len(second.history.covered) == 2
+    runs = runs_by_name(sqlite_server.url, first.experiment_id)
+    assert {runs[f"trial_{i}"].info.status for i in range(4)} == {"FINISHED"}
+    earlier = [hyperparameters_of(runs[f"trial_{i}"]) for i in range(2)]
+    later = [hyperparameters_of(runs[f"trial_{i}"]) for i in range(2, 4)]
+    assert not [params for params in later if params in earlier]
+
+
 def test_the_tag_names_every_varied_hyperparameter_with_shares_summing_to_one(
     resumed: Resumed, sqlite_server: ServerHandle
 ) -> None:

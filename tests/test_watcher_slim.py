@@ -150,3 +150,26 @@ def test_retrain_answers_501_naming_the_full_image(
     finally:
         daemon.send_signal(signal.SIGTERM)
         assert daemon.wait(timeout=60) == 0
+
+
+@pytest.mark.parametrize("command", [["train", "--trials", "1"], ["retrain", "--run-id", "0" * 32]])
+def test_the_trainer_without_its_stack_says_what_to_install(
+    slim: Path, tmp_path: Path, command: list[str]
+) -> None:
+    """The trainer's package beside the sidecar's set (``pip install '.[watcher]'`` from a
+    checkout): exit 2 with one line naming the missing module and the extra, no traceback, no
+    store made."""
+    store = tmp_path / "mlflow.db"
+    done = subprocess.run(
+        [str(slim), "-m", "trainer", *command],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,  # `-m trainer` imports the checkout's package; its stack is not in the venv
+        env=_env(MLFLOW_TRACKING_URI=f"sqlite:///{store}"),
+    )
+    assert done.returncode == 2, done.stderr[-2000:]
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith(f"error: python -m trainer {command[0]} needs ")
+    assert line.endswith("which is not installed: pip install 'mlflow-podium[trainer]'")
+    assert not store.exists()

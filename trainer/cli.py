@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from trainer.executor import ExecutorFactory
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+TRAINER_INSTALL_HINT = "pip install 'mlflow-podium[trainer]'"
 
 
 def _at_least(minimum: int) -> Callable[[str], int]:
@@ -216,6 +217,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except ModuleNotFoundError as e:
+        missing = (e.name or "").partition(".")[0]
+        if not missing or missing == "trainer":
+            raise  # a module of the trainer's own: a bug, not an install
+        # `pip install 'mlflow-podium[watcher]'` (the sidecar's set) brings the package without
+        # the trainer's stack: say what to install instead of a traceback.
+        print(
+            f"error: python -m trainer {args.command} needs {missing}, which is not installed: "
+            f"{TRAINER_INSTALL_HINT}",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
 
 
 def _interrupt(signum: int, frame: object) -> None:

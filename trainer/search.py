@@ -7,7 +7,9 @@ experiment already holds.
   space, through ask/tell: the sweep asks only when a worker is free (so at most ``--jobs`` trials
   are asked ahead) and tells each outcome as it comes back; the lie for a trial still running
   keeps parallel asks apart. Before the first ask, the experiment's FINISHED runs that the space
-  covers join the study as completed trials: the search goes on from them.
+  covers join the study as completed trials: the search goes on from them. A sweep into an
+  experiment that holds trials already seeds its sampler from (seed, its first trial's number),
+  so TPE's random start-up trials are not the first sweep's again (``study_seed``).
 
 Either way trial names go on after the experiment's highest ``trial_N``, and trial ``N`` of a
 random search is ``sample_trial(space, seed, N)``, as in a fresh experiment.
@@ -25,6 +27,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import numpy as np
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
@@ -269,9 +272,22 @@ class TpeSampler:
             self.study.tell(number, value)
 
 
+def study_seed(seed: int, first_index: int) -> int:
+    """The TPE sampler's seed for a sweep whose first trial is ``trial_{first_index}``.
+
+    A new experiment's sweep is seeded with ``seed`` itself. A later sweep gets a seed of its own
+    drawn from (seed, first_index): TPE's first ten trials are random draws from its seed alone,
+    whatever the study holds, so the same seed would ask a resumed sweep of a short history the
+    first sweep's trials again. Optuna's samplers take seeds below 2**32; larger ones are drawn
+    down the same way."""
+    if first_index == 0 and seed < 2**32:
+        return seed
+    return int(np.random.SeedSequence([seed, first_index]).generate_state(1)[0])
+
+
 def sampler_for(search: str, space: Mapping[str, Distribution], seed: int, past: History) -> Sampler:
     if search == "tpe":
-        return TpeSampler(space, seed, past.covered)
+        return TpeSampler(space, study_seed(seed, past.first_index), past.covered)
     return RandomSampler(space, seed)
 
 

@@ -39,6 +39,8 @@ TRADING_SCORES = ("avg_test_ic", "oos_sharpe")
 UNIVERSE_ORDER: dict[str, Order] = {**DEFAULT_ORDER, "avg_test_ic": "desc", "oos_sharpe": "desc"}
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
+# What a CSV cell must not start with (OWASP's CSV injection list).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
 class BadParameter(ValueError):
@@ -330,7 +332,8 @@ def csv_text(rows: Sequence[UniverseRow]) -> str:
     """The universe view as CSV: one header line with the row's fields, empty cells for null."""
     out = io.StringIO()
     names = list(UniverseRow.model_fields)
-    writer = csv.writer(out, lineterminator="\n")
+    # CRLF as RFC 4180 has it; a field holding either character is then quoted.
+    writer = csv.writer(out, lineterminator="\r\n")
     writer.writerow(names)
     for row in rows:
         data = row.model_dump()
@@ -340,8 +343,9 @@ def csv_text(rows: Sequence[UniverseRow]) -> str:
 
 def _cell(value: Any) -> str:
     text = repr(value) if isinstance(value, float) else str(value)
-    # A spreadsheet runs a cell that starts with = + - @ as a formula: names come from MLflow.
-    return "'" + text if isinstance(value, str) and text[:1] in ("=", "+", "-", "@") else text
+    # A spreadsheet runs a cell that starts with = + - @ as a formula, and one that starts with a
+    # tab or carriage return once those are stripped: names come from MLflow.
+    return "'" + text if isinstance(value, str) and text[:1] in FORMULA_STARTS else text
 
 
 def _whole(value: float | None) -> int | None:

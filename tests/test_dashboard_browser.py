@@ -229,6 +229,8 @@ def test_opening_an_experiment_shows_its_board_in_rank_order(stack: Stack) -> No
     selection = httpx.get(f"{stack.base}/api/experiments/{stack.experiment_id}/selection", timeout=10).json()
     assert page.locator("[data-testid=selection-sentence]").inner_text().startswith("Picking the best run")
     assert page.locator("[data-testid=tied]").count() == selection["tied_with_leader"] >= 1
+    dsr = selection.get("dsr")  # beside PBO: the card says what the API says
+    assert page.locator("[data-testid=selection-dsr]").inner_text() == ("—" if dsr is None else f"{dsr:.2f}")
     assert page.locator("[data-testid=lambda-chart] rect").count() == 20
     assert len(selection["lambdas"]) == selection["splits"] == 2
     shot(page, "dashboard-leaderboard.png")

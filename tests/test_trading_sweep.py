@@ -9,12 +9,15 @@ from __future__ import annotations
 import csv
 import io
 import json
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
 import numpy as np
 import pytest
+import yaml
 
 from tests.support.mlflow_server import sqlite_uri
 from trainer.config import TrainerConfig
@@ -147,3 +150,36 @@ def test_a_run_carries_its_out_of_sample_path_as_files(swept: Swept, tmp_path: P
     assert header.split()[-5:-3] == ["avg_test_ic", "oos_sharpe"]  # before the hyperparameters
     folds = json.loads(run.data.tags["podium.folds"])
     assert len(folds["test_ic"]) == len(folds["test_sharpe"]) == run.data.metrics["num_folds"]
+
+
+@pytest.mark.parametrize(("sharpe_metric", "code"), [("oos_sharpee", 2), ("oos_sharpe", 0)])
+def test_once_exits_2_naming_a_sharpe_metric_no_run_logs(
+    swept: Swept, tmp_path: Path, sharpe_metric: str, code: int
+) -> None:
+    """A rule whose selection.sharpe_metric no ranked run has (a typo) cannot be checked before
+    the runs are read: `--once` ranks, then exits 2 with one line naming the key; the metric
+    the runs log exits 0."""
+    config = tmp_path / "watcher.yaml"
+    rule = {
+        "name": "ic-once",
+        "experiments": [swept.walk.experiment_name],
+        "metric": "avg_test_ic",
+        "selection": {"fold_metric": "test_ic", "blocks": 4, "sharpe_metric": sharpe_metric},
+    }
+    config.write_text(
+        yaml.safe_dump({"tracking_uri": swept.uri, "http": {"enabled": False}, "rules": [rule]})
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "watcher", "--once", "--config", str(config), "--log-format", "json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == code, done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    if code == 2:
+        assert len(errors) == 1
+        assert "selection.sharpe_metric 'oos_sharpee'" in errors[0]
+        assert swept.walk.experiment_name in errors[0]
+    else:
+        assert errors == []

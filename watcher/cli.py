@@ -150,11 +150,38 @@ def run(settings: WatcherSettings, *, once: bool, dry_run: bool, sweep: bool = F
             # what still fails stays in the outbox for the next run.
             report = delivery.worker.drain()
             log.info("deliveries_finished", pending=delivery.worker.outbox.pending(), **report)
-        return 0 if result.ok else 1
+        if not result.ok:
+            return 1
+        unlogged = unlogged_sharpe_metrics(settings, watcher.memory.listing.records())
+        if unlogged:
+            print(f"error: {unlogged[0]}", file=sys.stderr)
+            return 2
+        return 0
     from watcher.scheduler import run_daemon
 
     assert delivery is not None
     return run_daemon(watcher, start_api=_api_starter(settings), worker=delivery.worker)
+
+
+def unlogged_sharpe_metrics(settings: WatcherSettings, records: Sequence[Any]) -> list[str]:
+    """One message per ranked experiment whose rule's ``selection.sharpe_metric`` no ranked run
+    has (``--once`` exits 2 on it: a name the config cannot check before the runs are read)."""
+    from watcher.selection import SELECTION_TAG
+    from watcher.sharpe import unlogged_sharpe_metric
+
+    problems = []
+    for record in sorted(records, key=lambda r: r.name):
+        rule = settings.rule_for(record.name)
+        if rule is None or rule.selection is None or not rule.selection.sharpe_metric:
+            continue
+        metric = rule.selection.sharpe_metric
+        if unlogged_sharpe_metric(record.tags.get(SELECTION_TAG), metric):
+            problems.append(
+                f"rule {rule.name!r}: selection.sharpe_metric {metric!r}: no ranked run of experiment "
+                f"{record.name!r} has a finite {metric!r} (with oos_bars, oos_skew, oos_kurtosis and "
+                "param periods_per_year); name a metric the runs log, such as 'oos_sharpe'"
+            )
+    return problems
 
 
 def sweep_the_rest(watcher: Watcher, result: PassResult) -> PassResult:

@@ -570,7 +570,14 @@
     const more = sel.tied_at_least ? "at least " : "";
     const second = !n ? "" : others === 0 ? " No other run is statistically tied with it."
       : ` ${more}${others} other run${others === 1 ? " is" : "s are"} statistically tied with it (marked ≈ on the leaderboard).`;
-    return first + second;
+    return first + second + dsrSentence(sel);
+  }
+
+  // The Deflated Sharpe Ratio beside PBO, for rules with selection.sharpe_metric.
+  function dsrSentence(sel) {
+    if (!sel.sharpe_metric) return "";
+    if (sel.dsr === null || sel.dsr === undefined) return ` There is no DSR: ${sel.dsr_reason}.`;
+    return ` Deflated for the ${sel.trials} trials, the leader's ${sel.sharpe_metric} of ${fmt(sel.leader_sharpe, 2)} against ${fmt(sel.sr0_annualised, 2)} expected of the best trial without skill gives a DSR of ${fmt(sel.dsr, 2)} (PSR ${fmt(sel.psr, 2)}).`;
   }
 
   function selectionPanel(sel) {
@@ -580,6 +587,7 @@
       h("p", { "data-testid": "selection-sentence" }, selectionSentence(sel)),
       h("div", { class: "cards" },
         card("PBO", h("span", { "data-testid": "selection-pbo" }, sel.pbo === null ? "—" : fmt(sel.pbo, 2))),
+        card("DSR", h("span", { "data-testid": "selection-dsr" }, sel.dsr === null || sel.dsr === undefined ? "—" : fmt(sel.dsr, 2))),
         card("Tied with the leader", sel.tied_with_leader === null ? "—" : `${sel.tied_at_least ? "≥ " : ""}${sel.tied_with_leader}`),
         card("Splits", sel.splits),
         card("Runs left out", sel.runs_left_out)));

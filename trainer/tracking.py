@@ -225,15 +225,7 @@ class Tracking:
                 if e.error_code in _NOT_FOUND:
                     return None
                 raise
-            return LoggedRun(
-                run_id=run.info.run_id,
-                run_name=run.info.run_name or "",
-                experiment_id=str(run.info.experiment_id),
-                status=run.info.status,
-                params=dict(run.data.params),
-                tags=dict(run.data.tags),
-                metrics=dict(run.data.metrics),
-            )
+            return _logged(run)
 
     def download_artifact(self, run_id: str, name: str, dst_dir: Path) -> Path | None:
         """Download a top-level artifact file of a run; None if the run has no such file."""

@@ -645,10 +645,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     }
     for backend in args.backends.split(","):
         run_backend(backend, args, results, lambda: common.save(args.out, results))
-    results["finished"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    results["loadavg_at_end"] = os.getloadavg()[0]
-    path = common.save(args.out, results)
-    log(f"wrote {path}")
+    common.finish(args.out, results)
     print(table(results))
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
 import random
 import time
 from collections.abc import Iterator, Sequence
@@ -340,10 +339,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     }
     for backend in args.backends.split(","):
         results["backends"][backend] = run_backend(backend, plan)
-    results["finished"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    results["loadavg_at_end"] = os.getloadavg()[0]
-    path = common.save(args.out, results)
-    log(f"wrote {path}")
+    common.finish(args.out, results)
 
 
 if __name__ == "__main__":

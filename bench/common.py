@@ -127,6 +127,15 @@ def save(name: str, data: Any) -> Path:
     return path
 
 
+def finish(name: str, results: dict[str, Any]) -> Path:
+    """Stamp the end time and the load at the end on a bench's results, save and log them."""
+    results["finished"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    results["loadavg_at_end"] = os.getloadavg()[0]
+    path = save(name, results)
+    log(f"wrote {path}")
+    return path
+
+
 def quiet_logs() -> None:
     """Only warnings and errors from Podium's structlog loggers (the figures are the output)."""
     import logging

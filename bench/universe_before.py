@@ -394,8 +394,5 @@ def main(options: argparse.Namespace) -> None:
     }
     for backend in options.backends.split(","):
         run_backend(backend, options, results, lambda: common.save(options.out, results))
-    results["finished"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    results["loadavg_at_end"] = os.getloadavg()[0]
-    path = common.save(options.out, results)
-    log(f"wrote {path}")
+    common.finish(options.out, results)
     print(table(results))

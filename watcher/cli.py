@@ -166,8 +166,7 @@ def run(settings: WatcherSettings, *, once: bool, dry_run: bool, sweep: bool = F
 def unlogged_sharpe_metrics(settings: WatcherSettings, records: Sequence[Any]) -> list[str]:
     """One message per ranked experiment whose rule's ``selection.sharpe_metric`` no ranked run
     has (``--once`` exits 2 on it: a name the config cannot check before the runs are read)."""
-    from watcher.selection import SELECTION_TAG
-    from watcher.sharpe import unlogged_sharpe_metric
+    from watcher.selection import SELECTION_TAG, unlogged_sharpe_metric
 
     problems = []
     for record in sorted(records, key=lambda r: r.name):

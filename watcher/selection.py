@@ -429,6 +429,13 @@ def stored(tag: str | None) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+def unlogged_sharpe_metric(tag: str | None, sharpe_metric: str) -> bool:
+    """True when an experiment's ``podium.selection`` was computed for ``sharpe_metric`` and
+    no ranked run had it: most often a metric name the runs do not log (a typo in the rule)."""
+    data = stored(tag)
+    return data is not None and data.get("sharpe_metric") == sharpe_metric and data.get("trials") == 0
+
+
 def same_settings(stored: Mapping[str, Any], metric: str, config: SelectionRule) -> bool:
     """The stored statistics were computed the way the rule asks now."""
     keys = (stored.get("metric"), stored.get("fold_metric"), stored.get("blocks"), stored.get("alpha"))

@@ -17,7 +17,6 @@ param ``periods_per_year``:
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -174,16 +173,6 @@ def deflated(board: Sequence[SharpeRun | None], sharpe_metric: str) -> Deflated:
 
 def _why(base: Deflated, reason: str) -> Deflated:
     return Deflated(**{**base.__dict__, "reason": reason})
-
-
-def unlogged_sharpe_metric(selection_tag: str | None, sharpe_metric: str) -> bool:
-    """True when an experiment's ``podium.selection`` was computed for ``sharpe_metric`` and
-    no ranked run had it: most often a metric name the runs do not log (a typo in the rule)."""
-    try:
-        tag = json.loads(selection_tag) if selection_tag else None
-    except ValueError:
-        return False
-    return isinstance(tag, dict) and tag.get("sharpe_metric") == sharpe_metric and tag.get("trials") == 0
 
 
 def min_dsr_problem(min_dsr: float | None) -> str | None:
